@@ -1,0 +1,125 @@
+"""The request side: find the credential, authenticate it once per request, expose ``current_key``.
+
+:func:`authenticate_request` is idempotent within a request (the outcome is kept in the
+request's WSGI environ, and the key on ``g._apikeys_key``), so the ``before_request`` hook,
+the scope decorators and a rate limiter's key function that runs before our hook can all call
+it and pay for one verification.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, cast
+
+from flask import current_app, g, has_request_context, request
+from werkzeug.local import LocalProxy
+
+from .errors import APIKeyError, APIKeyInURL, InvalidAPIKey, MissingAPIKey
+from .keys import looks_like_key
+
+if TYPE_CHECKING:
+    from .extension import ExtensionState
+    from .identity import VerifiedKey
+
+#: Query parameters that can only mean "here is my key"; any key-shaped value is refused too.
+URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "x_api_key"})
+AUTHORIZATION_SCHEMES = frozenset({"bearer", "api-key"})
+_NOT_YET = object()
+#: Where the outcome is memoised: per request, since ``g`` belongs to the app context, which
+#: several requests share when one is already pushed (as in tests).
+OUTCOME_ENVIRON_KEY = "flask_apikeys.outcome"
+
+
+def _state() -> ExtensionState:
+    return cast("ExtensionState", current_app.extensions["apikeys"])
+
+
+def get_current_key() -> VerifiedKey | None:
+    """The key that authenticated this request, or ``None``."""
+    if has_request_context():
+        outcome = request.environ.get(OUTCOME_ENVIRON_KEY)
+        return None if outcome is None or isinstance(outcome, APIKeyError) else outcome
+    return g.get("_apikeys_key")
+
+
+#: The verified key of the current request (a :class:`~flask_apikeys.identity.VerifiedKey`), or
+#: ``None`` (falsy) on public routes and unauthenticated requests.
+current_key: VerifiedKey = LocalProxy(get_current_key)  # type: ignore[assignment]
+
+
+def extract_credential() -> str | None:
+    """The key sent in ``Authorization: Bearer|Api-Key …`` or ``X-API-Key``, or ``None``.
+
+    Sending two different keys is refused rather than guessed at.
+    """
+    from_authorization = None
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() in AUTHORIZATION_SCHEMES:
+            from_authorization = value.strip() or None
+    from_header = (request.headers.get("X-API-Key") or "").strip() or None
+    if from_authorization and from_header:
+        same = hmac.compare_digest(
+            from_authorization.encode("utf-8", "surrogateescape"),
+            from_header.encode("utf-8", "surrogateescape"),
+        )
+        if not same:
+            raise InvalidAPIKey("Two different keys were sent; send one.")
+    return from_authorization or from_header
+
+
+def refuse_key_in_url() -> None:
+    """Refuse (400) a request that carries a key in its query string, where it leaks to logs."""
+    if not request.query_string:
+        return
+    for name, value in request.args.items(multi=True):
+        if name.lower() in URL_KEY_PARAMETERS or looks_like_key(value):
+            raise APIKeyInURL(
+                "API keys must not be sent in the URL, where logs and browser history keep them. "
+                "Send it in the Authorization or X-API-Key header, and revoke this key."
+            )
+
+
+def authenticate_request() -> VerifiedKey | None:
+    """Authenticate the current request once; return its key, ``None``, or raise why not."""
+    environ = request.environ
+    outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
+    if outcome is _NOT_YET:
+        try:
+            refuse_key_in_url()
+            presented = extract_credential()
+            outcome = None if presented is None else _state().service.verify_key(presented)
+        except APIKeyError as error:
+            outcome = error
+        environ[OUTCOME_ENVIRON_KEY] = outcome
+        g._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome
+    if isinstance(outcome, APIKeyError):
+        raise outcome
+    return cast("VerifiedKey | None", outcome)
+
+
+def is_public_request(state: ExtensionState) -> bool:
+    """Public paths, static files and views marked ``@public`` need no key."""
+    path = request.path
+    if path in state.public_exact_paths or path.startswith(state.public_path_prefixes):
+        return True
+    endpoint = request.endpoint
+    if endpoint is None:
+        return False
+    if endpoint == "static" or endpoint.endswith(".static"):
+        return True
+    view = current_app.view_functions.get(endpoint)
+    return getattr(view, "_apikeys_public", False)
+
+
+def authenticate_before_request() -> None:
+    """The ``before_request`` hook: let public requests through, authenticate the rest."""
+    state = _state()
+    if not state.settings.enabled or request.method == "OPTIONS" or is_public_request(state):
+        return
+    key = authenticate_request()
+    if key is None and not state.settings.allow_unauthenticated:
+        raise MissingAPIKey(
+            "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+        )

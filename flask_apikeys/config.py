@@ -1,0 +1,299 @@
+"""Every ``APIKEYS_*`` setting in one place: its default, how it is parsed, how it is checked.
+
+A value is taken from ``app.config`` first, then from an environment variable of the same name
+(JSON for lists and mappings), then from the default. ``init_app`` reads and validates all of
+them once, so a bad value stops the app at start with a message naming the key and what it
+accepts, instead of failing on some later request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from limits import parse_many
+
+from .hashing import HMAC_SHA256, SUPPORTED_SCHEMES
+from .keys import PREFIX_PATTERN
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What an organization on a plan may do; ``None`` means unlimited."""
+
+    name: str
+    requests_per_minute: int | None
+    monthly_requests: int | None
+    max_keys: int | None
+
+
+DEFAULT_PLANS: dict[str, dict[str, int | None]] = {
+    "free": {"requests_per_minute": 10, "monthly_requests": 1_000, "max_keys": 2},
+    "pro": {"requests_per_minute": 60, "monthly_requests": 100_000, "max_keys": 10},
+    "enterprise": {"requests_per_minute": 300, "monthly_requests": 1_000_000, "max_keys": 50},
+}
+DEFAULT_PUBLIC_PATHS = ("/health", "/docs", "/openapi.json")
+
+
+class ConfigError(RuntimeError):
+    """A configuration value is wrong; the message names the key and what it accepts."""
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false (or 1/0, yes/no, on/off)")
+
+
+def _parse_json_if_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"expected JSON ({error.msg})") from None
+    return value
+
+
+def _parse_string_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    value = _parse_json_if_text(value)
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of strings (JSON or comma-separated)")
+    return tuple(value)
+
+
+def _parse_paths(value: Any) -> tuple[str, ...]:
+    paths = _parse_string_list(value)
+    if not all(path.startswith("/") for path in paths):
+        raise ValueError("expected paths that start with '/'")
+    return paths
+
+
+def _parse_optional_string(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _parse_key_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not PREFIX_PATTERN.fullmatch(value):
+        raise ValueError("expected 1-16 lowercase letters or digits, starting with a letter")
+    return value
+
+
+def _parse_rate_limit(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a rate-limit string such as '60/minute'")
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a rate limit such as '60/minute' or '1000/day'"
+        ) from None
+    return value
+
+
+def _parse_positive_number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of seconds, 0 or more") from None
+    if number < 0:
+        raise ValueError("expected a number of seconds, 0 or more")
+    return number
+
+
+def _parse_plans(value: Any) -> dict[str, Plan]:
+    value = _parse_json_if_text(value)
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("expected a mapping of plan name to its limits")
+    plans = {}
+    fields = ("requests_per_minute", "monthly_requests", "max_keys")
+    for name, limits in value.items():
+        if not isinstance(limits, Mapping) or set(limits) != set(fields):
+            raise ValueError(f"plan {name!r} must give exactly {', '.join(fields)}")
+        for field_name in fields:
+            number = limits[field_name]
+            if number is not None and (not isinstance(number, int) or number < 0):
+                raise ValueError(f"plan {name!r}: {field_name} must be a whole number or null")
+        plans[str(name)] = Plan(name=str(name), **{f: limits[f] for f in fields})
+    return plans
+
+
+def _parse_hash_secrets(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        value = [value]
+    secrets_list = _parse_string_list(value)
+    if any(len(secret) < 16 for secret in secrets_list):
+        raise ValueError("each secret must be at least 16 characters")
+    return secrets_list
+
+
+def _parse_hash_schemes(value: Any) -> tuple[str, ...] | None:
+    if value is None or value == "":
+        return None
+    schemes = _parse_string_list(value)
+    unknown = [scheme for scheme in schemes if scheme not in SUPPORTED_SCHEMES]
+    if not schemes or unknown:
+        raise ValueError(
+            f"unknown scheme(s) {unknown}; accepted: {', '.join(SUPPORTED_SCHEMES)} (salted "
+            "password hashes such as bcrypt cannot be looked up through an index)"
+        )
+    return schemes
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One configuration key: its default and the function that parses and checks a value."""
+
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    doc: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("APIKEYS_ENABLED", True, _parse_bool, "authenticate requests at all"),
+    Option(
+        "APIKEYS_ALLOW_UNAUTHENTICATED",
+        False,
+        _parse_bool,
+        "requests with no key pass with current_key None; a bad key is still refused",
+    ),
+    Option(
+        "APIKEYS_PUBLIC_PATHS",
+        DEFAULT_PUBLIC_PATHS,
+        _parse_paths,
+        "paths (and everything below them) that are never authenticated",
+    ),
+    Option("APIKEYS_KEY_PREFIX", "pk", _parse_key_prefix, "first part of every new key"),
+    Option(
+        "APIKEYS_DEFAULT_RATE_LIMIT",
+        "60/minute",
+        _parse_rate_limit,
+        "the limit when neither the key, its organization nor its plan sets one",
+    ),
+    Option(
+        "APIKEYS_PLANS",
+        DEFAULT_PLANS,
+        _parse_plans,
+        "requests per minute, monthly requests and max keys of each plan",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_STORAGE_URI",
+        "memory://",
+        _parse_optional_string,
+        "Flask-Limiter / limits storage, e.g. redis://localhost:6379/0",
+    ),
+    Option("APIKEYS_USAGE_TRACKING", True, _parse_bool, "record every authenticated request"),
+    Option(
+        "APIKEYS_ADMIN_KEY",
+        None,
+        _parse_optional_string,
+        "a bootstrap key that manages every organization (kept hashed in memory only)",
+    ),
+    Option(
+        "APIKEYS_ADMIN_URL_PREFIX",
+        "/admin",
+        _parse_optional_string,
+        "where the admin blueprint mounts",
+    ),
+    Option(
+        "APIKEYS_HASH_SECRET",
+        None,
+        _parse_hash_secrets,
+        "server-side secret(s) for HMAC-SHA256; the first hashes new keys",
+    ),
+    Option(
+        "APIKEYS_HASH_SCHEMES",
+        None,
+        _parse_hash_schemes,
+        "hash schemes, the first for new keys; keys under the others are rehashed on use",
+    ),
+    Option(
+        "APIKEYS_CACHE_TTL",
+        1.0,
+        _parse_positive_number,
+        "seconds a verified key is trusted without asking the database (0 turns it off)",
+    ),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The validated configuration of one app."""
+
+    enabled: bool
+    allow_unauthenticated: bool
+    public_paths: tuple[str, ...]
+    key_prefix: str
+    default_rate_limit: str
+    plans: dict[str, Plan]
+    ratelimit_storage_uri: str | None
+    usage_tracking: bool
+    admin_key: str | None
+    admin_url_prefix: str | None
+    hash_secret: tuple[str, ...]
+    hash_schemes: tuple[str, ...]
+    cache_ttl: float
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def read_option(option: Option, app_config: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """Read one option: app.config, then the environment, then the default."""
+    if option.name in app_config:
+        value = app_config[option.name]
+    elif option.name in environ:
+        value = environ[option.name]
+    else:
+        return option.parse(option.default)
+    try:
+        return option.parse(value)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{option.name} is invalid: {error}") from None
+
+
+def load_settings(
+    app_config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read and validate every option; raise :class:`ConfigError` naming the first bad one."""
+    environ = os.environ if environ is None else environ
+    values = {option.name: read_option(option, app_config, environ) for option in OPTIONS}
+    hash_secrets = values["APIKEYS_HASH_SECRET"]
+    schemes = values["APIKEYS_HASH_SCHEMES"]
+    if schemes is None:
+        schemes = (HMAC_SHA256, "hex_sha256") if hash_secrets else ("hex_sha256",)
+    elif HMAC_SHA256 in schemes and not hash_secrets:
+        raise ConfigError(
+            "APIKEYS_HASH_SCHEMES names hmac_sha256 but APIKEYS_HASH_SECRET is not set: set a "
+            "secret of 16+ characters, or drop hmac_sha256 from the schemes"
+        )
+    return Settings(
+        enabled=values["APIKEYS_ENABLED"],
+        allow_unauthenticated=values["APIKEYS_ALLOW_UNAUTHENTICATED"],
+        public_paths=values["APIKEYS_PUBLIC_PATHS"],
+        key_prefix=values["APIKEYS_KEY_PREFIX"],
+        default_rate_limit=values["APIKEYS_DEFAULT_RATE_LIMIT"],
+        plans=values["APIKEYS_PLANS"],
+        ratelimit_storage_uri=values["APIKEYS_RATELIMIT_STORAGE_URI"],
+        usage_tracking=values["APIKEYS_USAGE_TRACKING"],
+        admin_key=values["APIKEYS_ADMIN_KEY"],
+        admin_url_prefix=values["APIKEYS_ADMIN_URL_PREFIX"],
+        hash_secret=hash_secrets,
+        hash_schemes=schemes,
+        cache_ttl=values["APIKEYS_CACHE_TTL"],
+        raw=values,
+    )

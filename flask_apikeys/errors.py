@@ -1,0 +1,199 @@
+"""Every error the extension raises, and how it is rendered as ``application/problem+json``.
+
+Each error is both an :class:`APIKeyError` (so one handler catches them all) and the werkzeug
+HTTP exception of its status, so an app that already handles ``Unauthorized`` keeps working.
+``error_code`` is the stable machine-readable name a client can branch on; ``detail`` is for
+people. Service-layer errors (unknown organization, plan limit reached) are the same classes,
+so the CLI prints them and the admin API returns them without translation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from flask import Response
+from werkzeug.exceptions import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HTTPException,
+    NotFound,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+    UnprocessableEntity,
+)
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
+
+
+class APIKeyError(HTTPException):
+    """Base of every flask-apikeys error.
+
+    :param detail: a sentence for people saying what is wrong and, where it helps, what to do.
+    :param extra: more members for the problem document (e.g. ``required_scopes``).
+    """
+
+    error_code: ClassVar[str] = "api_key_error"
+    title: ClassVar[str] = "API key error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(description=detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    def __str__(self) -> str:
+        return self.detail
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem document for this error."""
+        return {
+            "type": ERROR_TYPE_BASE + self.error_code,
+            "title": self.title,
+            "status": self.code,
+            "detail": self.detail,
+            "code": self.error_code,
+            **self.extra,
+        }
+
+    def response_headers(self) -> Mapping[str, str]:
+        """Headers the status requires (``WWW-Authenticate``, ``Retry-After``)."""
+        return {}
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
+        """Render as problem+json, also when werkzeug renders the exception itself."""
+        response = Response(
+            json.dumps(self.problem()), status=self.code, mimetype=PROBLEM_CONTENT_TYPE
+        )
+        response.headers.update(self.response_headers())
+        return response
+
+
+class AuthenticationError(APIKeyError, Unauthorized):
+    """401: the request did not prove who it is."""
+
+    def response_headers(self) -> Mapping[str, str]:
+        if self.error_code == "missing_api_key":
+            return {"WWW-Authenticate": 'Bearer realm="api"'}
+        return {
+            "WWW-Authenticate": f'Bearer realm="api", error="invalid_token", '
+            f'error_description="{self.title}"'
+        }
+
+
+class MissingAPIKey(AuthenticationError):
+    error_code = "missing_api_key"
+    title = "API key required"
+
+
+class InvalidAPIKey(AuthenticationError):
+    error_code = "invalid_api_key"
+    title = "Invalid API key"
+
+
+class ExpiredAPIKey(AuthenticationError):
+    error_code = "expired_api_key"
+    title = "API key expired"
+
+
+class RevokedAPIKey(AuthenticationError):
+    error_code = "revoked_api_key"
+    title = "API key revoked"
+
+
+class AuthorizationError(APIKeyError, Forbidden):
+    """403: the key is known but may not do this."""
+
+
+class InsufficientScope(AuthorizationError):
+    error_code = "insufficient_scope"
+    title = "Insufficient scope"
+
+
+class OrganizationInactive(AuthorizationError):
+    error_code = "organization_inactive"
+    title = "Organization inactive"
+
+
+class APIKeyInURL(APIKeyError, BadRequest):
+    error_code = "api_key_in_url"
+    title = "API key in URL"
+
+
+class LimitExceeded(APIKeyError, TooManyRequests):
+    """429, with ``Retry-After`` in whole seconds."""
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = max(1, int(retry_after))
+
+    def response_headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimitExceeded(LimitExceeded):
+    error_code = "rate_limit_exceeded"
+    title = "Rate limit exceeded"
+
+
+class QuotaExceeded(LimitExceeded):
+    error_code = "quota_exceeded"
+    title = "Monthly quota exceeded"
+
+
+class BackendUnavailable(APIKeyError, ServiceUnavailable):
+    """503: the database or rate-limit storage could not be reached; the request is not let in."""
+
+    error_code = "backend_unavailable"
+    title = "Authentication backend unavailable"
+
+
+class NotFoundError(APIKeyError, NotFound):
+    error_code = "not_found"
+    title = "Not found"
+
+
+class OrganizationNotFound(NotFoundError):
+    error_code = "organization_not_found"
+    title = "Organization not found"
+
+
+class APIKeyNotFound(NotFoundError):
+    error_code = "api_key_not_found"
+    title = "API key not found"
+
+
+class InvalidInput(APIKeyError, UnprocessableEntity):
+    """422: input that cannot be accepted; ``errors`` maps each bad field to its messages."""
+
+    error_code = "invalid_input"
+    title = "Invalid input"
+
+    def __init__(
+        self, detail: str | None = None, *, errors: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail, **({"errors": dict(errors)} if errors else {}))
+        self.errors = dict(errors or {})
+
+
+class KeyLimitReached(APIKeyError, Conflict):
+    error_code = "key_limit_reached"
+    title = "Key limit reached"
+
+
+class AlreadyRevoked(APIKeyError, Conflict):
+    error_code = "already_revoked"
+    title = "API key already revoked"
+
+
+class AlreadyRotated(APIKeyError, Conflict):
+    error_code = "already_rotated"
+    title = "API key already rotated"
+
+
+def render_problem(error: APIKeyError) -> Response:
+    """Flask error handler: the problem document of an :class:`APIKeyError`."""
+    return error.get_response()

@@ -1,0 +1,164 @@
+"""The :class:`APIKeys` extension object and what ``init_app`` wires into an app."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from flask import Flask, Response, current_app
+from flask_sqlalchemy import SQLAlchemy
+
+from .auth import authenticate_before_request
+from .cache import VerifiedKeyCache
+from .config import Settings, load_settings
+from .errors import APIKeyError
+from .hashing import KeyHasher
+from .models import metadata
+from .service import KeyService
+
+logger = logging.getLogger("flask_apikeys")
+ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
+
+
+@dataclass
+class ExtensionState:
+    """Everything flask-apikeys keeps for one app, in ``app.extensions["apikeys"]``."""
+
+    extension: APIKeys
+    settings: Settings
+    db: SQLAlchemy
+    hasher: KeyHasher
+    cache: VerifiedKeyCache
+    service: KeyService
+    public_exact_paths: frozenset[str]
+    public_path_prefixes: tuple[str, ...]
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    """An :class:`APIKeys` method that calls the current app's :class:`KeyService` method."""
+    method = getattr(KeyService, name)
+
+    @functools.wraps(method)
+    def call(self: APIKeys, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.service, name)(*args, **kwargs)
+
+    return call
+
+
+class APIKeys:
+    """API-key authentication for a Flask app.
+
+    :param app: the app, or ``None`` to call :meth:`init_app` later (app factories).
+    :param db: the app's Flask-SQLAlchemy object; defaults to the one registered on the app.
+    :param limiter: an existing Flask-Limiter ``Limiter`` to share storage with.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, *, db: SQLAlchemy | None = None, limiter: Any = None
+    ) -> None:
+        self._db = db
+        self._limiter = limiter
+        self._error_handler: Callable[[APIKeyError], Any] | None = None
+        if app is not None:
+            self.init_app(app, db=db, limiter=limiter)
+
+    def init_app(self, app: Flask, *, db: SQLAlchemy | None = None, limiter: Any = None) -> None:
+        """Read and check the configuration, then register the hook and error handler."""
+        if "apikeys" in app.extensions:
+            raise RuntimeError(
+                "flask-apikeys is already initialised on this app. Call init_app once per app; "
+                "to change settings, change app.config before that call."
+            )
+        db = db or self._db or app.extensions.get("sqlalchemy")
+        if db is None:
+            raise RuntimeError(
+                "flask-apikeys needs Flask-SQLAlchemy: pass db=your_sqlalchemy to APIKeys() or "
+                "init_app(), or call db.init_app(app) first."
+            )
+        settings = load_settings(app.config)
+        if not settings.hash_secret and not (app.debug or app.testing):
+            logger.warning(
+                "APIKEYS_HASH_SECRET is not set: keys are stored as plain SHA-256. Set a secret "
+                "so that a leaked database alone cannot be used to test guessed keys."
+            )
+        hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
+        cache = VerifiedKeyCache(settings.cache_ttl)
+        service = KeyService(
+            session=lambda: db.session, settings=settings, hasher=hasher, cache=cache
+        )
+        exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
+        app.extensions["apikeys"] = ExtensionState(
+            extension=self,
+            settings=settings,
+            db=db,
+            hasher=hasher,
+            cache=cache,
+            service=service,
+            public_exact_paths=exact_paths,
+            public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
+        )
+        app.before_request(authenticate_before_request)
+        app.register_error_handler(APIKeyError, self._render_error)
+
+    # -- customisation ------------------------------------------------------------------------
+
+    def error_handler(self, handler: ErrorHandler) -> ErrorHandler:
+        """Decorate a function that turns an :class:`APIKeyError` into a response.
+
+        By default errors are ``application/problem+json`` documents.
+        """
+        self._error_handler = handler
+        return handler
+
+    def _render_error(self, error: APIKeyError) -> Any:
+        if self._error_handler is not None:
+            return self._error_handler(error)
+        return error.get_response()
+
+    # -- the Python API -----------------------------------------------------------------------
+
+    @property
+    def service(self) -> KeyService:
+        """The current app's service layer (inside an app context)."""
+        return self.state.service
+
+    @property
+    def state(self) -> ExtensionState:
+        """The current app's :class:`ExtensionState`."""
+        try:
+            return cast(ExtensionState, current_app.extensions["apikeys"])
+        except KeyError:
+            raise RuntimeError(
+                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
+            ) from None
+
+    def create_all(self) -> None:
+        """Create the extension's tables if they are missing (tests and quick starts).
+
+        Production deployments use the migrations instead (``docs/migrations.rst``).
+        """
+        metadata.create_all(self.state.db.engine)
+
+    def drop_all(self) -> None:
+        """Drop the extension's tables."""
+        metadata.drop_all(self.state.db.engine)
+
+    create_organization = _delegate("create_organization")
+    update_organization = _delegate("update_organization")
+    get_organization = _delegate("get_organization")
+    list_organizations = _delegate("list_organizations")
+    create_key = _delegate("create_key")
+    list_keys = _delegate("list_keys")
+    get_key = _delegate("get_key")
+    revoke_key = _delegate("revoke_key")
+    rotate_key = _delegate("rotate_key")
+    verify_key = _delegate("verify_key")
+    seed = _delegate("seed")
+
+
+def problem_response(error: APIKeyError) -> Response:
+    """The default rendering of an error, for custom handlers that want to wrap it."""
+    return error.get_response()

@@ -1,0 +1,98 @@
+"""How keys are stored: a deterministic, fast digest behind a passlib ``CryptContext``.
+
+Keys are long random strings, not passwords: a slow, salted password hash buys nothing against
+brute force (the search space is 2**238) and costs milliseconds on every request. We use a
+keyed HMAC-SHA256 with a server-side secret (``APIKEYS_HASH_SECRET``), or plain SHA-256 when no
+secret is configured. The digest is deterministic so that a key is found through an index.
+
+The ``CryptContext`` lets a deployment name its schemes and retire old ones: the first scheme of
+``APIKEYS_HASH_SCHEMES`` (and the first secret of ``APIKEYS_HASH_SECRET``) hashes new keys; a key
+stored under any other one still verifies and is rehashed on that use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from passlib.context import CryptContext
+from passlib.handlers.digests import hex_sha256, hex_sha512
+from passlib.utils import handlers as passlib_handlers
+
+HMAC_SHA256 = "hmac_sha256"
+UNKEYED_SCHEMES = {"hex_sha256": hex_sha256, "hex_sha512": hex_sha512}
+SUPPORTED_SCHEMES = (HMAC_SHA256, *UNKEYED_SCHEMES)
+
+
+def secret_fingerprint(secret: str) -> str:
+    """A short, non-reversible name for a hash secret, stored with each hash it made."""
+    return hashlib.sha256(b"flask-apikeys:hash-secret:" + secret.encode()).hexdigest()[:8]
+
+
+def _hmac_handler(secret: str) -> type[passlib_handlers.StaticHandler]:
+    """A passlib handler for HMAC-SHA256 under one secret: ``$hmac-sha256$<fingerprint>$<hex>``."""
+    secret_bytes = secret.encode()
+    fingerprint = secret_fingerprint(secret)
+
+    class HMACSHA256(passlib_handlers.StaticHandler):
+        name = f"{HMAC_SHA256}_{fingerprint}"
+        checksum_chars = passlib_handlers.LOWER_HEX_CHARS
+        checksum_size = 64
+        _hash_prefix = f"$hmac-sha256${fingerprint}$"
+
+        def _calc_checksum(self, secret_text: str | bytes) -> str:
+            if isinstance(secret_text, str):
+                secret_text = secret_text.encode()
+            return hmac.new(secret_bytes, secret_text, hashlib.sha256).hexdigest()
+
+    return HMACSHA256
+
+
+class KeyHasher:
+    """Hashes keys for storage, lists the digests to look a key up by, and verifies them.
+
+    :param schemes: scheme names, the first one used for new hashes.
+    :param hash_secrets: server-side secrets, the first one used for new hashes.
+    """
+
+    def __init__(self, schemes: Sequence[str], hash_secrets: Sequence[str]) -> None:
+        handlers: list[type[passlib_handlers.StaticHandler]] = []
+        for scheme in schemes:
+            if scheme == HMAC_SHA256:
+                if not hash_secrets:
+                    raise RuntimeError(
+                        "APIKEYS_HASH_SCHEMES names hmac_sha256 but APIKEYS_HASH_SECRET is not "
+                        "set: set a secret, or remove hmac_sha256 from the schemes."
+                    )
+                handlers.extend(_hmac_handler(secret) for secret in hash_secrets)
+            else:
+                handlers.append(UNKEYED_SCHEMES[scheme])
+        self._handlers = tuple(handlers)
+        self._context = CryptContext(schemes=list(handlers), deprecated=["auto"])
+
+    @property
+    def default_scheme(self) -> str:
+        """The passlib name of the scheme new keys are hashed with."""
+        return self._handlers[0].name
+
+    def hash(self, key: str) -> str:
+        """The stored form of ``key`` under the current scheme and secret."""
+        return self._context.hash(key)
+
+    def lookup_candidates(self, key: str) -> list[str]:
+        """Every stored form ``key`` may have: one indexed ``IN`` query finds the row."""
+        return [handler.hash(key) for handler in self._handlers]
+
+    def verify(self, key: str, stored_hash: str) -> bool:
+        """Check ``key`` against a stored hash in constant time."""
+        return self._context.verify(key, stored_hash)
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """Whether ``stored_hash`` was made by a retired scheme or secret."""
+        return self._context.needs_update(stored_hash)
+
+
+def cache_digest(key: str) -> bytes:
+    """A fast digest to index the in-process cache of verified keys (never stored)."""
+    return hashlib.sha256(key.encode()).digest()

@@ -1,0 +1,123 @@
+"""The extension's tables, on a metadata of their own.
+
+The models do not inherit from the app's ``db.Model``: an extension cannot know the app's model
+class at import time, and keeping our tables in :data:`metadata` lets the app's own migrations
+ignore them (see ``docs/migrations.rst``). They are used through the app's ``db.session``, so
+they share its engine, connection pool and transactions. Create them with
+``apikeys.create_all()`` or the shipped Alembic migrations.
+
+Every timestamp is stored in UTC and returned timezone-aware, on SQLite as on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores naive UTC, returns aware UTC: SQLite keeps no zone, and we never want local time."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("flask-apikeys stores timezone-aware datetimes only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the extension's models, bound to :data:`metadata`."""
+
+    metadata = metadata
+
+
+class Organization(Base):
+    """A tenant: it owns keys, has a plan, and may override the plan's limits."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    slug: Mapped[str] = mapped_column(sa.String(100), unique=True, index=True)
+    email: Mapped[str] = mapped_column(sa.String(320), index=True)
+    plan: Mapped[str] = mapped_column(sa.String(50))
+    is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: Overrides of the plan's limits; ``None`` means "what the plan says".
+    monthly_request_limit: Mapped[int | None] = mapped_column(sa.Integer)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(sa.Integer)
+    max_api_keys: Mapped[int | None] = mapped_column(sa.Integer)
+
+    api_keys: Mapped[list[APIKey]] = relationship(back_populates="organization")
+
+    def __repr__(self) -> str:
+        return f"<Organization {self.slug!r} plan={self.plan!r}>"
+
+
+class APIKey(Base):
+    """A key's record. The key itself is never stored: only its hash, a prefix and a hint."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    #: ``pk_live_AbCd``: recognisable, far too short to authenticate.
+    key_prefix: Mapped[str] = mapped_column(sa.String(40), index=True)
+    #: Deferred: listing keys never even loads the hash.
+    key_hash: Mapped[str] = mapped_column(sa.String(160), unique=True, index=True, deferred=True)
+    key_hint: Mapped[str] = mapped_column(sa.String(8))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    environment: Mapped[str] = mapped_column(sa.String(10))
+    is_active: Mapped[bool] = mapped_column(sa.Boolean, default=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(sa.String(320))
+    revoked_reason: Mapped[str | None] = mapped_column(sa.Text)
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    custom_rate_limit: Mapped[str | None] = mapped_column(sa.String(100))
+    total_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Free-form data for the app (a customer id, a label), read on ``current_key.metadata``.
+    key_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    #: The key that replaced this one in a rotation, if any.
+    replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("api_keys.id", ondelete="SET NULL")
+    )
+
+    organization: Mapped[Organization] = relationship(back_populates="api_keys")
+
+    def __repr__(self) -> str:
+        return f"<APIKey {self.key_prefix}…{self.key_hint} {self.name!r}>"

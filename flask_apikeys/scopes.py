@@ -1,0 +1,103 @@
+"""Scope matching and the view decorators that demand scopes.
+
+A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everything and
+``resource:*`` grants every action on that resource (and on any deeper ``resource:x:y``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Collection, Iterable
+from typing import Any, TypeVar
+
+from flask import current_app, request
+
+from .errors import InsufficientScope, MissingAPIKey
+
+ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
+SCOPE_PATTERN = re.compile(r"\*|[A-Za-z0-9_.\-]+(?::(?:[A-Za-z0-9_.\-]+|\*))*")
+MAX_SCOPE_LENGTH = 100
+
+
+def validate_scope(scope: object) -> str:
+    """Return ``scope`` if well formed, else raise ``ValueError`` saying why."""
+    if not isinstance(scope, str) or len(scope) > MAX_SCOPE_LENGTH:
+        raise ValueError(
+            f"scope {scope!r} must be a string of at most {MAX_SCOPE_LENGTH} characters"
+        )
+    if not SCOPE_PATTERN.fullmatch(scope):
+        raise ValueError(
+            f"scope {scope!r} must look like 'resource:action', 'resource:*' or '*' "
+            "(letters, digits, '_', '.', '-')"
+        )
+    return scope
+
+
+def scope_grants(granted: Collection[str], needed: str) -> bool:
+    """Whether the ``granted`` scopes cover the ``needed`` one, wildcards included."""
+    if needed in granted or "*" in granted:
+        return True
+    position = needed.find(":")
+    while position != -1:
+        if needed[:position] + ":*" in granted:
+            return True
+        position = needed.find(":", position + 1)
+    return False
+
+
+def _scope_decorator(
+    required: tuple[str, ...], *, require_all: bool
+) -> Callable[[ViewFunction], ViewFunction]:
+    for scope in required:
+        validate_scope(scope)
+    if not required:
+        raise ValueError("name at least one scope")
+    wording = "all of" if require_all else "one of"
+
+    def decorator(view: ViewFunction) -> ViewFunction:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from .auth import authenticate_request  # the hook's module imports this one
+
+            if request.method != "OPTIONS" and current_app.extensions["apikeys"].settings.enabled:
+                key = authenticate_request()
+                if key is None:
+                    raise MissingAPIKey("This endpoint needs an API key.")
+                check = all if require_all else any
+                if not check(key.has_scope(scope) for scope in required):
+                    raise InsufficientScope(
+                        f"This endpoint needs {wording}: {', '.join(required)}.",
+                        required_scopes=list(required),
+                    )
+            return current_app.ensure_sync(view)(*args, **kwargs)
+
+        wrapper._apikeys_scopes = (wording, required)  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def require_scopes(*scopes: str) -> Callable[[ViewFunction], ViewFunction]:
+    """Let the view run only for a key holding every one of ``scopes`` (401, else 403)."""
+    return _scope_decorator(scopes, require_all=True)
+
+
+def require_any_scope(*scopes: str) -> Callable[[ViewFunction], ViewFunction]:
+    """Let the view run for a key holding at least one of ``scopes`` (401, else 403)."""
+    return _scope_decorator(scopes, require_all=False)
+
+
+def public(view: ViewFunction) -> ViewFunction:
+    """Mark a view as needing no key: the hook skips it entirely."""
+    view._apikeys_public = True  # type: ignore[attr-defined]
+    return view
+
+
+def normalize_scopes(scopes: Iterable[str] | str | None) -> list[str]:
+    """Validate, de-duplicate and sort scopes given as a list or a comma-separated string."""
+    if scopes is None:
+        return []
+    if isinstance(scopes, str):
+        scopes = [part.strip() for part in scopes.split(",") if part.strip()]
+    return sorted({validate_scope(scope) for scope in scopes})

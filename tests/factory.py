@@ -1,0 +1,67 @@
+"""A small but real app under test, built fresh for every test (no global app)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_apikeys import APIKeys, current_key, public, require_any_scope, require_scopes
+
+
+def create_app(database_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, APIKeys]:
+    """An app with a few protected routes, the extension wired the app-factory way."""
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True,
+        SQLALCHEMY_DATABASE_URI=database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        **config,
+    )
+    db = SQLAlchemy()
+    apikeys = APIKeys()
+    db.init_app(app)
+    apikeys.init_app(app, db=db)
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/presentations")
+    @require_scopes("presentations:read")
+    def list_presentations() -> dict[str, Any]:
+        return {"org": current_key.organization.slug, "key": str(current_key.id)}
+
+    @app.post("/v1/presentations")
+    @require_scopes("presentations:write")
+    def create_presentation() -> tuple[dict[str, str], int]:
+        return {"created": "yes"}, 201
+
+    @app.post("/v1/generate/outline")
+    @require_scopes("outline:generate", "presentations:write")
+    def generate_outline() -> dict[str, str]:
+        return {"outline": "…"}
+
+    @app.get("/v1/media")
+    @require_any_scope("images:read", "slides:read")
+    def media() -> dict[str, str]:
+        return {"media": "…"}
+
+    @app.get("/v1/whoami")
+    def whoami() -> dict[str, Any]:
+        if not current_key:
+            return {"anonymous": True}
+        return {
+            "key": str(current_key.id),
+            "org": current_key.organization.slug,
+            "scopes": sorted(current_key.scopes),
+            "metadata": dict(current_key.metadata),
+        }
+
+    @app.get("/v1/open")
+    @public
+    def open_view() -> dict[str, str]:
+        return {"public": "yes"}
+
+    return app, db, apikeys

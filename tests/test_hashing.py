@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from flask_apikeys.hashing import KeyHasher
+
+SECRET_A = "a-server-side-secret-one"
+SECRET_B = "a-server-side-secret-two"
+KEY = "pk_live_example"
+
+
+def test_without_a_secret_keys_are_plain_sha256() -> None:
+    hasher = KeyHasher(["hex_sha256"], [])
+    assert hasher.hash(KEY) == hashlib.sha256(KEY.encode()).hexdigest()
+
+
+def test_hmac_hash_depends_on_the_secret_and_verifies() -> None:
+    first = KeyHasher(["hmac_sha256"], [SECRET_A]).hash(KEY)
+    second = KeyHasher(["hmac_sha256"], [SECRET_B]).hash(KEY)
+    assert first != second
+    assert first.startswith("$hmac-sha256$")
+    assert KeyHasher(["hmac_sha256"], [SECRET_A]).verify(KEY, first)
+    assert not KeyHasher(["hmac_sha256"], [SECRET_A]).verify(KEY + "x", first)
+
+
+def test_hash_is_deterministic_so_it_can_be_indexed() -> None:
+    hasher = KeyHasher(["hmac_sha256", "hex_sha256"], [SECRET_A])
+    assert hasher.hash(KEY) == hasher.hash(KEY) == hasher.lookup_candidates(KEY)[0]
+
+
+def test_a_retired_secret_still_verifies_and_asks_for_a_rehash() -> None:
+    old_hash = KeyHasher(["hmac_sha256"], [SECRET_A]).hash(KEY)
+    rotated = KeyHasher(["hmac_sha256"], [SECRET_B, SECRET_A])
+    assert old_hash in rotated.lookup_candidates(KEY)
+    assert rotated.verify(KEY, old_hash)
+    assert rotated.needs_rehash(old_hash)
+    assert not rotated.needs_rehash(rotated.hash(KEY))
+
+
+def test_a_retired_scheme_still_verifies_and_asks_for_a_rehash() -> None:
+    legacy = hashlib.sha256(KEY.encode()).hexdigest()
+    hasher = KeyHasher(["hmac_sha256", "hex_sha256"], [SECRET_A])
+    assert hasher.verify(KEY, legacy)
+    assert hasher.needs_rehash(legacy)
+
+
+def test_hmac_without_a_secret_is_a_configuration_error() -> None:
+    with pytest.raises(RuntimeError, match="APIKEYS_HASH_SECRET"):
+        KeyHasher(["hmac_sha256"], [])
