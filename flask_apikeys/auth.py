@@ -39,7 +39,7 @@ def get_current_key() -> VerifiedKey | None:
     if has_request_context():
         outcome = request.environ.get(OUTCOME_ENVIRON_KEY)
         return None if outcome is None or isinstance(outcome, APIKeyError) else outcome
-    return g.get("_apikeys_key")
+    return cast("VerifiedKey | None", g.get("_apikeys_key"))
 
 
 #: The verified key of the current request (a :class:`~flask_apikeys.identity.VerifiedKey`), or

@@ -63,7 +63,7 @@ class APIKeyError(HTTPException):
         """Headers the status requires (``WWW-Authenticate``, ``Retry-After``)."""
         return {}
 
-    def get_response(self, environ: Any = None, scope: Any = None) -> Response:  # type: ignore[override]
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """Render as problem+json, also when werkzeug renders the exception itself."""
         response = Response(
             json.dumps(self.problem()), status=self.code, mimetype=PROBLEM_CONTENT_TYPE

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Session
 
 from .auth import authenticate_before_request
 from .cache import VerifiedKeyCache
@@ -87,7 +88,7 @@ class APIKeys:
         hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
         cache = VerifiedKeyCache(settings.cache_ttl)
         service = KeyService(
-            session=lambda: db.session, settings=settings, hasher=hasher, cache=cache
+            session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
         )
         exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
         app.extensions["apikeys"] = ExtensionState(

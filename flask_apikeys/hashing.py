@@ -35,7 +35,7 @@ def _hmac_handler(secret: str) -> type[passlib_handlers.StaticHandler]:
     secret_bytes = secret.encode()
     fingerprint = secret_fingerprint(secret)
 
-    class HMACSHA256(passlib_handlers.StaticHandler):
+    class HMACSHA256(passlib_handlers.StaticHandler):  # type: ignore[misc]
         name = f"{HMAC_SHA256}_{fingerprint}"
         checksum_chars = passlib_handlers.LOWER_HEX_CHARS
         checksum_size = 64
@@ -74,23 +74,23 @@ class KeyHasher:
     @property
     def default_scheme(self) -> str:
         """The passlib name of the scheme new keys are hashed with."""
-        return self._handlers[0].name
+        return str(self._handlers[0].name)
 
     def hash(self, key: str) -> str:
         """The stored form of ``key`` under the current scheme and secret."""
-        return self._context.hash(key)
+        return str(self._context.hash(key))
 
     def lookup_candidates(self, key: str) -> list[str]:
         """Every stored form ``key`` may have: one indexed ``IN`` query finds the row."""
-        return [handler.hash(key) for handler in self._handlers]
+        return [str(handler.hash(key)) for handler in self._handlers]
 
     def verify(self, key: str, stored_hash: str) -> bool:
         """Check ``key`` against a stored hash in constant time."""
-        return self._context.verify(key, stored_hash)
+        return bool(self._context.verify(key, stored_hash))
 
     def needs_rehash(self, stored_hash: str) -> bool:
         """Whether ``stored_hash`` was made by a retired scheme or secret."""
-        return self._context.needs_update(stored_hash)
+        return bool(self._context.needs_update(stored_hash))
 
 
 def cache_digest(key: str) -> bytes:

@@ -494,7 +494,7 @@ class KeyService:
                 sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
             )
         )
-        if active >= maximum:
+        if (active or 0) >= maximum:
             raise KeyLimitReached(
                 f"Organization {organization.slug!r} has {active} active keys; its plan "
                 f"{organization.plan!r} allows {maximum}. Revoke a key or change the plan."
