@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, cast
 from flask import current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
-from .errors import APIKeyError, APIKeyInURL, InvalidAPIKey, MissingAPIKey
+from .errors import APIKeyError, APIKeyInURL, InsufficientScope, InvalidAPIKey, MissingAPIKey
 from .keys import looks_like_key
+from .permissions import READ_ONLY, SAFE_METHODS
 
 if TYPE_CHECKING:
     from .extension import ExtensionState
@@ -119,7 +120,12 @@ def authenticate_before_request() -> None:
     if not state.settings.enabled or request.method == "OPTIONS" or is_public_request(state):
         return
     key = authenticate_request()
-    if key is None and not state.settings.allow_unauthenticated:
-        raise MissingAPIKey(
-            "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+    if key is None:
+        if not state.settings.allow_unauthenticated:
+            raise MissingAPIKey(
+                "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+            )
+    elif key.level == READ_ONLY and request.method not in SAFE_METHODS:
+        raise InsufficientScope(
+            f"This key is read-only: {request.method} is not allowed.", level=READ_ONLY
         )

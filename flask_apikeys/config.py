@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from limits import parse_many
 
 from .hashing import HMAC_SHA256, SUPPORTED_SCHEMES
 from .keys import PREFIX_PATTERN
+from .scopes import normalize_scopes
+
+ROLE_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,49}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,8 @@ class Plan:
     requests_per_minute: int | None
     monthly_requests: int | None
     max_keys: int | None
+    #: The scopes keys of this plan may be given at most; ``None`` means any.
+    scopes: tuple[str, ...] | None = None
 
 
 DEFAULT_PLANS: dict[str, dict[str, int | None]] = {
@@ -120,14 +126,31 @@ def _parse_plans(value: Any) -> dict[str, Plan]:
     plans = {}
     fields = ("requests_per_minute", "monthly_requests", "max_keys")
     for name, limits in value.items():
-        if not isinstance(limits, Mapping) or set(limits) != set(fields):
-            raise ValueError(f"plan {name!r} must give exactly {', '.join(fields)}")
+        if not isinstance(limits, Mapping) or not set(fields) <= set(limits) <= {*fields, "scopes"}:
+            raise ValueError(
+                f"plan {name!r} must give exactly {', '.join(fields)} (and optionally scopes)"
+            )
         for field_name in fields:
             number = limits[field_name]
             if number is not None and (not isinstance(number, int) or number < 0):
                 raise ValueError(f"plan {name!r}: {field_name} must be a whole number or null")
-        plans[str(name)] = Plan(name=str(name), **{f: limits[f] for f in fields})
+        scopes = limits.get("scopes")
+        if scopes is not None:
+            scopes = tuple(normalize_scopes(_parse_string_list(scopes)))
+        plans[str(name)] = Plan(name=str(name), **{f: limits[f] for f in fields}, scopes=scopes)
     return plans
+
+
+def parse_roles(value: Any) -> dict[str, tuple[str, ...]]:
+    value = _parse_json_if_text(value)
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of role name to a list of scopes")
+    roles = {}
+    for name, scopes in value.items():
+        if not isinstance(name, str) or not ROLE_NAME_PATTERN.fullmatch(name):
+            raise ValueError(f"role name {name!r} must be lowercase letters, digits, '-' or '_'")
+        roles[name] = tuple(normalize_scopes(_parse_string_list(scopes)))
+    return roles
 
 
 def _parse_hash_secrets(value: Any) -> tuple[str, ...]:
@@ -223,6 +246,12 @@ OPTIONS: tuple[Option, ...] = (
         "hash schemes, the first for new keys; keys under the others are rehashed on use",
     ),
     Option(
+        "APIKEYS_ROLES",
+        {},
+        parse_roles,
+        "named roles: a mapping of role name to the scopes it grants",
+    ),
+    Option(
         "APIKEYS_CACHE_TTL",
         1.0,
         _parse_positive_number,
@@ -249,6 +278,7 @@ class Settings:
     hash_secret: tuple[str, ...]
     hash_schemes: tuple[str, ...]
     cache_ttl: float
+    roles: dict[str, tuple[str, ...]]
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -295,5 +325,6 @@ def load_settings(
         hash_secret=hash_secrets,
         hash_schemes=schemes,
         cache_ttl=values["APIKEYS_CACHE_TTL"],
+        roles=values["APIKEYS_ROLES"],
         raw=values,
     )

@@ -149,6 +149,7 @@ class APIKeys:
 
     create_organization = _delegate("create_organization")
     update_organization = _delegate("update_organization")
+    update_key = _delegate("update_key")
     get_organization = _delegate("get_organization")
     list_organizations = _delegate("list_organizations")
     create_key = _delegate("create_key")

@@ -40,6 +40,7 @@ class VerifiedKey:
     environment: str
     prefix: str
     hint: str
+    #: Effective scopes: the key's own, its roles' and its level's (what ``has_scope`` checks).
     scopes: frozenset[str]
     metadata: Mapping[str, object]
     custom_rate_limit: str | None
@@ -48,6 +49,10 @@ class VerifiedKey:
     is_active: bool
     #: ``expires_at`` as a POSIX timestamp, so the per-request check is one float comparison.
     expires_at_timestamp: float | None
+    #: The scopes, roles and level stored on the key itself.
+    own_scopes: frozenset[str] = frozenset()
+    roles: tuple[str, ...] = ()
+    level: str | None = None
 
     def has_scope(self, scope: str) -> bool:
         """Whether this key's scopes cover ``scope``, wildcards included."""

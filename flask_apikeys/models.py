@@ -107,6 +107,10 @@ class APIKey(Base):
     revoked_by: Mapped[str | None] = mapped_column(sa.String(320))
     revoked_reason: Mapped[str | None] = mapped_column(sa.Text)
     scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    #: Named roles from ``APIKEYS_ROLES``, expanded to scopes when the key is verified.
+    roles: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    #: ``read-only``, ``read-write`` or ``admin`` (see :mod:`flask_apikeys.permissions`).
+    level: Mapped[str | None] = mapped_column(sa.String(20))
     custom_rate_limit: Mapped[str | None] = mapped_column(sa.String(100))
     total_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

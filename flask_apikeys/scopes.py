@@ -1,7 +1,8 @@
 """Scope matching and the view decorators that demand scopes.
 
-A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everything and
-``resource:*`` grants every action on that resource (and on any deeper ``resource:x:y``).
+A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everything,
+``resource:*`` grants every action on that resource (and on any deeper ``resource:x:y``), and
+``*:action`` grants that action on every resource (``*:read``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask import current_app, request
 from .errors import InsufficientScope, MissingAPIKey
 
 ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
-SCOPE_PATTERN = re.compile(r"\*|[A-Za-z0-9_.\-]+(?::(?:[A-Za-z0-9_.\-]+|\*))*")
+SCOPE_PATTERN = re.compile(r"\*|(?:\*|[A-Za-z0-9_.\-]+)(?::(?:[A-Za-z0-9_.\-]+|\*))*")
 MAX_SCOPE_LENGTH = 100
 
 
@@ -37,6 +38,9 @@ def validate_scope(scope: object) -> str:
 def scope_grants(granted: Collection[str], needed: str) -> bool:
     """Whether the ``granted`` scopes cover the ``needed`` one, wildcards included."""
     if needed in granted or "*" in granted:
+        return True
+    action_start = needed.rfind(":")
+    if action_start != -1 and "*" + needed[action_start:] in granted:
         return True
     position = needed.find(":")
     while position != -1:

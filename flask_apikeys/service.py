@@ -16,19 +16,20 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from limits import parse_many
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, undefer
 
-from . import keys
+from . import keys, validation
 from .cache import VerifiedKeyCache
 from .config import Plan, Settings
+from .config import parse_roles as config_roles
 from .errors import (
     AlreadyRevoked,
     AlreadyRotated,
     APIKeyNotFound,
     BackendUnavailable,
     ExpiredAPIKey,
+    InsufficientScope,
     InvalidAPIKey,
     InvalidInput,
     KeyLimitReached,
@@ -39,11 +40,8 @@ from .errors import (
 from .hashing import KeyHasher, cache_digest
 from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization, utcnow
-from .scopes import normalize_scopes
+from .permissions import effective_scopes, scopes_beyond
 
-EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-MAX_METADATA_BYTES = 4096
 DEFAULT_ORGANIZATION_SLUG = "default"
 DEFAULT_KEY_NAME = "Default Test Key"
 Result = TypeVar("Result")
@@ -81,6 +79,8 @@ class KeyService:
         self.settings = settings
         self.hasher = hasher
         self.cache = cache
+        #: Role name → scopes; starts from ``APIKEYS_ROLES``, changed by :meth:`define_role`.
+        self.role_definitions: dict[str, tuple[str, ...]] = dict(settings.roles)
         #: Called with ``(event, **details)`` after each change; the audit trail plugs in here.
         self.listeners: list[Callable[..., None]] = []
 
@@ -104,18 +104,22 @@ class KeyService:
         actor: str | None = None,
     ) -> Organization:
         """Create an organization; its slug comes from the name unless given."""
-        values = self._check_organization_fields(
-            name=name,
-            email=email,
-            plan=plan,
-            is_active=is_active,
-            monthly_request_limit=monthly_request_limit,
-            rate_limit_per_minute=rate_limit_per_minute,
-            max_api_keys=max_api_keys,
-        )
+        given = {
+            "name": name,
+            "email": email,
+            "plan": plan,
+            "is_active": is_active,
+            "monthly_request_limit": monthly_request_limit,
+            "rate_limit_per_minute": rate_limit_per_minute,
+            "max_api_keys": max_api_keys,
+        }
+        checkers = validation.organization_checkers(self.settings.plans)
         if slug is not None:
-            if not isinstance(slug, str) or not SLUG_PATTERN.fullmatch(slug) or len(slug) > 100:
-                raise InvalidInput(errors={"slug": ["use lowercase letters, digits and '-'"]})
+            given["slug"] = slug
+            checkers["slug"] = validation.slug
+        values = validation.check_fields(given, checkers)
+        slug = values.pop("slug", None)
+        if slug is not None:
             if self._find_organization_by_slug(slug) is not None:
                 raise InvalidInput(errors={"slug": [f"{slug!r} is already taken"]})
         else:
@@ -134,21 +138,12 @@ class KeyService:
     ) -> Organization:
         """Change an organization's name, email, plan, state or limit overrides."""
         organization = self.get_organization(organization)
-        allowed = {
-            "name",
-            "email",
-            "plan",
-            "is_active",
-            "monthly_request_limit",
-            "rate_limit_per_minute",
-            "max_api_keys",
+        values = validation.check_fields(
+            changes, validation.organization_checkers(self.settings.plans)
+        )
+        changed = {
+            field: value for field, value in values.items() if getattr(organization, field) != value
         }
-        unknown = sorted(set(changes) - allowed)
-        if unknown:
-            raise InvalidInput(errors={field: ["unknown field"] for field in unknown})
-        current = {field: getattr(organization, field) for field in allowed}
-        values = self._check_organization_fields(**{**current, **changes})
-        changed = {field: values[field] for field in changes if values[field] != current[field]}
         for field, value in changed.items():
             setattr(organization, field, value)
         self._commit(lambda: None, organization)
@@ -200,6 +195,7 @@ class KeyService:
             requests_per_minute=pick(organization.rate_limit_per_minute, plan.requests_per_minute),
             monthly_requests=pick(organization.monthly_request_limit, plan.monthly_requests),
             max_keys=pick(organization.max_api_keys, plan.max_keys),
+            scopes=plan.scopes,
         )
 
     # -- keys ---------------------------------------------------------------------------------
@@ -216,20 +212,37 @@ class KeyService:
         expires_at: datetime | None = None,
         rate_limit: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        roles: Iterable[str] | str | None = None,
+        level: str | None = None,
+        granted_by: VerifiedKey | None = None,
         actor: str | None = None,
     ) -> CreatedKey:
-        """Create a key; the returned :class:`CreatedKey` holds the full key, this once."""
+        """Create a key; the returned :class:`CreatedKey` holds the full key, this once.
+
+        :param roles: names from ``APIKEYS_ROLES`` whose scopes the key also gets.
+        :param level: ``read-only``, ``read-write`` or ``admin``.
+        :param granted_by: the key asking for this one (the admin API passes it): the new key
+            may not get any scope that ``granted_by`` does not have itself.
+        """
         organization = self.get_organization(organization)
-        values = self._check_key_fields(
-            name=name,
-            environment=environment,
-            scopes=scopes,
-            description=description,
-            expires_in_days=expires_in_days,
-            expires_at=expires_at,
-            rate_limit=rate_limit,
-            metadata=metadata,
-        )
+        given: dict[str, Any] = {
+            "name": name,
+            "environment": environment,
+            "scopes": scopes,
+            "description": description,
+            "rate_limit": rate_limit,
+            "metadata": metadata,
+            "roles": roles,
+            "level": level,
+        }
+        if expires_in_days is not None and expires_at is not None:
+            raise InvalidInput(errors={"expires_at": ["give expires_in_days or expires_at"]})
+        if expires_in_days is not None:
+            given["expires_in_days"] = expires_in_days
+        else:
+            given["expires_at"] = expires_at
+        values = self._key_columns(validation.check_fields(given, self._key_checkers()))
+        self._refuse_escalation(organization, values, granted_by)
         created = self._insert_key(organization, values, enforce_plan=True)
         self._notify("key.created", api_key=created.api_key, actor=actor)
         return created
@@ -267,6 +280,55 @@ class KeyService:
         if api_key is None:
             raise APIKeyNotFound(f"No API key {str(key_id)!r}.")
         return api_key
+
+    def update_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> APIKey:
+        """Change a key's name, description, scopes, roles, level, rate limit or metadata.
+
+        The change reaches requests at once in this process and within ``APIKEYS_CACHE_TTL``
+        in others. A revoked key cannot be changed.
+        """
+        api_key = self.get_key(key_id, organization=organization)
+        if api_key.revoked_at is not None:
+            raise AlreadyRevoked("A revoked key cannot be changed.")
+        checkers = self._key_checkers()
+        for fixed in ("environment", "expires_in_days", "expires_at"):
+            checkers.pop(fixed)
+        values = self._key_columns(validation.check_fields(changes, checkers))
+        current = {
+            "scopes": api_key.scopes,
+            "roles": api_key.roles,
+            "level": api_key.level,
+        }
+        self._refuse_escalation(api_key.organization, {**current, **values}, granted_by)
+        changed = sorted(
+            field for field, value in values.items() if getattr(api_key, field) != value
+        )
+        for field in changed:
+            setattr(api_key, field, values[field])
+        self._commit(lambda: None, api_key)
+        self.cache.forget_key(api_key.id)
+        if changed:
+            self._notify("key.updated", api_key=api_key, actor=actor, changes=changed)
+        return api_key
+
+    def define_role(self, name: str, scopes: Iterable[str]) -> None:
+        """Define or redefine a role in this process; keys that have it change at once.
+
+        Roles are configuration (``APIKEYS_ROLES``): give every worker the same definitions.
+        """
+        checked = validation.check_fields(
+            {"roles": {name: scopes}}, {"roles": lambda value: config_roles(value)}
+        )["roles"]
+        self.role_definitions.update(checked)
+        self.cache.clear()
 
     def revoke_key(
         self,
@@ -328,6 +390,8 @@ class KeyService:
             "description": old.description,
             "environment": old.environment,
             "scopes": list(old.scopes or []),
+            "roles": list(old.roles or []),
+            "level": old.level,
             "custom_rate_limit": old.custom_rate_limit,
             "key_metadata": dict(old.key_metadata or {}),
             "expires_at": None if lifetime is None else now + lifetime,
@@ -435,13 +499,18 @@ class KeyService:
             environment=api_key.environment,
             prefix=api_key.key_prefix,
             hint=api_key.key_hint,
-            scopes=frozenset(api_key.scopes or ()),
+            scopes=effective_scopes(
+                api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+            ),
             metadata=MappingProxyType(dict(api_key.key_metadata or {})),
             custom_rate_limit=api_key.custom_rate_limit,
             expires_at=expires_at,
             revoked_at=api_key.revoked_at,
             is_active=api_key.is_active,
             expires_at_timestamp=None if expires_at is None else expires_at.timestamp(),
+            own_scopes=frozenset(api_key.scopes or ()),
+            roles=tuple(api_key.roles or ()),
+            level=api_key.level,
         )
 
     # -- helpers ------------------------------------------------------------------------------
@@ -500,91 +569,43 @@ class KeyService:
                 f"{organization.plan!r} allows {maximum}. Revoke a key or change the plan."
             )
 
-    def _check_organization_fields(self, **values: Any) -> dict[str, Any]:
-        errors: dict[str, list[str]] = {}
-        name = values["name"]
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            errors["name"] = ["a non-empty name of at most 200 characters"]
-        else:
-            values["name"] = name.strip()
-        email = values["email"]
-        if not isinstance(email, str) or len(email) > 320 or not EMAIL_PATTERN.fullmatch(email):
-            errors["email"] = ["a valid email address"]
-        if values["plan"] not in self.settings.plans:
-            errors["plan"] = [f"one of: {', '.join(self.settings.plans)}"]
-        if not isinstance(values["is_active"], bool):
-            errors["is_active"] = ["true or false"]
-        for field in ("monthly_request_limit", "rate_limit_per_minute", "max_api_keys"):
-            number = values[field]
-            if number is not None and (
-                isinstance(number, bool) or not isinstance(number, int) or number < 0
-            ):
-                errors[field] = ["a whole number, 0 or more, or null for the plan's value"]
-        if errors:
-            raise InvalidInput(errors=errors)
-        return values
+    def _key_checkers(self) -> dict[str, validation.Checker]:
+        return validation.key_checkers(self.role_definitions)
 
-    def _check_key_fields(
-        self,
-        *,
-        name: Any,
-        environment: Any,
-        scopes: Any,
-        description: Any,
-        expires_in_days: Any,
-        expires_at: Any,
-        rate_limit: Any,
-        metadata: Any,
-    ) -> dict[str, Any]:
-        errors: dict[str, list[str]] = {}
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            errors["name"] = ["a non-empty name of at most 200 characters"]
-        if environment not in keys.ENVIRONMENTS:
-            errors["environment"] = [f"one of: {', '.join(keys.ENVIRONMENTS)}"]
-        try:
-            scope_list = normalize_scopes(scopes)
-        except ValueError as error:
-            errors["scopes"] = [str(error)]
-        if description is not None and (
-            not isinstance(description, str) or len(description) > 2000
-        ):
-            errors["description"] = ["at most 2000 characters"]
-        if expires_in_days is not None and expires_at is not None:
-            errors["expires_at"] = ["give expires_in_days or expires_at, not both"]
-        elif expires_in_days is not None:
-            if (
-                isinstance(expires_in_days, bool)
-                or not isinstance(expires_in_days, int)
-                or not (1 <= expires_in_days <= 3650)
-            ):
-                errors["expires_in_days"] = ["a whole number of days from 1 to 3650"]
-            else:
-                expires_at = utcnow() + timedelta(days=expires_in_days)
-        elif expires_at is not None:
-            if not isinstance(expires_at, datetime) or expires_at.tzinfo is None:
-                errors["expires_at"] = ["a timezone-aware datetime"]
-            elif expires_at <= utcnow():
-                errors["expires_at"] = ["a time in the future"]
-        if rate_limit is not None:
-            try:
-                if not isinstance(rate_limit, str) or not parse_many(rate_limit):
-                    raise ValueError
-            except ValueError:
-                errors["rate_limit"] = ["a rate limit such as '100/minute' or '10/second;1000/day'"]
-        if metadata is not None:
-            if not isinstance(metadata, Mapping) or len(repr(metadata)) > MAX_METADATA_BYTES:
-                errors["metadata"] = [f"a JSON object of at most {MAX_METADATA_BYTES} bytes"]
-        if errors:
-            raise InvalidInput(errors=errors)
-        return {
-            "name": name.strip(),
-            "description": description,
-            "environment": environment,
-            "scopes": scope_list,
-            "custom_rate_limit": rate_limit,
-            "key_metadata": dict(metadata or {}),
-            "expires_at": expires_at,
+    @staticmethod
+    def _key_columns(values: dict[str, Any]) -> dict[str, Any]:
+        """Checked key fields under their column names."""
+        renames = {
+            "rate_limit": "custom_rate_limit",
+            "metadata": "key_metadata",
+            "expires_in_days": "expires_at",
         }
+        return {renames.get(field, field): value for field, value in values.items()}
+
+    def _refuse_escalation(
+        self, organization: Organization, values: dict[str, Any], granted_by: VerifiedKey | None
+    ) -> None:
+        """A key may not get scopes beyond its organization's plan, nor beyond its granter's."""
+        requested = effective_scopes(
+            values.get("scopes", ()),
+            values.get("roles", ()),
+            values.get("level"),
+            self.role_definitions,
+        )
+        plan_scopes = self.plan_of(organization).scopes
+        beyond_plan = [] if plan_scopes is None else scopes_beyond(plan_scopes, requested)
+        if beyond_plan:
+            raise InsufficientScope(
+                f"Plan {organization.plan!r} does not allow: {', '.join(beyond_plan)}.",
+                beyond=beyond_plan,
+            )
+        if granted_by is not None:
+            beyond_granter = scopes_beyond(granted_by.scopes, requested)
+            if beyond_granter:
+                raise InsufficientScope(
+                    f"A key cannot grant what it does not have: {', '.join(beyond_granter)}.",
+                    beyond=beyond_granter,
+                )
 
     def _find_organization_by_slug(self, slug: str) -> Organization | None:
         query = sa.select(Organization).where(Organization.slug == slug)

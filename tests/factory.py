@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_apikeys import APIKeys, current_key, public, require_any_scope, require_scopes
@@ -58,6 +58,10 @@ def create_app(database_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, API
             "scopes": sorted(current_key.scopes),
             "metadata": dict(current_key.metadata),
         }
+
+    @app.route("/v1/items", methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+    def items() -> dict[str, Any]:
+        return {"method": request.method, "scopes": sorted(current_key.scopes)}
 
     @app.get("/v1/open")
     @public

@@ -1,0 +1,68 @@
+"""Permission levels and named roles, and how they become a key's effective scopes.
+
+A key's effective scopes are the union of its own scopes, its roles' scopes and its level's:
+
+``read-only``
+    Safe methods only (GET, HEAD, OPTIONS), whatever a view's decorators say, and only
+    ``…:read`` scopes: every granted scope is narrowed to its read form (``*`` → ``*:read``,
+    ``presentations:*`` → ``presentations:read``) and anything else is dropped.
+``read-write``
+    ``*:read`` and ``*:write``, every method.
+``admin``
+    ``*``: everything, including the admin API for the key's own organization.
+
+Roles are named scope lists from ``APIKEYS_ROLES``; they are expanded when a key is verified, so a
+role's new definition reaches every key that has it as soon as its cached snapshot is refreshed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .scopes import scope_grants
+
+READ_ONLY = "read-only"
+READ_WRITE = "read-write"
+ADMIN = "admin"
+LEVELS = (READ_ONLY, READ_WRITE, ADMIN)
+LEVEL_SCOPES: Mapping[str, frozenset[str]] = {
+    READ_ONLY: frozenset({"*:read"}),
+    READ_WRITE: frozenset({"*:read", "*:write"}),
+    ADMIN: frozenset({"*"}),
+}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def narrow_to_read(scope: str) -> str | None:
+    """The read form of a scope, or ``None`` when it grants no reading."""
+    if scope == "*":
+        return "*:read"
+    resource, _, action = scope.rpartition(":")
+    if not resource:
+        return None
+    if action == "*":
+        return f"{resource}:read"
+    return scope if action == "read" else None
+
+
+def effective_scopes(
+    own_scopes: Iterable[str],
+    roles: Iterable[str],
+    level: str | None,
+    role_definitions: Mapping[str, Iterable[str]],
+) -> frozenset[str]:
+    """Everything a key may do: its scopes, its roles' and its level's, narrowed if read-only."""
+    granted = set(own_scopes)
+    for role in roles:
+        granted.update(role_definitions.get(role, ()))
+    if level is not None:
+        granted |= LEVEL_SCOPES[level]
+    if level == READ_ONLY:
+        granted = {narrowed for scope in granted if (narrowed := narrow_to_read(scope))}
+    return frozenset(granted)
+
+
+def scopes_beyond(granter_scopes: Iterable[str], requested: Iterable[str]) -> list[str]:
+    """The requested scopes that the granter's own scopes do not cover (no escalation)."""
+    granted = frozenset(granter_scopes)
+    return sorted(scope for scope in requested if not scope_grants(granted, scope))
