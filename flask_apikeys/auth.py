@@ -9,9 +9,10 @@ it and pay for one verification.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
-from flask import current_app, g, has_request_context, request
+from flask import Request, current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from .errors import APIKeyError, APIKeyInURL, InsufficientScope, InvalidAPIKey, MissingAPIKey
@@ -48,18 +49,19 @@ def get_current_key() -> VerifiedKey | None:
 current_key: VerifiedKey = LocalProxy(get_current_key)  # type: ignore[assignment]
 
 
-def extract_credential() -> str | None:
+def extract_credential(environ: dict[str, Any]) -> str | None:
     """The key sent in ``Authorization: Bearer|Api-Key …`` or ``X-API-Key``, or ``None``.
 
-    Sending two different keys is refused rather than guessed at.
+    Reads the WSGI environ directly (no header object is built). Sending two different keys is
+    refused rather than guessed at.
     """
     from_authorization = None
-    authorization = request.headers.get("Authorization")
+    authorization = environ.get("HTTP_AUTHORIZATION")
     if authorization:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() in AUTHORIZATION_SCHEMES:
             from_authorization = value.strip() or None
-    from_header = (request.headers.get("X-API-Key") or "").strip() or None
+    from_header = (environ.get("HTTP_X_API_KEY") or "").strip() or None
     if from_authorization and from_header:
         same = hmac.compare_digest(
             from_authorization.encode("utf-8", "surrogateescape"),
@@ -70,11 +72,9 @@ def extract_credential() -> str | None:
     return from_authorization or from_header
 
 
-def refuse_key_in_url() -> None:
+def refuse_key_in_url(current_request: Request) -> None:
     """Refuse (400) a request that carries a key in its query string, where it leaks to logs."""
-    if not request.query_string:
-        return
-    for name, value in request.args.items(multi=True):
+    for name, value in current_request.args.items(multi=True):
         if name.lower() in URL_KEY_PARAMETERS or looks_like_key(value):
             raise APIKeyInURL(
                 "API keys must not be sent in the URL, where logs and browser history keep them. "
@@ -84,13 +84,19 @@ def refuse_key_in_url() -> None:
 
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
-    environ = request.environ
+    return authenticate(request._get_current_object(), _state())
+
+
+def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
+    """:func:`authenticate_request` for callers that already hold the request and state."""
+    environ = current_request.environ
     outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
     if outcome is _NOT_YET:
         try:
-            refuse_key_in_url()
-            presented = extract_credential()
-            outcome = None if presented is None else _state().service.verify_key(presented)
+            if current_request.query_string:
+                refuse_key_in_url(current_request)
+            presented = extract_credential(environ)
+            outcome = None if presented is None else state.service.verify_key(presented)
         except APIKeyError as error:
             outcome = error
         environ[OUTCOME_ENVIRON_KEY] = outcome
@@ -100,32 +106,50 @@ def authenticate_request() -> VerifiedKey | None:
     return cast("VerifiedKey | None", outcome)
 
 
-def is_public_request(state: ExtensionState) -> bool:
+def is_public_request(current_request: Request, state: ExtensionState) -> bool:
     """Public paths, static files and views marked ``@public`` need no key."""
-    path = request.path
+    path = current_request.path
     if path in state.public_exact_paths or path.startswith(state.public_path_prefixes):
         return True
-    endpoint = request.endpoint
-    if endpoint is None:
+    rule = current_request.url_rule
+    if rule is None:
         return False
-    if endpoint == "static" or endpoint.endswith(".static"):
-        return True
-    view = current_app.view_functions.get(endpoint)
-    return getattr(view, "_apikeys_public", False)
-
-
-def authenticate_before_request() -> None:
-    """The ``before_request`` hook: let public requests through, authenticate the rest."""
-    state = _state()
-    if not state.settings.enabled or request.method == "OPTIONS" or is_public_request(state):
-        return
-    key = authenticate_request()
-    if key is None:
-        if not state.settings.allow_unauthenticated:
-            raise MissingAPIKey(
-                "Send your API key in the Authorization header (Bearer) or in X-API-Key."
-            )
-    elif key.level == READ_ONLY and request.method not in SAFE_METHODS:
-        raise InsufficientScope(
-            f"This key is read-only: {request.method} is not allowed.", level=READ_ONLY
+    endpoint = rule.endpoint
+    public = state.public_endpoints.get(endpoint)
+    if public is None:
+        view = current_app.view_functions.get(endpoint)
+        public = (
+            endpoint == "static"
+            or endpoint.endswith(".static")
+            or getattr(view, "_apikeys_public", False)
         )
+        state.public_endpoints[endpoint] = public
+    return public
+
+
+def make_before_request_hook(state: ExtensionState) -> Callable[[], None]:
+    """The ``before_request`` hook of one app: let public requests through, authenticate the rest.
+
+    Bound to the app's state so that the hot path resolves no ``current_app`` proxy.
+    """
+    settings = state.settings
+
+    def authenticate_before_request() -> None:
+        if not settings.enabled:
+            return
+        current_request = request._get_current_object()
+        if current_request.method == "OPTIONS" or is_public_request(current_request, state):
+            return
+        key = authenticate(current_request, state)
+        if key is None:
+            if not settings.allow_unauthenticated:
+                raise MissingAPIKey(
+                    "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+                )
+        elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
+            raise InsufficientScope(
+                f"This key is read-only: {current_request.method} is not allowed.",
+                level=READ_ONLY,
+            )
+
+    return authenticate_before_request

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from .auth import authenticate_before_request
+from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
 from .config import Settings, load_settings
 from .errors import APIKeyError
@@ -36,6 +36,8 @@ class ExtensionState:
     service: KeyService
     public_exact_paths: frozenset[str]
     public_path_prefixes: tuple[str, ...]
+    #: endpoint → whether it is public, filled on first sight of each endpoint.
+    public_endpoints: dict[str, bool] = field(default_factory=dict)
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -91,7 +93,7 @@ class APIKeys:
             session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
         )
         exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
-        app.extensions["apikeys"] = ExtensionState(
+        state = app.extensions["apikeys"] = ExtensionState(
             extension=self,
             settings=settings,
             db=db,
@@ -101,7 +103,7 @@ class APIKeys:
             public_exact_paths=exact_paths,
             public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
         )
-        app.before_request(authenticate_before_request)
+        app.before_request(make_before_request_hook(state))
         app.register_error_handler(APIKeyError, self._render_error)
 
     # -- customisation ------------------------------------------------------------------------

@@ -8,13 +8,14 @@ A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everyth
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
 from flask import current_app, request
 
-from .errors import InsufficientScope, MissingAPIKey
+from .errors import APIKeyError, InsufficientScope, MissingAPIKey
 
 ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
 SCOPE_PATTERN = re.compile(r"\*|(?:\*|[A-Za-z0-9_.\-]+)(?::(?:[A-Za-z0-9_.\-]+|\*))*")
@@ -59,22 +60,38 @@ def _scope_decorator(
         raise ValueError("name at least one scope")
     wording = "all of" if require_all else "one of"
 
+    required_set = frozenset(required)
+    check = all if require_all else any
+
     def decorator(view: ViewFunction) -> ViewFunction:
+        # Imported here: auth.py depends on this module's matching functions.
+        from .auth import OUTCOME_ENVIRON_KEY, authenticate
+
+        is_async = inspect.iscoroutinefunction(view)
+
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from .auth import authenticate_request  # the hook's module imports this one
-
-            if request.method != "OPTIONS" and current_app.extensions["apikeys"].settings.enabled:
-                key = authenticate_request()
-                if key is None:
+            current_request = request._get_current_object()  # type: ignore[attr-defined]
+            if current_request.method != "OPTIONS":
+                outcome = current_request.environ.get(OUTCOME_ENVIRON_KEY)
+                if outcome is None or isinstance(outcome, APIKeyError):
+                    # The hook did not authenticate (public path, disabled) or refused: decide.
+                    state = current_app.extensions["apikeys"]
+                    enabled = state.settings.enabled
+                    outcome = authenticate(current_request, state) if enabled else True
+                if outcome is None:
                     raise MissingAPIKey("This endpoint needs an API key.")
-                check = all if require_all else any
-                if not check(key.has_scope(scope) for scope in required):
+                if outcome is not True and not (
+                    (require_all and required_set <= outcome.scopes)
+                    or check(outcome.has_scope(scope) for scope in required)
+                ):
                     raise InsufficientScope(
                         f"This endpoint needs {wording}: {', '.join(required)}.",
                         required_scopes=list(required),
                     )
-            return current_app.ensure_sync(view)(*args, **kwargs)
+            if is_async:
+                return current_app.ensure_sync(view)(*args, **kwargs)
+            return view(*args, **kwargs)
 
         wrapper._apikeys_scopes = (wording, required)  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

@@ -444,11 +444,13 @@ class KeyService:
         Order matters: the format and checksum first (no I/O), then the cache or one indexed
         query, the hash compared in constant time, and only then the key's state.
         """
-        if keys.parse_key(presented, self.settings.key_prefix) is None:
+        if len(presented) > keys.MAX_KEY_LENGTH:
             raise InvalidAPIKey("The API key is malformed.")
         digest = cache_digest(presented)
-        verified = self.cache.get(digest)
+        verified = self.cache.get(digest)  # only keys that passed every check below get cached
         if verified is None:
+            if keys.parse_key(presented, self.settings.key_prefix) is None:
+                raise InvalidAPIKey("The API key is malformed.")
             verified = self._load_verified_key(presented)
             self.cache.put(digest, verified)
         self.check_usable(verified)
