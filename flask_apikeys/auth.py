@@ -84,7 +84,7 @@ def refuse_key_in_url(current_request: Request) -> None:
 
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
-    return authenticate(request._get_current_object(), _state())
+    return authenticate(request._get_current_object(), _state())  # type: ignore[attr-defined]
 
 
 def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
@@ -137,7 +137,7 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None]:
     def authenticate_before_request() -> None:
         if not settings.enabled:
             return
-        current_request = request._get_current_object()
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
             return
         key = authenticate(current_request, state)
