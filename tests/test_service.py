@@ -281,6 +281,7 @@ def test_key_stored_under_a_retired_scheme_is_rehashed_on_use(
         org = legacy.create_organization(name="Acme", email="a@acme.com")
         key = legacy.create_key(org, "k").key
         old_hash = legacy_app.extensions["sqlalchemy"].session.scalar(sa.select(APIKey.key_hash))
+    with legacy_app.app_context():
         legacy_app.extensions["sqlalchemy"].engine.dispose()
     keyed_app, keyed_db, keyed = create_app(database_url, APIKEYS_HASH_SECRET="s" * 32)
     with keyed_app.app_context():
@@ -289,4 +290,5 @@ def test_key_stored_under_a_retired_scheme_is_rehashed_on_use(
         assert new_hash != old_hash and new_hash.startswith("$hmac-sha256$")
         keyed.state.cache.clear()
         assert keyed.verify_key(key).name == "k"
+    with keyed_app.app_context():
         keyed_db.engine.dispose()
