@@ -10,12 +10,15 @@ import os
 from typing import Any
 
 from flask import Flask
+from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_apikeys import APIKeys, current_key, require_scopes
 
 db = SQLAlchemy()
+migrate = Migrate()
 apikeys = APIKeys()
+MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -27,9 +30,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             "DATABASE_URL", f"sqlite:///{os.path.join(app.instance_path, 'example.sqlite')}"
         ),
         APIKEYS_RATELIMIT_STORAGE_URI=os.environ.get("REDIS_URL", "memory://"),
+        # For the example only: a real deployment reads its secret from its secret store.
+        APIKEYS_HASH_SECRET=os.environ.get("APIKEYS_HASH_SECRET", "example-only-not-a-real-secret"),
     )
     app.config.update(config or {})
     db.init_app(app)
+    # Flask-Migrate first: init_app then adds the extension's migrations to it.
+    migrate.init_app(app, db, directory=MIGRATIONS)
     apikeys.init_app(app, db=db)
 
     @app.get("/health")

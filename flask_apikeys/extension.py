@@ -17,6 +17,7 @@ from .cache import VerifiedKeyCache
 from .config import Settings, load_settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
+from .migrations import register_tables
 from .models import metadata
 from .service import KeyService
 
@@ -104,6 +105,7 @@ class APIKeys:
             public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
         )
         app.before_request(make_before_request_hook(state))
+        register_tables(db.metadata)
         app.register_error_handler(APIKeyError, self._render_error)
 
     # -- customisation ------------------------------------------------------------------------
