@@ -15,8 +15,16 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
-from .errors import APIKeyError, APIKeyInURL, InsufficientScope, InvalidAPIKey, MissingAPIKey
+from .errors import (
+    APIKeyError,
+    APIKeyInURL,
+    InsufficientScope,
+    InvalidAPIKey,
+    IPNotAllowed,
+    MissingAPIKey,
+)
 from .keys import looks_like_key
+from .network import address_allowed, client_address
 from .permissions import READ_ONLY, SAFE_METHODS
 
 if TYPE_CHECKING:
@@ -97,6 +105,10 @@ def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey
                 refuse_key_in_url(current_request)
             presented = extract_credential(environ)
             outcome = None if presented is None else state.service.verify_key(presented)
+            if outcome is not None and outcome.allowed_networks:
+                address = client_address(environ, state.settings.trusted_proxies)
+                if not address_allowed(address, outcome.allowed_networks):
+                    raise IPNotAllowed(f"This key may not be used from {address}.")
         except APIKeyError as error:
             outcome = error
         environ[OUTCOME_ENVIRON_KEY] = outcome

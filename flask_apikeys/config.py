@@ -119,6 +119,16 @@ def _parse_positive_number(value: Any) -> float:
     return number
 
 
+def _parse_proxy_count(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected the number of proxies in front of the app, 0 or more") from None
+    if number < 0 or isinstance(value, bool):
+        raise ValueError("expected the number of proxies in front of the app, 0 or more")
+    return number
+
+
 def _parse_plans(value: Any) -> dict[str, Plan]:
     value = _parse_json_if_text(value)
     if not isinstance(value, Mapping) or not value:
@@ -246,6 +256,12 @@ OPTIONS: tuple[Option, ...] = (
         "hash schemes, the first for new keys; keys under the others are rehashed on use",
     ),
     Option(
+        "APIKEYS_TRUSTED_PROXIES",
+        0,
+        _parse_proxy_count,
+        "how many proxies in front of the app set X-Forwarded-For (0: ignore that header)",
+    ),
+    Option(
         "APIKEYS_ROLES",
         {},
         parse_roles,
@@ -279,6 +295,7 @@ class Settings:
     hash_schemes: tuple[str, ...]
     cache_ttl: float
     roles: dict[str, tuple[str, ...]]
+    trusted_proxies: int
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -326,5 +343,6 @@ def load_settings(
         hash_schemes=schemes,
         cache_ttl=values["APIKEYS_CACHE_TTL"],
         roles=values["APIKEYS_ROLES"],
+        trusted_proxies=values["APIKEYS_TRUSTED_PROXIES"],
         raw=values,
     )

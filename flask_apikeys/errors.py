@@ -113,6 +113,11 @@ class InsufficientScope(AuthorizationError):
     title = "Insufficient scope"
 
 
+class IPNotAllowed(AuthorizationError):
+    error_code = "ip_not_allowed"
+    title = "Address not allowed"
+
+
 class OrganizationInactive(AuthorizationError):
     error_code = "organization_inactive"
     title = "Organization inactive"

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from .network import Network
 from .scopes import scope_grants
 
 
@@ -53,6 +54,8 @@ class VerifiedKey:
     own_scopes: frozenset[str] = frozenset()
     roles: tuple[str, ...] = ()
     level: str | None = None
+    #: Where the key may be used from; empty means anywhere.
+    allowed_networks: tuple[Network, ...] = ()
 
     def has_scope(self, scope: str) -> bool:
         """Whether this key's scopes cover ``scope``, wildcards included."""

@@ -111,6 +111,8 @@ class APIKey(Base):
     roles: Mapped[list[str]] = mapped_column(JSONType, default=list)
     #: ``read-only``, ``read-write`` or ``admin`` (see :mod:`flask_apikeys.permissions`).
     level: Mapped[str | None] = mapped_column(sa.String(20))
+    #: CIDR networks the key may be used from; empty means anywhere.
+    allowed_networks: Mapped[list[str]] = mapped_column(JSONType, default=list)
     custom_rate_limit: Mapped[str | None] = mapped_column(sa.String(100))
     total_requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,6 +7,7 @@ call leaves the database as it was. Errors are the classes of :mod:`flask_apikey
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -214,6 +215,7 @@ class KeyService:
         metadata: Mapping[str, Any] | None = None,
         roles: Iterable[str] | str | None = None,
         level: str | None = None,
+        allowed_networks: Iterable[str] | str | None = None,
         granted_by: VerifiedKey | None = None,
         actor: str | None = None,
     ) -> CreatedKey:
@@ -234,6 +236,7 @@ class KeyService:
             "metadata": metadata,
             "roles": roles,
             "level": level,
+            "allowed_networks": allowed_networks,
         }
         if expires_in_days is not None and expires_at is not None:
             raise InvalidInput(errors={"expires_at": ["give expires_in_days or expires_at"]})
@@ -392,6 +395,7 @@ class KeyService:
             "scopes": list(old.scopes or []),
             "roles": list(old.roles or []),
             "level": old.level,
+            "allowed_networks": list(old.allowed_networks or []),
             "custom_rate_limit": old.custom_rate_limit,
             "key_metadata": dict(old.key_metadata or {}),
             "expires_at": None if lifetime is None else now + lifetime,
@@ -513,6 +517,9 @@ class KeyService:
             own_scopes=frozenset(api_key.scopes or ()),
             roles=tuple(api_key.roles or ()),
             level=api_key.level,
+            allowed_networks=tuple(
+                ipaddress.ip_network(network) for network in api_key.allowed_networks or ()
+            ),
         )
 
     # -- helpers ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from limits import parse_many
 from . import keys
 from .errors import InvalidInput
 from .models import utcnow
+from .network import parse_networks
 from .permissions import LEVELS
 from .scopes import normalize_scopes
 
@@ -144,6 +145,16 @@ def environment(value: Any) -> str:
     return one_of(keys.ENVIRONMENTS)(value)  # type: ignore[no-any-return]
 
 
+def networks(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [part for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueError("a list of networks such as 203.0.113.0/24 or 2001:db8::/32")
+    return parse_networks(value)
+
+
 def check_fields(values: Mapping[str, Any], checkers: Mapping[str, Checker]) -> dict[str, Any]:
     """Run the checker of every given field; raise one ``InvalidInput`` naming each bad field."""
     errors: dict[str, list[str]] = {}
@@ -186,6 +197,7 @@ def key_checkers(defined_roles: Collection[str]) -> dict[str, Checker]:
         "level": one_of(LEVELS, optional=True),
         "rate_limit": rate_limit,
         "metadata": metadata,
+        "allowed_networks": networks,
         "expires_in_days": expires_in_days,
         "expires_at": expires_at,
     }

@@ -57,6 +57,7 @@ def upgrade() -> None:
         sa.Column("scopes", JSON, nullable=False),
         sa.Column("roles", JSON, nullable=False),
         sa.Column("level", sa.String(length=20), nullable=True),
+        sa.Column("allowed_networks", JSON, nullable=False),
         sa.Column("custom_rate_limit", sa.String(length=100), nullable=True),
         sa.Column("total_requests", sa.BigInteger(), nullable=False),
         sa.Column("last_request_at", sa.DateTime(), nullable=True),

@@ -1,0 +1,53 @@
+"""Where a request comes from, and whether a key may be used from there.
+
+Behind proxies the peer address is the nearest proxy's. ``APIKEYS_TRUSTED_PROXIES`` says how
+many proxies the deployment runs in front of the app; the client is then the address that the
+outermost trusted proxy saw, i.e. that many entries from the right of ``X-Forwarded-For``.
+Entries further left are written by the client and never trusted. With no trusted proxies (the
+default), ``X-Forwarded-For`` is ignored entirely.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+MAX_NETWORKS = 100
+
+
+def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
+    """The client's address as the outermost trusted proxy (or the socket) reports it."""
+    peer = str(environ.get("REMOTE_ADDR") or "")
+    if trusted_proxies <= 0:
+        return peer
+    forwarded = [part.strip() for part in str(environ.get("HTTP_X_FORWARDED_FOR", "")).split(",")]
+    forwarded = [part for part in forwarded if part]
+    if len(forwarded) < trusted_proxies:
+        return peer  # fewer hops than configured: do not guess, use the peer we can see
+    return forwarded[-trusted_proxies]
+
+
+def parse_networks(values: Iterable[Any]) -> list[str]:
+    """Validate CIDR networks (IPv4 or IPv6, host bits allowed) and return them normalised."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(str(value).strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network such as 203.0.113.0/24") from None
+    if len(networks) > MAX_NETWORKS:
+        raise ValueError(f"at most {MAX_NETWORKS} networks")
+    return sorted(set(networks))
+
+
+def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether ``address`` lies in one of ``networks`` (an unparsable address never does)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
