@@ -372,7 +372,7 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
 @json_option
 @reports_errors
 def seed(as_json: bool) -> None:
-    """Create "Default Organization" and a "Default Test Key" with scope '*' (once)."""
+    """Create "Default Organization" and a "Default Test Key" with every scope (once)."""
     organization, created = service().seed()
     if created is None:
         message = (
