@@ -9,6 +9,7 @@ from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization
 from .scopes import public, require_any_scope, require_scopes
 from .service import CreatedKey
+from .usage import record_cost
 
 __version__ = "0.1.0.dev0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "VerifiedKey",
     "current_key",
     "public",
+    "record_cost",
     "require_any_scope",
     "require_scopes",
 ]

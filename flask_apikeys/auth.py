@@ -100,6 +100,7 @@ def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey
     environ = current_request.environ
     outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
     if outcome is _NOT_YET:
+        presented = None
         try:
             if current_request.query_string:
                 refuse_key_in_url(current_request)
@@ -111,6 +112,8 @@ def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey
                     raise IPNotAllowed(f"This key may not be used from {address}.")
         except APIKeyError as error:
             outcome = error
+            if presented is not None:
+                state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
         g._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome
     if isinstance(outcome, APIKeyError):

@@ -129,6 +129,25 @@ def _parse_proxy_count(value: Any) -> int:
     return number
 
 
+def _parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of: {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _parse_count(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a whole number, 1 or more") from None
+    if number < 1 or isinstance(value, bool):
+        raise ValueError("expected a whole number, 1 or more")
+    return number
+
+
 def _parse_plans(value: Any) -> dict[str, Plan]:
     value = _parse_json_if_text(value)
     if not isinstance(value, Mapping) or not value:
@@ -273,6 +292,42 @@ OPTIONS: tuple[Option, ...] = (
         _parse_positive_number,
         "seconds a verified key is trusted without asking the database (0 turns it off)",
     ),
+    Option(
+        "APIKEYS_USAGE_MODE",
+        "buffered",
+        _parse_choice("buffered", "sync"),
+        "buffered: written in batches off the request path; sync: before each response",
+    ),
+    Option(
+        "APIKEYS_USAGE_FLUSH_INTERVAL",
+        1.0,
+        _parse_positive_number,
+        "seconds between two writes of buffered usage (what a hard kill can lose at most)",
+    ),
+    Option(
+        "APIKEYS_USAGE_BATCH_SIZE",
+        500,
+        _parse_count,
+        "queued rows that trigger a write before the interval ends",
+    ),
+    Option(
+        "APIKEYS_USAGE_MAX_QUEUE",
+        100_000,
+        _parse_count,
+        "rows kept queued while the database is unreachable; older ones are dropped past it",
+    ),
+    Option(
+        "APIKEYS_AUDIT",
+        True,
+        _parse_bool,
+        "keep the hash-chained audit trail of key events and refused attempts",
+    ),
+    Option(
+        "APIKEYS_MASK_KEYS_IN_LOGS",
+        True,
+        _parse_bool,
+        "mask anything shaped like a key in every log record of the process",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -296,6 +351,12 @@ class Settings:
     cache_ttl: float
     roles: dict[str, tuple[str, ...]]
     trusted_proxies: int
+    usage_mode: str
+    usage_flush_interval: float
+    usage_batch_size: int
+    usage_max_queue: int
+    audit: bool
+    mask_keys_in_logs: bool
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -344,5 +405,11 @@ def load_settings(
         cache_ttl=values["APIKEYS_CACHE_TTL"],
         roles=values["APIKEYS_ROLES"],
         trusted_proxies=values["APIKEYS_TRUSTED_PROXIES"],
+        usage_mode=values["APIKEYS_USAGE_MODE"],
+        usage_flush_interval=values["APIKEYS_USAGE_FLUSH_INTERVAL"],
+        usage_batch_size=values["APIKEYS_USAGE_BATCH_SIZE"],
+        usage_max_queue=values["APIKEYS_USAGE_MAX_QUEUE"],
+        audit=values["APIKEYS_AUDIT"],
+        mask_keys_in_logs=values["APIKEYS_MASK_KEYS_IN_LOGS"],
         raw=values,
     )

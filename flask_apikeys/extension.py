@@ -8,10 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app
+from flask import Flask, Response, current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
+from . import logmask
+from .audit import AuditTrail, ChainBreak
 from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
 from .cli import apikeys_cli
@@ -20,7 +22,9 @@ from .errors import APIKeyError
 from .hashing import KeyHasher
 from .migrations import register_tables
 from .models import metadata
+from .network import client_address
 from .service import KeyService
+from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder, mark_start
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
@@ -40,6 +44,16 @@ class ExtensionState:
     public_path_prefixes: tuple[str, ...]
     #: endpoint → whether it is public, filled on first sight of each endpoint.
     public_endpoints: dict[str, bool] = field(default_factory=dict)
+    #: Buffered writer of usage rows and refused-attempt audit records.
+    writer: UsageWriter | None = None
+    #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
+    audit: AuditTrail | None = None
+
+    def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
+        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
+        if self.audit is not None and self.writer is not None:
+            address = client_address(environ, self.settings.trusted_proxies)
+            self.writer.add_audit(attempt_record(error, environ, address, presented))
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -105,10 +119,36 @@ class APIKeys:
             public_exact_paths=exact_paths,
             public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
         )
+        self._install_usage_and_audit(app, state)
         app.before_request(make_before_request_hook(state))
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
+
+    def _install_usage_and_audit(self, app: Flask, state: ExtensionState) -> None:
+        settings, db = state.settings, state.db
+        if settings.mask_keys_in_logs:
+            logmask.install()
+
+        def connect() -> Any:
+            """A transaction on the app's engine, usable from the writer thread too."""
+            with app.app_context():
+                engine = db.engine
+            return engine.begin()
+
+        state.writer = UsageWriter(
+            connect,
+            synchronous=settings.usage_mode == "sync",
+            flush_interval=settings.usage_flush_interval,
+            batch_size=settings.usage_batch_size,
+            max_queue=settings.usage_max_queue,
+        )
+        if settings.audit:
+            state.audit = AuditTrail(connect)
+            state.service.listeners.append(state.audit.on_service_event)
+        if settings.usage_tracking:
+            app.before_request(mark_start)
+            app.after_request(make_usage_recorder(state))
 
     # -- customisation ------------------------------------------------------------------------
 
@@ -121,6 +161,8 @@ class APIKeys:
         return handler
 
     def _render_error(self, error: APIKeyError) -> Any:
+        if has_request_context():
+            request.environ[ERROR_ENVIRON_KEY] = error  # for the usage row
         if self._error_handler is not None:
             return self._error_handler(error)
         return error.get_response()
@@ -165,6 +207,26 @@ class APIKeys:
     rotate_key = _delegate("rotate_key")
     verify_key = _delegate("verify_key")
     seed = _delegate("seed")
+    usage_stats = _delegate("usage_stats")
+    monthly_usage = _delegate("monthly_usage")
+
+    def flush_usage(self) -> int:
+        """Write the buffered usage rows now; return how many were written."""
+        writer = self.state.writer
+        return 0 if writer is None else writer.flush()
+
+    def verify_audit(self) -> ChainBreak | None:
+        """Check the audit trail's hash chain; ``None`` when intact, else the first break."""
+        audit = self.state.audit
+        if audit is None:
+            raise RuntimeError("The audit trail is off (APIKEYS_AUDIT = False).")
+        return audit.verify()
+
+    def audit(self, event: str, *, actor: str | None, **fields: Any) -> None:
+        """Add a record to the audit trail (e.g. an admin action with who did it)."""
+        audit = self.state.audit
+        if audit is not None:
+            audit.record(event, actor=actor, **fields)
 
 
 def problem_response(error: APIKeyError) -> Response:

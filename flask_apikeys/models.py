@@ -127,3 +127,53 @@ class APIKey(Base):
 
     def __repr__(self) -> str:
         return f"<APIKey {self.key_prefix}…{self.key_hint} {self.name!r}>"
+
+
+BigIdentity = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class APIKeyUsage(Base):
+    """One authenticated request: who, what, how it ended and how long it took."""
+
+    __tablename__ = "api_key_usage"
+
+    id: Mapped[int] = mapped_column(BigIdentity, primary_key=True, autoincrement=True)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    timestamp: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: The URL rule (``/v1/items/<id>``), so statistics group by endpoint, not by id.
+    endpoint: Mapped[str] = mapped_column(sa.String(300))
+    method: Mapped[str] = mapped_column(sa.String(10))
+    status_code: Mapped[int] = mapped_column(sa.SmallInteger)
+    response_time_ms: Mapped[float] = mapped_column(sa.Float)
+    tokens_used: Mapped[int | None] = mapped_column(sa.Integer)
+    cost_usd: Mapped[float | None] = mapped_column(sa.Numeric(12, 6, asdecimal=False))
+    ip_address: Mapped[str | None] = mapped_column(sa.String(45))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(300))
+    error_message: Mapped[str | None] = mapped_column(sa.String(500))
+    error_code: Mapped[str | None] = mapped_column(sa.String(50))
+
+
+class AuditRecord(Base):
+    """One entry of the audit trail, chained to the one before it by a hash."""
+
+    __tablename__ = "api_key_audit_log"
+
+    id: Mapped[int] = mapped_column(BigIdentity, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    event: Mapped[str] = mapped_column(sa.String(50), index=True)
+    actor: Mapped[str | None] = mapped_column(sa.String(320))
+    organization_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, index=True)
+    key_prefix: Mapped[str | None] = mapped_column(sa.String(40))
+    key_hint: Mapped[str | None] = mapped_column(sa.String(8))
+    ip_address: Mapped[str | None] = mapped_column(sa.String(45))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(300))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    #: Unique: two writers that read the same chain head cannot both append after it.
+    previous_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    record_hash: Mapped[str] = mapped_column(sa.String(64))

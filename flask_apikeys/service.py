@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, undefer
 
-from . import keys, validation
+from . import keys, stats, validation
 from .cache import VerifiedKeyCache
 from .config import Plan, Settings
 from .config import parse_roles as config_roles
@@ -439,6 +439,35 @@ class KeyService:
         return organization, self.create_key(
             organization, DEFAULT_KEY_NAME, "test", ["*"], actor="seed"
         )
+
+    # -- usage ---------------------------------------------------------------------------------
+
+    def usage_stats(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        start: date,
+        end: date,
+        key: uuid.UUID | str | None = None,
+    ) -> dict[str, Any]:
+        """Usage between ``start`` and ``end`` (excluded): totals, by day/endpoint/status, p50/p95.
+
+        With ``key``, only that key's (it must belong to the organization).
+        """
+        organization = self.get_organization(organization)
+        key_id = None if key is None else self.get_key(key, organization=organization).id
+        return self._read(
+            lambda: stats.usage_stats(
+                self.session, organization.id, start=start, end=end, api_key_id=key_id
+            )
+        )
+
+    def monthly_usage(
+        self, organization: Organization | uuid.UUID | str, month: str
+    ) -> dict[str, Any]:
+        """Usage of one calendar month (UTC), e.g. ``"2026-01"``."""
+        start, end = stats.month_bounds(month)
+        return {"month": month, **self.usage_stats(organization, start=start, end=end)}
 
     # -- verification -------------------------------------------------------------------------
 

@@ -7,7 +7,14 @@ from typing import Any
 from flask import Flask, request
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_apikeys import APIKeys, current_key, public, require_any_scope, require_scopes
+from flask_apikeys import (
+    APIKeys,
+    current_key,
+    public,
+    record_cost,
+    require_any_scope,
+    require_scopes,
+)
 
 
 def create_app(database_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, APIKeys]:
@@ -42,6 +49,12 @@ def create_app(database_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, API
     @require_scopes("outline:generate", "presentations:write")
     def generate_outline() -> dict[str, str]:
         return {"outline": "…"}
+
+    @app.post("/v1/generate/slides")
+    @require_scopes("slides:generate")
+    def generate_slides() -> dict[str, str]:
+        record_cost(tokens=1200, cost_usd=0.0125)
+        return {"slides": "…"}
 
     @app.get("/v1/media")
     @require_any_scope("images:read", "slides:read")

@@ -1,4 +1,4 @@
-"""flask-apikeys: organizations and api_keys.
+"""flask-apikeys: organizations, api_keys, api_key_usage and api_key_audit_log.
 
 Revision ID: apikeys_0001
 Revises:
@@ -81,8 +81,66 @@ def upgrade() -> None:
     op.create_index(op.f("ix_api_keys_key_hash"), "api_keys", ["key_hash"], unique=True)
     op.create_index(op.f("ix_api_keys_key_prefix"), "api_keys", ["key_prefix"])
     op.create_index(op.f("ix_api_keys_organization_id"), "api_keys", ["organization_id"])
+    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    op.create_table(
+        "api_key_usage",
+        sa.Column("id", big_id, autoincrement=True, nullable=False),
+        sa.Column("api_key_id", sa.Uuid(), nullable=False),
+        sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("timestamp", sa.DateTime(), nullable=False),
+        sa.Column("endpoint", sa.String(length=300), nullable=False),
+        sa.Column("method", sa.String(length=10), nullable=False),
+        sa.Column("status_code", sa.SmallInteger(), nullable=False),
+        sa.Column("response_time_ms", sa.Float(), nullable=False),
+        sa.Column("tokens_used", sa.Integer(), nullable=True),
+        sa.Column("cost_usd", sa.Numeric(precision=12, scale=6, asdecimal=False), nullable=True),
+        sa.Column("ip_address", sa.String(length=45), nullable=True),
+        sa.Column("user_agent", sa.String(length=300), nullable=True),
+        sa.Column("error_message", sa.String(length=500), nullable=True),
+        sa.Column("error_code", sa.String(length=50), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["api_key_id"], ["api_keys.id"],
+            name=op.f("fk_api_key_usage_api_key_id_api_keys"), ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["organization_id"], ["organizations.id"],
+            name=op.f("fk_api_key_usage_organization_id_organizations"), ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key_usage")),
+    )
+    op.create_index(op.f("ix_api_key_usage_api_key_id"), "api_key_usage", ["api_key_id"])
+    op.create_index(
+        op.f("ix_api_key_usage_organization_id"), "api_key_usage", ["organization_id"]
+    )
+    op.create_index(op.f("ix_api_key_usage_timestamp"), "api_key_usage", ["timestamp"])
+    op.create_table(
+        "api_key_audit_log",
+        sa.Column("id", big_id, autoincrement=True, nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("event", sa.String(length=50), nullable=False),
+        sa.Column("actor", sa.String(length=320), nullable=True),
+        sa.Column("organization_id", sa.Uuid(), nullable=True),
+        sa.Column("api_key_id", sa.Uuid(), nullable=True),
+        sa.Column("key_prefix", sa.String(length=40), nullable=True),
+        sa.Column("key_hint", sa.String(length=8), nullable=True),
+        sa.Column("ip_address", sa.String(length=45), nullable=True),
+        sa.Column("user_agent", sa.String(length=300), nullable=True),
+        sa.Column("details", JSON, nullable=False),
+        sa.Column("previous_hash", sa.String(length=64), nullable=False),
+        sa.Column("record_hash", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key_audit_log")),
+        sa.UniqueConstraint("previous_hash", name=op.f("uq_api_key_audit_log_previous_hash")),
+    )
+    op.create_index(op.f("ix_api_key_audit_log_api_key_id"), "api_key_audit_log", ["api_key_id"])
+    op.create_index(op.f("ix_api_key_audit_log_created_at"), "api_key_audit_log", ["created_at"])
+    op.create_index(op.f("ix_api_key_audit_log_event"), "api_key_audit_log", ["event"])
+    op.create_index(
+        op.f("ix_api_key_audit_log_organization_id"), "api_key_audit_log", ["organization_id"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("api_key_audit_log")
+    op.drop_table("api_key_usage")
     op.drop_table("api_keys")
     op.drop_table("organizations")

@@ -1,0 +1,173 @@
+"""The audit trail: key and organization events, admin actions and refused attempts.
+
+Each record is written to ``api_key_audit_log`` and logged on the ``flask_apikeys.audit``
+logger with the same fields in ``extra``. Records are chained: each stores the hash of the one
+before it (``previous_hash``, unique) and a hash of its own content and that link
+(``record_hash``). Two writers that read the same head cannot both append after it (the second
+insert violates the unique link and is retried on the new head), so the chain stays a single
+line across processes. :func:`verify_chain` walks it and names the first record that was
+edited, inserted or deleted. Only a key's prefix and hint are ever recorded, never the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from .models import AuditRecord, utcnow
+
+logger = logging.getLogger("flask_apikeys.audit")
+GENESIS = "0" * 64
+FIELDS = (
+    "created_at",
+    "event",
+    "actor",
+    "organization_id",
+    "api_key_id",
+    "key_prefix",
+    "key_hint",
+    "ip_address",
+    "user_agent",
+    "details",
+)
+APPEND_ATTEMPTS = 20
+table: sa.Table = AuditRecord.__table__  # type: ignore[assignment]
+
+
+def record_hash(values: Mapping[str, Any], previous_hash: str) -> str:
+    """The hash that seals a record's content and its link to the previous record."""
+    content = {field: values.get(field) for field in FIELDS}
+    content["created_at"] = values["created_at"].isoformat()
+    for field in ("organization_id", "api_key_id"):
+        content[field] = None if content[field] is None else str(content[field])
+    canonical = json.dumps({"previous": previous_hash, **content}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_record(
+    event: str,
+    *,
+    actor: str | None = None,
+    organization_id: uuid.UUID | None = None,
+    api_key_id: uuid.UUID | None = None,
+    key_prefix: str | None = None,
+    key_hint: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    created_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The fields of one audit record, ready to append."""
+    return {
+        "created_at": created_at or utcnow(),
+        "event": event,
+        "actor": actor,
+        "organization_id": organization_id,
+        "api_key_id": api_key_id,
+        "key_prefix": key_prefix,
+        "key_hint": key_hint,
+        "ip_address": ip_address,
+        "user_agent": None if user_agent is None else user_agent[:300],
+        "details": json.loads(json.dumps(dict(details or {}), default=str)),
+    }
+
+
+def append(connection_factory: Callable[[], Any], records: Iterable[dict[str, Any]]) -> None:
+    """Append records to the chain, in order, each in a short transaction of its own."""
+    for values in records:
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                with connection_factory() as connection:
+                    head = connection.execute(
+                        sa.select(table.c.record_hash).order_by(table.c.id.desc()).limit(1)
+                    ).scalar()
+                    previous = head or GENESIS
+                    row = {**values, "previous_hash": previous}
+                    row["record_hash"] = record_hash(values, previous)
+                    connection.execute(sa.insert(table), row)
+                break
+            except IntegrityError:
+                continue  # another writer appended after the same head: link to the new one
+        else:  # pragma: no cover - only under extreme contention
+            raise RuntimeError("could not append to the audit chain")
+        logger.info(
+            "%s",
+            values["event"],
+            extra={"audit": {field: values[field] for field in FIELDS if field != "created_at"}},
+        )
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first record where the chain does not hold, and why."""
+
+    record_id: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"record {self.record_id}: {self.problem}"
+
+
+def verify_chain(connection: Any) -> ChainBreak | None:
+    """Walk the whole trail; return the first broken record, or ``None`` when it is intact."""
+    previous = GENESIS
+    rows = connection.execute(sa.select(table).order_by(table.c.id)).mappings()
+    for row in rows:
+        values = dict(row)
+        if row["previous_hash"] != previous:
+            return ChainBreak(
+                row["id"],
+                "its link does not match the record before it: a record was "
+                "deleted or inserted before it",
+            )
+        if record_hash(values, previous) != row["record_hash"]:
+            return ChainBreak(row["id"], "its content was changed after it was written")
+        previous = row["record_hash"]
+    return None
+
+
+class AuditTrail:
+    """Writes one app's audit records; subscribed to the service's events by ``init_app``."""
+
+    def __init__(self, connection_factory: Callable[[], Any]) -> None:
+        self._connect = connection_factory
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append one record now (admin actions, key events)."""
+        append(self._connect, [build_record(event, **fields)])
+
+    def on_service_event(self, event: str, **details: Any) -> None:
+        """Listener for :attr:`KeyService.listeners`: key and organization changes."""
+        api_key = details.pop("api_key", None)
+        organization = details.pop("organization", None)
+        previous = details.pop("previous", None)
+        actor = details.pop("actor", None)
+        if previous is not None:
+            details["previous_key_id"] = str(previous.id)
+        fields: dict[str, Any] = {"actor": actor, "details": details}
+        if api_key is not None:
+            fields.update(
+                api_key_id=api_key.id,
+                organization_id=api_key.organization_id,
+                key_prefix=api_key.key_prefix,
+                key_hint=api_key.key_hint,
+            )
+        elif organization is not None:
+            fields.update(
+                organization_id=organization.id, details={**details, "slug": organization.slug}
+            )
+        self.record(event, **fields)
+
+    def verify(self) -> ChainBreak | None:
+        """:func:`verify_chain` on this app's database."""
+        with self._connect() as connection:
+            return verify_chain(connection)

@@ -1,0 +1,269 @@
+"""Usage tracking: one row per authenticated request, written off the request's critical path.
+
+The ``after_request`` step only appends a tuple to an in-memory queue. A daemon thread per app
+writes the queue every ``APIKEYS_USAGE_FLUSH_INTERVAL`` seconds (or sooner when
+``APIKEYS_USAGE_BATCH_SIZE`` rows wait) with one bulk ``INSERT`` and one atomic
+``total_requests = total_requests + n`` update per key, on a connection of its own. The queue is
+flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM). A hard kill
+(SIGKILL, power loss) loses what was queued since the last flush: at most one interval's rows.
+``APIKEYS_USAGE_MODE = "sync"`` writes each request's row before the response instead.
+
+If the database refuses a flush, the rows stay queued and are retried; past
+``APIKEYS_USAGE_MAX_QUEUE`` rows the oldest are dropped and a warning says how many.
+Refused authentication attempts are not usage (there is no key); they go to the audit trail
+through the same writer.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Response, g, request
+
+from .audit import append as append_audit
+from .audit import build_record
+from .keys import KEY_SEARCH_PATTERN
+from .models import APIKey, APIKeyUsage, utcnow
+from .network import client_address
+
+logger = logging.getLogger("flask_apikeys.usage")
+usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
+keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
+START_ENVIRON_KEY = "flask_apikeys.started"
+ERROR_ENVIRON_KEY = "flask_apikeys.error"
+USAGE_FIELDS = (
+    "api_key_id",
+    "organization_id",
+    "timestamp",
+    "endpoint",
+    "method",
+    "status_code",
+    "response_time_ms",
+    "tokens_used",
+    "cost_usd",
+    "ip_address",
+    "user_agent",
+    "error_message",
+    "error_code",
+)
+
+
+def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
+    """Attach tokens and cost to the current request's usage row (call it from a view)."""
+    if tokens is not None:
+        g._apikeys_tokens = (g.get("_apikeys_tokens") or 0) + int(tokens)
+    if cost_usd is not None:
+        g._apikeys_cost = (g.get("_apikeys_cost") or 0.0) + float(cost_usd)
+
+
+class UsageWriter:
+    """Queues usage rows and audit records of one app and writes them in batches."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        synchronous: bool,
+        flush_interval: float,
+        batch_size: int,
+        max_queue: int,
+    ) -> None:
+        self._connect = connect
+        self.synchronous = synchronous
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_queue = max_queue
+        self._usage: deque[tuple[Any, ...]] = deque()
+        self._audit: deque[dict[str, Any]] = deque()
+        self._wake = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        writers = weakref.WeakSet([self])
+
+        def close_all() -> None:
+            for writer in list(writers):
+                writer.close()
+
+        atexit.register(close_all)
+
+    def add_usage(self, row: tuple[Any, ...]) -> None:
+        self._usage.append(row)
+        self._after_add(len(self._usage))
+
+    def add_audit(self, record: dict[str, Any]) -> None:
+        self._audit.append(record)
+        self._after_add(len(self._audit))
+
+    def _after_add(self, queued: int) -> None:
+        if self.synchronous:
+            self.flush()
+            return
+        if self._thread is None:
+            self._start()
+        if queued >= self.batch_size:
+            self._wake.set()
+
+    def _start(self) -> None:
+        with self._flush_lock:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(
+                    target=self._run, name="flask-apikeys-usage", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - the writer must outlive a bad flush
+                logger.exception("flask-apikeys could not write usage; will retry")
+
+    def flush(self) -> int:
+        """Write everything queued now; return how many usage rows were written."""
+        with self._flush_lock:
+            rows = [self._usage.popleft() for _ in range(len(self._usage))]
+            audits = [self._audit.popleft() for _ in range(len(self._audit))]
+            try:
+                if rows:
+                    self._write_usage(rows)
+            except Exception:
+                self._requeue(rows, self._usage)
+                self._requeue(audits, self._audit)
+                raise
+            try:
+                if audits:
+                    append_audit(self._connect, audits)
+            except Exception:
+                self._requeue(audits, self._audit)
+                raise
+            return len(rows)
+
+    def _requeue(self, items: list[Any], queue: deque[Any]) -> None:
+        queue.extendleft(reversed(items))
+        excess = len(queue) - self.max_queue
+        if excess > 0:
+            for _ in range(excess):
+                queue.pop()
+            logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
+
+    def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
+        per_key: dict[Any, list[Any]] = {}
+        for row in rows:
+            totals = per_key.setdefault(row[0], [0, row[2]])
+            totals[0] += 1
+            totals[1] = max(totals[1], row[2])
+        last = keys_table.c.last_used_at
+        with self._connect() as connection:
+            connection.execute(
+                sa.insert(usage_table), [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
+            )
+            connection.execute(
+                sa.update(keys_table)
+                .where(keys_table.c.id == sa.bindparam("key_id"))
+                .values(
+                    total_requests=keys_table.c.total_requests + sa.bindparam("count"),
+                    last_used_at=sa.case(
+                        (sa.or_(last.is_(None), last < sa.bindparam("seen")), sa.bindparam("seen")),
+                        else_=last,
+                    ),
+                    last_request_at=sa.bindparam("seen"),
+                ),
+                [
+                    {"key_id": key, "count": count, "seen": seen}
+                    for key, (count, seen) in per_key.items()
+                ],
+            )
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (called at exit)."""
+        self._stopped = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - at exit there is no one left to raise to
+            logger.exception("flask-apikeys could not write its last usage rows")
+
+
+def make_usage_recorder(state: Any) -> Callable[[Response], Response]:
+    """The ``after_request`` step that queues a row for every request a key authenticated."""
+    from .auth import OUTCOME_ENVIRON_KEY
+    from .identity import VerifiedKey
+
+    writer = state.writer
+    trusted_proxies = state.settings.trusted_proxies
+
+    def record_usage(response: Response) -> Response:
+        environ = request.environ
+        key = environ.get(OUTCOME_ENVIRON_KEY)
+        if isinstance(key, VerifiedKey):
+            address = client_address(environ, trusted_proxies)
+            writer.add_usage(usage_row(response, key, environ, address))
+        return response
+
+    return record_usage
+
+
+def mark_start() -> None:
+    """Remember when the request started (called by the hook, first thing)."""
+    request.environ[START_ENVIRON_KEY] = time.perf_counter()
+
+
+def usage_row(
+    response: Response, key: Any, environ: dict[str, Any], address: str
+) -> tuple[Any, ...]:
+    """The usage row of a finished request."""
+    started = environ.get(START_ENVIRON_KEY)
+    elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
+    rule = request.url_rule
+    endpoint = rule.rule if rule is not None else KEY_SEARCH_PATTERN.sub("[key]", request.path)
+    error = environ.get(ERROR_ENVIRON_KEY)
+    user_agent = environ.get("HTTP_USER_AGENT")
+    return (
+        key.id,
+        key.organization.id,
+        utcnow(),
+        endpoint[:300],
+        request.method[:10],
+        response.status_code,
+        round(elapsed_ms, 3),
+        g.get("_apikeys_tokens"),
+        g.get("_apikeys_cost"),
+        address[:45] or None,
+        None if user_agent is None else user_agent[:300],
+        None if error is None else str(error.detail)[:500],
+        None if error is None else error.error_code,
+    )
+
+
+def attempt_record(
+    error: Any, environ: dict[str, Any], address: str, presented: str | None
+) -> dict[str, Any]:
+    """An audit record for a refused authentication (prefix and hint only)."""
+    from .keys import HINT_LENGTH, parse_key
+
+    parsed = None if presented is None else parse_key(presented)
+    return build_record(
+        "auth.expired" if error.error_code == "expired_api_key" else "auth.refused",
+        ip_address=address or None,
+        user_agent=environ.get("HTTP_USER_AGENT"),
+        key_prefix=None if parsed is None else parsed.display_prefix,
+        key_hint=None if parsed is None or presented is None else presented[-HINT_LENGTH:],
+        details={
+            "code": error.error_code,
+            "method": request.method,
+            "path": KEY_SEARCH_PATTERN.sub("[key]", request.path)[:300],
+        },
+    )
