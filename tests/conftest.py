@@ -34,6 +34,9 @@ def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     with flask_app.app_context():
         apikeys.create_all()
     yield flask_app
+    writer = flask_app.extensions["apikeys"].writer
+    if writer is not None:
+        writer.close()  # write what the test left queued while its database still exists
     with flask_app.app_context():
         flask_app.extensions["sqlalchemy"].engine.dispose()
 
