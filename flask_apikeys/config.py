@@ -109,6 +109,12 @@ def _parse_rate_limit(value: Any) -> str:
     return value
 
 
+def _parse_optional_rate_limit(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _parse_rate_limit(value)
+
+
 def _parse_positive_number(value: Any) -> float:
     try:
         number = float(value)
@@ -273,6 +279,37 @@ OPTIONS: tuple[Option, ...] = (
         _parse_positive_number,
         "seconds a verified key is trusted without asking the database (0 turns it off)",
     ),
+    Option(
+        "APIKEYS_RATELIMIT_ENABLED",
+        True,
+        _parse_bool,
+        "enforce per-key and per-organization rate limits and monthly quotas",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_FAIL_OPEN",
+        True,
+        _parse_bool,
+        "when the rate-limit storage is unreachable, let authenticated requests through "
+        "(true) or answer 503 (false)",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_HEADERS",
+        True,
+        _parse_bool,
+        "add X-RateLimit-* and the IETF RateLimit / RateLimit-Policy fields to responses",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_ORGANIZATION_WIDE",
+        True,
+        _parse_bool,
+        "also limit all keys of an organization together to its per-minute limit",
+    ),
+    Option(
+        "APIKEYS_FAILED_AUTH_LIMIT",
+        "20/minute",
+        _parse_optional_rate_limit,
+        "failed authentication attempts allowed per client address (empty: no limit)",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -296,6 +333,11 @@ class Settings:
     cache_ttl: float
     roles: dict[str, tuple[str, ...]]
     trusted_proxies: int
+    ratelimit_enabled: bool = True
+    ratelimit_fail_open: bool = True
+    ratelimit_headers: bool = True
+    ratelimit_organization_wide: bool = True
+    failed_auth_limit: str | None = "20/minute"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -344,5 +386,10 @@ def load_settings(
         cache_ttl=values["APIKEYS_CACHE_TTL"],
         roles=values["APIKEYS_ROLES"],
         trusted_proxies=values["APIKEYS_TRUSTED_PROXIES"],
+        ratelimit_enabled=values["APIKEYS_RATELIMIT_ENABLED"],
+        ratelimit_fail_open=values["APIKEYS_RATELIMIT_FAIL_OPEN"],
+        ratelimit_headers=values["APIKEYS_RATELIMIT_HEADERS"],
+        ratelimit_organization_wide=values["APIKEYS_RATELIMIT_ORGANIZATION_WIDE"],
+        failed_auth_limit=values["APIKEYS_FAILED_AUTH_LIMIT"],
         raw=values,
     )

@@ -17,6 +17,7 @@ from .cache import VerifiedKeyCache
 from .config import Settings, load_settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
+from .limiting import RateLimits, install_rate_limits, key_func, limit_for_key
 from .migrations import register_tables
 from .models import metadata
 from .service import KeyService
@@ -39,6 +40,8 @@ class ExtensionState:
     public_path_prefixes: tuple[str, ...]
     #: endpoint → whether it is public, filled on first sight of each endpoint.
     public_endpoints: dict[str, bool] = field(default_factory=dict)
+    #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
+    limits: RateLimits | None = None
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -104,6 +107,7 @@ class APIKeys:
             public_exact_paths=exact_paths,
             public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
         )
+        state.limits = install_rate_limits(app, state, limiter or self._limiter)
         app.before_request(make_before_request_hook(state))
         register_tables(db.metadata)
         app.register_error_handler(APIKeyError, self._render_error)
@@ -163,6 +167,9 @@ class APIKeys:
     rotate_key = _delegate("rotate_key")
     verify_key = _delegate("verify_key")
     seed = _delegate("seed")
+    #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
+    key_func = staticmethod(key_func)
+    limit_for_key = staticmethod(limit_for_key)
 
 
 def problem_response(error: APIKeyError) -> Response:

@@ -1,0 +1,427 @@
+"""Rate limits per key and per organization, monthly quotas, and slow key guessing.
+
+Enforced in our own ``before_request`` hook, right after authentication, with the ``limits``
+library directly: Flask-Limiter re-resolves its rules on every request, which costs more than
+the counters themselves. Every authenticated request takes one unit from, in this order:
+
+1. the organization's monthly quota (``monthly_request_limit``; none if unset), a counter per
+   calendar month in UTC, ``quota:{<org id>}:<YYYY-MM>``;
+2. the organization-wide limit shared by all its keys (its ``rate_limit_per_minute``);
+3. the key's own limit: its custom rate limit, else the organization's per-minute limit, else
+   ``APIKEYS_DEFAULT_RATE_LIMIT``.
+
+All of them or none (:mod:`flask_apikeys.counters`), so a refused request consumes nothing. Keys
+are resolved from the cached key snapshot, so a change reaches this process at once and other
+processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
+:func:`limit_for_key` on top.
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, cast
+
+from flask import Flask, Request, Response, current_app, request
+from limits import RateLimitItem, parse_many
+from limits.storage import Storage, storage_from_string
+
+from .auth import authenticate, authenticate_request
+from .counters import Counter, Counters, Outcome, counters_for
+from .errors import (
+    APIKeyError,
+    AuthenticationError,
+    BackendUnavailable,
+    MissingAPIKey,
+    QuotaExceeded,
+    RateLimitExceeded,
+)
+from .network import client_address
+
+if TYPE_CHECKING:
+    from .extension import ExtensionState
+    from .identity import VerifiedKey
+
+logger = logging.getLogger("flask_apikeys")
+#: Where a request's limits and counters wait for the ``after_request`` hook.
+RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
+#: A quota counter outlives its month by this much, so a late request never restarts it.
+QUOTA_GRACE_SECONDS = 86_400
+STORAGE_WARNING_INTERVAL = 10.0
+
+
+@lru_cache(maxsize=1024)
+def parse_limit(text: str) -> tuple[tuple[int, int], ...]:
+    """``"10/second;1000/day"`` as ``((10, 1), (1000, 86400))``: (amount, window seconds).
+
+    Parsed once per distinct string. Two limits on the same window keep the stricter one.
+    """
+    windows: dict[int, int] = {}
+    for item in parse_many(text):
+        window = cast(RateLimitItem, item).get_expiry()
+        windows[window] = min(item.amount, windows.get(window, item.amount))
+    return tuple(sorted((amount, window) for window, amount in windows.items()))
+
+
+def per_minute(amount: int | None, default: str) -> str:
+    """The limit string for a per-minute count, or ``default`` when there is none."""
+    return default if amount is None else f"{amount}/minute"
+
+
+def key_limit(key: VerifiedKey, default: str) -> str:
+    """A key's effective limit: its own, else its organization's (or plan's), else the default."""
+    return key.custom_rate_limit or per_minute(key.organization.rate_limit_per_minute, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    """The current calendar month in UTC."""
+
+    label: str
+    start: float
+    end: float
+
+    @classmethod
+    def containing(cls, now: float) -> Month:
+        moment = time.gmtime(now)
+        start = calendar.timegm((moment.tm_year, moment.tm_mon, 1, 0, 0, 0))
+        year, month = divmod(moment.tm_year * 12 + moment.tm_mon, 12)  # the next month
+        end = calendar.timegm((year, month + 1, 1, 0, 0, 0))
+        return cls(f"{moment.tm_year:04d}-{moment.tm_mon:02d}", start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Everything a key's requests need, resolved once per key configuration and month."""
+
+    names: tuple[str, ...]
+    counters: tuple[Counter, ...]
+    #: The ``RateLimit-Policy`` field, the same on every response for this key.
+    policy_header: str
+    #: Index of the quota counter (always 0) or ``None``.
+    quota_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What one request took, for the response headers."""
+
+    limits: KeyLimits
+    outcome: Outcome
+    month: Month
+
+
+def build_limits(
+    policies: list[tuple[str, str, int, int]], quota: tuple[str, int] | None, month: Month
+) -> KeyLimits:
+    """Counters and the policy header from ``(name, storage key, amount, window)`` entries."""
+    if quota is not None:
+        key, amount = quota
+        window = int(month.end - month.start)
+        policies = [("quota", key, amount, window + QUOTA_GRACE_SECONDS), *policies]
+    counters = tuple(Counter(key, amount, window) for _, key, amount, window in policies)
+    policy_header = ", ".join(
+        f'"{name}";q={amount};w={int(month.end - month.start) if name == "quota" else window}'
+        for name, _, amount, window in policies
+    )
+    return KeyLimits(
+        names=tuple(policy[0] for policy in policies),
+        counters=counters,
+        policy_header=policy_header,
+        quota_index=0 if quota is not None else None,
+    )
+
+
+class RateLimits:
+    """The rate limiting of one app, kept as ``ExtensionState.limits``."""
+
+    def __init__(self, state: ExtensionState, limiter: Any = None) -> None:
+        self.state = state
+        self.settings = settings = state.settings
+        self.limiter = limiter
+        self._counters: Counters | None = None
+        self._lock = threading.Lock()
+        self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
+        self._month = Month.containing(time.time())
+        self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
+        #: client address → until when it is refused without verifying its key.
+        self.blocked: dict[str, float] = {}
+        self._last_warning = 0.0
+
+    # -- storage ------------------------------------------------------------------------------
+
+    @property
+    def counters(self) -> Counters:
+        """Counters over the app's Flask-Limiter storage, or ``APIKEYS_RATELIMIT_STORAGE_URI``.
+
+        Resolved on first use, so a ``Limiter`` initialised after us is still found.
+        """
+        if self._counters is None:
+            with self._lock:
+                if self._counters is None:
+                    self._counters = counters_for(self._find_storage())
+        return self._counters
+
+    def _find_storage(self) -> Storage:
+        limiter = self.limiter
+        if limiter is None:
+            registered = current_app.extensions.get("limiter") or ()
+            limiter = next(iter(registered), None)
+        if limiter is not None:
+            return cast(Storage, limiter.storage)
+        return cast(
+            Storage, storage_from_string(self.settings.ratelimit_storage_uri or "memory://")
+        )
+
+    def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
+        """Take from every counter; ``None`` when the storage is down and we fail open."""
+        store = self.counters
+        try:
+            return store.take(counters)
+        except store.errors as error:
+            now = time.monotonic()
+            if now - self._last_warning >= STORAGE_WARNING_INTERVAL:
+                self._last_warning = now
+                logger.warning(
+                    "Rate-limit storage unreachable (%s): %s",
+                    type(error).__name__,
+                    "requests are let through"
+                    if self.settings.ratelimit_fail_open
+                    else "requests are refused with 503",
+                )
+            if self.settings.ratelimit_fail_open:
+                return None
+            raise BackendUnavailable(
+                "Rate limits cannot be checked right now; retry shortly."
+            ) from None
+
+    # -- the request hook ---------------------------------------------------------------------
+
+    def authenticate(self, current_request: Request) -> VerifiedKey | None:
+        """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
+
+        Addresses that failed too often are refused before their key is even looked at.
+        """
+        address = None
+        if self.blocked and self.settings.failed_auth_limit:
+            address = client_address(current_request.environ, self.settings.trusted_proxies)
+            self._refuse_if_blocked(address)
+        try:
+            key = authenticate(current_request, self.state)
+        except AuthenticationError as error:
+            if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
+                self._count_failure(
+                    address
+                    or client_address(current_request.environ, self.settings.trusted_proxies)
+                )
+            raise
+        if key is not None:
+            self.enforce(key, current_request)
+        elif self.settings.allow_unauthenticated:
+            self._enforce_anonymous(current_request)
+        return key
+
+    def enforce(self, key: VerifiedKey, current_request: Request) -> None:
+        """Take one unit of every limit of ``key``, or raise 429 and take none."""
+        now = time.time()
+        month = self._month
+        if now >= month.end:
+            month = self._month = Month.containing(now)
+        organization = key.organization
+        cache_key = (
+            key.id,
+            key.custom_rate_limit,
+            organization.id,
+            organization.rate_limit_per_minute,
+            organization.monthly_request_limit,
+            month.label,
+        )
+        limits = self._key_limits.get(cache_key)
+        if limits is None:
+            limits = self._key_limits_for(key, month)
+            if len(self._key_limits) >= 10_000:
+                self._key_limits.clear()
+            self._key_limits[cache_key] = limits
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, month, now)
+
+    def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        organization = key.organization
+        tag = f"{{{organization.id}}}"  # one Redis Cluster slot for all of an org's counters
+        default = self.settings.default_rate_limit
+        policies = []
+        if self.settings.ratelimit_organization_wide:
+            for amount, window in parse_limit(
+                per_minute(organization.rate_limit_per_minute, default)
+            ):
+                policies.append(("organization", f"apikeys:{tag}:org:{window}", amount, window))
+        own = parse_limit(key_limit(key, default))
+        for amount, window in own:
+            name = "apikey" if len(own) == 1 else f"apikey-{window}s"
+            policies.append((name, f"apikeys:{tag}:key:{key.id}:{window}", amount, window))
+        monthly = organization.monthly_request_limit
+        quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
+        return build_limits(policies, quota, month)
+
+    def _enforce_anonymous(self, current_request: Request) -> None:
+        address = client_address(current_request.environ, self.settings.trusted_proxies)
+        policies = [
+            ("address", f"apikeys:address:{address}:{window}", amount, window)
+            for amount, window in parse_limit(self.settings.default_rate_limit)
+        ]
+        limits = build_limits(policies, None, self._month)
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, self._month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, self._month, time.time())
+
+    @staticmethod
+    def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
+        index = cast(int, outcome.refused)
+        counter = limits.counters[index]
+        if index == limits.quota_index:
+            return QuotaExceeded(
+                f"The organization's monthly quota of {counter.limit} requests is used up; it "
+                "renews on the first day of next month (UTC).",
+                retry_after=math.ceil(month.end - now),
+                limit=counter.limit,
+                period=month.label,
+            )
+        retry_after = math.ceil(outcome.resets[index] - now)
+        whose = "organization's" if limits.names[index] == "organization" else "key's"
+        if limits.names[index] == "address":
+            whose = "address's"
+        return RateLimitExceeded(
+            f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
+            f"is reached; retry in {max(1, retry_after)} s.",
+            retry_after=retry_after,
+            policy=limits.names[index],
+            limit=counter.limit,
+            window_seconds=counter.window_seconds,
+        )
+
+    # -- failed authentication ----------------------------------------------------------------
+
+    def _refuse_if_blocked(self, address: str) -> None:
+        until = self.blocked.get(address)
+        if until is None:
+            return
+        now = time.time()
+        if now >= until:
+            self.blocked.pop(address, None)
+            return
+        raise RateLimitExceeded(
+            "Too many failed authentication attempts from this address; retry later.",
+            retry_after=math.ceil(until - now),
+            policy="failed-authentication",
+        )
+
+    def _count_failure(self, address: str) -> None:
+        """Count a failed attempt; past the limit, answer 429 and refuse the address for a while.
+
+        Each process remembers refused addresses itself, so an address gets at most one more
+        verified attempt per process and window than the limit.
+        """
+        counters = tuple(
+            Counter(f"apikeys:failed-auth:{address}:{window}", amount, window)
+            for amount, window in self._failed_auth
+        )
+        outcome = self._take(counters)
+        if outcome is None or outcome.refused is None:
+            return
+        if len(self.blocked) >= 10_000:
+            self.blocked.clear()
+        self.blocked[address] = max(outcome.resets)
+        self._refuse_if_blocked(address)
+
+    # -- response headers ---------------------------------------------------------------------
+
+    def add_headers(self, response: Response) -> Response:
+        """``after_request``: X-RateLimit-*, RateLimit and RateLimit-Policy, as taken."""
+        result = request.environ.get(RESULT_ENVIRON_KEY)
+        if result is None:
+            return response
+        limits, outcome, month = result.limits, result.outcome, result.month
+        now = time.time()
+        resets = list(outcome.resets)
+        if limits.quota_index is not None:
+            resets[limits.quota_index] = month.end
+        remaining = [
+            max(0, counter.limit - value)
+            for counter, value in zip(limits.counters, outcome.values, strict=True)
+        ]
+        shown = outcome.refused
+        if shown is None:
+            shown = remaining.index(min(remaining))
+        headers = response.headers
+        headers["X-RateLimit-Limit"] = str(limits.counters[shown].limit)
+        headers["X-RateLimit-Remaining"] = str(remaining[shown])
+        headers["X-RateLimit-Reset"] = str(int(resets[shown] + 1))
+        headers["RateLimit-Policy"] = limits.policy_header
+        headers["RateLimit"] = ", ".join(
+            f'"{name}";r={left};t={max(0, math.ceil(reset - now))}'
+            for name, left, reset in zip(limits.names, remaining, resets, strict=True)
+        )
+        return response
+
+
+def install_rate_limits(
+    app: Flask, state: ExtensionState, limiter: Any = None
+) -> RateLimits | None:
+    """Create the app's :class:`RateLimits` and register the header hook (``init_app``)."""
+    if not state.settings.ratelimit_enabled:
+        return None
+    limits = RateLimits(state, limiter)
+    if state.settings.ratelimit_headers:
+        app.after_request(limits.add_headers)
+    return limits
+
+
+# -- Flask-Limiter integration ----------------------------------------------------------------
+
+
+def _current_key() -> VerifiedKey | None:
+    try:
+        return authenticate_request()
+    except APIKeyError:
+        return None
+
+
+def key_func() -> str:
+    """A Flask-Limiter key function: ``"apikey:<key id>"``, else the client's address.
+
+    Verifies the key itself (once per request, shared with our hook), because Flask-Limiter's
+    ``before_request`` may run before ours. Never returns the key: only its id::
+
+        limiter = Limiter(key_func=apikeys.key_func, app=app)
+    """
+    state = current_app.extensions.get("apikeys")
+    if state is None:
+        return request.remote_addr or "127.0.0.1"
+    key = _current_key() if state.settings.enabled else None
+    if key is not None:
+        return f"apikey:{key.id}"
+    return client_address(request.environ, state.settings.trusted_proxies)
+
+
+def limit_for_key() -> str:
+    """A Flask-Limiter dynamic limit: the current key's effective limit string.
+
+    ``@limiter.limit(apikeys.limit_for_key, key_func=apikeys.key_func)``; requests without a
+    key get ``APIKEYS_DEFAULT_RATE_LIMIT``.
+    """
+    state = cast("ExtensionState", current_app.extensions["apikeys"])
+    default = state.settings.default_rate_limit
+    key = _current_key() if state.settings.enabled else None
+    return default if key is None else key_limit(key, default)
