@@ -145,6 +145,7 @@ class RateLimits:
         self.settings = settings = state.settings
         self.limiter = limiter
         self._counters: Counters | None = None
+        self._owns_storage = False
         self._lock = threading.Lock()
         self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
         self._month = Month.containing(time.time())
@@ -174,9 +175,17 @@ class RateLimits:
             limiter = next(iter(registered), None)
         if limiter is not None:
             return cast(Storage, limiter.storage)
+        self._owns_storage = True
         return cast(
             Storage, storage_from_string(self.settings.ratelimit_storage_uri or "memory://")
         )
+
+    def close(self) -> None:
+        """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
+        counters, self._counters = self._counters, None
+        client = getattr(counters and counters.storage, "storage", None)
+        if self._owns_storage and hasattr(client, "close"):
+            client.close()
 
     def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
         """Take from every counter; ``None`` when the storage is down and we fail open."""
