@@ -25,10 +25,10 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask import Flask, Request, Response, current_app, request
-from limits import RateLimitItem, parse_many
+from limits import parse_many
 from limits.storage import Storage, storage_from_string
 
 from .auth import authenticate, authenticate_request
@@ -53,6 +53,8 @@ RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
 #: A quota counter outlives its month by this much, so a late request never restarts it.
 QUOTA_GRACE_SECONDS = 86_400
 STORAGE_WARNING_INTERVAL = 10.0
+#: How many key configurations (and snapshots, and blocked addresses) are remembered at most.
+MAX_REMEMBERED = 10_000
 
 
 @lru_cache(maxsize=1024)
@@ -63,9 +65,9 @@ def parse_limit(text: str) -> tuple[tuple[int, int], ...]:
     """
     windows: dict[int, int] = {}
     for item in parse_many(text):
-        window = cast(RateLimitItem, item).get_expiry()
+        window = item.get_expiry()
         windows[window] = min(item.amount, windows.get(window, item.amount))
-    return tuple(sorted((amount, window) for window, amount in windows.items()))
+    return tuple((amount, window) for window, amount in sorted(windows.items()))
 
 
 def per_minute(amount: int | None, default: str) -> str:
@@ -107,9 +109,8 @@ class KeyLimits:
     quota_index: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What one request took, for the response headers."""
+class Result(NamedTuple):
+    """What one request took, for the response headers (a tuple: built on every request)."""
 
     limits: KeyLimits
     outcome: Outcome
@@ -148,6 +149,7 @@ class RateLimits:
         self._owns_storage = False
         self._lock = threading.Lock()
         self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
+        self._by_snapshot: dict[int, tuple[VerifiedKey, Month, KeyLimits]] = {}
         self._month = Month.containing(time.time())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
         #: client address → until when it is refused without verifying its key.
@@ -168,7 +170,8 @@ class RateLimits:
                     self._counters = counters_for(self._find_storage())
         return self._counters
 
-    def _find_storage(self) -> Storage:
+    def _find_storage(self) -> Storage | None:
+        """The shared Limiter's storage, else one from the URI (``None``: our own memory)."""
         limiter = self.limiter
         if limiter is None:
             registered = current_app.extensions.get("limiter") or ()
@@ -176,15 +179,16 @@ class RateLimits:
         if limiter is not None:
             return cast(Storage, limiter.storage)
         self._owns_storage = True
-        return cast(
-            Storage, storage_from_string(self.settings.ratelimit_storage_uri or "memory://")
-        )
+        uri = self.settings.ratelimit_storage_uri or "memory://"
+        if uri.startswith("memory://"):
+            return None
+        return cast(Storage, storage_from_string(uri))
 
     def close(self) -> None:
         """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
         counters, self._counters = self._counters, None
         client = getattr(counters and counters.storage, "storage", None)
-        if self._owns_storage and hasattr(client, "close"):
+        if self._owns_storage and client is not None and hasattr(client, "close"):
             client.close()
 
     def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
@@ -241,8 +245,23 @@ class RateLimits:
         month = self._month
         if now >= month.end:
             month = self._month = Month.containing(now)
+        entry = self._by_snapshot.get(id(key))
+        if entry is not None and entry[0] is key and entry[1] is month:
+            limits = entry[2]
+        else:
+            limits = self._resolve(key, month)
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, month, now)
+
+    def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        """The limits of a key snapshot not seen yet: shared by every snapshot of the same
+        configuration, so a key reloaded from the database each second builds nothing new."""
         organization = key.organization
-        cache_key = (
+        configuration = (
             key.id,
             key.custom_rate_limit,
             organization.id,
@@ -250,18 +269,17 @@ class RateLimits:
             organization.monthly_request_limit,
             month.label,
         )
-        limits = self._key_limits.get(cache_key)
+        limits = self._key_limits.get(configuration)
         if limits is None:
             limits = self._key_limits_for(key, month)
-            if len(self._key_limits) >= 10_000:
+            if len(self._key_limits) >= MAX_REMEMBERED:
                 self._key_limits.clear()
-            self._key_limits[cache_key] = limits
-        outcome = self._take(limits.counters)
-        if outcome is None:
-            return
-        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
-        if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, now)
+            self._key_limits[configuration] = limits
+        if len(self._by_snapshot) >= MAX_REMEMBERED:
+            self._by_snapshot.clear()
+        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
+        self._by_snapshot[id(key)] = (key, month, limits)
+        return limits
 
     def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:
         organization = key.organization
@@ -349,7 +367,7 @@ class RateLimits:
         outcome = self._take(counters)
         if outcome is None or outcome.refused is None:
             return
-        if len(self.blocked) >= 10_000:
+        if len(self.blocked) >= MAX_REMEMBERED:
             self.blocked.clear()
         self.blocked[address] = max(outcome.resets)
         self._refuse_if_blocked(address)
@@ -357,31 +375,38 @@ class RateLimits:
     # -- response headers ---------------------------------------------------------------------
 
     def add_headers(self, response: Response) -> Response:
-        """``after_request``: X-RateLimit-*, RateLimit and RateLimit-Policy, as taken."""
+        """``after_request``: X-RateLimit-*, RateLimit and RateLimit-Policy, as taken.
+
+        X-RateLimit-* describe the limit that refused the request, else the one with the least
+        left; RateLimit lists every policy (draft-ietf-httpapi-ratelimit-headers).
+        """
         result = request.environ.get(RESULT_ENVIRON_KEY)
         if result is None:
             return response
-        limits, outcome, month = result.limits, result.outcome, result.month
+        limits, outcome = result.limits, result.outcome
         now = time.time()
-        resets = list(outcome.resets)
-        if limits.quota_index is not None:
-            resets[limits.quota_index] = month.end
-        remaining = [
-            max(0, counter.limit - value)
-            for counter, value in zip(limits.counters, outcome.values, strict=True)
-        ]
+        fields = []
         shown = outcome.refused
+        least = None
+        for index, counter in enumerate(limits.counters):
+            left = counter.limit - outcome.values[index]
+            if left < 0:
+                left = 0
+            if shown is None and (least is None or left < least):
+                least, shown_index = left, index
+            reset = result.month.end if index == limits.quota_index else outcome.resets[index]
+            fields.append(f'"{limits.names[index]}";r={left};t={math.ceil(max(0.0, reset - now))}')
         if shown is None:
-            shown = remaining.index(min(remaining))
-        headers = response.headers
-        headers["X-RateLimit-Limit"] = str(limits.counters[shown].limit)
-        headers["X-RateLimit-Remaining"] = str(remaining[shown])
-        headers["X-RateLimit-Reset"] = str(int(resets[shown] + 1))
-        headers["RateLimit-Policy"] = limits.policy_header
-        headers["RateLimit"] = ", ".join(
-            f'"{name}";r={left};t={max(0, math.ceil(reset - now))}'
-            for name, left, reset in zip(limits.names, remaining, resets, strict=True)
-        )
+            shown = shown_index
+        counter = limits.counters[shown]
+        reset = result.month.end if shown == limits.quota_index else outcome.resets[shown]
+        # add(), not item assignment: no scan for an existing header (these are ours alone).
+        add = response.headers.add
+        add("X-RateLimit-Limit", str(counter.limit))
+        add("X-RateLimit-Remaining", str(max(0, counter.limit - outcome.values[shown])))
+        add("X-RateLimit-Reset", str(int(reset + 1)))
+        add("RateLimit-Policy", limits.policy_header)
+        add("RateLimit", ", ".join(fields))
         return response
 
 

@@ -15,7 +15,7 @@ from flask import Flask
 from limits.storage import MemoryStorage, storage_from_string
 
 from flask_apikeys import APIKeys
-from flask_apikeys.counters import Counter, Counters, counters_for
+from flask_apikeys.counters import Counter, Counters, GiveBackCounters, counters_for
 from flask_apikeys.limiting import Month
 
 from .factory import create_app
@@ -93,16 +93,19 @@ def test_limit_is_exact_under_concurrency(
 @pytest.fixture(
     params=[
         "memory",
+        "local",
         "fallback",
         pytest.param("redis", marks=pytest.mark.redis),
     ]
 )
 def counters(request: pytest.FixtureRequest) -> Iterator[Counters]:
-    """Each implementation: memory (locked), the generic give-back one, and the Lua script."""
+    """Each implementation: a shared MemoryStorage, our own dicts, give-back, the Lua script."""
     if request.param == "memory":
         yield counters_for(MemoryStorage())
+    elif request.param == "local":
+        yield counters_for(None)
     elif request.param == "fallback":
-        yield Counters(MemoryStorage())
+        yield GiveBackCounters(MemoryStorage())
     else:
         storage = storage_from_string(request.getfixturevalue("redis_url"))
         yield counters_for(storage)
