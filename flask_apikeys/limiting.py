@@ -18,17 +18,13 @@ processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func`
 
 from __future__ import annotations
 
-import calendar
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from flask import Flask, Request, Response, current_app, request
-from limits import parse_many
 from limits.storage import Storage, storage_from_string
 
 from .auth import authenticate, authenticate_request
@@ -42,6 +38,7 @@ from .errors import (
     RateLimitExceeded,
 )
 from .network import client_address
+from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
 if TYPE_CHECKING:
     from .extension import ExtensionState
@@ -50,63 +47,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("flask_apikeys")
 #: Where a request's limits and counters wait for the ``after_request`` hook.
 RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
-#: A quota counter outlives its month by this much, so a late request never restarts it.
-QUOTA_GRACE_SECONDS = 86_400
 STORAGE_WARNING_INTERVAL = 10.0
 #: How many key configurations (and snapshots, and blocked addresses) are remembered at most.
 MAX_REMEMBERED = 10_000
-
-
-@lru_cache(maxsize=1024)
-def parse_limit(text: str) -> tuple[tuple[int, int], ...]:
-    """``"10/second;1000/day"`` as ``((10, 1), (1000, 86400))``: (amount, window seconds).
-
-    Parsed once per distinct string. Two limits on the same window keep the stricter one.
-    """
-    windows: dict[int, int] = {}
-    for item in parse_many(text):
-        window = item.get_expiry()
-        windows[window] = min(item.amount, windows.get(window, item.amount))
-    return tuple((amount, window) for window, amount in sorted(windows.items()))
-
-
-def per_minute(amount: int | None, default: str) -> str:
-    """The limit string for a per-minute count, or ``default`` when there is none."""
-    return default if amount is None else f"{amount}/minute"
-
-
-def key_limit(key: VerifiedKey, default: str) -> str:
-    """A key's effective limit: its own, else its organization's (or plan's), else the default."""
-    return key.custom_rate_limit or per_minute(key.organization.rate_limit_per_minute, default)
-
-
-@dataclass(frozen=True, slots=True)
-class Month:
-    """The current calendar month in UTC."""
-
-    label: str
-    start: float
-    end: float
-
-    @classmethod
-    def containing(cls, now: float) -> Month:
-        moment = time.gmtime(now)
-        start = calendar.timegm((moment.tm_year, moment.tm_mon, 1, 0, 0, 0))
-        year, month = divmod(moment.tm_year * 12 + moment.tm_mon, 12)  # the next month
-        end = calendar.timegm((year, month + 1, 1, 0, 0, 0))
-        return cls(f"{moment.tm_year:04d}-{moment.tm_mon:02d}", start, end)
-
-
-@dataclass(frozen=True, slots=True)
-class KeyLimits:
-    """Everything a key's requests need, resolved once per key configuration and month."""
-
-    names: tuple[str, ...]
-    counters: tuple[Counter, ...]
-    #: The ``RateLimit-Policy`` field, the same on every response for this key.
-    policy_header: str
-    #: Index of the quota counter (always 0) or ``None``.
-    quota_index: int | None
 
 
 class Result(NamedTuple):
@@ -115,27 +58,6 @@ class Result(NamedTuple):
     limits: KeyLimits
     outcome: Outcome
     month: Month
-
-
-def build_limits(
-    policies: list[tuple[str, str, int, int]], quota: tuple[str, int] | None, month: Month
-) -> KeyLimits:
-    """Counters and the policy header from ``(name, storage key, amount, window)`` entries."""
-    if quota is not None:
-        key, amount = quota
-        window = int(month.end - month.start)
-        policies = [("quota", key, amount, window + QUOTA_GRACE_SECONDS), *policies]
-    counters = tuple(Counter(key, amount, window) for _, key, amount, window in policies)
-    policy_header = ", ".join(
-        f'"{name}";q={amount};w={int(month.end - month.start) if name == "quota" else window}'
-        for name, _, amount, window in policies
-    )
-    return KeyLimits(
-        names=tuple(policy[0] for policy in policies),
-        counters=counters,
-        policy_header=policy_header,
-        quota_index=0 if quota is not None else None,
-    )
 
 
 class RateLimits:
@@ -395,7 +317,10 @@ class RateLimits:
             if shown is None and (least is None or left < least):
                 least, shown_index = left, index
             reset = result.month.end if index == limits.quota_index else outcome.resets[index]
-            fields.append(f'"{limits.names[index]}";r={left};t={math.ceil(max(0.0, reset - now))}')
+            seconds = reset - now
+            fields.append(
+                f"{limits.field_prefixes[index]}{left};t={math.ceil(seconds) if seconds > 0 else 0}"
+            )
         if shown is None:
             shown = shown_index
         counter = limits.counters[shown]

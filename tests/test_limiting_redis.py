@@ -16,7 +16,7 @@ from limits.storage import MemoryStorage, storage_from_string
 
 from flask_apikeys import APIKeys
 from flask_apikeys.counters import Counter, Counters, GiveBackCounters, counters_for
-from flask_apikeys.limiting import Month
+from flask_apikeys.policies import Month
 
 from .factory import create_app
 from .servers import RedisServer
