@@ -8,6 +8,7 @@ skipped locally, but fail in CI (``CI`` set), where they must run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -21,38 +22,60 @@ from pathlib import Path
 import pytest
 
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the markers here too, so the plugin works without pyproject's list."""
+    config.addinivalue_line("markers", "slow: takes seconds; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "postgres: needs the real PostgreSQL server fixture")
+    config.addinivalue_line("markers", "redis: needs the real Redis server fixture")
 
 
 def free_port() -> int:
     """A TCP port nobody listens on right now, on 127.0.0.1."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
 
 
-def wait_until(ready: Callable[[], bool], what: str, log: Path | None = None) -> None:
-    """Poll ``ready`` until it is true or the startup timeout passes, then fail with the log."""
+def tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log written)"
+
+
+def wait_until(ready: Callable[[], bool], what: str, log: Path) -> None:
+    """Poll ``ready`` until true or the timeout passes: a hung server must not hang the suite."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if ready():
             return
         time.sleep(0.05)
-    details = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-    raise RuntimeError(f"{what} did not start within {STARTUP_TIMEOUT:.0f} s\n{details}")
+    raise RuntimeError(f"{what} not ready within {STARTUP_TIMEOUT:.0f} s; log:\n{tail(log)}")
 
 
 def missing(binary: str) -> None:
-    """Skip locally, fail in CI, when a server binary is not installed."""
+    """Skip locally, fail in CI, when a server binary is not installed: CI must never skip."""
     message = f"{binary} is not installed (apt-get install -y postgresql-15 redis-server)"
     if os.environ.get("CI"):
-        pytest.fail(message)
+        pytest.fail(f"{message}; CI is set, so these tests must not be skipped")
     pytest.skip(message)
+
+
+def run(command: list[str], what: str, log: Path | None = None) -> None:
+    """Run a server tool; on failure raise with its output and the server log, not just a code."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=STARTUP_TIMEOUT + 30)
+    if done.returncode != 0:
+        server_log = f"\nserver log:\n{tail(log)}" if log else ""
+        raise RuntimeError(
+            f"{what} failed ({done.returncode}): {' '.join(command)}\n"
+            f"{done.stdout}{done.stderr}{server_log}"
+        )
 
 
 @dataclass
 class PostgreSQLServer:
-    """A running throwaway PostgreSQL cluster."""
+    """A running throwaway PostgreSQL cluster, trusted (no password) on 127.0.0.1."""
 
     host: str
     port: int
@@ -60,76 +83,82 @@ class PostgreSQLServer:
 
     @property
     def base_url(self) -> str:
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/postgres"
+        return self.url("postgres")
 
-    def _admin(self, statement: str) -> None:
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+    def _admin(self, statement: str, name: str | None = None) -> None:
+        """Run one statement on ``postgres`` in autocommit (CREATE DATABASE needs it)."""
         import psycopg
+        from psycopg import sql
 
+        query = sql.SQL(statement).format(sql.Identifier(name)) if name else sql.SQL(statement)
         with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+            host=self.host, port=self.port, user=self.user, dbname="postgres",
+            autocommit=True, connect_timeout=5,
         ) as connection:
-            connection.execute(statement)
+            connection.execute(query)
 
     def create_database(self, name: str) -> str:
-        self._admin(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{name}"
+        """Create an empty database and return its SQLAlchemy URL."""
+        self._admin("CREATE DATABASE {}", name)
+        return self.url(name)
 
     def drop_database(self, name: str) -> None:
-        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        """Drop a database, terminating whatever is still connected to it."""
+        self._admin("DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+    def accepts_connections(self) -> bool:
+        try:
+            self._admin("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure here means "not yet"
+            return False
+        return True
 
 
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[PostgreSQLServer]:
     """One PostgreSQL 15 cluster for the session (run as ``postgres``: it refuses root)."""
-    if not (POSTGRES_BIN / "initdb").exists():
-        missing("PostgreSQL 15")
+    if not (POSTGRES_BIN / "initdb").exists() or not (POSTGRES_BIN / "pg_ctl").exists():
+        missing(f"PostgreSQL 15 ({POSTGRES_BIN}/initdb, pg_ctl)")
     workdir = Path(tempfile.mkdtemp(prefix="apikeys-pg-"))
     data, log = workdir / "data", workdir / "server.log"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_postgres:
-        shutil.chown(workdir, "postgres")
-    subprocess.run(
-        [*as_postgres, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust",
-         "-U", "postgres", "--no-sync"],
-        check=True, capture_output=True,
-    )
+        shutil.chown(workdir, "postgres", "postgres")
+    pg_ctl = [*as_postgres, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data)]
     port = free_port()
     options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={workdir} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
+        f"-c listen_addresses={HOST} -c port={port} -c unix_socket_directories={workdir} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        "-c wal_level=minimal -c max_wal_senders=0 -c shared_buffers=16MB "
+        "-c max_connections=100 -c autovacuum=off"
     )
-    subprocess.run(
-        [*as_postgres, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-l", str(log),
-         "-o", options, "-w", "-t", str(int(STARTUP_TIMEOUT)), "start"],
-        check=True, capture_output=True,
-    )
-    server = PostgreSQLServer(host="127.0.0.1", port=port, user="postgres")
     try:
-        wait_until(lambda: _accepts(server), "PostgreSQL", log)
+        run(
+            [*as_postgres, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust",
+             "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions"],
+            "initdb",
+        )
+        run([*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", str(int(STARTUP_TIMEOUT)),
+             "start"], "pg_ctl start", log)
+        server = PostgreSQLServer(host=HOST, port=port, user="postgres")
+        wait_until(server.accepts_connections, "PostgreSQL", log)
         yield server
     finally:
-        subprocess.run(
-            [*as_postgres, str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-             "-w", "stop"],
-            check=False, capture_output=True,
-        )
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _accepts(server: PostgreSQLServer) -> bool:
-    try:
-        server._admin("SELECT 1")
-    except Exception:  # noqa: BLE001 - any failure means "not yet"
-        return False
-    return True
-
-
 @pytest.fixture
-def postgresql_url(postgresql_server: PostgreSQLServer) -> Iterator[str]:
-    """A fresh, empty database for this test; dropped afterwards."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    url = postgresql_server.create_database(name)
-    yield url
+def postgresql_url(
+    postgresql_server: PostgreSQLServer, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh, empty database for this test (named after it, to debug); dropped afterwards."""
+    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    name = f"t_{readable}_{uuid.uuid4().hex[:12]}"
+    yield postgresql_server.create_database(name)
     postgresql_server.drop_database(name)
 
 
@@ -139,25 +168,40 @@ class RedisServer:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{HOST}:{self.port}/0"
         self.log = workdir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start (or restart, on the same port) and wait for PING; no-op if running."""
         if self.is_running():
             return
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+            ["redis-server", "--bind", HOST, "--port", str(self.port), "--save", "",
              "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_until(self.ping, "Redis", self.log)
+        wait_until(self._up_or_dead, "Redis", self.log)
+
+    def _up_or_dead(self) -> bool:
+        """True once it answers PING; raise at once if it exited (say, the port was taken)."""
+        if self.process is not None and self.process.poll() is not None:
+            code = self.process.returncode
+            self.process = None
+            raise RuntimeError(f"redis-server exited with {code}; log:\n{tail(self.log)}")
+        return self.ping()
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
+        """Stop the server, to simulate Redis going down; ``start()`` brings it back."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
             self.process.wait(timeout=10)
-            self.process = None
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
     def is_running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -174,9 +218,10 @@ class RedisServer:
             client.close()
 
     def flush(self) -> None:
+        """Empty every database, so no test sees another's keys."""
         import redis
 
-        client = redis.Redis.from_url(self.url)
+        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
         try:
             client.flushall()
         finally:
@@ -189,8 +234,8 @@ def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:
         missing("redis-server")
     server = RedisServer(Path(tempfile.mkdtemp(prefix="apikeys-redis-")))
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()

@@ -1,0 +1,134 @@
+"""A key revoked through one gunicorn worker is refused by every worker within the cache bound."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .factory import create_app
+from .test_example_app import free_port
+
+CACHE_TTL = 1.0
+APP_MODULE = textwrap.dedent(
+    """
+    import os
+    from flask import request
+    from tests.factory import create_app
+    from flask_apikeys import current_key
+
+    app, db, apikeys = create_app(
+        os.environ["DATABASE_URL"], APIKEYS_CACHE_TTL=float(os.environ["CACHE_TTL"])
+    )
+
+    @app.post("/v1/self/revoke")
+    def revoke_myself():
+        apikeys.revoke_key(current_key.id, reason="test", revoked_by="worker %d" % os.getpid())
+        return {"revoked_by_worker": os.getpid()}
+
+    @app.get("/v1/pid")
+    def pid():
+        return {"pid": os.getpid()}
+    """
+)
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    database_url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
+    app, db, apikeys = create_app(database_url)
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io", plan="enterprise")
+        key = apikeys.create_key(org, "shared").key
+        db.engine.dispose()
+    (tmp_path / "revocation_app.py").write_text(APP_MODULE)
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CACHE_TTL": str(CACHE_TTL),
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}",
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "revocation_app:app",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", key
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def call(url: str, key: str, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, headers={"X-API-Key": key})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+@pytest.mark.slow
+def test_revocation_through_one_worker_reaches_the_others_within_the_bound(
+    gunicorn: tuple[str, str],
+) -> None:
+    base, key = gunicorn
+    # Warm both workers: each has verified (and cached) the key.
+    pids = set()
+    for _ in range(200):
+        status, body = call(f"{base}/v1/pid", key)
+        assert status == 200
+        pids.add(body)
+        if len(pids) == 2:
+            break
+    assert len(pids) == 2, "both workers should have served the key"
+
+    status, _ = call(f"{base}/v1/self/revoke", key, method="POST")
+    revoked_at = time.monotonic()
+    assert status == 200
+    last_accepted_after = 0.0
+    refusals_after_bound = 0
+    while time.monotonic() - revoked_at < CACHE_TTL + 1.0:
+        status, body = call(f"{base}/v1/pid", key)
+        elapsed = time.monotonic() - revoked_at
+        if status == 200:
+            last_accepted_after = elapsed
+        else:
+            assert status == 401 and "revoked_api_key" in body
+            refusals_after_bound += elapsed > CACHE_TTL
+    assert last_accepted_after <= CACHE_TTL + 0.1, last_accepted_after
+    # After the bound, every request (whichever worker took it) was refused.
+    assert refusals_after_bound > 10
