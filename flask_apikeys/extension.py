@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
+from .cli import apikeys_cli
 from .config import Settings, load_settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
@@ -110,6 +111,7 @@ class APIKeys:
         state.limits = install_rate_limits(app, state, limiter or self._limiter)
         app.before_request(make_before_request_hook(state))
         register_tables(db.metadata)
+        app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
 
     # -- customisation ------------------------------------------------------------------------

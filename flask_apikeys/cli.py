@@ -1,0 +1,407 @@
+"""``flask apikeys …``: organizations, keys, usage and seeding from the terminal.
+
+Thin by design: each command parses its options, calls the service layer (the same one the
+admin API uses) and formats the result as a table, or as one JSON document with ``--json``.
+Errors are one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .errors import APIKeyError, InvalidInput
+from .models import APIKey, Organization
+from .service import CreatedKey, KeyService
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+apikeys_cli = AppGroup("apikeys", help="Manage API keys, organizations and usage.")
+organization_group = AppGroup("org", help="Create, list, show and update organizations.")
+key_group = AppGroup("key", help="Create, list, update, revoke and rotate API keys.")
+apikeys_cli.add_command(organization_group)
+apikeys_cli.add_command(key_group)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def service() -> KeyService:
+    return current_app.extensions["apikeys"].service  # type: ignore[no-any-return]
+
+
+def actor() -> str:
+    """Who the audit trail says did it: the operator's login, marked as coming from the CLI."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def reports_errors(command: Command) -> Command:
+    """Turn the service's errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InvalidInput as error:
+            fields = "; ".join(
+                f"{field}: {' '.join(map(str, messages))}"
+                for field, messages in error.errors.items()
+            )
+            fail(f"{error.detail}{': ' + fields if fields else ''}")
+        except APIKeyError as error:
+            fail(error.detail)
+
+    return run  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def organization_document(organization: Organization) -> dict[str, Any]:
+    plan = service().plan_of(organization)
+    return {
+        "id": str(organization.id),
+        "name": organization.name,
+        "slug": organization.slug,
+        "email": organization.email,
+        "plan": organization.plan,
+        "is_active": organization.is_active,
+        "rate_limit_per_minute": plan.requests_per_minute,
+        "monthly_request_limit": plan.monthly_requests,
+        "max_api_keys": plan.max_keys,
+        "created_at": iso(organization.created_at),
+    }
+
+
+def key_document(api_key: APIKey) -> dict[str, Any]:
+    """A key's record for output: never its hash, never the key."""
+    return {
+        "id": str(api_key.id),
+        "organization": api_key.organization.slug,
+        "name": api_key.name,
+        "prefix": api_key.key_prefix,
+        "hint": api_key.key_hint,
+        "environment": api_key.environment,
+        "scopes": list(api_key.scopes or []),
+        "roles": list(api_key.roles or []),
+        "level": api_key.level,
+        "rate_limit": api_key.custom_rate_limit,
+        "allowed_networks": list(api_key.allowed_networks or []),
+        "expires_at": iso(api_key.expires_at),
+        "revoked_at": iso(api_key.revoked_at),
+        "revoked_by": api_key.revoked_by,
+        "revoked_reason": api_key.revoked_reason,
+        "last_used_at": iso(api_key.last_used_at),
+        "total_requests": api_key.total_requests,
+        "created_at": iso(api_key.created_at),
+    }
+
+
+def created_document(created: CreatedKey) -> dict[str, Any]:
+    return {"key": created.key, **key_document(created.api_key)}
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Aligned columns with a header; lists joined with commas, nothing as '-'."""
+
+    def cell(value: Any) -> str:
+        if value is None or value == []:
+            return "-"
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return str(value)
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [
+        max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)
+    ]
+    header = [column.upper() for column in columns]
+    for line in [header, *cells]:
+        padded = (value.ljust(width) for value, width in zip(line, widths, strict=True))
+        click.echo("  ".join(padded).rstrip())
+
+
+def print_record(record: dict[str, Any]) -> None:
+    width = max(map(len, record))
+    for field, value in record.items():
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        click.echo(f"{field.ljust(width)}  {'-' if shown in (None, '') else shown}")
+
+
+def emit(document: Any, as_json: bool, show: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, default=str))
+    else:
+        show()
+
+
+def show_new_key(document: dict[str, Any], as_json: bool) -> None:
+    def show() -> None:
+        click.echo(f"API key (shown once, store it now): {document['key']}")
+        print_record({field: value for field, value in document.items() if field != "key"})
+
+    emit(document, as_json, show)
+
+
+def split(values: str | None) -> list[str] | None:
+    return None if values is None else [part.strip() for part in values.split(",") if part.strip()]
+
+
+# -- organizations -------------------------------------------------------------------------------
+
+ORGANIZATION_COLUMNS = ("slug", "name", "email", "plan", "is_active", "id")
+
+
+@organization_group.command("create")
+@click.option("--name", required=True, help="Display name, e.g. 'Acme'.")
+@click.option("--email", required=True, help="Contact address of the organization's admin.")
+@click.option("--plan", default="free", show_default=True, help="A plan from APIKEYS_PLANS.")
+@click.option("--slug", help="URL-safe identifier; derived from the name when omitted.")
+@json_option
+@reports_errors
+def create_organization(name: str, email: str, plan: str, slug: str | None, as_json: bool) -> None:
+    """Create an organization (a tenant that owns keys)."""
+    organization = service().create_organization(name, email, plan, slug=slug, actor=actor())
+    document = organization_document(organization)
+    emit(document, as_json, lambda: print_record(document))
+
+
+@organization_group.command("list")
+@click.option("--limit", default=100, show_default=True, help="At most this many.")
+@click.option("--offset", default=0, show_default=True, help="Skip this many first.")
+@json_option
+@reports_errors
+def list_organizations(limit: int, offset: int, as_json: bool) -> None:
+    """List organizations, oldest first."""
+    organizations, total = service().list_organizations(limit=limit, offset=offset)
+    documents = [organization_document(organization) for organization in organizations]
+    emit(
+        {"items": documents, "total": total, "limit": limit, "offset": offset},
+        as_json,
+        lambda: print_table(documents, ORGANIZATION_COLUMNS),
+    )
+
+
+@organization_group.command("show")
+@click.option("--slug", "reference", required=True, help="The organization's slug (or id).")
+@json_option
+@reports_errors
+def show_organization(reference: str, as_json: bool) -> None:
+    """Show an organization with its effective limits."""
+    document = organization_document(service().get_organization(reference))
+    emit(document, as_json, lambda: print_record(document))
+
+
+@organization_group.command("update")
+@click.option("--slug", "reference", required=True, help="The organization's slug (or id).")
+@click.option("--name")
+@click.option("--email")
+@click.option("--plan", help="A plan from APIKEYS_PLANS.")
+@click.option("--active/--inactive", default=None, help="Inactive organizations' keys get 403.")
+@click.option("--rate-limit-per-minute", type=int, help="Override the plan's per-minute limit.")
+@click.option("--monthly-request-limit", type=int, help="Override the plan's monthly quota.")
+@click.option("--max-api-keys", type=int, help="Override the plan's key count.")
+@json_option
+@reports_errors
+def update_organization(reference: str, as_json: bool, active: bool | None, **changes: Any) -> None:
+    """Change an organization; options left out stay as they are."""
+    changes = {field: value for field, value in changes.items() if value is not None}
+    if active is not None:
+        changes["is_active"] = active
+    organization = service().update_organization(reference, actor=actor(), **changes)
+    document = organization_document(organization)
+    emit(document, as_json, lambda: print_record(document))
+
+
+# -- keys ------------------------------------------------------------------------------------------
+
+KEY_COLUMNS = ("id", "name", "prefix", "hint", "environment", "scopes", "expires_at", "revoked_at")
+
+
+@key_group.command("create")
+@click.option("--org", "organization", required=True, help="Organization slug or id.")
+@click.option("--name", required=True, help="What the key is for, e.g. 'Prod Key'.")
+@click.option(
+    "--env",
+    "environment",
+    default="live",
+    show_default=True,
+    type=click.Choice(["live", "test"]),
+    help="Key environment (in the key's prefix).",
+)
+@click.option("--scopes", help="Comma-separated scopes, e.g. 'presentations:read,outline:*'.")
+@click.option("--role", "roles", multiple=True, help="A role from APIKEYS_ROLES (repeatable).")
+@click.option("--level", type=click.Choice(["read-only", "read-write", "admin"]))
+@click.option("--expires-in-days", type=int, help="Lifetime in days (no expiry by default).")
+@click.option("--rate-limit", help="This key's own limit, e.g. '5/minute'.")
+@click.option("--allowed-networks", help="Comma-separated CIDR networks it may be used from.")
+@click.option("--description")
+@json_option
+@reports_errors
+def create_key(
+    organization: str,
+    name: str,
+    environment: str,
+    scopes: str | None,
+    roles: tuple[str, ...],
+    level: str | None,
+    expires_in_days: int | None,
+    rate_limit: str | None,
+    allowed_networks: str | None,
+    description: str | None,
+    as_json: bool,
+) -> None:
+    """Create a key and print it: the only time the full key is shown."""
+    created = service().create_key(
+        organization,
+        name,
+        environment,
+        split(scopes),
+        description=description,
+        expires_in_days=expires_in_days,
+        rate_limit=rate_limit,
+        roles=list(roles),
+        level=level,
+        allowed_networks=split(allowed_networks),
+        actor=actor(),
+    )
+    show_new_key(created_document(created), as_json)
+
+
+@key_group.command("list")
+@click.option("--org", "organization", required=True, help="Organization slug or id.")
+@click.option("--include-revoked/--active-only", default=True, show_default=True)
+@click.option("--limit", default=100, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+@json_option
+@reports_errors
+def list_keys(
+    organization: str, include_revoked: bool, limit: int, offset: int, as_json: bool
+) -> None:
+    """List an organization's keys, newest first (prefix and hint only, never the key)."""
+    api_keys, total = service().list_keys(
+        organization, include_revoked=include_revoked, limit=limit, offset=offset
+    )
+    documents = [key_document(api_key) for api_key in api_keys]
+    emit(
+        {"items": documents, "total": total, "limit": limit, "offset": offset},
+        as_json,
+        lambda: print_table(documents, KEY_COLUMNS),
+    )
+
+
+@key_group.command("update")
+@click.option("--key", "key_id", required=True, help="The key's id.")
+@click.option("--name")
+@click.option("--description")
+@click.option("--scopes", help="Comma-separated; replaces the key's scopes ('' for none).")
+@click.option("--role", "roles", multiple=True, help="Replaces the key's roles (repeatable).")
+@click.option("--level", type=click.Choice(["read-only", "read-write", "admin", "none"]))
+@click.option("--rate-limit", help="The key's own limit; 'none' removes it.")
+@click.option("--allowed-networks", help="Comma-separated CIDR networks; '' for anywhere.")
+@json_option
+@reports_errors
+def update_key(key_id: str, as_json: bool, **options: Any) -> None:
+    """Change a key's name, scopes, roles, level, rate limit or networks."""
+    changes: dict[str, Any] = {}
+    for field in ("name", "description"):
+        if options[field] is not None:
+            changes[field] = options[field]
+    if options["scopes"] is not None:
+        changes["scopes"] = split(options["scopes"])
+    if options["roles"]:
+        changes["roles"] = list(options["roles"])
+    if options["level"] is not None:
+        changes["level"] = None if options["level"] == "none" else options["level"]
+    if options["rate_limit"] is not None:
+        changes["rate_limit"] = None if options["rate_limit"] == "none" else options["rate_limit"]
+    if options["allowed_networks"] is not None:
+        changes["allowed_networks"] = split(options["allowed_networks"])
+    document = key_document(service().update_key(key_id, actor=actor(), **changes))
+    emit(document, as_json, lambda: print_record(document))
+
+
+@key_group.command("revoke")
+@click.option("--key", "key_id", required=True, help="The key's id.")
+@click.option("--reason", required=True, help="Why, for the record, e.g. 'Compromised'.")
+@click.option("--by", "revoked_by", help="Who revokes it (default: your login).")
+@json_option
+@reports_errors
+def revoke_key(key_id: str, reason: str, revoked_by: str | None, as_json: bool) -> None:
+    """Revoke a key for good; it is refused from the next request on."""
+    api_key = service().revoke_key(key_id, reason=reason, revoked_by=revoked_by or actor())
+    document = key_document(api_key)
+    emit(document, as_json, lambda: print_record(document))
+
+
+@key_group.command("rotate")
+@click.option("--key", "key_id", required=True, help="The key's id.")
+@click.option(
+    "--overlap-hours",
+    default=24.0,
+    show_default=True,
+    help="How long the old key keeps working (0: it stops now).",
+)
+@json_option
+@reports_errors
+def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
+    """Replace a key with a new one with the same settings; print the new key once."""
+    created = service().rotate_key(key_id, overlap_hours=overlap_hours, rotated_by=actor())
+    show_new_key({**created_document(created), "replaces": key_id}, as_json)
+
+
+# -- seed and migrations ---------------------------------------------------------------------------
+
+
+@apikeys_cli.command("seed")
+@json_option
+@reports_errors
+def seed(as_json: bool) -> None:
+    """Create "Default Organization" and a "Default Test Key" with every scope (once)."""
+    organization, created = service().seed()
+    if created is None:
+        message = (
+            f"Organization '{organization.slug}' and its default key already exist; the key "
+            "cannot be shown again. Rotate it to get a new one: flask apikeys key rotate --key ID"
+        )
+        emit(
+            {"organization": organization.slug, "key": None, "message": message},
+            as_json,
+            lambda: click.echo(message),
+        )
+        return
+    show_new_key(created_document(created), as_json)
+
+
+@apikeys_cli.command("install-migrations")
+@click.option(
+    "--directory", default="migrations", show_default=True, help="The app's Flask-Migrate folder."
+)
+@reports_errors
+def install_migrations(directory: str) -> None:
+    """Copy the extension's revisions the app lacks into its migrations, onto its head."""
+    from .migrations import alembic_head, copy_revisions
+
+    try:
+        written = copy_revisions(directory, alembic_head(directory))
+    except RuntimeError as error:
+        fail(str(error))
+        return
+    for path in written:
+        click.echo(f"wrote {path}")
+    click.echo("Now run: flask db upgrade" if written else "Already up to date.")

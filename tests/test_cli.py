@@ -1,0 +1,245 @@
+"""``flask apikeys …`` through Flask's CLI runner, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_apikeys.models import APIKey, Organization
+
+
+@pytest.fixture
+def database_url(backend_url: str) -> str:
+    return backend_url
+
+
+def invoke(runner: Any, *args: str) -> Any:
+    return runner.invoke(args=["apikeys", *args])
+
+
+def ok(runner: Any, *args: str) -> Any:
+    result = invoke(runner, *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "--json" in args else result.output
+
+
+def refused(runner: Any, *args: str) -> str:
+    result = invoke(runner, *args)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def count(app: Flask, model: type) -> int:
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        return session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def test_org_create_list_show_update(runner: Any) -> None:
+    created = ok(
+        runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro", "--json"
+    )
+    assert (created["slug"], created["plan"], created["max_api_keys"]) == ("acme", "pro", 10)
+    listing = ok(runner, "org", "list", "--json")
+    assert listing["total"] == 1 and listing["items"][0]["id"] == created["id"]
+    table = ok(runner, "org", "list")
+    assert table.splitlines()[0].split()[:3] == ["SLUG", "NAME", "EMAIL"] and "acme" in table
+    shown = ok(runner, "org", "show", "--slug", "acme", "--json")
+    assert shown == created
+    updated = ok(
+        runner,
+        "org",
+        "update",
+        "--slug",
+        "acme",
+        "--plan",
+        "enterprise",
+        "--inactive",
+        "--rate-limit-per-minute",
+        "5",
+        "--json",
+    )
+    assert (updated["plan"], updated["is_active"], updated["rate_limit_per_minute"]) == (
+        "enterprise",
+        False,
+        5,
+    )
+    assert "is_active" in ok(runner, "org", "show", "--slug", "acme")
+
+
+def test_key_create_json_has_the_promised_fields_and_the_key_works(app: Flask, runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    document = ok(
+        runner,
+        "key",
+        "create",
+        "--org",
+        "acme",
+        "--name",
+        "Prod Key",
+        "--env",
+        "test",
+        "--scopes",
+        "presentations:read,outline:*",
+        "--expires-in-days",
+        "30",
+        "--rate-limit",
+        "5/minute",
+        "--json",
+    )
+    assert {
+        "id",
+        "key",
+        "prefix",
+        "hint",
+        "name",
+        "environment",
+        "scopes",
+        "expires_at",
+        "organization",
+    } <= set(document)
+    assert document["key"].startswith("pk_test_") and document["organization"] == "acme"
+    assert document["scopes"] == ["outline:*", "presentations:read"]
+    response = app.test_client().get("/v1/presentations", headers={"X-API-Key": document["key"]})
+    assert response.status_code == 200
+
+
+def test_the_key_is_printed_only_by_create_rotate_and_seed(runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    output = ok(runner, "key", "create", "--org", "acme", "--name", "k")
+    key = next(word for word in output.split() if word.startswith("pk_live_"))
+    assert "shown once" in output
+    listing = ok(runner, "key", "list", "--org", "acme", "--json")
+    key_id = listing["items"][0]["id"]
+    for output in (
+        ok(runner, "key", "list", "--org", "acme"),
+        json.dumps(listing),
+        ok(runner, "key", "revoke", "--key", key_id, "--reason", "test"),
+    ):
+        assert key not in output and "key_hash" not in output and "$" not in output
+
+
+def test_key_list_update_revoke_rotate(runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    first = ok(runner, "key", "create", "--org", "acme", "--name", "one", "--json")
+    rotated = ok(runner, "key", "rotate", "--key", first["id"], "--overlap-hours", "1", "--json")
+    assert rotated["key"] != first["key"] and rotated["replaces"] == first["id"]
+    updated = ok(
+        runner,
+        "key",
+        "update",
+        "--key",
+        rotated["id"],
+        "--scopes",
+        "a:read",
+        "--level",
+        "read-only",
+        "--json",
+    )
+    assert (updated["scopes"], updated["level"]) == (["a:read"], "read-only")
+    revoked = ok(
+        runner,
+        "key",
+        "revoke",
+        "--key",
+        rotated["id"],
+        "--reason",
+        "Compromised",
+        "--by",
+        "ops@acme.io",
+        "--json",
+    )
+    assert (revoked["revoked_reason"], revoked["revoked_by"]) == ("Compromised", "ops@acme.io")
+    active = ok(runner, "key", "list", "--org", "acme", "--active-only", "--json")
+    assert [item["id"] for item in active["items"]] == [first["id"]]  # in its overlap window
+    assert ok(runner, "key", "list", "--org", "acme", "--json")["total"] == 2
+
+
+def test_seed_twice_makes_one_organization_and_one_key(app: Flask, runner: Any) -> None:
+    first = ok(runner, "seed", "--json")
+    assert first["organization"] == "default" and first["name"] == "Default Test Key"
+    assert first["scopes"] == ["*"] and first["environment"] == "test"
+    second = ok(runner, "seed", "--json")
+    assert second["key"] is None and "rotate" in second["message"]
+    assert count(app, Organization) == 1 and count(app, APIKey) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("org", "show", "--slug", "nobody"), "No organization"),
+        (("org", "create", "--name", "X", "--email", "not-an-email"), "email"),
+        (("org", "create", "--name", "X", "--email", "x@y.io", "--plan", "gold"), "plan"),
+        (("org", "update", "--slug", "acme", "--plan", "gold"), "plan"),
+        (("key", "create", "--org", "nobody", "--name", "k"), "No organization"),
+        (("key", "create", "--org", "acme", "--name", "k", "--rate-limit", "lots"), "rate_limit"),
+        (("key", "create", "--org", "acme", "--name", "k", "--scopes", "bad scope"), "scopes"),
+        (("key", "create", "--org", "acme", "--name", "k", "--role", "wizard"), "roles"),
+        (("key", "revoke", "--key", "not-an-id", "--reason", "x"), "No API key"),
+        (("key", "rotate", "--key", "00000000-0000-0000-0000-000000000000"), "No API key"),
+        (("key", "list", "--org", "nobody"), "No organization"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_nothing_is_written(
+    app: Flask, runner: Any, args: tuple[str, ...], message: str
+) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "free")
+    before = (count(app, Organization), count(app, APIKey))
+    assert message in refused(runner, *args)
+    assert (count(app, Organization), count(app, APIKey)) == before
+
+
+def test_past_the_plans_key_limit_is_refused(app: Flask, runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "free")
+    for name in ("one", "two"):
+        ok(runner, "key", "create", "--org", "acme", "--name", name)
+    assert "allows 2" in refused(runner, "key", "create", "--org", "acme", "--name", "three")
+    assert count(app, APIKey) == 2
+
+
+def test_revoking_twice_is_refused(runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io")
+    key_id = ok(runner, "key", "create", "--org", "acme", "--name", "k", "--json")["id"]
+    ok(runner, "key", "revoke", "--key", key_id, "--reason", "first")
+    assert "final" in refused(runner, "key", "revoke", "--key", key_id, "--reason", "again")
+
+
+def test_every_command_explains_itself(runner: Any) -> None:
+    for command in (
+        (),
+        ("org",),
+        ("org", "create"),
+        ("org", "list"),
+        ("org", "show"),
+        ("org", "update"),
+        ("key",),
+        ("key", "create"),
+        ("key", "list"),
+        ("key", "update"),
+        ("key", "revoke"),
+        ("key", "rotate"),
+        ("seed",),
+        ("install-migrations",),
+    ):
+        output = ok(runner, *command, "--help")
+        assert "Usage:" in output and len(output.splitlines()) > 3
+
+
+def test_install_migrations_copies_once_and_refuses_a_missing_folder(
+    runner: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "migrations" / "versions").mkdir(parents=True)
+    (tmp_path / "migrations" / "script.py.mako").write_text("")
+    output = ok(runner, "install-migrations", "--directory", str(tmp_path / "migrations"))
+    assert "0001_apikeys_initial.py" in output and "flask db upgrade" in output
+    again = ok(runner, "install-migrations", "--directory", str(tmp_path / "migrations"))
+    assert "Already up to date" in again
+    assert "flask db init" in refused(runner, "install-migrations", "--directory", str(tmp_path))
