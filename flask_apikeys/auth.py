@@ -155,7 +155,11 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None]:
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
             return
-        key = authenticate(current_request, state)
+        limits = state.limits  # rate limits and quotas apply right after authentication
+        if limits is None:
+            key = authenticate(current_request, state)
+        else:
+            key = limits.authenticate(current_request)
         if key is None:
             if not settings.allow_unauthenticated:
                 raise MissingAPIKey(

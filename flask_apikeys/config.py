@@ -109,6 +109,12 @@ def _parse_rate_limit(value: Any) -> str:
     return value
 
 
+def _parse_optional_rate_limit(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return _parse_rate_limit(value)
+
+
 def _parse_positive_number(value: Any) -> float:
     try:
         number = float(value)
@@ -328,6 +334,37 @@ OPTIONS: tuple[Option, ...] = (
         _parse_bool,
         "mask anything shaped like a key in every log record of the process",
     ),
+    Option(
+        "APIKEYS_RATELIMIT_ENABLED",
+        True,
+        _parse_bool,
+        "enforce per-key and per-organization rate limits and monthly quotas",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_FAIL_OPEN",
+        True,
+        _parse_bool,
+        "when the rate-limit storage is unreachable, let authenticated requests through "
+        "(true) or answer 503 (false)",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_HEADERS",
+        True,
+        _parse_bool,
+        "add X-RateLimit-* and the IETF RateLimit / RateLimit-Policy fields to responses",
+    ),
+    Option(
+        "APIKEYS_RATELIMIT_ORGANIZATION_WIDE",
+        True,
+        _parse_bool,
+        "also limit all keys of an organization together to its per-minute limit",
+    ),
+    Option(
+        "APIKEYS_FAILED_AUTH_LIMIT",
+        "20/minute",
+        _parse_optional_rate_limit,
+        "failed authentication attempts allowed per client address (empty: no limit)",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -357,6 +394,11 @@ class Settings:
     usage_max_queue: int
     audit: bool
     mask_keys_in_logs: bool
+    ratelimit_enabled: bool = True
+    ratelimit_fail_open: bool = True
+    ratelimit_headers: bool = True
+    ratelimit_organization_wide: bool = True
+    failed_auth_limit: str | None = "20/minute"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -411,5 +453,10 @@ def load_settings(
         usage_max_queue=values["APIKEYS_USAGE_MAX_QUEUE"],
         audit=values["APIKEYS_AUDIT"],
         mask_keys_in_logs=values["APIKEYS_MASK_KEYS_IN_LOGS"],
+        ratelimit_enabled=values["APIKEYS_RATELIMIT_ENABLED"],
+        ratelimit_fail_open=values["APIKEYS_RATELIMIT_FAIL_OPEN"],
+        ratelimit_headers=values["APIKEYS_RATELIMIT_HEADERS"],
+        ratelimit_organization_wide=values["APIKEYS_RATELIMIT_ORGANIZATION_WIDE"],
+        failed_auth_limit=values["APIKEYS_FAILED_AUTH_LIMIT"],
         raw=values,
     )

@@ -20,6 +20,7 @@ from .cli import apikeys_cli
 from .config import Settings, load_settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
+from .limiting import RateLimits, install_rate_limits, key_func, limit_for_key
 from .migrations import register_tables
 from .models import metadata
 from .network import client_address
@@ -48,6 +49,8 @@ class ExtensionState:
     writer: UsageWriter | None = None
     #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
     audit: AuditTrail | None = None
+    #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
+    limits: RateLimits | None = None
 
     def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
         """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
@@ -120,6 +123,7 @@ class APIKeys:
             public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
         )
         self._install_usage_and_audit(app, state)
+        state.limits = install_rate_limits(app, state, limiter or self._limiter)
         app.before_request(make_before_request_hook(state))
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
@@ -227,6 +231,9 @@ class APIKeys:
         audit = self.state.audit
         if audit is not None:
             audit.record(event, actor=actor, **fields)
+    #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
+    key_func = staticmethod(key_func)
+    limit_for_key = staticmethod(limit_for_key)
 
 
 def problem_response(error: APIKeyError) -> Response:

@@ -60,6 +60,12 @@ def test_database_gone_means_503_never_a_pass_and_recovery_needs_no_restart(
     postgresql_server.drop_database(name)
 
 
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Thousands of wrong keys from one address: the failed-attempt limit would answer them."""
+    return {"APIKEYS_FAILED_AUTH_LIMIT": None}
+
+
 def median_seconds(call: Callable[[], Any], rounds: int = 7, per_round: int = 200) -> float:
     samples = []
     for _ in range(rounds):

@@ -24,6 +24,12 @@ SCHEMES = st.sampled_from(["Bearer ", "Api-Key ", "bearer ", "Basic ", "", "Toke
 
 
 @pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Hundreds of bad keys from one address: the failed-attempt limit (test_limiting) is off."""
+    return {"APIKEYS_FAILED_AUTH_LIMIT": None}
+
+
+@pytest.fixture
 def real_key(make_key: Any) -> str:
     """A real key exists, so a false accept would be possible if the checks were loose."""
     return make_key()

@@ -88,7 +88,11 @@ def test_synchronous_mode_writes_before_the_response(tmp_path: Any) -> None:
 def test_concurrent_requests_lose_no_row_and_no_increment(
     app: Flask, apikeys: APIKeys, make_key: Callable[..., str]
 ) -> None:
-    keys = [make_key(), make_key()]
+    with app.app_context():
+        roomy = apikeys.create_organization(
+            name="Roomy", email="r@roomy.io", plan="enterprise", rate_limit_per_minute=10_000
+        ).id
+    keys = [make_key(org=roomy), make_key(org=roomy)]
     threads, per_thread = 8, 50
     failures: list[int] = []
 

@@ -1,0 +1,386 @@
+"""Rate limits per key and per organization, monthly quotas, and slow key guessing.
+
+Enforced in our own ``before_request`` hook, right after authentication, with the ``limits``
+library directly: Flask-Limiter re-resolves its rules on every request, which costs more than
+the counters themselves. Every authenticated request takes one unit from, in this order:
+
+1. the organization's monthly quota (``monthly_request_limit``; none if unset), a counter per
+   calendar month in UTC, ``quota:{<org id>}:<YYYY-MM>``;
+2. the organization-wide limit shared by all its keys (its ``rate_limit_per_minute``);
+3. the key's own limit: its custom rate limit, else the organization's per-minute limit, else
+   ``APIKEYS_DEFAULT_RATE_LIMIT``.
+
+All of them or none (:mod:`flask_apikeys.counters`), so a refused request consumes nothing. Keys
+are resolved from the cached key snapshot, so a change reaches this process at once and other
+processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
+:func:`limit_for_key` on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+from flask import Flask, Request, Response, current_app, request
+from limits.storage import Storage, storage_from_string
+
+from .auth import authenticate, authenticate_request
+from .counters import Counter, Counters, Outcome, counters_for
+from .errors import (
+    APIKeyError,
+    AuthenticationError,
+    BackendUnavailable,
+    MissingAPIKey,
+    QuotaExceeded,
+    RateLimitExceeded,
+)
+from .network import client_address
+from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
+
+if TYPE_CHECKING:
+    from .extension import ExtensionState
+    from .identity import VerifiedKey
+
+logger = logging.getLogger("flask_apikeys")
+#: Where a request's limits and counters wait for the ``after_request`` hook.
+RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
+STORAGE_WARNING_INTERVAL = 10.0
+#: How many key configurations (and snapshots, and blocked addresses) are remembered at most.
+MAX_REMEMBERED = 10_000
+
+
+class Result(NamedTuple):
+    """What one request took, for the response headers (a tuple: built on every request)."""
+
+    limits: KeyLimits
+    outcome: Outcome
+    month: Month
+
+
+class RateLimits:
+    """The rate limiting of one app, kept as ``ExtensionState.limits``."""
+
+    def __init__(self, state: ExtensionState, limiter: Any = None) -> None:
+        self.state = state
+        self.settings = settings = state.settings
+        self.limiter = limiter
+        self._counters: Counters | None = None
+        self._owns_storage = False
+        self._lock = threading.Lock()
+        self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
+        self._by_snapshot: dict[int, tuple[VerifiedKey, Month, KeyLimits]] = {}
+        self._month = Month.containing(time.time())
+        self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
+        #: client address → until when it is refused without verifying its key.
+        self.blocked: dict[str, float] = {}
+        self._last_warning = 0.0
+
+    # -- storage ------------------------------------------------------------------------------
+
+    @property
+    def counters(self) -> Counters:
+        """Counters over the app's Flask-Limiter storage, or ``APIKEYS_RATELIMIT_STORAGE_URI``.
+
+        Resolved on first use, so a ``Limiter`` initialised after us is still found.
+        """
+        if self._counters is None:
+            with self._lock:
+                if self._counters is None:
+                    self._counters = counters_for(self._find_storage())
+        return self._counters
+
+    def _find_storage(self) -> Storage | None:
+        """The shared Limiter's storage, else one from the URI (``None``: our own memory)."""
+        limiter = self.limiter
+        if limiter is None:
+            registered = current_app.extensions.get("limiter") or ()
+            limiter = next(iter(registered), None)
+        if limiter is not None:
+            return cast(Storage, limiter.storage)
+        self._owns_storage = True
+        uri = self.settings.ratelimit_storage_uri or "memory://"
+        if uri.startswith("memory://"):
+            return None
+        return cast(Storage, storage_from_string(uri))
+
+    def close(self) -> None:
+        """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
+        counters, self._counters = self._counters, None
+        client = getattr(counters and counters.storage, "storage", None)
+        if self._owns_storage and client is not None and hasattr(client, "close"):
+            client.close()
+
+    def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
+        """Take from every counter; ``None`` when the storage is down and we fail open."""
+        store = self.counters
+        try:
+            return store.take(counters)
+        except store.errors as error:
+            now = time.monotonic()
+            if now - self._last_warning >= STORAGE_WARNING_INTERVAL:
+                self._last_warning = now
+                logger.warning(
+                    "Rate-limit storage unreachable (%s): %s",
+                    type(error).__name__,
+                    "requests are let through"
+                    if self.settings.ratelimit_fail_open
+                    else "requests are refused with 503",
+                )
+            if self.settings.ratelimit_fail_open:
+                return None
+            raise BackendUnavailable(
+                "Rate limits cannot be checked right now; retry shortly."
+            ) from None
+
+    # -- the request hook ---------------------------------------------------------------------
+
+    def authenticate(self, current_request: Request) -> VerifiedKey | None:
+        """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
+
+        Addresses that failed too often are refused before their key is even looked at.
+        """
+        address = None
+        if self.blocked and self.settings.failed_auth_limit:
+            address = client_address(current_request.environ, self.settings.trusted_proxies)
+            self._refuse_if_blocked(address)
+        try:
+            key = authenticate(current_request, self.state)
+        except AuthenticationError as error:
+            if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
+                self._count_failure(
+                    address
+                    or client_address(current_request.environ, self.settings.trusted_proxies)
+                )
+            raise
+        if key is not None:
+            self.enforce(key, current_request)
+        elif self.settings.allow_unauthenticated:
+            self._enforce_anonymous(current_request)
+        return key
+
+    def enforce(self, key: VerifiedKey, current_request: Request) -> None:
+        """Take one unit of every limit of ``key``, or raise 429 and take none."""
+        now = time.time()
+        month = self._month
+        if now >= month.end:
+            month = self._month = Month.containing(now)
+        entry = self._by_snapshot.get(id(key))
+        if entry is not None and entry[0] is key and entry[1] is month:
+            limits = entry[2]
+        else:
+            limits = self._resolve(key, month)
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, month, now)
+
+    def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        """The limits of a key snapshot not seen yet: shared by every snapshot of the same
+        configuration, so a key reloaded from the database each second builds nothing new."""
+        organization = key.organization
+        configuration = (
+            key.id,
+            key.custom_rate_limit,
+            organization.id,
+            organization.rate_limit_per_minute,
+            organization.monthly_request_limit,
+            month.label,
+        )
+        limits = self._key_limits.get(configuration)
+        if limits is None:
+            limits = self._key_limits_for(key, month)
+            if len(self._key_limits) >= MAX_REMEMBERED:
+                self._key_limits.clear()
+            self._key_limits[configuration] = limits
+        if len(self._by_snapshot) >= MAX_REMEMBERED:
+            self._by_snapshot.clear()
+        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
+        self._by_snapshot[id(key)] = (key, month, limits)
+        return limits
+
+    def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        organization = key.organization
+        tag = f"{{{organization.id}}}"  # one Redis Cluster slot for all of an org's counters
+        default = self.settings.default_rate_limit
+        policies = []
+        if self.settings.ratelimit_organization_wide:
+            for amount, window in parse_limit(
+                per_minute(organization.rate_limit_per_minute, default)
+            ):
+                policies.append(("organization", f"apikeys:{tag}:org:{window}", amount, window))
+        own = parse_limit(key_limit(key, default))
+        for amount, window in own:
+            name = "apikey" if len(own) == 1 else f"apikey-{window}s"
+            policies.append((name, f"apikeys:{tag}:key:{key.id}:{window}", amount, window))
+        monthly = organization.monthly_request_limit
+        quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
+        return build_limits(policies, quota, month)
+
+    def _enforce_anonymous(self, current_request: Request) -> None:
+        address = client_address(current_request.environ, self.settings.trusted_proxies)
+        policies = [
+            ("address", f"apikeys:address:{address}:{window}", amount, window)
+            for amount, window in parse_limit(self.settings.default_rate_limit)
+        ]
+        limits = build_limits(policies, None, self._month)
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, self._month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, self._month, time.time())
+
+    @staticmethod
+    def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
+        index = cast(int, outcome.refused)
+        counter = limits.counters[index]
+        if index == limits.quota_index:
+            return QuotaExceeded(
+                f"The organization's monthly quota of {counter.limit} requests is used up; it "
+                "renews on the first day of next month (UTC).",
+                retry_after=math.ceil(month.end - now),
+                limit=counter.limit,
+                period=month.label,
+            )
+        retry_after = math.ceil(outcome.resets[index] - now)
+        whose = "organization's" if limits.names[index] == "organization" else "key's"
+        if limits.names[index] == "address":
+            whose = "address's"
+        return RateLimitExceeded(
+            f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
+            f"is reached; retry in {max(1, retry_after)} s.",
+            retry_after=retry_after,
+            policy=limits.names[index],
+            limit=counter.limit,
+            window_seconds=counter.window_seconds,
+        )
+
+    # -- failed authentication ----------------------------------------------------------------
+
+    def _refuse_if_blocked(self, address: str) -> None:
+        until = self.blocked.get(address)
+        if until is None:
+            return
+        now = time.time()
+        if now >= until:
+            self.blocked.pop(address, None)
+            return
+        raise RateLimitExceeded(
+            "Too many failed authentication attempts from this address; retry later.",
+            retry_after=math.ceil(until - now),
+            policy="failed-authentication",
+        )
+
+    def _count_failure(self, address: str) -> None:
+        """Count a failed attempt; past the limit, answer 429 and refuse the address for a while.
+
+        Each process remembers refused addresses itself, so an address gets at most one more
+        verified attempt per process and window than the limit.
+        """
+        counters = tuple(
+            Counter(f"apikeys:failed-auth:{address}:{window}", amount, window)
+            for amount, window in self._failed_auth
+        )
+        outcome = self._take(counters)
+        if outcome is None or outcome.refused is None:
+            return
+        if len(self.blocked) >= MAX_REMEMBERED:
+            self.blocked.clear()
+        self.blocked[address] = max(outcome.resets)
+        self._refuse_if_blocked(address)
+
+    # -- response headers ---------------------------------------------------------------------
+
+    def add_headers(self, response: Response) -> Response:
+        """``after_request``: X-RateLimit-*, RateLimit and RateLimit-Policy, as taken.
+
+        X-RateLimit-* describe the limit that refused the request, else the one with the least
+        left; RateLimit lists every policy (draft-ietf-httpapi-ratelimit-headers).
+        """
+        result = request.environ.get(RESULT_ENVIRON_KEY)
+        if result is None:
+            return response
+        limits, outcome = result.limits, result.outcome
+        now = time.time()
+        fields = []
+        shown = outcome.refused
+        least = None
+        for index, counter in enumerate(limits.counters):
+            left = counter.limit - outcome.values[index]
+            if left < 0:
+                left = 0
+            if shown is None and (least is None or left < least):
+                least, shown_index = left, index
+            reset = result.month.end if index == limits.quota_index else outcome.resets[index]
+            seconds = reset - now
+            fields.append(
+                f"{limits.field_prefixes[index]}{left};t={math.ceil(seconds) if seconds > 0 else 0}"
+            )
+        if shown is None:
+            shown = shown_index
+        counter = limits.counters[shown]
+        reset = result.month.end if shown == limits.quota_index else outcome.resets[shown]
+        # add(), not item assignment: no scan for an existing header (these are ours alone).
+        add = response.headers.add
+        add("X-RateLimit-Limit", str(counter.limit))
+        add("X-RateLimit-Remaining", str(max(0, counter.limit - outcome.values[shown])))
+        add("X-RateLimit-Reset", str(int(reset + 1)))
+        add("RateLimit-Policy", limits.policy_header)
+        add("RateLimit", ", ".join(fields))
+        return response
+
+
+def install_rate_limits(
+    app: Flask, state: ExtensionState, limiter: Any = None
+) -> RateLimits | None:
+    """Create the app's :class:`RateLimits` and register the header hook (``init_app``)."""
+    if not state.settings.ratelimit_enabled:
+        return None
+    limits = RateLimits(state, limiter)
+    if state.settings.ratelimit_headers:
+        app.after_request(limits.add_headers)
+    return limits
+
+
+# -- Flask-Limiter integration ----------------------------------------------------------------
+
+
+def _current_key() -> VerifiedKey | None:
+    try:
+        return authenticate_request()
+    except APIKeyError:
+        return None
+
+
+def key_func() -> str:
+    """A Flask-Limiter key function: ``"apikey:<key id>"``, else the client's address.
+
+    Verifies the key itself (once per request, shared with our hook), because Flask-Limiter's
+    ``before_request`` may run before ours. Never returns the key: only its id::
+
+        limiter = Limiter(key_func=apikeys.key_func, app=app)
+    """
+    state = current_app.extensions.get("apikeys")
+    if state is None:
+        return request.remote_addr or "127.0.0.1"
+    key = _current_key() if state.settings.enabled else None
+    if key is not None:
+        return f"apikey:{key.id}"
+    return client_address(request.environ, state.settings.trusted_proxies)
+
+
+def limit_for_key() -> str:
+    """A Flask-Limiter dynamic limit: the current key's effective limit string.
+
+    ``@limiter.limit(apikeys.limit_for_key, key_func=apikeys.key_func)``; requests without a
+    key get ``APIKEYS_DEFAULT_RATE_LIMIT``.
+    """
+    state = cast("ExtensionState", current_app.extensions["apikeys"])
+    default = state.settings.default_rate_limit
+    key = _current_key() if state.settings.enabled else None
+    return default if key is None else key_limit(key, default)

@@ -1,0 +1,99 @@
+"""Which limits apply to a key, as counters: parsed once, cached, with the calendar month.
+
+Pure functions and immutable values, no storage and no request: :mod:`flask_apikeys.limiting`
+enforces them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from limits import parse_many
+
+from .counters import Counter
+
+if TYPE_CHECKING:
+    from .identity import VerifiedKey
+
+#: A quota counter outlives its month by this much, so a late request never restarts it.
+QUOTA_GRACE_SECONDS = 86_400
+
+
+@lru_cache(maxsize=1024)
+def parse_limit(text: str) -> tuple[tuple[int, int], ...]:
+    """``"10/second;1000/day"`` as ``((10, 1), (1000, 86400))``: (amount, window seconds).
+
+    Parsed once per distinct string. Two limits on the same window keep the stricter one.
+    """
+    windows: dict[int, int] = {}
+    for item in parse_many(text):
+        window = item.get_expiry()
+        windows[window] = min(item.amount, windows.get(window, item.amount))
+    return tuple((amount, window) for window, amount in sorted(windows.items()))
+
+
+def per_minute(amount: int | None, default: str) -> str:
+    """The limit string for a per-minute count, or ``default`` when there is none."""
+    return default if amount is None else f"{amount}/minute"
+
+
+def key_limit(key: VerifiedKey, default: str) -> str:
+    """A key's effective limit: its own, else its organization's (or plan's), else the default."""
+    return key.custom_rate_limit or per_minute(key.organization.rate_limit_per_minute, default)
+
+
+@dataclass(frozen=True, slots=True)
+class Month:
+    """The current calendar month in UTC."""
+
+    label: str
+    start: float
+    end: float
+
+    @classmethod
+    def containing(cls, now: float) -> Month:
+        moment = time.gmtime(now)
+        start = calendar.timegm((moment.tm_year, moment.tm_mon, 1, 0, 0, 0))
+        year, month = divmod(moment.tm_year * 12 + moment.tm_mon, 12)  # the next month
+        end = calendar.timegm((year, month + 1, 1, 0, 0, 0))
+        return cls(f"{moment.tm_year:04d}-{moment.tm_mon:02d}", start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Everything a key's requests need, resolved once per key configuration and month."""
+
+    names: tuple[str, ...]
+    counters: tuple[Counter, ...]
+    #: The ``RateLimit-Policy`` field, the same on every response for this key.
+    policy_header: str
+    #: Index of the quota counter (always 0) or ``None``.
+    quota_index: int | None
+    #: ``'"<name>";r='`` of each policy, for the ``RateLimit`` field.
+    field_prefixes: tuple[str, ...] = ()
+
+
+def build_limits(
+    policies: list[tuple[str, str, int, int]], quota: tuple[str, int] | None, month: Month
+) -> KeyLimits:
+    """Counters and the policy header from ``(name, storage key, amount, window)`` entries."""
+    if quota is not None:
+        key, amount = quota
+        window = int(month.end - month.start)
+        policies = [("quota", key, amount, window + QUOTA_GRACE_SECONDS), *policies]
+    counters = tuple(Counter(key, amount, window) for _, key, amount, window in policies)
+    policy_header = ", ".join(
+        f'"{name}";q={amount};w={int(month.end - month.start) if name == "quota" else window}'
+        for name, _, amount, window in policies
+    )
+    return KeyLimits(
+        names=tuple(policy[0] for policy in policies),
+        counters=counters,
+        policy_header=policy_header,
+        quota_index=0 if quota is not None else None,
+        field_prefixes=tuple(f'"{policy[0]}";r=' for policy in policies),
+    )

@@ -1,0 +1,225 @@
+"""Rate limits on a real Redis: exact under concurrency, all-or-none, and Redis going away."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from limits.storage import MemoryStorage, storage_from_string
+
+from flask_apikeys import APIKeys
+from flask_apikeys.counters import Counter, Counters, GiveBackCounters, counters_for
+from flask_apikeys.policies import Month
+
+from .factory import create_app
+from .servers import RedisServer
+from .test_auth import assert_problem
+
+LIMIT = 15
+CLIENTS = 6
+
+
+def hammer(app: Flask, keys: list[str], total: int, clients: int = CLIENTS) -> list[int]:
+    """``total`` requests from ``clients`` concurrent test clients, started together."""
+    barrier = threading.Barrier(clients)
+
+    def run(worker: int) -> list[int]:
+        client = app.test_client()
+        barrier.wait()
+        return [
+            client.get("/v1/whoami", headers={"X-API-Key": keys[n % len(keys)]}).status_code
+            for n in range(worker, total, clients)
+        ]
+
+    with ThreadPoolExecutor(clients) as pool:
+        return [status for result in pool.map(run, range(clients)) for status in result]
+
+
+@pytest.fixture
+def build() -> Iterator[Callable[..., tuple[Flask, APIKeys]]]:
+    """Build apps on a given storage; close their storage connections afterwards."""
+    apps: list[Flask] = []
+
+    def make(storage_uri: str, database_url: str, **config: Any) -> tuple[Flask, APIKeys]:
+        app, _, apikeys = create_app(
+            database_url, APIKEYS_RATELIMIT_STORAGE_URI=storage_uri, **config
+        )
+        with app.app_context():
+            apikeys.create_all()
+        apps.append(app)
+        return app, apikeys
+
+    yield make
+    for app in apps:
+        app.extensions["apikeys"].limits.close()
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def storage_uri(request: pytest.FixtureRequest) -> str:
+    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+
+
+@pytest.mark.parametrize("binding", ["key", "organization"])
+def test_limit_is_exact_under_concurrency(
+    build: Callable[..., Any], storage_uri: str, database_url: str, binding: str
+) -> None:
+    app, apikeys = build(storage_uri, database_url)
+    with app.app_context():
+        if binding == "key":  # one key whose own limit binds
+            org = apikeys.create_organization(name="A", email="a@a.io", rate_limit_per_minute=1000)
+            keys = [apikeys.create_key(org, "k", scopes=["*"], rate_limit=f"{LIMIT}/minute").key]
+        else:  # five keys with room to spare, sharing the organization's limit
+            org = apikeys.create_organization(
+                name="A", email="a@a.io", plan="pro", rate_limit_per_minute=LIMIT
+            ).id
+            keys = [
+                apikeys.create_key(org, f"k{n}", scopes=["*"], rate_limit="1000/minute").key
+                for n in range(5)
+            ]
+    statuses = hammer(app, keys, 3 * LIMIT)
+    assert statuses.count(200) == LIMIT
+    assert statuses.count(429) == 2 * LIMIT
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "local",
+        "fallback",
+        pytest.param("redis", marks=pytest.mark.redis),
+    ]
+)
+def counters(request: pytest.FixtureRequest) -> Iterator[Counters]:
+    """Each implementation: a shared MemoryStorage, our own dicts, give-back, the Lua script."""
+    if request.param == "memory":
+        yield counters_for(MemoryStorage())
+    elif request.param == "local":
+        yield counters_for(None)
+    elif request.param == "fallback":
+        yield GiveBackCounters(MemoryStorage())
+    else:
+        storage = storage_from_string(request.getfixturevalue("redis_url"))
+        yield counters_for(storage)
+        storage.storage.close()
+
+
+def test_counters_are_taken_all_or_none(counters: Counters) -> None:
+    first, tight, last = Counter("a", 10, 60), Counter("b", 2, 60), Counter("c", 10, 60)
+    outcomes = [counters.take((first, tight, last)) for _ in range(4)]
+    assert [outcome.refused for outcome in outcomes] == [None, None, 1, 1]
+    assert outcomes[1].values == (2, 2, 2)
+    assert outcomes[3].values == (2, 2, 2)  # the refusals consumed nothing
+    assert [counters.peek(counter)[0] for counter in (first, tight, last)] == [2, 2, 2]
+    now = time.time()
+    assert all(now + 55 < reset <= now + 61 for reset in outcomes[3].resets)
+    assert counters.take((first, last)).values == (3, 3)
+
+
+def test_each_counter_is_exact_when_threads_race(counters: Counters) -> None:
+    counter = Counter("race", LIMIT, 60)
+    barrier = threading.Barrier(CLIENTS)
+
+    def run(_: int) -> int:
+        barrier.wait()
+        return sum(counters.take((counter,)).refused is None for _ in range(LIMIT))
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        assert sum(pool.map(run, range(CLIENTS))) == LIMIT
+
+
+@pytest.mark.redis
+def test_quota_counter_in_redis_lives_until_just_after_the_month(
+    build: Callable[..., Any], redis_url: str, database_url: str
+) -> None:
+    app, apikeys = build(redis_url, database_url)
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io", monthly_request_limit=50).id
+        key = apikeys.create_key(org, "k", scopes=["*"]).key
+    app.test_client().get("/v1/whoami", headers={"X-API-Key": key})
+    month = Month.containing(time.time())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        name = f"LIMITS:quota:{{{org}}}:{month.label}"
+        assert client.get(name) == b"1"
+        ttl = client.ttl(name)
+        assert month.end - time.time() < ttl <= month.end - month.start + 86_400
+    finally:
+        client.close()
+
+
+def make_limited_key(app: Flask, apikeys: APIKeys) -> str:
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io").id
+        return apikeys.create_key(org, "k", scopes=["*"], rate_limit="3/minute").key
+
+
+@pytest.mark.redis
+def test_redis_down_fails_open_by_default_and_limits_resume_when_it_returns(
+    build: Callable[..., Any],
+    redis_server: RedisServer,
+    redis_url: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, apikeys = build(redis_url, database_url)
+    key = make_limited_key(app, apikeys)
+    client = app.test_client()
+
+    def get() -> Any:
+        return client.get("/v1/whoami", headers={"X-API-Key": key})
+
+    assert get().headers["X-RateLimit-Remaining"] == "2"
+    redis_server.stop()
+    with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
+        during = [get() for _ in range(5)]
+    assert [response.status_code for response in during] == [200] * 5
+    assert all("X-RateLimit-Limit" not in response.headers for response in during)
+    assert "Rate-limit storage unreachable" in caplog.text
+    redis_server.start()  # an empty Redis: counting starts again, no restart of the app
+    assert [get().status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+@pytest.mark.redis
+def test_redis_down_answers_503_when_failing_closed(
+    build: Callable[..., Any], redis_server: RedisServer, redis_url: str, database_url: str
+) -> None:
+    app, apikeys = build(redis_url, database_url, APIKEYS_RATELIMIT_FAIL_OPEN=False)
+    key = make_limited_key(app, apikeys)
+    client = app.test_client()
+
+    def get() -> Any:
+        return client.get("/v1/whoami", headers={"X-API-Key": key})
+
+    assert get().status_code == 200
+    redis_server.stop()
+    body = assert_problem(get(), 503, "backend_unavailable")
+    assert key not in body["detail"]
+    redis_server.start()
+    assert [get().status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+@pytest.mark.redis
+def test_failed_attempts_are_counted_across_apps_sharing_redis(
+    build: Callable[..., Any], redis_url: str, tmp_path: Any
+) -> None:
+    """Two apps (as two workers would be) share the failed-attempt count of an address."""
+    apps = [
+        build(
+            redis_url, f"sqlite:///{tmp_path / f'{n}.sqlite'}", APIKEYS_FAILED_AUTH_LIMIT="4/minute"
+        )
+        for n in range(2)
+    ]
+    bad = {"X-API-Key": "pk_live_" + "q" * 46}
+    statuses = [
+        apps[n % 2][0].test_client().get("/v1/whoami", headers=bad).status_code for n in range(6)
+    ]
+    assert statuses == [401, 401, 401, 401, 429, 429]
