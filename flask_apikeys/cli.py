@@ -365,6 +365,98 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
     show_new_key({**created_document(created), "replaces": key_id}, as_json)
 
 
+# -- usage and audit -------------------------------------------------------------------------------
+
+
+@apikeys_cli.command("usage")
+@click.option("--org", "organization", required=True, help="Organization slug or id.")
+@click.option("--month", help="A calendar month (UTC), e.g. 2026-01.")
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), help="First day (with --end).")
+@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Day after the last one.")
+@click.option("--key", "key_id", help="Only this key's usage.")
+@json_option
+@reports_errors
+def usage(
+    organization: str,
+    month: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    key_id: str | None,
+    as_json: bool,
+) -> None:
+    """Show usage: totals, errors, latency, by day, endpoint and status class."""
+    current_app.extensions["apikeys"].extension.flush_usage()
+    if month is not None and key_id is None and start is None and end is None:
+        stats = service().monthly_usage(organization, month)
+    elif month is not None and (start is not None or end is not None):
+        fail("give --month, or --start and --end, not both")
+        return
+    else:
+        if month is not None:
+            from .stats import month_bounds
+
+            first, last = month_bounds(month)
+        elif start is not None and end is not None:
+            first, last = start.date(), end.date()
+        else:
+            fail("give --month YYYY-MM, or --start and --end")
+            return
+        stats = service().usage_stats(organization, start=first, end=last, key=key_id)
+
+    def show() -> None:
+        print_record(
+            {
+                field: stats[field]
+                for field in (
+                    "start",
+                    "end",
+                    "total_requests",
+                    "errors",
+                    "tokens_used",
+                    "cost_usd",
+                    "p50_ms",
+                    "p95_ms",
+                )
+            }
+        )
+        if stats["by_day"]:
+            click.echo("")
+            print_table(stats["by_day"], ("date", "requests", "errors"))
+        if stats["by_endpoint"]:
+            click.echo("")
+            print_table(
+                stats["by_endpoint"], ("method", "endpoint", "requests", "errors", "average_ms")
+            )
+
+    emit(stats, as_json, show)
+
+
+audit_group = AppGroup("audit", help="Check the audit trail.")
+apikeys_cli.add_command(audit_group)
+
+
+@audit_group.command("verify")
+@json_option
+@reports_errors
+def verify_audit(as_json: bool) -> None:
+    """Walk the hash chain; exit 1 naming the first edited, inserted or deleted record."""
+    broken = current_app.extensions["apikeys"].extension.verify_audit()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "intact": broken is None,
+                    "first_bad_record": None if broken is None else broken.record_id,
+                    "problem": None if broken is None else broken.problem,
+                }
+            )
+        )
+    if broken is not None:
+        fail(f"the audit trail was tampered with at {broken}")
+    elif not as_json:
+        click.echo("The audit trail is intact.")
+
+
 # -- seed and migrations ---------------------------------------------------------------------------
 
 

@@ -243,3 +243,54 @@ def test_install_migrations_copies_once_and_refuses_a_missing_folder(
     again = ok(runner, "install-migrations", "--directory", str(tmp_path / "migrations"))
     assert "Already up to date" in again
     assert "flask db init" in refused(runner, "install-migrations", "--directory", str(tmp_path))
+
+
+def test_usage_for_a_month_and_for_a_range(app: Flask, runner: Any) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    key = ok(runner, "key", "create", "--org", "acme", "--name", "k", "--json")["key"]
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    month = today.strftime("%Y-%m")
+    stats = ok(runner, "usage", "--org", "acme", "--month", month, "--json")
+    assert (stats["month"], stats["total_requests"]) == (month, 3)
+    assert stats["by_endpoint"][0]["endpoint"] == "/v1/whoami"
+    table = ok(runner, "usage", "--org", "acme", "--month", month)
+    assert "total_requests" in table and "/v1/whoami" in table
+    ranged = ok(
+        runner,
+        "usage",
+        "--org",
+        "acme",
+        "--start",
+        today.isoformat(),
+        "--end",
+        (today + timedelta(days=1)).isoformat(),
+        "--json",
+    )
+    assert ranged["total_requests"] == 3
+    assert "month" in refused(runner, "usage", "--org", "acme", "--month", "2026-13")
+    assert "--month" in refused(runner, "usage", "--org", "acme")
+    assert "No organization" in refused(runner, "usage", "--org", "nobody", "--month", month)
+
+
+def test_audit_verify_reports_intact_then_the_first_tampered_record(
+    app: Flask, runner: Any
+) -> None:
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    ok(runner, "key", "create", "--org", "acme", "--name", "k")
+    assert "intact" in ok(runner, "audit", "verify")
+    assert ok(runner, "audit", "verify", "--json")["intact"] is True
+    from flask_apikeys.models import AuditRecord
+
+    table = AuditRecord.__table__
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        first = session.scalar(sa.select(sa.func.min(table.c.id)))
+        session.execute(sa.update(table).where(table.c.id == first).values(actor="mallory"))
+        session.commit()
+    message = refused(runner, "audit", "verify")
+    assert f"record {first}" in message and "changed" in message
