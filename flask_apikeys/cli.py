@@ -244,7 +244,10 @@ KEY_COLUMNS = ("id", "name", "prefix", "hint", "environment", "scopes", "expires
     type=click.Choice(["live", "test"]),
     help="Key environment (in the key's prefix).",
 )
-@click.option("--scopes", help="Comma-separated scopes, e.g. 'presentations:read,outline:*'.")
+@click.option(
+    "--scopes",
+    help="Comma-separated scopes, e.g. presentations:read,outline:* (wildcards allowed).",
+)
 @click.option("--role", "roles", multiple=True, help="A role from APIKEYS_ROLES (repeatable).")
 @click.option("--level", type=click.Choice(["read-only", "read-write", "admin"]))
 @click.option("--expires-in-days", type=int, help="Lifetime in days (no expiry by default).")

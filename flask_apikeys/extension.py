@@ -150,7 +150,7 @@ class APIKeys:
         if settings.audit:
             state.audit = AuditTrail(connect)
             state.service.listeners.append(state.audit.on_service_event)
-        if settings.usage_tracking:
+        if settings.usage_tracking and settings.enabled:
             app.before_request(mark_start)
             app.after_request(make_usage_recorder(state))
 
@@ -231,6 +231,7 @@ class APIKeys:
         audit = self.state.audit
         if audit is not None:
             audit.record(event, actor=actor, **fields)
+
     #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
     key_func = staticmethod(key_func)
     limit_for_key = staticmethod(limit_for_key)

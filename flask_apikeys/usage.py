@@ -23,15 +23,16 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Response, g, request
+from flask import Response, request
 
 from .audit import append as append_audit
 from .audit import build_record
 from .keys import KEY_SEARCH_PATTERN
-from .models import APIKey, APIKeyUsage, utcnow
+from .models import APIKey, APIKeyUsage
 from .network import client_address
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -39,6 +40,8 @@ usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 START_ENVIRON_KEY = "flask_apikeys.started"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
+TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
+COST_ENVIRON_KEY = "flask_apikeys.cost"
 USAGE_FIELDS = (
     "api_key_id",
     "organization_id",
@@ -58,10 +61,11 @@ USAGE_FIELDS = (
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
     """Attach tokens and cost to the current request's usage row (call it from a view)."""
+    environ = request.environ
     if tokens is not None:
-        g._apikeys_tokens = (g.get("_apikeys_tokens") or 0) + int(tokens)
+        environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
     if cost_usd is not None:
-        g._apikeys_cost = (g.get("_apikeys_cost") or 0.0) + float(cost_usd)
+        environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
 
 
 class UsageWriter:
@@ -165,6 +169,7 @@ class UsageWriter:
             totals[1] = max(totals[1], row[2])
         last = keys_table.c.last_used_at
         with self._connect() as connection:
+            rows = [(*row[:2], datetime.fromtimestamp(row[2], UTC), *row[3:]) for row in rows]
             connection.execute(
                 sa.insert(usage_table), [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
             )
@@ -180,7 +185,7 @@ class UsageWriter:
                     last_request_at=sa.bindparam("seen"),
                 ),
                 [
-                    {"key_id": key, "count": count, "seen": seen}
+                    {"key_id": key, "count": count, "seen": datetime.fromtimestamp(seen, UTC)}
                     for key, (count, seen) in per_key.items()
                 ],
             )
@@ -206,11 +211,12 @@ def make_usage_recorder(state: Any) -> Callable[[Response], Response]:
     trusted_proxies = state.settings.trusted_proxies
 
     def record_usage(response: Response) -> Response:
-        environ = request.environ
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current_request.environ
         key = environ.get(OUTCOME_ENVIRON_KEY)
         if isinstance(key, VerifiedKey):
             address = client_address(environ, trusted_proxies)
-            writer.add_usage(usage_row(response, key, environ, address))
+            writer.add_usage(usage_row(response, key, current_request, address))
         return response
 
     return record_usage
@@ -221,26 +227,28 @@ def mark_start() -> None:
     request.environ[START_ENVIRON_KEY] = time.perf_counter()
 
 
-def usage_row(
-    response: Response, key: Any, environ: dict[str, Any], address: str
-) -> tuple[Any, ...]:
-    """The usage row of a finished request."""
+def usage_row(response: Response, key: Any, current_request: Any, address: str) -> tuple[Any, ...]:
+    """The usage row of a finished request (the timestamp stays a float until written)."""
+    environ = current_request.environ
     started = environ.get(START_ENVIRON_KEY)
     elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
-    rule = request.url_rule
-    endpoint = rule.rule if rule is not None else KEY_SEARCH_PATTERN.sub("[key]", request.path)
+    rule = current_request.url_rule
+    if rule is not None:
+        endpoint = rule.rule
+    else:
+        endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
     error = environ.get(ERROR_ENVIRON_KEY)
     user_agent = environ.get("HTTP_USER_AGENT")
     return (
         key.id,
         key.organization.id,
-        utcnow(),
+        time.time(),
         endpoint[:300],
-        request.method[:10],
+        current_request.method[:10],
         response.status_code,
         round(elapsed_ms, 3),
-        g.get("_apikeys_tokens"),
-        g.get("_apikeys_cost"),
+        environ.get(TOKENS_ENVIRON_KEY),
+        environ.get(COST_ENVIRON_KEY),
         address[:45] or None,
         None if user_agent is None else user_agent[:300],
         None if error is None else str(error.detail)[:500],

@@ -82,3 +82,8 @@ def create_app(database_url: str, **config: Any) -> tuple[Flask, SQLAlchemy, API
         return {"public": "yes"}
 
     return app, db, apikeys
+
+
+def tampered(key: str) -> str:
+    """The key with its last character changed (never equal to the key itself)."""
+    return key[:-1] + ("1" if key[-1] == "0" else "0")

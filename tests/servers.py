@@ -95,8 +95,12 @@ class PostgreSQLServer:
 
         query = sql.SQL(statement).format(sql.Identifier(name)) if name else sql.SQL(statement)
         with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname="postgres",
-            autocommit=True, connect_timeout=5,
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname="postgres",
+            autocommit=True,
+            connect_timeout=5,
         ) as connection:
             connection.execute(query)
 
@@ -137,12 +141,37 @@ def postgresql_server() -> Iterator[PostgreSQLServer]:
     )
     try:
         run(
-            [*as_postgres, str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust",
-             "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions"],
+            [
+                *as_postgres,
+                str(POSTGRES_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
             "initdb",
         )
-        run([*pg_ctl, "-l", str(log), "-o", options, "-w", "-t", str(int(STARTUP_TIMEOUT)),
-             "start"], "pg_ctl start", log)
+        run(
+            [
+                *pg_ctl,
+                "-l",
+                str(log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(int(STARTUP_TIMEOUT)),
+                "start",
+            ],
+            "pg_ctl start",
+            log,
+        )
         server = PostgreSQLServer(host=HOST, port=port, user="postgres")
         wait_until(server.accepts_connections, "PostgreSQL", log)
         yield server
@@ -177,9 +206,23 @@ class RedisServer:
         if self.is_running():
             return
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", HOST, "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "redis-server",
+                "--bind",
+                HOST,
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(self._up_or_dead, "Redis", self.log)
 

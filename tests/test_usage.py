@@ -15,6 +15,8 @@ from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput
 from flask_apikeys.models import APIKey, APIKeyUsage
 
+from .factory import tampered
+
 
 @pytest.fixture
 def database_url(backend_url: str) -> str:
@@ -43,7 +45,7 @@ def test_every_authenticated_request_is_recorded_with_its_outcome(
     assert client.get("/v1/presentations", headers=headers).status_code == 200
     assert client.post("/v1/presentations", headers=headers).status_code == 403
     assert client.post("/v1/generate/slides", headers=headers).status_code == 200
-    assert client.get("/v1/whoami", headers={"X-API-Key": key[:-1] + "0"}).status_code == 401
+    assert client.get("/v1/whoami", headers={"X-API-Key": tampered(key)}).status_code == 401
     assert client.get("/health").status_code == 200
     with app.app_context():
         assert usage_rows(app) == []  # buffered: nothing on the request path

@@ -64,12 +64,16 @@ def upgrade() -> None:
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("replaced_by_id", sa.Uuid(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["organization_id"], ["organizations.id"],
-            name=op.f("fk_api_keys_organization_id_organizations"), ondelete="CASCADE",
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_api_keys_organization_id_organizations"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["replaced_by_id"], ["api_keys.id"],
-            name=op.f("fk_api_keys_replaced_by_id_api_keys"), ondelete="SET NULL",
+            ["replaced_by_id"],
+            ["api_keys.id"],
+            name=op.f("fk_api_keys_replaced_by_id_api_keys"),
+            ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
     )
@@ -95,19 +99,21 @@ def upgrade() -> None:
         sa.Column("error_message", sa.String(length=500), nullable=True),
         sa.Column("error_code", sa.String(length=50), nullable=True),
         sa.ForeignKeyConstraint(
-            ["api_key_id"], ["api_keys.id"],
-            name=op.f("fk_api_key_usage_api_key_id_api_keys"), ondelete="CASCADE",
+            ["api_key_id"],
+            ["api_keys.id"],
+            name=op.f("fk_api_key_usage_api_key_id_api_keys"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["organization_id"], ["organizations.id"],
-            name=op.f("fk_api_key_usage_organization_id_organizations"), ondelete="CASCADE",
+            ["organization_id"],
+            ["organizations.id"],
+            name=op.f("fk_api_key_usage_organization_id_organizations"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key_usage")),
     )
     op.create_index(op.f("ix_api_key_usage_api_key_id"), "api_key_usage", ["api_key_id"])
-    op.create_index(
-        op.f("ix_api_key_usage_organization_id"), "api_key_usage", ["organization_id"]
-    )
+    op.create_index(op.f("ix_api_key_usage_organization_id"), "api_key_usage", ["organization_id"])
     op.create_index(op.f("ix_api_key_usage_timestamp"), "api_key_usage", ["timestamp"])
     op.create_table(
         "api_key_audit_log",
