@@ -17,9 +17,12 @@ from typing import Any
 
 from limits import parse_many
 
-from .hashing import HMAC_SHA256, SUPPORTED_SCHEMES
+from .hashing import HMAC_SHA256, SUPPORTED_SCHEMES, admin_key_digest
 from .keys import PREFIX_PATTERN
 from .scopes import normalize_scopes
+
+#: The bootstrap admin key manages every organization: it must not be guessable.
+MIN_ADMIN_KEY_LENGTH = 32
 
 ROLE_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,49}")
 
@@ -89,6 +92,28 @@ def _parse_optional_string(value: Any) -> str | None:
     if not isinstance(value, str):
         raise ValueError("expected a string")
     return value
+
+
+def _parse_admin_key(value: Any) -> bytes | None:
+    """Keep only the SHA-256 of the bootstrap admin key (see :func:`hashing.admin_key_digest`)."""
+    key = _parse_optional_string(value)
+    if key is None:
+        return None
+    if len(key) < MIN_ADMIN_KEY_LENGTH or key != key.strip():
+        raise ValueError(
+            f"expected at least {MIN_ADMIN_KEY_LENGTH} characters without surrounding spaces, "
+            "e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return admin_key_digest(key)
+
+
+def _parse_url_prefix(value: Any) -> str | None:
+    prefix = _parse_optional_string(value)
+    if prefix is None:
+        return None
+    if not prefix.startswith("/") or prefix == "/" or "<" in prefix:
+        raise ValueError("expected a path such as /admin, or an empty value to not mount it")
+    return prefix.rstrip("/")
 
 
 def _parse_key_prefix(value: Any) -> str:
@@ -259,14 +284,14 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "APIKEYS_ADMIN_KEY",
         None,
-        _parse_optional_string,
+        _parse_admin_key,
         "a bootstrap key that manages every organization (kept hashed in memory only)",
     ),
     Option(
         "APIKEYS_ADMIN_URL_PREFIX",
         "/admin",
-        _parse_optional_string,
-        "where the admin blueprint mounts",
+        _parse_url_prefix,
+        "where the admin blueprint mounts; empty: no admin API",
     ),
     Option(
         "APIKEYS_HASH_SECRET",
@@ -381,7 +406,8 @@ class Settings:
     plans: dict[str, Plan]
     ratelimit_storage_uri: str | None
     usage_tracking: bool
-    admin_key: str | None
+    #: SHA-256 of ``APIKEYS_ADMIN_KEY``: the key itself is not kept.
+    admin_key_digest: bytes | None
     admin_url_prefix: str | None
     hash_secret: tuple[str, ...]
     hash_schemes: tuple[str, ...]
@@ -440,7 +466,7 @@ def load_settings(
         plans=values["APIKEYS_PLANS"],
         ratelimit_storage_uri=values["APIKEYS_RATELIMIT_STORAGE_URI"],
         usage_tracking=values["APIKEYS_USAGE_TRACKING"],
-        admin_key=values["APIKEYS_ADMIN_KEY"],
+        admin_key_digest=values["APIKEYS_ADMIN_KEY"],
         admin_url_prefix=values["APIKEYS_ADMIN_URL_PREFIX"],
         hash_secret=hash_secrets,
         hash_schemes=schemes,

@@ -128,6 +128,13 @@ class APIKeyInURL(APIKeyError, BadRequest):
     title = "API key in URL"
 
 
+class MalformedRequest(APIKeyError, BadRequest):
+    """400: a body that is not JSON (the admin API reads JSON objects only)."""
+
+    error_code = "invalid_json"
+    title = "Malformed request body"
+
+
 class LimitExceeded(APIKeyError, TooManyRequests):
     """429, with ``Retry-After`` in whole seconds."""
 

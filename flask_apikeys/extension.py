@@ -13,6 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
 from . import logmask
+from .admin import make_admin_blueprint
 from .audit import AuditTrail, ChainBreak
 from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
@@ -112,6 +113,11 @@ class APIKeys:
             session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
         )
         exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
+        # The hook leaves these prefixes alone: public paths, and the admin API, which
+        # authenticates its own requests (its bootstrap key is not a stored key).
+        skipped_prefixes = [path.rstrip("/") + "/" for path in exact_paths]
+        if settings.admin_url_prefix:
+            skipped_prefixes.append(settings.admin_url_prefix + "/")
         state = app.extensions["apikeys"] = ExtensionState(
             extension=self,
             settings=settings,
@@ -120,11 +126,13 @@ class APIKeys:
             cache=cache,
             service=service,
             public_exact_paths=exact_paths,
-            public_path_prefixes=tuple(path.rstrip("/") + "/" for path in exact_paths),
+            public_path_prefixes=tuple(skipped_prefixes),
         )
         self._install_usage_and_audit(app, state)
         state.limits = install_rate_limits(app, state, limiter or self._limiter)
         app.before_request(make_before_request_hook(state))
+        if settings.admin_url_prefix:
+            app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)

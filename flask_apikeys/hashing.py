@@ -96,3 +96,8 @@ class KeyHasher:
 def cache_digest(key: str) -> bytes:
     """A fast digest to index the in-process cache of verified keys (never stored)."""
     return hashlib.sha256(key.encode()).digest()
+
+
+def admin_key_digest(admin_key: str) -> bytes:
+    """What is kept of ``APIKEYS_ADMIN_KEY``: its SHA-256, compared in constant time."""
+    return hashlib.sha256(admin_key.encode("utf-8", "surrogateescape")).digest()

@@ -1,0 +1,113 @@
+"""Who may use the admin API, and on which organizations.
+
+Three callers get in: the bootstrap key of ``APIKEYS_ADMIN_KEY`` (every organization), a key
+with the ``admin`` scope (its own organization only; another organization's ids answer 404,
+exactly as ids that do not exist) and nobody else: other keys get 403, no key 401.
+
+The admin blueprint authenticates its own requests, because the bootstrap key is not a stored
+key: the app-wide hook leaves the admin prefix alone (see ``ExtensionState``), and this module
+runs the same checks (key in the URL, failed-attempt limit, rate limits, IP allowlist) itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+from flask import current_app, g, request
+
+from ..auth import authenticate, extract_credential, refuse_key_in_url
+from ..errors import InsufficientScope, MissingAPIKey, OrganizationNotFound
+from ..hashing import admin_key_digest
+
+if TYPE_CHECKING:
+    from ..extension import ExtensionState
+    from ..identity import VerifiedKey
+    from ..models import Organization
+
+#: The scope that lets a key manage its own organization.
+ADMIN_SCOPE = "admin"
+#: How the bootstrap key appears in the audit trail and in ``revoked_by``.
+BOOTSTRAP_ACTOR = "bootstrap-admin-key"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCaller:
+    """The caller of an admin request.
+
+    ``key`` is ``None`` for the bootstrap key, which manages every organization.
+    """
+
+    key: VerifiedKey | None
+
+    @property
+    def is_bootstrap(self) -> bool:
+        return self.key is None
+
+    @property
+    def actor(self) -> str:
+        """Who did it, as the audit trail records it (never a secret)."""
+        if self.key is None:
+            return BOOTSTRAP_ACTOR
+        return f"api-key:{self.key.id}"
+
+    def may_manage(self, organization_id: uuid.UUID) -> bool:
+        return self.key is None or self.key.organization.id == organization_id
+
+
+def state() -> ExtensionState:
+    return cast("ExtensionState", current_app.extensions["apikeys"])
+
+
+def authenticate_admin() -> None:
+    """``before_request`` of the admin blueprint: find the caller or refuse (401/403)."""
+    if request.method == "OPTIONS" or request.endpoint == "apikeys_admin.openapi":
+        return
+    current = state()
+    current_request = request._get_current_object()  # type: ignore[attr-defined]
+    if current_request.query_string:
+        refuse_key_in_url(current_request)
+    digest = current.settings.admin_key_digest
+    presented = extract_credential(current_request.environ)
+    if digest is not None and presented is not None:
+        # Hash first so the comparison costs the same whatever the presented length.
+        if hmac.compare_digest(admin_key_digest(presented), digest):
+            g._apikeys_admin = AdminCaller(key=None)
+            return
+    if current.limits is not None:
+        key = current.limits.authenticate(current_request)
+    else:
+        key = authenticate(current_request, current)
+    if key is None:
+        raise MissingAPIKey(
+            "The admin API needs a key with the admin scope, or the bootstrap admin key."
+        )
+    if not key.has_scope(ADMIN_SCOPE):
+        raise InsufficientScope(
+            "The admin API needs a key with the admin scope.", required_scopes=[ADMIN_SCOPE]
+        )
+    g._apikeys_admin = AdminCaller(key=key)
+
+
+def caller() -> AdminCaller:
+    """The caller of the current admin request (set by :func:`authenticate_admin`)."""
+    return cast(AdminCaller, g._apikeys_admin)
+
+
+def require_bootstrap(action: str) -> None:
+    """Refuse (403) what only the bootstrap key may do, e.g. create organizations."""
+    if not caller().is_bootstrap:
+        raise InsufficientScope(
+            f"Only the bootstrap admin key (APIKEYS_ADMIN_KEY) may {action}.",
+            required_scopes=[ADMIN_SCOPE],
+        )
+
+
+def managed_organization(reference: str) -> Organization:
+    """The organization of the URL, if the caller may manage it; otherwise 404, as if missing."""
+    organization = state().service.get_organization(reference)
+    if not caller().may_manage(organization.id):
+        raise OrganizationNotFound(f"No organization {reference!r}.")
+    return organization

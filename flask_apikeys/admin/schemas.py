@@ -1,0 +1,258 @@
+"""Marshmallow schemas of the admin API: what it accepts and what it returns.
+
+They check shape and types only (unknown fields, wrong types, malformed dates); every business
+rule (known plan, parseable rate limit, free slug, key limits) stays in the service layer, which
+answers with the same 422 document. The OpenAPI document is generated from these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from ..permissions import LEVELS
+
+#: Most items a list returns at once.
+MAX_PAGE_SIZE = 500
+
+
+class StrictSchema(Schema):
+    """Unknown fields are errors, so a typo never passes silently."""
+
+    class Meta:
+        unknown = RAISE
+
+
+# -- organizations -----------------------------------------------------------------------------
+
+
+class LimitsSchema(Schema):
+    """An organization's effective limits: its own overrides, else its plan's."""
+
+    requests_per_minute = fields.Integer(allow_none=True, metadata={"description": "null: none"})
+    monthly_requests = fields.Integer(allow_none=True)
+    max_keys = fields.Integer(allow_none=True)
+
+
+class OrganizationSchema(Schema):
+    """An organization as the admin API shows it."""
+
+    id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    slug = fields.String(required=True)
+    email = fields.String(required=True)
+    plan = fields.String(required=True)
+    is_active = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    updated_at = fields.AwareDateTime(required=True)
+    monthly_request_limit = fields.Integer(allow_none=True, required=True)
+    rate_limit_per_minute = fields.Integer(allow_none=True, required=True)
+    max_api_keys = fields.Integer(allow_none=True, required=True)
+    limits = fields.Nested(LimitsSchema, required=True)
+
+
+def _count() -> fields.Integer:
+    return fields.Integer(allow_none=True, validate=validate.Range(min=0, max=2**31 - 1))
+
+
+class OrganizationUpdateSchema(StrictSchema):
+    """Fields an update may change; all optional."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    email = fields.Email(validate=validate.Length(max=320))
+    plan = fields.String(validate=validate.Length(min=1, max=50))
+    is_active = fields.Boolean()
+    monthly_request_limit = _count()
+    rate_limit_per_minute = _count()
+    max_api_keys = _count()
+
+
+class OrganizationCreateSchema(OrganizationUpdateSchema):
+    """A new organization: name and email are required, the plan defaults to ``free``."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    plan = fields.String(load_default="free", validate=validate.Length(min=1, max=50))
+    slug = fields.String(validate=validate.Length(min=1, max=100))
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+class KeySchema(Schema):
+    """A key's record. Never its secret or its hash: those are not even attributes here."""
+
+    id = fields.UUID(required=True)
+    organization_id = fields.UUID(required=True)
+    name = fields.String(required=True)
+    description = fields.String(allow_none=True, required=True)
+    environment = fields.String(required=True)
+    prefix = fields.String(attribute="key_prefix", required=True)
+    hint = fields.String(attribute="key_hint", required=True)
+    scopes = fields.List(fields.String(), required=True)
+    roles = fields.List(fields.String(), required=True)
+    level = fields.String(allow_none=True, required=True)
+    allowed_networks = fields.List(fields.String(), required=True)
+    rate_limit = fields.String(attribute="custom_rate_limit", allow_none=True, required=True)
+    metadata = fields.Dict(attribute="key_metadata", keys=fields.String(), required=True)
+    is_active = fields.Boolean(required=True)
+    created_at = fields.AwareDateTime(required=True)
+    expires_at = fields.AwareDateTime(allow_none=True, required=True)
+    last_used_at = fields.AwareDateTime(allow_none=True, required=True)
+    revoked_at = fields.AwareDateTime(allow_none=True, required=True)
+    revoked_by = fields.String(allow_none=True, required=True)
+    revoked_reason = fields.String(allow_none=True, required=True)
+    replaced_by_id = fields.UUID(allow_none=True, required=True)
+    total_requests = fields.Integer(required=True)
+    last_request_at = fields.AwareDateTime(allow_none=True, required=True)
+
+
+class CreatedKeySchema(KeySchema):
+    """A key just created or rotated: the only response that ever carries the full key."""
+
+    key = fields.String(
+        required=True, metadata={"description": "The full key. Shown this once, never again."}
+    )
+    replaces = fields.UUID(
+        allow_none=True, metadata={"description": "After a rotation: the key it replaces."}
+    )
+
+
+def _string_list(maximum: int) -> fields.List[str]:
+    item = fields.String(validate=validate.Length(min=1, max=200))
+    return fields.List(item, validate=validate.Length(max=maximum))
+
+
+class KeyUpdateSchema(StrictSchema):
+    """Fields of a key that may change after creation; all optional."""
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    description = fields.String(allow_none=True, validate=validate.Length(max=2000))
+    scopes = _string_list(200)
+    roles = _string_list(50)
+    level = fields.String(allow_none=True, validate=validate.OneOf(LEVELS))
+    rate_limit = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "e.g. 100/minute or 10/second;1000/day"},
+    )
+    metadata = fields.Dict(keys=fields.String())
+    allowed_networks = _string_list(100)
+
+
+class KeyCreateSchema(KeyUpdateSchema):
+    """A new key: a name is required; expiry as days from now or as a time, not both."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    environment = fields.String(load_default="live", validate=validate.OneOf(["live", "test"]))
+    expires_in_days = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=3650))
+    expires_at = fields.AwareDateTime(allow_none=True)
+
+    @validates_schema
+    def _one_expiry(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("expires_in_days") is not None and data.get("expires_at") is not None:
+            raise ValidationError("give expires_in_days or expires_at, not both", "expires_at")
+
+
+class RevokeSchema(StrictSchema):
+    """Why a key is revoked (kept with the key and in the audit trail)."""
+
+    reason = fields.String(allow_none=True, validate=validate.Length(max=500))
+
+
+class RotateSchema(StrictSchema):
+    """How long the old key keeps working next to the new one."""
+
+    overlap_hours = fields.Float(
+        load_default=24.0, validate=validate.Range(min=0, max=24 * 90), allow_nan=False
+    )
+
+
+# -- lists and usage ---------------------------------------------------------------------------
+
+
+class PageQuerySchema(StrictSchema):
+    """``limit`` and ``offset`` of a list."""
+
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE_SIZE))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=2**31 - 1))
+
+
+class KeyPageQuerySchema(PageQuerySchema):
+    """A page of keys, revoked ones included unless asked otherwise."""
+
+    include_revoked = fields.Boolean(load_default=True)
+
+
+def page_schema(item: type[Schema], name: str) -> type[Schema]:
+    """A page of ``item``: the items, the total and the window that was asked for."""
+    return Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item), required=True),
+            "total": fields.Integer(required=True),
+            "limit": fields.Integer(required=True),
+            "offset": fields.Integer(required=True),
+        },
+        name=name,
+    )
+
+
+OrganizationPageSchema = page_schema(OrganizationSchema, "OrganizationPage")
+KeyPageSchema = page_schema(KeySchema, "KeyPage")
+
+
+class UsageQuerySchema(StrictSchema):
+    """Usage from ``start`` up to ``end`` (excluded), for the organization or one key."""
+
+    start = fields.Date(required=True)
+    end = fields.Date(required=True)
+    key_id = fields.UUID()
+
+
+class DayUsageSchema(Schema):
+    date = fields.String(required=True)
+    requests = fields.Integer(required=True)
+    errors = fields.Integer(required=True)
+
+
+class EndpointUsageSchema(Schema):
+    method = fields.String(required=True)
+    endpoint = fields.String(required=True)
+    requests = fields.Integer(required=True)
+    errors = fields.Integer(required=True)
+    average_ms = fields.Float(required=True)
+
+
+class UsageSchema(Schema):
+    """Totals, latency percentiles and breakdowns by day, endpoint, status class and error."""
+
+    start = fields.String(required=True)
+    end = fields.String(required=True)
+    total_requests = fields.Integer(required=True)
+    errors = fields.Integer(required=True)
+    tokens_used = fields.Integer(required=True)
+    cost_usd = fields.Float(required=True)
+    average_ms = fields.Float(allow_none=True, required=True)
+    p50_ms = fields.Float(allow_none=True, required=True)
+    p95_ms = fields.Float(allow_none=True, required=True)
+    by_day = fields.List(fields.Nested(DayUsageSchema), required=True)
+    by_endpoint = fields.List(fields.Nested(EndpointUsageSchema), required=True)
+    by_status_class = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    error_codes = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+
+
+class ProblemSchema(Schema):
+    """An RFC 9457 problem document, as every error of the extension is rendered."""
+
+    class Meta:
+        unknown = INCLUDE  # errors add members of their own (``required_scopes``, ...)
+
+    type = fields.String(required=True)
+    title = fields.String(required=True)
+    status = fields.Integer(required=True)
+    detail = fields.String(required=True)
+    code = fields.String(required=True)
+    errors = fields.Dict(
+        keys=fields.String(), metadata={"description": "With 422: each bad field's messages."}
+    )

@@ -1,0 +1,310 @@
+"""The admin routes: parse with a schema, call the service layer, dump with a schema.
+
+Each route is declared once, with :func:`operation`, in :data:`OPERATIONS`; the blueprint and
+the OpenAPI document are both built from that table, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, jsonify, request, url_for
+from marshmallow import Schema, ValidationError
+
+from ..errors import InvalidInput, MalformedRequest
+from ..models import Organization
+from . import schemas
+from .access import caller, managed_organization, require_bootstrap, state
+
+View = Callable[..., Response | tuple[Response, int]]
+#: Organization fields only the bootstrap key may change (they set what the organization pays
+#: for, or switch it off); an organization's own admin may change its name and email.
+BOOTSTRAP_ONLY_FIELDS = frozenset(
+    {"plan", "is_active", "monthly_request_limit", "rate_limit_per_minute", "max_api_keys"}
+)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One admin route, as Flask and the OpenAPI document both need it."""
+
+    method: str
+    path: str
+    view: View
+    summary: str
+    response: type[Schema] | None
+    status: int = 200
+    body: type[Schema] | None = None
+    query: type[Schema] | None = None
+    errors: Sequence[int] = ()
+
+    @property
+    def endpoint(self) -> str:
+        return self.view.__name__
+
+    @property
+    def openapi_path(self) -> str:
+        """``/organizations/<org_id>`` → ``/organizations/{org_id}``."""
+        return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", self.path)
+
+
+OPERATIONS: list[Operation] = []
+
+
+def operation(method: str, path: str, summary: str, **details: Any) -> Callable[[View], View]:
+    """Declare a view as an admin route (see :class:`Operation` for ``details``)."""
+
+    def register(view: View) -> View:
+        OPERATIONS.append(Operation(method, path, view, summary, **details))
+        return view
+
+    return register
+
+
+def load_body(schema: type[Schema]) -> dict[str, Any]:
+    """The JSON object of the request, checked by ``schema`` (an empty body is ``{}``)."""
+    raw = request.get_data(cache=True)
+    data: Any = {}
+    if raw.strip():
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise MalformedRequest("The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("The body must be a JSON object.", errors={"_body": ["an object"]})
+    return _load(schema, data)
+
+
+def load_query(schema: type[Schema]) -> dict[str, Any]:
+    """The query string, checked by ``schema``."""
+    return _load(schema, request.args.to_dict())
+
+
+def _load(schema: type[Schema], data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return schema().load(data)  # type: ignore[no-any-return]
+    except ValidationError as error:
+        messages = error.messages if isinstance(error.messages, dict) else {"_body": error.messages}
+        raise InvalidInput("Some fields are not valid.", errors=messages) from None
+
+
+def organization_document(organization: Organization) -> dict[str, Any]:
+    document: dict[str, Any] = schemas.OrganizationSchema().dump(organization)
+    document["limits"] = schemas.LimitsSchema().dump(state().service.plan_of(organization))
+    return document
+
+
+def created(document: dict[str, Any], location: str) -> tuple[Response, int]:
+    response = jsonify(document)
+    response.headers["Location"] = location
+    response.headers["Cache-Control"] = "no-store"  # it may hold a key, shown this once
+    return response, 201
+
+
+# -- organizations -----------------------------------------------------------------------------
+
+
+@operation(
+    "POST",
+    "/organizations",
+    "Create an organization (bootstrap admin key only)",
+    body=schemas.OrganizationCreateSchema,
+    response=schemas.OrganizationSchema,
+    status=201,
+    errors=(400, 401, 403, 422),
+)
+def create_organization() -> tuple[Response, int]:
+    require_bootstrap("create organizations")
+    values = load_body(schemas.OrganizationCreateSchema)
+    organization = state().service.create_organization(actor=caller().actor, **values)
+    location = url_for(".get_organization", org_id=organization.id)
+    return created(organization_document(organization), location)
+
+
+@operation(
+    "GET",
+    "/organizations",
+    "List the organizations the caller manages",
+    query=schemas.PageQuerySchema,
+    response=schemas.OrganizationPageSchema,
+    errors=(401, 403, 422),
+)
+def list_organizations() -> Response:
+    page = load_query(schemas.PageQuerySchema)
+    key = caller().key
+    if key is None:
+        organizations, total = state().service.list_organizations(**page)
+    else:  # an organization's admin sees its own organization only
+        organizations = [state().service.get_organization(key.organization.id)]
+        total, organizations = 1, organizations[page["offset"] : page["offset"] + page["limit"]]
+    items = [organization_document(organization) for organization in organizations]
+    return jsonify(items=items, total=total, **page)
+
+
+@operation(
+    "GET",
+    "/organizations/<org_id>",
+    "Show an organization",
+    response=schemas.OrganizationSchema,
+    errors=(401, 403, 404),
+)
+def get_organization(org_id: str) -> Response:
+    return jsonify(organization_document(managed_organization(org_id)))
+
+
+@operation(
+    "PUT",
+    "/organizations/<org_id>",
+    "Change an organization (its own admin: name and email only)",
+    body=schemas.OrganizationUpdateSchema,
+    response=schemas.OrganizationSchema,
+    errors=(400, 401, 403, 404, 422),
+)
+def update_organization(org_id: str) -> Response:
+    organization = managed_organization(org_id)
+    changes = load_body(schemas.OrganizationUpdateSchema)
+    if BOOTSTRAP_ONLY_FIELDS & changes.keys():
+        require_bootstrap("change " + ", ".join(sorted(BOOTSTRAP_ONLY_FIELDS & changes.keys())))
+    organization = state().service.update_organization(
+        organization, actor=caller().actor, **changes
+    )
+    return jsonify(organization_document(organization))
+
+
+# -- keys --------------------------------------------------------------------------------------
+
+
+@operation(
+    "POST",
+    "/organizations/<org_id>/keys",
+    "Create a key; the response holds the full key, this once",
+    body=schemas.KeyCreateSchema,
+    response=schemas.CreatedKeySchema,
+    status=201,
+    errors=(400, 401, 403, 404, 409, 422),
+)
+def create_key(org_id: str) -> tuple[Response, int]:
+    organization = managed_organization(org_id)
+    values = load_body(schemas.KeyCreateSchema)
+    new = state().service.create_key(
+        organization, granted_by=caller().key, actor=caller().actor, **values
+    )
+    document = {**schemas.KeySchema().dump(new.api_key), "key": new.key}
+    return created(document, url_for(".get_key", org_id=organization.id, key_id=new.api_key.id))
+
+
+@operation(
+    "GET",
+    "/organizations/<org_id>/keys",
+    "List an organization's keys (never a secret)",
+    query=schemas.KeyPageQuerySchema,
+    response=schemas.KeyPageSchema,
+    errors=(401, 403, 404, 422),
+)
+def list_keys(org_id: str) -> Response:
+    organization = managed_organization(org_id)
+    page = load_query(schemas.KeyPageQuerySchema)
+    api_keys, total = state().service.list_keys(organization, **page)
+    items = schemas.KeySchema(many=True).dump(api_keys)
+    return jsonify(items=items, total=total, limit=page["limit"], offset=page["offset"])
+
+
+@operation(
+    "GET",
+    "/organizations/<org_id>/keys/<key_id>",
+    "Show a key (never its secret)",
+    response=schemas.KeySchema,
+    errors=(401, 403, 404),
+)
+def get_key(org_id: str, key_id: str) -> Response:
+    organization = managed_organization(org_id)
+    api_key = state().service.get_key(key_id, organization=organization)
+    return jsonify(schemas.KeySchema().dump(api_key))
+
+
+@operation(
+    "PATCH",
+    "/organizations/<org_id>/keys/<key_id>",
+    "Change a key's name, description, scopes, roles, level, limit, metadata or networks",
+    body=schemas.KeyUpdateSchema,
+    response=schemas.KeySchema,
+    errors=(400, 401, 403, 404, 409, 422),
+)
+def update_key(org_id: str, key_id: str) -> Response:
+    organization = managed_organization(org_id)
+    changes = load_body(schemas.KeyUpdateSchema)
+    api_key = state().service.update_key(
+        key_id,
+        organization=organization,
+        granted_by=caller().key,
+        actor=caller().actor,
+        **changes,
+    )
+    return jsonify(schemas.KeySchema().dump(api_key))
+
+
+@operation(
+    "DELETE",
+    "/organizations/<org_id>/keys/<key_id>",
+    "Revoke a key for good (optional JSON body with a reason)",
+    body=schemas.RevokeSchema,
+    response=schemas.KeySchema,
+    errors=(400, 401, 403, 404, 409, 422),
+)
+def revoke_key(org_id: str, key_id: str) -> Response:
+    organization = managed_organization(org_id)
+    values = load_body(schemas.RevokeSchema)
+    api_key = state().service.revoke_key(
+        key_id,
+        reason=values.get("reason"),
+        revoked_by=caller().actor,
+        organization=organization,
+    )
+    return jsonify(schemas.KeySchema().dump(api_key))
+
+
+@operation(
+    "POST",
+    "/organizations/<org_id>/keys/<key_id>/rotate",
+    "Replace a key; the old one works for overlap_hours more",
+    body=schemas.RotateSchema,
+    response=schemas.CreatedKeySchema,
+    status=201,
+    errors=(400, 401, 403, 404, 409, 422),
+)
+def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
+    organization = managed_organization(org_id)
+    values = load_body(schemas.RotateSchema)
+    new = state().service.rotate_key(
+        key_id, rotated_by=caller().actor, organization=organization, **values
+    )
+    document = {
+        **schemas.KeySchema().dump(new.api_key),
+        "key": new.key,
+        "replaces": str(key_id),
+    }
+    return created(document, url_for(".get_key", org_id=organization.id, key_id=new.api_key.id))
+
+
+# -- usage -------------------------------------------------------------------------------------
+
+
+@operation(
+    "GET",
+    "/organizations/<org_id>/usage",
+    "Usage between two dates (end excluded), for the organization or one key",
+    query=schemas.UsageQuerySchema,
+    response=schemas.UsageSchema,
+    errors=(401, 403, 404, 422),
+)
+def usage(org_id: str) -> Response:
+    organization = managed_organization(org_id)
+    query = load_query(schemas.UsageQuerySchema)
+    stats = state().service.usage_stats(
+        organization, start=query["start"], end=query["end"], key=query.get("key_id")
+    )
+    return jsonify(stats)
