@@ -464,6 +464,8 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
     yield make
     for app in built:
         app.extensions["apikeys"].writer.close()
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
 
 
 def test_an_empty_prefix_mounts_no_admin_api(make_app: Callable[..., Flask]) -> None:
