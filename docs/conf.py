@@ -70,5 +70,49 @@ class ConfigOptionsDirective(SphinxDirective):
         return container.children
 
 
+class AdminOperationsDirective(SphinxDirective):
+    """Render the admin API from its OpenAPI document: every operation, its input and answers.
+
+    Generated from the same route table and schemas as the API itself.
+    """
+
+    def run(self) -> list[nodes.Node]:
+        import json
+
+        from flask_apikeys.admin.openapi import build_openapi
+
+        document = build_openapi("/admin")
+        schemas = document["components"]["schemas"]
+        lines: list[str] = []
+        for path, item in document["paths"].items():
+            for method, operation in item.items():
+                if method == "parameters":
+                    continue
+                lines += [f".. http:: {method.upper()} {path}", ""]
+                lines += [f"   {operation['summary']}.", ""]
+                names = [p["name"] for p in operation.get("parameters", [])]
+                if names:
+                    lines += ["   Query: " + ", ".join(f"``{name}``" for name in names) + ".", ""]
+                body = operation.get("requestBody")
+                if body:
+                    reference = body["content"]["application/json"]["schema"]["$ref"]
+                    fields = schemas[reference.rsplit("/", 1)[1]]["properties"]
+                    lines += ["   Body: " + ", ".join(f"``{name}``" for name in fields) + ".", ""]
+                answers = ", ".join(sorted(operation["responses"]))
+                lines += [f"   Answers: {answers}.", ""]
+        lines += [
+            ".. code-block:: json",
+            "   :caption: openapi.json",
+            "",
+            *("   " + line for line in json.dumps(document, indent=2).splitlines()),
+            "",
+        ]
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines), self.content_offset, container)
+        return container.children
+
+
 def setup(app: Sphinx) -> None:
     app.add_directive("apikeys-config-options", ConfigOptionsDirective)
+    app.add_directive("apikeys-admin-operations", AdminOperationsDirective)
+    app.add_object_type("http", "http", "pair: %s; admin route")

@@ -499,3 +499,33 @@ def test_the_service_is_untouched_by_a_refused_call(
         )
         assert response.status_code == 403
     assert (count(app, Organization), count(app, APIKey)) == before
+
+
+@pytest.mark.parametrize(
+    ("options", "allowed"),
+    [
+        ({"level": "admin"}, True),
+        ({"scopes": ["*"]}, True),
+        ({"level": "read-write"}, False),
+        ({"level": "read-only"}, False),
+        ({"scopes": ["presentations:*"]}, False),
+    ],
+)
+def test_the_admin_level_opens_the_admin_api_for_its_own_organization(
+    app: Flask,
+    apikeys: APIKeys,
+    client: FlaskClient,
+    world: World,
+    options: dict[str, Any],
+    allowed: bool,
+) -> None:
+    with app.app_context():
+        key = apikeys.create_key(world.org_a, "levelled", **options).key
+    own = client.get(f"/admin/organizations/{world.org_a}/keys", headers=headers(key))
+    other = client.get(f"/admin/organizations/{world.org_b}/keys", headers=headers(key))
+    if allowed:
+        assert (own.status_code, other.status_code) == (200, 404)
+        assert {"level", "roles", "scopes"} <= own.json["items"][0].keys()
+    else:
+        assert (own.status_code, other.status_code) == (403, 403)
+        assert own.json["code"] == "insufficient_scope"
