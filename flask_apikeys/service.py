@@ -1,4 +1,4 @@
-"""Every business rule about organizations and keys, shared by the hook, the CLI and the admin API.
+"""Every business rule about keys, shared by the hook, the CLI and the admin API.
 
 One :class:`KeyService` exists per app (in ``app.extensions["apikeys"]``). Methods validate all
 of their input before writing anything, commit on success and roll back on failure, so a refused
@@ -8,44 +8,38 @@ call leaves the database as it was. Errors are the classes of :mod:`flask_apikey
 from __future__ import annotations
 
 import ipaddress
-import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm import undefer
 
 from . import keys, stats, validation
-from .cache import VerifiedKeyCache
-from .config import Plan, Settings
 from .config import parse_roles as config_roles
 from .errors import (
     AlreadyRevoked,
     AlreadyRotated,
     APIKeyNotFound,
-    BackendUnavailable,
     ExpiredAPIKey,
     InsufficientScope,
     InvalidAPIKey,
     InvalidInput,
     KeyLimitReached,
     OrganizationInactive,
-    OrganizationNotFound,
     RevokedAPIKey,
 )
-from .hashing import KeyHasher, cache_digest
+from .hashing import cache_digest
 from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization, utcnow
+from .organizations import OrganizationService, as_uuid
 from .permissions import effective_scopes, scopes_beyond
 
 DEFAULT_ORGANIZATION_SLUG = "default"
 DEFAULT_KEY_NAME = "Default Test Key"
-Result = TypeVar("Result")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,144 +54,8 @@ class CreatedKey:
         return f"<CreatedKey {self.api_key.key_prefix}…{self.api_key.key_hint}>"
 
 
-def slugify(name: str) -> str:
-    """``"Acme Corp."`` → ``"acme-corp"``."""
-    return "-".join(re.findall(r"[a-z0-9]+", name.lower()))[:100] or "org"
-
-
-class KeyService:
+class KeyService(OrganizationService):
     """Organizations and keys: create, read, update, revoke, rotate and verify."""
-
-    def __init__(
-        self,
-        *,
-        session: Callable[[], Session],
-        settings: Settings,
-        hasher: KeyHasher,
-        cache: VerifiedKeyCache,
-    ) -> None:
-        self._session = session
-        self.settings = settings
-        self.hasher = hasher
-        self.cache = cache
-        #: Role name → scopes; starts from ``APIKEYS_ROLES``, changed by :meth:`define_role`.
-        self.role_definitions: dict[str, tuple[str, ...]] = dict(settings.roles)
-        #: Called with ``(event, **details)`` after each change; the audit trail plugs in here.
-        self.listeners: list[Callable[..., None]] = []
-
-    @property
-    def session(self) -> Session:
-        return self._session()
-
-    # -- organizations ------------------------------------------------------------------------
-
-    def create_organization(
-        self,
-        name: str,
-        email: str,
-        plan: str = "free",
-        *,
-        slug: str | None = None,
-        is_active: bool = True,
-        monthly_request_limit: int | None = None,
-        rate_limit_per_minute: int | None = None,
-        max_api_keys: int | None = None,
-        actor: str | None = None,
-    ) -> Organization:
-        """Create an organization; its slug comes from the name unless given."""
-        given = {
-            "name": name,
-            "email": email,
-            "plan": plan,
-            "is_active": is_active,
-            "monthly_request_limit": monthly_request_limit,
-            "rate_limit_per_minute": rate_limit_per_minute,
-            "max_api_keys": max_api_keys,
-        }
-        checkers = validation.organization_checkers(self.settings.plans)
-        if slug is not None:
-            given["slug"] = slug
-            checkers["slug"] = validation.slug
-        values = validation.check_fields(given, checkers)
-        slug = values.pop("slug", None)
-        if slug is not None:
-            if self._find_organization_by_slug(slug) is not None:
-                raise InvalidInput(errors={"slug": [f"{slug!r} is already taken"]})
-        else:
-            slug = self._free_slug(slugify(values["name"]))
-        organization = Organization(slug=slug, **values)
-        self._commit(lambda: self.session.add(organization), organization)
-        self._notify("organization.created", organization=organization, actor=actor)
-        return organization
-
-    def update_organization(
-        self,
-        organization: Organization | uuid.UUID | str,
-        *,
-        actor: str | None = None,
-        **changes: Any,
-    ) -> Organization:
-        """Change an organization's name, email, plan, state or limit overrides."""
-        organization = self.get_organization(organization)
-        values = validation.check_fields(
-            changes, validation.organization_checkers(self.settings.plans)
-        )
-        changed = {
-            field: value for field, value in values.items() if getattr(organization, field) != value
-        }
-        for field, value in changed.items():
-            setattr(organization, field, value)
-        self._commit(lambda: None, organization)
-        self.cache.forget_organization(organization.id)
-        if changed:
-            self._notify(
-                "organization.updated",
-                organization=organization,
-                actor=actor,
-                changes=sorted(changed),
-            )
-        return organization
-
-    def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
-        """Find an organization by object, id or slug; raise ``OrganizationNotFound``."""
-        if isinstance(reference, Organization):
-            if reference in self.session:
-                return reference
-            identity = sa.inspect(reference).identity  # an object from an earlier session
-            reference = identity[0] if identity else reference.id
-        organization = None
-        identifier = _as_uuid(reference)
-        if identifier is not None:
-            organization = self._read(lambda: self.session.get(Organization, identifier))
-        elif isinstance(reference, str):
-            organization = self._find_organization_by_slug(reference)
-        if organization is None:
-            raise OrganizationNotFound(f"No organization {str(reference)!r}.")
-        return organization
-
-    def list_organizations(
-        self, *, limit: int = 50, offset: int = 0
-    ) -> tuple[list[Organization], int]:
-        """A page of organizations, oldest first, and how many there are in all."""
-        query = sa.select(Organization).order_by(Organization.created_at, Organization.id)
-        return self._page(query, Organization, limit, offset)
-
-    def plan_of(self, organization: Organization) -> Plan:
-        """The organization's effective limits: its overrides, else its plan's."""
-        plan = self.settings.plans.get(organization.plan) or Plan(
-            organization.plan, None, None, None
-        )
-
-        def pick(override: int | None, default: int | None) -> int | None:
-            return default if override is None else override
-
-        return Plan(
-            name=plan.name,
-            requests_per_minute=pick(organization.rate_limit_per_minute, plan.requests_per_minute),
-            monthly_requests=pick(organization.monthly_request_limit, plan.monthly_requests),
-            max_keys=pick(organization.max_api_keys, plan.max_keys),
-            scopes=plan.scopes,
-        )
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -273,7 +131,7 @@ class KeyService:
         organization: Organization | uuid.UUID | str | None = None,
     ) -> APIKey:
         """A key record by id; with ``organization``, another organization's key is not found."""
-        identifier = _as_uuid(key_id)
+        identifier = as_uuid(key_id)
         api_key = None
         if identifier is not None:
             api_key = self._read(lambda: self.session.get(APIKey, identifier))
@@ -644,79 +502,3 @@ class KeyService:
                     f"A key cannot grant what it does not have: {', '.join(beyond_granter)}.",
                     beyond=beyond_granter,
                 )
-
-    def _find_organization_by_slug(self, slug: str) -> Organization | None:
-        query = sa.select(Organization).where(Organization.slug == slug)
-        return self._read(lambda: self.session.scalars(query).first())
-
-    def _free_slug(self, base: str) -> str:
-        taken = set(
-            self._read(
-                lambda: self.session.scalars(
-                    sa.select(Organization.slug).where(
-                        sa.or_(Organization.slug == base, Organization.slug.like(f"{base}-%"))
-                    )
-                ).all()
-            )
-        )
-        if base not in taken:
-            return base
-        return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
-
-    def _page(
-        self, query: sa.Select[Any], model: type, limit: int, offset: int
-    ) -> tuple[list[Any], int]:
-        if not (1 <= limit <= 500) or offset < 0:
-            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": ["0 or more"]})
-        total_query = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
-        items = self._read(lambda: list(self.session.scalars(query.limit(limit).offset(offset))))
-        total = self._read(lambda: self.session.scalar(total_query)) or 0
-        return items, total
-
-    def _read(self, operation: Callable[[], Result]) -> Result:
-        """Run a query; a database that cannot be reached becomes a 503, never a pass."""
-        try:
-            return operation()
-        except SQLAlchemyError as error:
-            self.session.rollback()
-            raise BackendUnavailable("The key database could not be reached; try again.") from error
-
-    def _commit(self, operation: Callable[[], None], *refresh: object) -> None:
-        """Run ``operation`` and commit, or roll everything back and re-raise.
-
-        The ``refresh`` objects are reloaded after the commit so that callers can read them
-        after the app context (and its session) has ended.
-        """
-        try:
-            operation()
-            self.session.commit()
-            for instance in refresh:
-                self.session.refresh(instance)
-        except IntegrityError as error:
-            self.session.rollback()
-            raise InvalidInput(
-                "The change conflicts with existing data; nothing was saved."
-            ) from error
-        except SQLAlchemyError as error:
-            self.session.rollback()
-            raise BackendUnavailable(
-                "The key database refused the change; nothing was saved."
-            ) from error
-        except BaseException:
-            self.session.rollback()
-            raise
-
-    def _notify(self, event: str, **details: Any) -> None:
-        for listener in self.listeners:
-            listener(event, **details)
-
-
-def _as_uuid(value: object) -> uuid.UUID | None:
-    if isinstance(value, uuid.UUID):
-        return value
-    if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            return None
-    return None

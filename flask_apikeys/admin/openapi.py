@@ -29,6 +29,7 @@ def schema_name(resolver_input: type[Schema] | Schema) -> str:
 def build_openapi(url_prefix: str) -> dict[str, Any]:
     """The whole document, for the admin API mounted at ``url_prefix``."""
     from .. import __version__  # the package imports this module while it initialises
+
     spec = APISpec(
         title="flask-apikeys admin API",
         version=__version__,
