@@ -674,6 +674,14 @@ def test_the_same_key_twice_is_refused(database_url: str, rsa_key: Any) -> None:
         create_app(database_url, APIKEYS_JWT_ENABLED=True, APIKEYS_JWT_PRIVATE_KEYS=[pem, pem])
 
 
+def test_token_defaults_are_off_with_a_fifteen_minute_lifetime() -> None:
+    settings = load_settings({}, {})
+    assert settings.jwt_enabled is False and settings.jwt_check_revocation is True
+    assert settings.jwt_lifetime == 900 and settings.jwt_token_path == TOKEN_PATH
+    assert settings.jwt_issuer == settings.jwt_audience == "flask-apikeys"
+    assert settings.jwt_secret == () and settings.jwt_private_keys == ()
+
+
 def test_private_keys_and_secrets_come_from_the_environment(rsa_key: Any) -> None:
     pem = private_pem(rsa_key)
     settings = load_settings(
