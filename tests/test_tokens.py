@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys, tokens
 from flask_apikeys.config import ConfigError, load_settings
@@ -367,6 +369,46 @@ def test_garbage_that_looks_like_a_token_is_401_invalid_token(
     assert_token_refused(client.get("/v1/whoami", headers=bearer(token)))
 
 
+BASE64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+@pytest.fixture
+def fuzzed(make_app: Callable[..., Flask]) -> tuple[FlaskClient, str]:
+    """A client of an app that limits no failed attempts, and a genuine token to mutate."""
+    app = make_app(**HS256, APIKEYS_FAILED_AUTH_LIMIT=None)
+    client = app.test_client()
+    return client, get_token(client, new_key(app).secret)["access_token"]
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_mangled_tokens_never_5xx_and_never_authenticate(
+    fuzzed: tuple[FlaskClient, str], data: st.DataObject
+) -> None:
+    client, token = fuzzed
+    position = data.draw(st.integers(0, len(token) - 1))
+    replacement = data.draw(st.sampled_from(BASE64URL + "."))
+    mutated = token[:position] + replacement + token[position + 1 :]
+    candidate = data.draw(
+        st.one_of(
+            st.just(mutated),
+            st.builds(lambda body: "eyJ" + body, st.text(alphabet=BASE64URL + ".", max_size=300)),
+        )
+    )
+    if candidate == token:
+        return
+    response = client.get("/v1/whoami", headers=bearer(candidate))
+    # A flipped last character may only change padding bits and decode to the same signature.
+    if response.status_code == 200:
+        assert base64.urlsafe_b64decode(candidate.rsplit(".", 1)[1] + "==") == (
+            base64.urlsafe_b64decode(token.rsplit(".", 1)[1] + "==")
+        )
+        return
+    assert response.status_code == 401, response.get_data(as_text=True)
+
+
 def test_algorithm_confusion_with_the_rsa_public_key_is_refused(
     make_app: Callable[..., Flask], rsa_key: Any
 ) -> None:
@@ -675,16 +717,16 @@ def test_the_same_key_twice_is_refused(database_url: str, rsa_key: Any) -> None:
 
 
 def test_token_defaults_are_off_with_a_fifteen_minute_lifetime() -> None:
-    settings = load_settings({}, {})
-    assert settings.jwt_enabled is False and settings.jwt_check_revocation is True
-    assert settings.jwt_lifetime == 900 and settings.jwt_token_path == TOKEN_PATH
-    assert settings.jwt_issuer == settings.jwt_audience == "flask-apikeys"
-    assert settings.jwt_secret == () and settings.jwt_private_keys == ()
+    loaded = load_settings({}, {})
+    assert loaded.jwt_enabled is False and loaded.jwt_check_revocation is True
+    assert loaded.jwt_lifetime == 900 and loaded.jwt_token_path == TOKEN_PATH
+    assert loaded.jwt_issuer == loaded.jwt_audience == "flask-apikeys"
+    assert loaded.jwt_secret == () and loaded.jwt_private_keys == ()
 
 
 def test_private_keys_and_secrets_come_from_the_environment(rsa_key: Any) -> None:
     pem = private_pem(rsa_key)
-    settings = load_settings(
+    loaded = load_settings(
         {},
         {
             "APIKEYS_JWT_ENABLED": "true",
@@ -693,9 +735,9 @@ def test_private_keys_and_secrets_come_from_the_environment(rsa_key: Any) -> Non
             "APIKEYS_JWT_LIFETIME": "300",
         },
     )
-    assert settings.jwt_private_keys == ((None, pem),)
-    assert settings.jwt_secret == (SECRET, SECRET + "-old")
-    assert settings.jwt_lifetime == 300
-    assert SECRET not in repr(settings) and "PRIVATE KEY" not in repr(settings)
+    assert loaded.jwt_private_keys == ((None, pem),)
+    assert loaded.jwt_secret == (SECRET, SECRET + "-old")
+    assert loaded.jwt_lifetime == 300
+    assert SECRET not in repr(loaded) and "PRIVATE KEY" not in repr(loaded)
     mapping = load_settings({}, {"APIKEYS_JWT_PRIVATE_KEYS": json.dumps({"k1": pem})})
     assert mapping.jwt_private_keys == (("k1", pem),)
