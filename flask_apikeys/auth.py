@@ -105,7 +105,13 @@ def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey
             if current_request.query_string:
                 refuse_key_in_url(current_request)
             presented = extract_credential(environ)
-            outcome = None if presented is None else state.service.verify_key(presented)
+            tokens = state.tokens
+            if presented is None:
+                outcome = None
+            elif tokens is not None and tokens.is_token(presented):
+                outcome = tokens.verify(presented, environ)  # a JWT issued for a key
+            else:
+                outcome = state.service.verify_key(presented)
             if outcome is not None and outcome.allowed_networks:
                 address = client_address(environ, state.settings.trusted_proxies)
                 if not address_allowed(address, outcome.allowed_networks):

@@ -237,6 +237,61 @@ def _parse_hash_schemes(value: Any) -> tuple[str, ...] | None:
     return schemes
 
 
+def _parse_jwt_secrets(value: Any) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and not value.lstrip().startswith("["):
+        value = [value]
+    secrets_list = _parse_string_list(value)
+    if any(len(secret) < 32 for secret in secrets_list):
+        raise ValueError("each secret must be at least 32 characters (256 bits for HS256)")
+    return secrets_list
+
+
+def _parse_private_keys(value: Any) -> tuple[tuple[str | None, str], ...]:
+    """PEMs as a list (key ids derived from the keys) or a mapping of key id to PEM."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        value = [value]
+    value = _parse_json_if_text(value)
+    if isinstance(value, Mapping):
+        entries = [(kid, pem) for kid, pem in value.items()]
+    elif isinstance(value, list | tuple):
+        entries = [(None, pem) for pem in value]
+    else:
+        raise ValueError("expected a PEM, a list of PEMs, or a mapping of key id to PEM")
+    for position, (kid, pem) in enumerate(entries, 1):
+        if kid is not None and (not isinstance(kid, str) or not kid.strip()):
+            raise ValueError(f"key id {kid!r} must be a non-empty string")
+        if not isinstance(pem, str) or "PRIVATE KEY-----" not in pem:
+            raise ValueError(f"entry {kid or position} is not a PEM private key")
+    return tuple(entries)
+
+
+def _parse_lifetime(value: Any) -> int:
+    message = "expected a whole number of seconds from 1 to 86400 (one day)"
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(message) from None
+    if not 1 <= number <= 86_400 or isinstance(value, bool):
+        raise ValueError(message)
+    return number
+
+
+def _parse_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a non-empty string")
+    return value
+
+
+def _parse_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("expected a path that starts with '/'")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One configuration key: its default and the function that parses and checks a value."""
@@ -390,6 +445,58 @@ OPTIONS: tuple[Option, ...] = (
         _parse_optional_rate_limit,
         "failed authentication attempts allowed per client address (empty: no limit)",
     ),
+    Option(
+        "APIKEYS_JWT_ENABLED",
+        False,
+        _parse_bool,
+        "issue short-lived JWT access tokens for keys and accept them as Bearer credentials "
+        "(needs the jwt extra)",
+    ),
+    Option(
+        "APIKEYS_JWT_SECRET",
+        None,
+        _parse_jwt_secrets,
+        "HS256 secret(s) of 32+ characters; the first signs unless a private key is set, "
+        "all verify",
+    ),
+    Option(
+        "APIKEYS_JWT_PRIVATE_KEYS",
+        None,
+        _parse_private_keys,
+        "RSA (RS256) or P-256 EC (ES256) private keys in PEM, as a list or a mapping of key id "
+        "to PEM; the first signs, all verify and are published at /.well-known/jwks.json",
+    ),
+    Option(
+        "APIKEYS_JWT_LIFETIME",
+        900,
+        _parse_lifetime,
+        "seconds an access token is valid (never past its key's own expiry)",
+    ),
+    Option(
+        "APIKEYS_JWT_ISSUER",
+        "flask-apikeys",
+        _parse_text,
+        "the iss claim of issued tokens, required on every token received",
+    ),
+    Option(
+        "APIKEYS_JWT_AUDIENCE",
+        "flask-apikeys",
+        _parse_text,
+        "the aud claim of issued tokens, required on every token received",
+    ),
+    Option(
+        "APIKEYS_JWT_TOKEN_PATH",
+        "/auth/token",
+        _parse_path,
+        "where a key is exchanged for an access token (POST)",
+    ),
+    Option(
+        "APIKEYS_JWT_CHECK_REVOCATION",
+        True,
+        _parse_bool,
+        "refuse a token as soon as its key is revoked or expires (within APIKEYS_CACHE_TTL), "
+        "not only when the token expires",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -425,6 +532,14 @@ class Settings:
     ratelimit_headers: bool = True
     ratelimit_organization_wide: bool = True
     failed_auth_limit: str | None = "20/minute"
+    jwt_enabled: bool = False
+    jwt_secret: tuple[str, ...] = field(default=(), repr=False)
+    jwt_private_keys: tuple[tuple[str | None, str], ...] = field(default=(), repr=False)
+    jwt_lifetime: int = 900
+    jwt_issuer: str = "flask-apikeys"
+    jwt_audience: str = "flask-apikeys"
+    jwt_token_path: str = "/auth/token"  # noqa: S105 - a path, not a secret
+    jwt_check_revocation: bool = True
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -457,6 +572,13 @@ def load_settings(
             "APIKEYS_HASH_SCHEMES names hmac_sha256 but APIKEYS_HASH_SECRET is not set: set a "
             "secret of 16+ characters, or drop hmac_sha256 from the schemes"
         )
+    if values["APIKEYS_JWT_ENABLED"] and not (
+        values["APIKEYS_JWT_SECRET"] or values["APIKEYS_JWT_PRIVATE_KEYS"]
+    ):
+        raise ConfigError(
+            "APIKEYS_JWT_ENABLED is on but nothing can sign tokens: set APIKEYS_JWT_SECRET "
+            "(HS256, 32+ characters) or APIKEYS_JWT_PRIVATE_KEYS (RS256/ES256 PEM)"
+        )
     return Settings(
         enabled=values["APIKEYS_ENABLED"],
         allow_unauthenticated=values["APIKEYS_ALLOW_UNAUTHENTICATED"],
@@ -484,5 +606,13 @@ def load_settings(
         ratelimit_headers=values["APIKEYS_RATELIMIT_HEADERS"],
         ratelimit_organization_wide=values["APIKEYS_RATELIMIT_ORGANIZATION_WIDE"],
         failed_auth_limit=values["APIKEYS_FAILED_AUTH_LIMIT"],
+        jwt_enabled=values["APIKEYS_JWT_ENABLED"],
+        jwt_secret=values["APIKEYS_JWT_SECRET"],
+        jwt_private_keys=values["APIKEYS_JWT_PRIVATE_KEYS"],
+        jwt_lifetime=values["APIKEYS_JWT_LIFETIME"],
+        jwt_issuer=values["APIKEYS_JWT_ISSUER"],
+        jwt_audience=values["APIKEYS_JWT_AUDIENCE"],
+        jwt_token_path=values["APIKEYS_JWT_TOKEN_PATH"],
+        jwt_check_revocation=values["APIKEYS_JWT_CHECK_REVOCATION"],
         raw=values,
     )

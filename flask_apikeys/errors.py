@@ -104,6 +104,18 @@ class RevokedAPIKey(AuthenticationError):
     title = "API key revoked"
 
 
+class InvalidToken(AuthenticationError):
+    """An access token that is malformed, forged, for someone else, or whose key is gone."""
+
+    error_code = "invalid_token"
+    title = "Invalid access token"
+
+
+class ExpiredToken(AuthenticationError):
+    error_code = "expired_token"
+    title = "Access token expired"
+
+
 class AuthorizationError(APIKeyError, Forbidden):
     """403: the key is known but may not do this."""
 

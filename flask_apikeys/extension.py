@@ -26,6 +26,7 @@ from .migrations import register_tables
 from .models import metadata
 from .network import client_address
 from .service import KeyService
+from .tokens import TokenAuthority, register_token_views
 from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder, mark_start
 
 logger = logging.getLogger("flask_apikeys")
@@ -52,6 +53,8 @@ class ExtensionState:
     audit: AuditTrail | None = None
     #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
     limits: RateLimits | None = None
+    #: JWT access tokens (``None`` unless ``APIKEYS_JWT_ENABLED``).
+    tokens: TokenAuthority | None = None
 
     def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
         """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
@@ -112,6 +115,7 @@ class APIKeys:
         service = KeyService(
             session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
         )
+        tokens = TokenAuthority(settings, service) if settings.jwt_enabled else None
         exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
         # The hook leaves these prefixes alone: public paths, and the admin API, which
         # authenticates its own requests (its bootstrap key is not a stored key).
@@ -127,9 +131,12 @@ class APIKeys:
             service=service,
             public_exact_paths=exact_paths,
             public_path_prefixes=tuple(skipped_prefixes),
+            tokens=tokens,
         )
         self._install_usage_and_audit(app, state)
         state.limits = install_rate_limits(app, state, limiter or self._limiter)
+        if state.tokens is not None:
+            register_token_views(app, state.tokens)
         app.before_request(make_before_request_hook(state))
         if settings.admin_url_prefix:
             app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))

@@ -347,6 +347,28 @@ class KeyService(OrganizationService):
         self.check_usable(verified)
         return verified
 
+    def verified_key_by_id(self, key_id: uuid.UUID) -> VerifiedKey | None:
+        """The snapshot of a key found by id, or ``None`` if there is no such key.
+
+        For access tokens, which name their key instead of carrying it. Cached like
+        :meth:`verify_key` (so revocation here drops it at once, elsewhere within the TTL);
+        the caller decides which of the key's states it accepts.
+        """
+        cache_entry = b"id:" + key_id.bytes  # never equal to a key digest (32 bytes)
+        verified = self.cache.get(cache_entry)
+        if verified is None:
+            query = (
+                sa.select(APIKey, Organization)
+                .join(Organization, APIKey.organization_id == Organization.id)
+                .where(APIKey.id == key_id)
+            )
+            row = self._read(lambda: self.session.execute(query).first())
+            if row is None:
+                return None
+            verified = self.snapshot(row[0], row[1])
+            self.cache.put(cache_entry, verified)
+        return verified
+
     def check_usable(self, verified: VerifiedKey) -> None:
         """Raise if a verified key may not be used now: revoked, expired, organization off."""
         if verified.revoked_at is not None or not verified.is_active:

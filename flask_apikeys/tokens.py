@@ -1,0 +1,372 @@
+"""Short-lived JWT access tokens issued for API keys, and how the hook verifies them.
+
+A client trades its key at ``POST APIKEYS_JWT_TOKEN_PATH`` for a token that names the key
+(``sub``), its organization (``org``) and some or all of its scopes (``scope``), so that the
+long-lived secret crosses the network once per token instead of on every request. A token
+received later resolves to the *same* snapshot the key itself would give, through the same
+cache, with only its scopes narrowed: scopes, the organization's state, the network allowlist,
+rate limits and usage rows all apply to the issuing key exactly as if it had been sent.
+
+Every token names its signing key in ``kid``; a verifier pins the algorithm of that key (never
+the one the token claims), so ``alg: none`` and HMAC-with-the-public-key forgeries cannot pass.
+PyJWT is optional (the ``jwt`` extra); without it the feature stays off.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, cast
+
+from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
+
+from .auth import authenticate
+from .config import ConfigError
+from .errors import (
+    ExpiredToken,
+    InsufficientScope,
+    InvalidAPIKey,
+    InvalidInput,
+    InvalidToken,
+    MissingAPIKey,
+    OrganizationInactive,
+)
+from .scopes import public, validate_scope
+
+try:
+    import jwt
+except ImportError:  # pragma: no cover - the jwt extra is not installed
+    PYJWT_INSTALLED = False
+else:
+    PYJWT_INSTALLED = True
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .extension import ExtensionState
+    from .identity import VerifiedKey
+    from .service import KeyService
+
+#: RFC 9068's media type for JWT access tokens: a token with another ``typ`` (say, an ID token
+#: signed with the same key elsewhere) is not an access token for this API.
+ACCESS_JWT_TYP = "at+jwt"
+JWKS_PATH = "/.well-known/jwks.json"
+#: The longest token decoded at all; ours are well under 2 kB even with many scopes.
+MAX_TOKEN_LENGTH = 8192
+REQUIRED_CLAIMS = ["iss", "aud", "sub", "org", "scope", "iat", "exp", "jti"]
+#: Where the verified claims of the current request's token are kept (absent for keys).
+CLAIMS_ENVIRON_KEY = "flask_apikeys.token_claims"
+#: How long verifiers may cache the JWKS document; add a new key this long before it signs.
+JWKS_MAX_AGE = 300
+MAX_REMEMBERED = 10_000
+
+
+def looks_like_token(credential: str) -> bool:
+    """Whether a credential is a JWT (``eyJ…`` and two dots); keys never contain a dot."""
+    return credential.startswith("eyJ") and credential.count(".") == 2
+
+
+@dataclass(frozen=True, slots=True)
+class TokenKey:
+    """One key that verifies tokens (the first also signs), named by ``kid`` in token headers."""
+
+    kid: str
+    algorithm: str
+    signing_key: Any = field(repr=False)
+    verifying_key: Any = field(repr=False)
+    #: The public JWK published at ``/.well-known/jwks.json``; ``None`` for HMAC secrets.
+    public_jwk: dict[str, Any] | None = None
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint: the same ``kid`` in every process without configuring one."""
+    required = ("e", "kty", "n") if jwk["kty"] == "RSA" else ("crv", "kty", "x", "y")
+    canonical = json.dumps({name: jwk[name] for name in required}, separators=(",", ":"))
+    return _base64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def _secret_key(secret: str) -> TokenKey:
+    # A digest names the secret without revealing it; a token's HMAC already proves as much.
+    digest = hashlib.sha256(b"flask-apikeys jwt kid\0" + secret.encode("utf-8")).digest()
+    raw = secret.encode("utf-8")
+    return TokenKey("hs256-" + _base64url(digest[:12]), "HS256", raw, raw)
+
+
+def _private_key(kid: str | None, pem: str, position: int) -> TokenKey:
+    """Load one PEM private key; RSA signs RS256, a P-256 EC key ES256."""
+    from jwt.algorithms import has_crypto
+
+    if not has_crypto:
+        raise RuntimeError(
+            "APIKEYS_JWT_PRIVATE_KEYS needs the cryptography package: "
+            "pip install 'flask-apikeys[jwt]'."
+        )
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+    name = f"APIKEYS_JWT_PRIVATE_KEYS is invalid: key {kid or position}"
+    try:
+        private_key = load_pem_private_key(pem.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(f"{name} is not a readable, unencrypted PEM private key") from None
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        if private_key.key_size < 2048:
+            raise ConfigError(f"{name} has {private_key.key_size} bits; RS256 needs 2048 or more")
+        algorithm = "RS256"
+        jwk = RSAAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    elif isinstance(private_key, ec.EllipticCurvePrivateKey) and isinstance(
+        private_key.curve, ec.SECP256R1
+    ):
+        algorithm = "ES256"
+        jwk = ECAlgorithm.to_jwk(private_key.public_key(), as_dict=True)
+    else:
+        raise ConfigError(f"{name} must be an RSA key (RS256) or a P-256 EC key (ES256)")
+    kid = kid or _thumbprint(jwk)
+    public_jwk = {**jwk, "kid": kid, "alg": algorithm, "use": "sig"}
+    return TokenKey(kid, algorithm, private_key, private_key.public_key(), public_jwk)
+
+
+def load_token_keys(settings: Settings) -> list[TokenKey]:
+    """Every configured key, the signing one first: a private key if any, else a secret."""
+    keys = [
+        _private_key(kid, pem, position)
+        for position, (kid, pem) in enumerate(settings.jwt_private_keys, 1)
+    ]
+    keys += [_secret_key(secret) for secret in settings.jwt_secret]
+    kids = [key.kid for key in keys]
+    duplicates = sorted({kid for kid in kids if kids.count(kid) > 1})
+    if duplicates:
+        raise ConfigError(f"APIKEYS_JWT_* names a key twice: {', '.join(duplicates)}")
+    return keys
+
+
+#: PyJWT's refusals, said in words that help a client without helping a forger much.
+_REASONS = {
+    "InvalidSignatureError": "its signature does not match",
+    "InvalidAlgorithmError": "its algorithm is not the one of its signing key",
+    "InvalidAudienceError": "it is meant for another audience",
+    "InvalidIssuerError": "it comes from another issuer",
+    "MissingRequiredClaimError": "a required claim is missing",
+    "ImmatureSignatureError": "it is not valid yet",
+}
+
+
+class TokenAuthority:
+    """Issues and verifies the access tokens of one app (kept as ``ExtensionState.tokens``)."""
+
+    is_token = staticmethod(looks_like_token)
+
+    def __init__(self, settings: Settings, service: KeyService) -> None:
+        if not PYJWT_INSTALLED:
+            raise RuntimeError(
+                "APIKEYS_JWT_ENABLED needs PyJWT: pip install 'flask-apikeys[jwt]', or set "
+                "APIKEYS_JWT_ENABLED = False."
+            )
+        self.service = service
+        keys = load_token_keys(settings)
+        self.signing_key = keys[0]
+        self.keys = {key.kid: key for key in keys}
+        self.public_jwks = [key.public_jwk for key in keys if key.public_jwk is not None]
+        self.lifetime = settings.jwt_lifetime
+        self.issuer = settings.jwt_issuer
+        self.audience = settings.jwt_audience
+        self.check_revocation = settings.jwt_check_revocation
+        self.token_path = settings.jwt_token_path
+        #: (id of a key snapshot, scope claim) → (that snapshot, its narrowed copy), so a busy
+        #: token yields the same object each time (the rate limiter caches per snapshot).
+        self._narrowed: dict[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = {}
+
+    # -- issuing ------------------------------------------------------------------------------
+
+    def issue(self, key: VerifiedKey, scope: str | None = None) -> dict[str, Any]:
+        """A signed token for ``key``, with all its scopes or the ``scope`` subset asked for.
+
+        Never outlives the key: ``exp`` is at most the key's own expiry.
+        """
+        scopes = self.grantable_scopes(key, scope)
+        now = int(time.time())
+        expires = now + self.lifetime
+        if key.expires_at_timestamp is not None:
+            expires = min(expires, int(key.expires_at_timestamp))
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": str(key.id),
+            "org": str(key.organization.id),
+            "scope": " ".join(scopes),
+            "iat": now,
+            "exp": expires,
+            "jti": secrets.token_urlsafe(16),
+        }
+        signer = self.signing_key
+        token = jwt.encode(
+            claims,
+            signer.signing_key,
+            algorithm=signer.algorithm,
+            headers={"kid": signer.kid, "typ": ACCESS_JWT_TYP},
+        )
+        return {
+            "token_type": "Bearer",
+            "access_token": token,
+            "expires_in": expires - now,
+            "scope": claims["scope"],
+        }
+
+    @staticmethod
+    def grantable_scopes(key: VerifiedKey, scope: str | None) -> list[str]:
+        """The scopes a token may carry: the key's, or a subset of them, never more."""
+        if scope is None:
+            return sorted(key.scopes)
+        requested = sorted(set(scope.split()))
+        try:
+            for name in requested:
+                validate_scope(name)
+        except ValueError as error:
+            raise InvalidInput(errors={"scope": [str(error)]}) from None
+        beyond = [name for name in requested if not key.has_scope(name)]
+        if beyond:
+            raise InsufficientScope(
+                f"This key cannot grant: {', '.join(beyond)}.", scopes_not_granted=beyond
+            )
+        return requested
+
+    # -- verifying ----------------------------------------------------------------------------
+
+    def verify(self, token: str, environ: dict[str, Any]) -> VerifiedKey:
+        """The issuing key's snapshot, scopes narrowed to the token's; or raise why not."""
+        claims = self.decode(token)
+        try:
+            key_id, organization_id = uuid.UUID(claims["sub"]), uuid.UUID(claims["org"])
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidToken("The access token is malformed.") from None
+        scope = claims["scope"]
+        if not isinstance(scope, str):
+            raise InvalidToken("The access token is malformed.")
+        verified = self.service.verified_key_by_id(key_id)
+        if verified is None or verified.organization.id != organization_id:
+            raise InvalidToken("The key this token was issued for no longer exists.")
+        if self.check_revocation:
+            if verified.revoked_at is not None or not verified.is_active:
+                raise InvalidToken("The key this token was issued for has been revoked.")
+            if verified.is_expired():
+                raise ExpiredToken("The key this token was issued for has expired.")
+        if not verified.organization.is_active:
+            raise OrganizationInactive("The organization that owns this API key is inactive.")
+        environ[CLAIMS_ENVIRON_KEY] = claims
+        return self._narrow(verified, scope)
+
+    def decode(self, token: str) -> dict[str, Any]:
+        """Check signature, algorithm, type, issuer, audience and expiry; return the claims."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken("The access token is malformed.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("The access token is malformed.") from None
+        kid = header.get("kid")
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken("The access token was not signed by a key this service knows.")
+        if header.get("typ") != ACCESS_JWT_TYP:
+            raise InvalidToken("The token is not an access token of this service.")
+        try:
+            return jwt.decode(
+                token,
+                key.verifying_key,
+                algorithms=[key.algorithm],  # the key's own, whatever the header claims
+                audience=self.audience,
+                issuer=self.issuer,
+                # iat is informational: a host whose clock runs slightly ahead must not make
+                # fresh tokens fail elsewhere; exp is what bounds a token.
+                options={"require": REQUIRED_CLAIMS, "strict_aud": True, "verify_iat": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ExpiredToken("The access token has expired; request a new one.") from None
+        except jwt.PyJWTError as error:
+            reason = _REASONS.get(type(error).__name__, "it is malformed")
+            raise InvalidToken(f"The access token is not valid: {reason}.") from None
+
+    def _narrow(self, verified: VerifiedKey, scope: str) -> VerifiedKey:
+        entry = self._narrowed.get((id(verified), scope))
+        if entry is not None and entry[0] is verified:
+            return entry[1]
+        # Only what the key still has: narrowing a key's scopes narrows its live tokens too.
+        scopes = frozenset(name for name in scope.split() if verified.has_scope(name))
+        narrowed = replace(verified, scopes=scopes)
+        if len(self._narrowed) >= MAX_REMEMBERED:
+            self._narrowed.clear()
+        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
+        self._narrowed[(id(verified), scope)] = (verified, narrowed)
+        return narrowed
+
+
+# -- views ------------------------------------------------------------------------------------
+
+
+def _state() -> ExtensionState:
+    return cast("ExtensionState", current_app.extensions["apikeys"])
+
+
+def _requested_scope(current_request: Request) -> str | None:
+    """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
+    if current_request.mimetype == "application/x-www-form-urlencoded":
+        return current_request.form.get("scope")
+    if not current_request.get_data(cache=True):
+        return None
+    body = current_request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput('Send no body, or a JSON object such as {"scope": "a:read b:read"}.')
+    scope = body.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidInput(errors={"scope": ["a space-separated string of scopes"]})
+    return scope
+
+
+@public  # to the hook, so that read-only keys may POST here; authenticated below instead
+def issue_token() -> Response:
+    """``POST APIKEYS_JWT_TOKEN_PATH``: trade the API key sent for an access token."""
+    state = _state()
+    current_request = request._get_current_object()  # type: ignore[attr-defined]
+    limits = state.limits
+    if limits is None:
+        key = authenticate(current_request, state)
+    else:
+        key = limits.authenticate(current_request)
+    if key is None:
+        raise MissingAPIKey("Send your API key in the Authorization header to get a token.")
+    if CLAIMS_ENVIRON_KEY in current_request.environ:
+        raise InvalidAPIKey("An access token cannot be exchanged for another: send the API key.")
+    tokens = cast(TokenAuthority, state.tokens)
+    response = jsonify(tokens.issue(key, _requested_scope(current_request)))
+    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: never cache a token
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@public
+def jwks() -> Response:
+    """``GET /.well-known/jwks.json``: the public keys that verify this service's tokens."""
+    tokens = cast(TokenAuthority, _state().tokens)
+    response = jsonify({"keys": tokens.public_jwks})
+    response.cache_control.public = True
+    response.cache_control.max_age = JWKS_MAX_AGE
+    return response
+
+
+def register_token_views(app: Flask, tokens: TokenAuthority) -> None:
+    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``)."""
+    blueprint = Blueprint("apikeys_tokens", __name__)
+    blueprint.add_url_rule(tokens.token_path, "issue_token", issue_token, methods=["POST"])
+    if tokens.public_jwks:
+        blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
+    app.register_blueprint(blueprint)
