@@ -28,6 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, request
+from sqlalchemy.exc import IntegrityError
 
 from .audit import append as append_audit
 from .audit import build_record
@@ -141,6 +142,8 @@ class UsageWriter:
             try:
                 if rows:
                     self._write_usage(rows)
+            except IntegrityError:
+                rows = self._write_usage_row_by_row(rows, audits)
             except Exception:
                 self._requeue(rows, self._usage)
                 self._requeue(audits, self._audit)
@@ -152,6 +155,33 @@ class UsageWriter:
                 self._requeue(audits, self._audit)
                 raise
             return len(rows)
+
+    def _write_usage_row_by_row(
+        self, rows: list[tuple[Any, ...]], audits: list[dict[str, Any]]
+    ) -> list[tuple[Any, ...]]:
+        """Write a refused batch row by row, dropping the rows the database can never take.
+
+        A row whose key was deleted since the request (or whose database was replaced) breaks
+        a foreign key for good; retrying the whole batch forever would block every row behind
+        it. Any other failure puts the rest back in the queue, as for a whole batch.
+        """
+        written: list[tuple[Any, ...]] = []
+        for position, row in enumerate(rows):
+            try:
+                self._write_usage([row])
+            except IntegrityError:
+                continue
+            except Exception:
+                self._requeue(rows[position:], self._usage)
+                self._requeue(audits, self._audit)
+                raise
+            written.append(row)
+        if len(written) < len(rows):
+            logger.warning(
+                "flask-apikeys dropped %d usage rows the database refused (their key is gone)",
+                len(rows) - len(written),
+            )
+        return written
 
     def _requeue(self, items: list[Any], queue: deque[Any]) -> None:
         queue.extendleft(reversed(items))

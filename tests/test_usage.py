@@ -191,3 +191,28 @@ def test_statistics_by_day_endpoint_status_and_latency(
                 apikeys.monthly_usage(organization, bad)
         with pytest.raises(InvalidInput):
             apikeys.usage_stats(organization, start=date(2026, 2, 1), end=date(2026, 1, 1))
+
+
+def test_a_row_whose_key_is_gone_is_dropped_without_blocking_the_others(
+    app: Flask, apikeys: APIKeys, make_key: Callable[..., str], database_url: str
+) -> None:
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite does not enforce foreign keys unless asked: nothing is refused")
+    doomed, kept = make_key(), make_key()
+    client = app.test_client()
+    for key in (doomed, kept, doomed):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        doomed_id = apikeys.verify_key(doomed).id
+        session.execute(sa.delete(APIKey).where(APIKey.id == doomed_id))  # behind our back
+        session.commit()
+        assert apikeys.flush_usage() == 1
+        assert apikeys.flush_usage() == 0  # nothing left to retry forever
+    rows = usage_rows(app)
+    assert [row.api_key_id for row in rows] == [apikeys_id(app, apikeys, kept)]
+
+
+def apikeys_id(app: Flask, apikeys: APIKeys, key: str) -> Any:
+    with app.app_context():
+        return apikeys.verify_key(key).id
