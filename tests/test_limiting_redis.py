@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -59,6 +61,7 @@ def build() -> Iterator[Callable[..., tuple[Flask, APIKeys]]]:
     yield make
     for app in apps:
         app.extensions["apikeys"].limits.close()
+        app.extensions["apikeys"].writer.close()  # its thread must not outlive the database
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 
@@ -223,3 +226,125 @@ def test_failed_attempts_are_counted_across_apps_sharing_redis(
         apps[n % 2][0].test_client().get("/v1/whoami", headers=bad).status_code for n in range(6)
     ]
     assert statuses == [401, 401, 401, 401, 429, 429]
+
+
+BEFORE, STOPPING, DOWN, STARTING, RESTARTED = range(5)
+STREAM_LIMIT = 40
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request of the stream: the phase when it was sent and when it was answered."""
+
+    sent: int
+    answered: int
+    status: int
+    counted: bool  # it carries rate-limit headers
+    code: str | None  # the problem document's code, if any
+
+    def within(self, phase: int) -> bool:
+        return self.sent == self.answered == phase
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.parametrize("fail_open", [True, False], ids=["fail-open", "fail-closed"])
+def test_redis_stopped_and_restarted_under_load_fails_as_documented_and_recovers(
+    build: Callable[..., Any],
+    redis_server: RedisServer,
+    redis_url: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    fail_open: bool,
+) -> None:
+    """Concurrent clients keep sending while Redis dies and comes back, on one app throughout.
+
+    Every answer is judged by the phase it was both sent and answered in (requests that
+    straddle a stop or a start may go either way, but must still be one of the documented
+    outcomes): before the stop, counted; while Redis is down, passed uncounted (fail open) or
+    503 ``backend_unavailable`` (fail closed), never a 500; after the restart, counted again
+    from empty counters until the limit answers 429.
+    """
+    app, apikeys = build(redis_url, database_url, APIKEYS_RATELIMIT_FAIL_OPEN=fail_open)
+    with app.app_context():
+        # The key's own limit binds: the organization's plan allows far more.
+        org = apikeys.create_organization(name="A", email="a@a.io", plan="enterprise").id
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit=f"{STREAM_LIMIT}/minute").key
+    phase = BEFORE
+    answers: list[Answer] = []
+    done = threading.Event()
+
+    def stream(_: int) -> None:
+        client = app.test_client()
+        for _ in range(2000):  # a bound; the main thread ends the stream much sooner
+            if done.is_set():
+                return
+            sent = phase
+            response = client.get("/v1/whoami", headers={"X-API-Key": key})
+            body = response.get_json(silent=True) or {}
+            answers.append(
+                Answer(
+                    sent,
+                    phase,
+                    response.status_code,
+                    "X-RateLimit-Limit" in response.headers,
+                    body.get("code"),
+                )
+            )
+
+    def wait_for(enough: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not enough():
+            assert time.monotonic() < deadline, (
+                f"no {what} within 10 s: {Tally((a.sent, a.answered, a.status) for a in answers)}"
+            )
+            time.sleep(0.005)
+
+    with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            streams = [pool.submit(stream, n) for n in range(CLIENTS)]
+            try:
+                wait_for(lambda: sum(a.within(BEFORE) for a in answers) >= 10, "answers")
+                phase = STOPPING
+                redis_server.stop()
+                phase = DOWN
+                wait_for(lambda: sum(a.within(DOWN) for a in answers) >= 50, "outage answers")
+                phase = STARTING
+                redis_server.start()  # empty: counting starts again
+                phase = RESTARTED
+                wait_for(
+                    lambda: any(a.within(RESTARTED) and a.status == 429 for a in answers),
+                    "429 after the restart",
+                )
+            finally:
+                done.set()
+                redis_server.start()
+            for future in streams:
+                future.result()
+
+    during = [a for a in answers if a.within(DOWN)]
+    # Sent once the old Redis was gone: whatever was counted, the new (empty) Redis counted.
+    recounted = sum(a.status == 200 and a.counted for a in answers if a.sent >= DOWN)
+    print(
+        f"\n{len(answers)} requests, {len(during)} of them during the outage "
+        f"({Tally(a.status for a in during)}); after the restart {recounted} counted 200s, "
+        f"then {Tally(a.status for a in answers if a.within(RESTARTED))}"
+    )
+    documented = {200, 429} | ({503} if not fail_open else set())
+    assert {a.status for a in answers} <= documented  # never a 500, whatever the timing
+    assert all(a.code == "backend_unavailable" for a in answers if a.status == 503)
+    before = [a for a in answers if a.within(BEFORE)]
+    assert any(a.status == 200 for a in before)
+    assert all(a.counted for a in before if a.status == 200)
+    assert sum(a.status == 200 for a in before) <= STREAM_LIMIT
+    if fail_open:
+        assert all(a.status == 200 and not a.counted for a in during)
+        assert "Rate-limit storage unreachable" in caplog.text
+    else:
+        assert all(a.status == 503 and a.code == "backend_unavailable" for a in during)
+    # Recovery with no restart of the app: counted again from zero, and the limit holds.
+    assert recounted == STREAM_LIMIT
+    assert all(a.counted for a in answers if a.within(RESTARTED) and a.status == 200)
+    response = app.test_client().get("/v1/whoami", headers={"X-API-Key": key})
+    assert_problem(response, 429, "rate_limit_exceeded")
+    assert response.headers["X-RateLimit-Remaining"] == "0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,10 +39,13 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
     environment = tmp_path / "venv"
     venv.create(environment, system_site_packages=True, with_pip=True)
     python = environment / "bin" / "python"
+    # Nor through PYTHONPATH, which a run against a worktree may set.
+    isolated = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])],
         check=True,
         capture_output=True,
+        env=isolated,
     )
     shutil.copytree(ROOT / "example_app", tmp_path / "app" / "example_app")
     script = (
@@ -59,6 +63,7 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
     result = subprocess.run(
         [str(python), "-c", script],
         cwd=tmp_path / "app",
+        env=isolated,
         check=True,
         capture_output=True,
         text=True,
