@@ -39,6 +39,8 @@ FIELDS = (
     "user_agent",
     "details",
 )
+#: Records written per transaction: a flood of refused keys must not fall behind.
+APPEND_BATCH = 500
 APPEND_ATTEMPTS = 20
 table: sa.Table = AuditRecord.__table__  # type: ignore[assignment]
 
@@ -82,28 +84,39 @@ def build_record(
 
 
 def append(connection_factory: Callable[[], Any], records: Iterable[dict[str, Any]]) -> None:
-    """Append records to the chain, in order, each in a short transaction of its own."""
-    for values in records:
+    """Append records to the chain, in order, up to ``APPEND_BATCH`` per transaction.
+
+    Each batch links to the head it read; if another writer appended after that head first,
+    the unique ``previous_hash`` refuses the batch and it is linked again to the new head.
+    """
+    pending = list(records)
+    for start in range(0, len(pending), APPEND_BATCH):
+        batch = pending[start : start + APPEND_BATCH]
         for _ in range(APPEND_ATTEMPTS):
             try:
                 with connection_factory() as connection:
                     head = connection.execute(
                         sa.select(table.c.record_hash).order_by(table.c.id.desc()).limit(1)
                     ).scalar()
-                    previous = head or GENESIS
-                    row = {**values, "previous_hash": previous}
-                    row["record_hash"] = record_hash(values, previous)
-                    connection.execute(sa.insert(table), row)
+                    connection.execute(sa.insert(table), chained(batch, head or GENESIS))
                 break
             except IntegrityError:
                 continue  # another writer appended after the same head: link to the new one
         else:  # pragma: no cover - only under extreme contention
             raise RuntimeError("could not append to the audit chain")
-        logger.info(
-            "%s",
-            values["event"],
-            extra={"audit": {field: values[field] for field in FIELDS if field != "created_at"}},
-        )
+        for values in batch:
+            logged = {field: values[field] for field in FIELDS if field != "created_at"}
+            logger.info("%s", values["event"], extra={"audit": logged})
+
+
+def chained(batch: list[dict[str, Any]], previous: str) -> list[dict[str, Any]]:
+    """The rows of ``batch``, each linked to the one before it, the first to ``previous``."""
+    rows = []
+    for values in batch:
+        digest = record_hash(values, previous)
+        rows.append({**values, "previous_hash": previous, "record_hash": digest})
+        previous = digest
+    return rows
 
 
 @dataclass(frozen=True)
