@@ -5,10 +5,16 @@
 
 Each repeat runs every variant once, in rotated order, and ratios are paired within a repeat
 (variant / bare of the same repeat); the table shows the median and min-max over repeats.
-Variants:
+Variants (``--variants``, comma-separated):
   bare        the route, no extension
+  sqlalchemy  the route in an app with Flask-SQLAlchemy (what the extension needs) but no keys
   disabled    the extension installed with APIKEYS_ENABLED = False
-  protected   a valid cached key, @require_scopes, and everything else the app config enables
+  auth        a valid cached key and @require_scopes; rate limits and usage tracking off
+  limits      auth + rate limits (memory storage) and their response headers; usage off
+  protected   everything on: auth, scopes, rate limits with headers, buffered usage tracking
+
+``--clock cpu`` measures the process's CPU time (all threads, so the usage writer's too) instead
+of wall time: less sensitive to other work on the machine, and still charges every thread.
 """
 
 from __future__ import annotations
@@ -42,8 +48,20 @@ def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
             return {"ok": True}
 
         return app, headers
+    if variant == "sqlalchemy":
+        SQLAlchemy(app)
+
+        @app.get("/r")
+        def bare_with_database() -> dict[str, bool]:
+            return {"ok": True}
+
+        return app, headers
     if variant == "disabled":
         app.config["APIKEYS_ENABLED"] = False
+    if variant == "auth":
+        app.config.update(APIKEYS_RATELIMIT_ENABLED=False, APIKEYS_USAGE_TRACKING=False)
+    if variant == "limits":
+        app.config["APIKEYS_USAGE_TRACKING"] = False
     db = SQLAlchemy(app)
     apikeys = APIKeys(app, db=db)
 
@@ -100,7 +118,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--mode", choices=["testclient", "wsgi"], default="testclient")
-    parser.add_argument("--variants", default="bare,disabled,protected")
+    parser.add_argument("--variants", default="bare,disabled,auth,limits,protected")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = parser.parse_args()
     variants = args.variants.split(",")
     workdir = tempfile.mkdtemp(prefix="apikeys-bench-")
@@ -113,16 +132,20 @@ def main() -> None:
         if status != 200:
             raise SystemExit(f"{variant}: warm-up request answered {status}")
         callers[variant] = call
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     samples: dict[str, list[float]] = {variant: [] for variant in variants}
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for variant in order:
             call = callers[variant]
-            started = time.perf_counter()
+            started = clock()
             for _ in range(args.n):
                 call()
-            samples[variant].append((time.perf_counter() - started) / args.n * 1e6)
-    print(f"mode={args.mode} n={args.n} repeats={args.repeats} python={sys.version.split()[0]}")
+            samples[variant].append((clock() - started) / args.n * 1e6)
+    print(
+        f"mode={args.mode} clock={args.clock} n={args.n} repeats={args.repeats} "
+        f"python={sys.version.split()[0]}"
+    )
     print(f"{'variant':<12}{'µs/req median':>15}{'min-max':>20}{'ratio median':>14}{'min-max':>16}")
     for variant in variants:
         micros = samples[variant]

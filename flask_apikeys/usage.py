@@ -100,8 +100,10 @@ class UsageWriter:
         atexit.register(close_all)
 
     def add_usage(self, row: tuple[Any, ...]) -> None:
-        self._usage.append(row)
-        self._after_add(len(self._usage))
+        usage = self._usage
+        usage.append(row)
+        if self._thread is None or self.synchronous or len(usage) >= self.batch_size:
+            self._after_add(len(usage))
 
     def add_audit(self, record: dict[str, Any]) -> None:
         self._audit.append(record)
@@ -202,34 +204,31 @@ class UsageWriter:
             logger.exception("flask-apikeys could not write its last usage rows")
 
 
-def make_usage_recorder(state: Any) -> Callable[[Response], Response]:
-    """The ``after_request`` step that queues a row for every request a key authenticated."""
+def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]], None]:
+    """What the extension's ``after_request`` hook calls with the response, the request and its
+    environ: queue a row for every request that a key authenticated."""
     from .auth import OUTCOME_ENVIRON_KEY
     from .identity import VerifiedKey
 
-    writer = state.writer
+    add_usage = state.writer.add_usage
     trusted_proxies = state.settings.trusted_proxies
 
-    def record_usage(response: Response) -> Response:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
+    def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
         key = environ.get(OUTCOME_ENVIRON_KEY)
         if isinstance(key, VerifiedKey):
-            address = client_address(environ, trusted_proxies)
-            writer.add_usage(usage_row(response, key, current_request, address))
-        return response
+            add_usage(usage_row(response, key, current_request, environ, trusted_proxies))
 
     return record_usage
 
 
-def mark_start() -> None:
-    """Remember when the request started (called by the hook, first thing)."""
-    request.environ[START_ENVIRON_KEY] = time.perf_counter()
-
-
-def usage_row(response: Response, key: Any, current_request: Any, address: str) -> tuple[Any, ...]:
+def usage_row(
+    response: Response,
+    key: Any,
+    current_request: Any,
+    environ: dict[str, Any],
+    trusted_proxies: int,
+) -> tuple[Any, ...]:
     """The usage row of a finished request (the timestamp stays a float until written)."""
-    environ = current_request.environ
     started = environ.get(START_ENVIRON_KEY)
     elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
     rule = current_request.url_rule
@@ -239,6 +238,7 @@ def usage_row(response: Response, key: Any, current_request: Any, address: str) 
         endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
     error = environ.get(ERROR_ENVIRON_KEY)
     user_agent = environ.get("HTTP_USER_AGENT")
+    address = client_address(environ, trusted_proxies)
     return (
         key.id,
         key.organization.id,
