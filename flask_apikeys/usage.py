@@ -24,7 +24,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from flask import Response, request
@@ -57,6 +57,9 @@ USAGE_FIELDS = (
     "error_message",
     "error_code",
 )
+#: Where the row keeps the key's and the organization's ids, and its timestamp.
+ID_COLUMNS = (0, 1)
+TIMESTAMP_COLUMN = 2
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -66,6 +69,77 @@ def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> 
         environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
     if cost_usd is not None:
         environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
+
+
+class InsertPlan(NamedTuple):
+    """The usage ``INSERT`` compiled once for a dialect, with each column's bind processor.
+
+    A flush hands the driver ready parameters in one ``executemany``: SQLAlchemy's per-row
+    parameter processing cost more than the database's own work for a row.
+    """
+
+    sql: str
+    #: ``(position in the row, processor)`` of the other columns the dialect converts.
+    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
+    #: The dialect's conversion of the key and organization ids (``None``: passed as they are).
+    id_processor: Callable[[Any], Any] | None
+    #: The dialect's conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
+    time_processor: Callable[[Any], Any] | None
+    #: Whether the driver takes named parameters (dicts) rather than positional ones.
+    named: bool
+
+    @classmethod
+    def for_dialect(cls, dialect: sa.Dialect) -> InsertPlan:
+        compiled = sa.insert(usage_table).compile(dialect=dialect, column_keys=list(USAGE_FIELDS))
+        positions = compiled.positiontup
+        if positions is not None and tuple(positions) != USAGE_FIELDS:
+            raise RuntimeError(f"unexpected parameter order for {dialect.name}: {positions}")
+
+        def processor(column_type: Any) -> Callable[[Any], Any] | None:
+            return column_type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+
+        columns = usage_table.c
+        others = []
+        for index, name in enumerate(USAGE_FIELDS):
+            if index > TIMESTAMP_COLUMN:
+                convert = processor(columns[name].type)
+                if convert is not None:
+                    others.append((index, convert))
+        return cls(
+            sql=compiled.string,
+            processors=tuple(others),
+            id_processor=processor(columns.api_key_id.type),
+            time_processor=processor(columns.timestamp.type.impl),  # type: ignore[attr-defined]
+            named=positions is None,
+        )
+
+    def parameters(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """The driver's parameters for queued rows (whose timestamps are still floats)."""
+        processors = self.processors
+        convert_id = self.id_processor
+        convert_time = self.time_processor
+        # A batch holds few distinct ids, each the same object in every row (the snapshot's):
+        # convert each once. id() is safe as a key: the rows keep the objects alive.
+        ids: dict[int, Any] = {}
+        parameters: list[Any] = []
+        for row in rows:
+            values = list(row)
+            if convert_id is not None:
+                for index in ID_COLUMNS:
+                    value = values[index]
+                    converted = ids.get(id(value))
+                    if converted is None:
+                        converted = ids[id(value)] = convert_id(value)
+                    values[index] = converted
+            moment = datetime.fromtimestamp(row[TIMESTAMP_COLUMN], UTC).replace(tzinfo=None)
+            values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
+            for index, convert in processors:
+                values[index] = convert(values[index])
+            if self.named:
+                parameters.append(dict(zip(USAGE_FIELDS, values, strict=True)))
+            else:
+                parameters.append(tuple(values))
+        return parameters
 
 
 class UsageWriter:
@@ -91,6 +165,7 @@ class UsageWriter:
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._plans: dict[str, InsertPlan] = {}
         writers = weakref.WeakSet([self])
 
         def close_all() -> None:
@@ -171,10 +246,8 @@ class UsageWriter:
             totals[1] = max(totals[1], row[2])
         last = keys_table.c.last_used_at
         with self._connect() as connection:
-            rows = [(*row[:2], datetime.fromtimestamp(row[2], UTC), *row[3:]) for row in rows]
-            connection.execute(
-                sa.insert(usage_table), [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
-            )
+            plan = self._insert_plan(connection.dialect)
+            connection.exec_driver_sql(plan.sql, plan.parameters(rows))
             connection.execute(
                 sa.update(keys_table)
                 .where(keys_table.c.id == sa.bindparam("key_id"))
@@ -191,6 +264,12 @@ class UsageWriter:
                     for key, (count, seen) in per_key.items()
                 ],
             )
+
+    def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
+            plan = self._plans[dialect.name] = InsertPlan.for_dialect(dialect)
+        return plan
 
     def close(self) -> None:
         """Stop the thread and write what is left (called at exit)."""
