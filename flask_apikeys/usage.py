@@ -71,6 +71,13 @@ def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> 
         environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
 
 
+_SAMPLE_MOMENTS = (datetime(2024, 2, 29, 23, 59, 58, 123456), datetime(2030, 1, 2, 3, 4, 5))
+
+
+def _iso_text(moment: datetime) -> str:
+    return moment.isoformat(" ", "microseconds")
+
+
 class InsertPlan(NamedTuple):
     """The usage ``INSERT`` compiled once for a dialect, with each column's bind processor.
 
@@ -105,11 +112,16 @@ class InsertPlan(NamedTuple):
                 convert = processor(columns[name].type)
                 if convert is not None:
                     others.append((index, convert))
+        time_processor = processor(columns.timestamp.type.impl)  # type: ignore[attr-defined]
+        if time_processor is not None and all(
+            time_processor(moment) == _iso_text(moment) for moment in _SAMPLE_MOMENTS
+        ):
+            time_processor = _iso_text  # the same text (SQLite's), formatted in C
         return cls(
             sql=compiled.string,
             processors=tuple(others),
             id_processor=processor(columns.api_key_id.type),
-            time_processor=processor(columns.timestamp.type.impl),  # type: ignore[attr-defined]
+            time_processor=time_processor,
             named=positions is None,
         )
 
