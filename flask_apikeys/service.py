@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -493,7 +494,8 @@ class KeyService:
         """Raise if a verified key may not be used now: revoked, expired, organization off."""
         if verified.revoked_at is not None or not verified.is_active:
             raise RevokedAPIKey("This API key has been revoked.")
-        if verified.is_expired():
+        expires_at = verified.expires_at_timestamp  # is_expired(), without the call
+        if expires_at is not None and time.time() >= expires_at:
             raise ExpiredAPIKey("This API key has expired.")
         if not verified.organization.is_active:
             raise OrganizationInactive("The organization that owns this API key is inactive.")
