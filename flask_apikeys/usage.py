@@ -24,7 +24,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from itertools import chain
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, request
@@ -60,6 +61,8 @@ USAGE_FIELDS = (
 #: Where the row keeps the key's and the organization's ids, and its timestamp.
 ID_COLUMNS = (0, 1)
 TIMESTAMP_COLUMN = 2
+#: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
+ROWS_PER_STATEMENT = 64
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -78,62 +81,86 @@ def _iso_text(moment: datetime) -> str:
     return moment.isoformat(" ", "microseconds")
 
 
-class InsertPlan(NamedTuple):
-    """The usage ``INSERT`` compiled once for a dialect, with each column's bind processor.
+class InsertPlan:
+    """How queued usage rows reach one dialect's driver, worked out once per dialect.
 
-    A flush hands the driver ready parameters in one ``executemany``: SQLAlchemy's per-row
-    parameter processing cost more than the database's own work for a row.
+    A flush converts the rows itself with each column's bind processor and sends them as
+    multi-row ``INSERT … VALUES (…), (…)`` statements of up to :data:`ROWS_PER_STATEMENT` rows:
+    SQLAlchemy's per-row parameter handling and a statement per row (each one a release and
+    re-acquisition of the GIL on SQLite, a round trip's worth of work on PostgreSQL) cost more
+    than the database's own work for a row.
     """
 
-    sql: str
-    #: ``(position in the row, processor)`` of the other columns the dialect converts.
-    processors: tuple[tuple[int, Callable[[Any], Any]], ...]
-    #: The dialect's conversion of the key and organization ids (``None``: passed as they are).
-    id_processor: Callable[[Any], Any] | None
-    #: The dialect's conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
-    time_processor: Callable[[Any], Any] | None
-    #: Whether the driver takes named parameters (dicts) rather than positional ones.
-    named: bool
-
-    @classmethod
-    def for_dialect(cls, dialect: sa.Dialect) -> InsertPlan:
-        compiled = sa.insert(usage_table).compile(dialect=dialect, column_keys=list(USAGE_FIELDS))
-        positions = compiled.positiontup
-        if positions is not None and tuple(positions) != USAGE_FIELDS:
-            raise RuntimeError(f"unexpected parameter order for {dialect.name}: {positions}")
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
 
         def processor(column_type: Any) -> Callable[[Any], Any] | None:
             return column_type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
 
         columns = usage_table.c
-        others = []
-        for index, name in enumerate(USAGE_FIELDS):
-            if index > TIMESTAMP_COLUMN:
-                convert = processor(columns[name].type)
-                if convert is not None:
-                    others.append((index, convert))
+        #: ``(position in the row, processor)`` of the other columns the dialect converts.
+        self.processors = tuple(
+            (index, convert)
+            for index, name in enumerate(USAGE_FIELDS)
+            if index > TIMESTAMP_COLUMN and (convert := processor(columns[name].type))
+        )
+        #: The conversion of the key and organization ids (``None``: passed as they are).
+        self.id_processor = processor(columns.api_key_id.type)
+        #: The conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
         time_processor = processor(columns.timestamp.type.impl)  # type: ignore[attr-defined]
         if time_processor is not None and all(
             time_processor(moment) == _iso_text(moment) for moment in _SAMPLE_MOMENTS
         ):
             time_processor = _iso_text  # the same text (SQLite's), formatted in C
-        return cls(
-            sql=compiled.string,
-            processors=tuple(others),
-            id_processor=processor(columns.api_key_id.type),
-            time_processor=time_processor,
-            named=positions is None,
-        )
+        self.time_processor = time_processor
+        #: rows per statement → the statement's SQL and, for named parameters, their names.
+        self._statements: dict[int, tuple[str, tuple[str, ...] | None]] = {}
 
-    def parameters(self, rows: list[tuple[Any, ...]]) -> list[Any]:
-        """The driver's parameters for queued rows (whose timestamps are still floats)."""
+    def statement(self, rows: int) -> tuple[str, tuple[str, ...] | None]:
+        """The SQL inserting ``rows`` rows, and its parameter names (``None``: positional)."""
+        statement = self._statements.get(rows)
+        if statement is None:
+            placeholder = dict.fromkeys(USAGE_FIELDS)
+            compiled = (
+                sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
+            )
+            names = tuple(f"{name}_m{row}" for row in range(rows) for name in USAGE_FIELDS)
+            positions = compiled.positiontup
+            if positions is not None and tuple(positions) != names:
+                raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
+            statement = self._statements[rows] = (
+                compiled.string,
+                names if positions is None else None,
+            )
+        return statement
+
+    def execute(self, connection: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Insert the queued rows on ``connection``."""
+        converted = self.parameters(rows)
+        start, total = 0, len(converted)
+        while start < total:
+            left = total - start
+            # Whole statements of the largest size, then powers of two: at most a handful of
+            # distinct statements to compile and cache.
+            size = (
+                ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
+            )
+            sql, names = self.statement(size)
+            values = tuple(chain.from_iterable(converted[start : start + size]))
+            connection.exec_driver_sql(
+                sql, values if names is None else dict(zip(names, values, strict=True))
+            )
+            start += size
+
+    def parameters(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Each queued row (whose timestamp is still a float) as the driver takes it."""
         processors = self.processors
         convert_id = self.id_processor
         convert_time = self.time_processor
         # A batch holds few distinct ids, each the same object in every row (the snapshot's):
         # convert each once. id() is safe as a key: the rows keep the objects alive.
         ids: dict[int, Any] = {}
-        parameters: list[Any] = []
+        parameters: list[tuple[Any, ...]] = []
         for row in rows:
             values = list(row)
             if convert_id is not None:
@@ -147,10 +174,7 @@ class InsertPlan(NamedTuple):
             values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
             for index, convert in processors:
                 values[index] = convert(values[index])
-            if self.named:
-                parameters.append(dict(zip(USAGE_FIELDS, values, strict=True)))
-            else:
-                parameters.append(tuple(values))
+            parameters.append(tuple(values))
         return parameters
 
 
@@ -258,8 +282,7 @@ class UsageWriter:
             totals[1] = max(totals[1], row[2])
         last = keys_table.c.last_used_at
         with self._connect() as connection:
-            plan = self._insert_plan(connection.dialect)
-            connection.exec_driver_sql(plan.sql, plan.parameters(rows))
+            self._insert_plan(connection.dialect).execute(connection, rows)
             connection.execute(
                 sa.update(keys_table)
                 .where(keys_table.c.id == sa.bindparam("key_id"))
@@ -280,7 +303,7 @@ class UsageWriter:
     def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
         plan = self._plans.get(dialect.name)
         if plan is None:
-            plan = self._plans[dialect.name] = InsertPlan.for_dialect(dialect)
+            plan = self._plans[dialect.name] = InsertPlan(dialect)
         return plan
 
     def close(self) -> None:
