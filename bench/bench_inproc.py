@@ -2,7 +2,7 @@
 """Per-request cost in process: a bare Flask route vs the same route behind flask-apikeys.
 
     python bench/bench_inproc.py [--n 1000 --repeats 15 --mode testclient|wsgi --clock wall|cpu]
-        [--variants bare,sqlalchemy,disabled,auth,limits,protected] [--bare-without-key]
+        [--variants bare,sqlalchemy,headers,disabled,auth,limits,protected] [--bare-without-key]
 
 Each repeat runs every variant for ``--n`` requests, in rotated order, and ratios are paired
 within a repeat (variant / bare of the same repeat); the table shows the median and min-max over
@@ -15,6 +15,8 @@ so the background writer's cost is charged to the variant that caused it and to 
 Variants (``--variants``, comma-separated):
   bare        the route, no extension
   sqlalchemy  the route in an app with Flask-SQLAlchemy (what the extension needs) but no keys
+  headers     the bare route plus five constant headers as long as the rate-limit ones (what
+              Werkzeug and the test client charge for the headers alone, without computing them)
   disabled    the extension installed with APIKEYS_ENABLED = False
   auth        a valid cached key and @require_scopes; rate limits and usage tracking off
   limits      auth + rate limits (memory storage) and their response headers; usage off
@@ -38,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flask import Flask  # noqa: E402
+from flask import Flask, Response  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
 from flask_apikeys import APIKeys, require_scopes  # noqa: E402
@@ -57,9 +59,11 @@ def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
     app = Flask(f"bench_{variant}")
     app.config.update(SQLALCHEMY_DATABASE_URI=database_url, APIKEYS_HASH_SECRET="b" * 32)
     headers: dict[str, str] = {}
-    if variant in ("bare", "sqlalchemy"):
+    if variant in ("bare", "sqlalchemy", "headers"):
         if variant == "sqlalchemy":
             SQLAlchemy(app)
+        if variant == "headers":
+            app.after_request(add_constant_headers)
 
         @app.get("/r")
         def bare() -> dict[str, bool]:
@@ -88,6 +92,23 @@ def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
             "Bearer " + apikeys.create_key(organization, "bench", scopes=["bench:*"]).key
         )
     return app, headers
+
+
+def add_constant_headers(response: Response) -> Response:
+    add = response.headers.add
+    add("X-RateLimit-Limit", "1000000000")
+    add("X-RateLimit-Remaining", "999999999")
+    add("X-RateLimit-Reset", "1796083201")
+    add(
+        "RateLimit-Policy",
+        '"quota";q=1000000000;w=2592000, "organization";q=1000000000;w=60, '
+        '"apikey";q=1000000000;w=60',
+    )
+    add(
+        "RateLimit",
+        '"quota";r=999999999;t=470069, "organization";r=999999999;t=60, "apikey";r=999999999;t=60',
+    )
+    return response
 
 
 def caller(app: Flask, headers: dict[str, str], mode: str) -> Callable[[], int]:
@@ -136,7 +157,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--mode", choices=["testclient", "wsgi"], default="testclient")
-    parser.add_argument("--variants", default="bare,sqlalchemy,disabled,auth,limits,protected")
+    parser.add_argument(
+        "--variants", default="bare,sqlalchemy,headers,disabled,auth,limits,protected"
+    )
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--bare-without-key", action="store_true")
     args = parser.parse_args()
