@@ -24,7 +24,6 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import chain
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,36 +32,16 @@ from flask import Response, request
 from .audit import append as append_audit
 from .audit import build_record
 from .keys import KEY_SEARCH_PATTERN
-from .models import APIKey, APIKeyUsage
+from .models import APIKey
 from .network import client_address
+from .usage_insert import InsertPlan
 
 logger = logging.getLogger("flask_apikeys.usage")
-usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 START_ENVIRON_KEY = "flask_apikeys.started"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
 TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
 COST_ENVIRON_KEY = "flask_apikeys.cost"
-USAGE_FIELDS = (
-    "api_key_id",
-    "organization_id",
-    "timestamp",
-    "endpoint",
-    "method",
-    "status_code",
-    "response_time_ms",
-    "tokens_used",
-    "cost_usd",
-    "ip_address",
-    "user_agent",
-    "error_message",
-    "error_code",
-)
-#: Where the row keeps the key's and the organization's ids, and its timestamp.
-ID_COLUMNS = (0, 1)
-TIMESTAMP_COLUMN = 2
-#: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
-ROWS_PER_STATEMENT = 64
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -72,110 +51,6 @@ def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> 
         environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
     if cost_usd is not None:
         environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
-
-
-_SAMPLE_MOMENTS = (datetime(2024, 2, 29, 23, 59, 58, 123456), datetime(2030, 1, 2, 3, 4, 5))
-
-
-def _iso_text(moment: datetime) -> str:
-    return moment.isoformat(" ", "microseconds")
-
-
-class InsertPlan:
-    """How queued usage rows reach one dialect's driver, worked out once per dialect.
-
-    A flush converts the rows itself with each column's bind processor and sends them as
-    multi-row ``INSERT … VALUES (…), (…)`` statements of up to :data:`ROWS_PER_STATEMENT` rows:
-    SQLAlchemy's per-row parameter handling and a statement per row (each one a release and
-    re-acquisition of the GIL on SQLite, a round trip's worth of work on PostgreSQL) cost more
-    than the database's own work for a row.
-    """
-
-    def __init__(self, dialect: sa.Dialect) -> None:
-        self.dialect = dialect
-
-        def processor(column_type: Any) -> Callable[[Any], Any] | None:
-            return column_type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
-
-        columns = usage_table.c
-        #: ``(position in the row, processor)`` of the other columns the dialect converts.
-        self.processors = tuple(
-            (index, convert)
-            for index, name in enumerate(USAGE_FIELDS)
-            if index > TIMESTAMP_COLUMN and (convert := processor(columns[name].type))
-        )
-        #: The conversion of the key and organization ids (``None``: passed as they are).
-        self.id_processor = processor(columns.api_key_id.type)
-        #: The conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
-        time_processor = processor(columns.timestamp.type.impl)  # type: ignore[attr-defined]
-        if time_processor is not None and all(
-            time_processor(moment) == _iso_text(moment) for moment in _SAMPLE_MOMENTS
-        ):
-            time_processor = _iso_text  # the same text (SQLite's), formatted in C
-        self.time_processor = time_processor
-        #: rows per statement → the statement's SQL and, for named parameters, their names.
-        self._statements: dict[int, tuple[str, tuple[str, ...] | None]] = {}
-
-    def statement(self, rows: int) -> tuple[str, tuple[str, ...] | None]:
-        """The SQL inserting ``rows`` rows, and its parameter names (``None``: positional)."""
-        statement = self._statements.get(rows)
-        if statement is None:
-            placeholder = dict.fromkeys(USAGE_FIELDS)
-            compiled = (
-                sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
-            )
-            names = tuple(f"{name}_m{row}" for row in range(rows) for name in USAGE_FIELDS)
-            positions = compiled.positiontup
-            if positions is not None and tuple(positions) != names:
-                raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
-            statement = self._statements[rows] = (
-                compiled.string,
-                names if positions is None else None,
-            )
-        return statement
-
-    def execute(self, connection: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Insert the queued rows on ``connection``."""
-        converted = self.parameters(rows)
-        start, total = 0, len(converted)
-        while start < total:
-            left = total - start
-            # Whole statements of the largest size, then powers of two: at most a handful of
-            # distinct statements to compile and cache.
-            size = (
-                ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
-            )
-            sql, names = self.statement(size)
-            values = tuple(chain.from_iterable(converted[start : start + size]))
-            connection.exec_driver_sql(
-                sql, values if names is None else dict(zip(names, values, strict=True))
-            )
-            start += size
-
-    def parameters(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Each queued row (whose timestamp is still a float) as the driver takes it."""
-        processors = self.processors
-        convert_id = self.id_processor
-        convert_time = self.time_processor
-        # A batch holds few distinct ids, each the same object in every row (the snapshot's):
-        # convert each once. id() is safe as a key: the rows keep the objects alive.
-        ids: dict[int, Any] = {}
-        parameters: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = list(row)
-            if convert_id is not None:
-                for index in ID_COLUMNS:
-                    value = values[index]
-                    converted = ids.get(id(value))
-                    if converted is None:
-                        converted = ids[id(value)] = convert_id(value)
-                    values[index] = converted
-            moment = datetime.fromtimestamp(row[TIMESTAMP_COLUMN], UTC).replace(tzinfo=None)
-            values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
-            for index, convert in processors:
-                values[index] = convert(values[index])
-            parameters.append(tuple(values))
-        return parameters
 
 
 class UsageWriter:
