@@ -148,6 +148,10 @@ def main() -> None:
                 f"   {variant:<11}{summary(micros)}   x{statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
             )
+        for app, _ in apps.values():  # write the queued usage rows while the files exist
+            state = app.extensions.get("apikeys")
+            if state is not None and state.writer is not None:
+                state.writer.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
