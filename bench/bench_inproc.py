@@ -1,14 +1,29 @@
 #!/usr/bin/env python
 """Per-request cost in process: a bare Flask route vs the same route behind flask-apikeys.
 
-    python bench/bench_inproc.py [--n 5000 --repeats 7 --mode testclient|wsgi]
+    python bench/bench_inproc.py [--n 1000 --repeats 15 --mode testclient|wsgi --clock wall|cpu]
+        [--variants bare,sqlalchemy,headers,disabled,auth,limits,protected] [--bare-without-key]
 
-Each repeat runs every variant once, in rotated order, and ratios are paired within a repeat
-(variant / bare of the same repeat); the table shows the median and min-max over repeats.
-Variants:
+Each repeat runs every variant for ``--n`` requests, in rotated order, and ratios are paired
+within a repeat (variant / bare of the same repeat); the table shows the median and min-max over
+repeats. Short windows and many repeats keep a pair close in time, which matters on a machine
+that other work shares. Every variant receives the same request, ``Authorization`` header
+included (``--bare-without-key``: the bare route gets none, as before 0.1's performance work).
+A window of a variant that tracks usage ends by writing the rows it queued (``flush_usage``),
+so the background writer's cost is charged to the variant that caused it and to no other.
+
+Variants (``--variants``, comma-separated):
   bare        the route, no extension
+  sqlalchemy  the route in an app with Flask-SQLAlchemy (what the extension needs) but no keys
+  headers     the bare route plus five constant headers as long as the rate-limit ones (what
+              Werkzeug and the test client charge for the headers alone, without computing them)
   disabled    the extension installed with APIKEYS_ENABLED = False
-  protected   a valid cached key, @require_scopes, and everything else the app config enables
+  auth        a valid cached key and @require_scopes; rate limits and usage tracking off
+  limits      auth + rate limits (memory storage) and their response headers; usage off
+  protected   everything on: auth, scopes, rate limits with headers, buffered usage tracking
+
+``--clock cpu`` measures the process's CPU time (all threads, so the usage writer's too) instead
+of wall time: less sensitive to other work on the machine, and still charges every thread.
 """
 
 from __future__ import annotations
@@ -25,25 +40,37 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flask import Flask  # noqa: E402
+from flask import Flask, Response  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
 from flask_apikeys import APIKeys, require_scopes  # noqa: E402
+from flask_apikeys.keys import generate_key  # noqa: E402
+
+CONFIG = {
+    "disabled": {"APIKEYS_ENABLED": False},
+    "auth": {"APIKEYS_RATELIMIT_ENABLED": False, "APIKEYS_USAGE_TRACKING": False},
+    "limits": {"APIKEYS_USAGE_TRACKING": False},
+    "protected": {},
+}
 
 
 def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
+    """The variant's app and the headers its requests carry (no key for bare routes)."""
     app = Flask(f"bench_{variant}")
     app.config.update(SQLALCHEMY_DATABASE_URI=database_url, APIKEYS_HASH_SECRET="b" * 32)
     headers: dict[str, str] = {}
-    if variant == "bare":
+    if variant in ("bare", "sqlalchemy", "headers"):
+        if variant == "sqlalchemy":
+            SQLAlchemy(app)
+        if variant == "headers":
+            app.after_request(add_constant_headers)
 
         @app.get("/r")
         def bare() -> dict[str, bool]:
             return {"ok": True}
 
         return app, headers
-    if variant == "disabled":
-        app.config["APIKEYS_ENABLED"] = False
+    app.config.update(CONFIG[variant])
     db = SQLAlchemy(app)
     apikeys = APIKeys(app, db=db)
 
@@ -65,6 +92,23 @@ def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
             "Bearer " + apikeys.create_key(organization, "bench", scopes=["bench:*"]).key
         )
     return app, headers
+
+
+def add_constant_headers(response: Response) -> Response:
+    add = response.headers.add
+    add("X-RateLimit-Limit", "1000000000")
+    add("X-RateLimit-Remaining", "999999999")
+    add("X-RateLimit-Reset", "1796083201")
+    add(
+        "RateLimit-Policy",
+        '"quota";q=1000000000;w=2592000, "organization";q=1000000000;w=60, '
+        '"apikey";q=1000000000;w=60',
+    )
+    add(
+        "RateLimit",
+        '"quota";r=999999999;t=470069, "organization";r=999999999;t=60, "apikey";r=999999999;t=60',
+    )
+    return response
 
 
 def caller(app: Flask, headers: dict[str, str], mode: str) -> Callable[[], int]:
@@ -92,47 +136,76 @@ def caller(app: Flask, headers: dict[str, str], mode: str) -> Callable[[], int]:
     return call
 
 
+def flusher(app: Flask) -> Callable[[], object]:
+    """What ends a timed window: writing the usage rows the window queued, if any."""
+    state = app.extensions.get("apikeys")
+    if state is None or state.writer is None:
+        return lambda: None
+    return state.writer.flush  # type: ignore[no-any-return]
+
+
+def summary(values: list[float], digits: int) -> str:
+    low, middle, high = min(values), statistics.median(values), max(values)
+    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--n", type=int, default=1000, help="requests per timed window")
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--mode", choices=["testclient", "wsgi"], default="testclient")
-    parser.add_argument("--variants", default="bare,disabled,protected")
+    parser.add_argument(
+        "--variants", default="bare,sqlalchemy,headers,disabled,auth,limits,protected"
+    )
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--bare-without-key", action="store_true")
     args = parser.parse_args()
     variants = args.variants.split(",")
     workdir = tempfile.mkdtemp(prefix="apikeys-bench-")
+    apps = {
+        variant: build(variant, f"sqlite:///{workdir}/{variant}.sqlite") for variant in variants
+    }
+    # Bare routes get a well-formed key too, unless asked not to: the same request everywhere.
+    sent = next((headers for _, headers in apps.values() if headers), None)
+    sent = sent or {"Authorization": "Bearer " + generate_key("pk", "live")}
     callers = {}
-    for variant in variants:
-        app, headers = build(variant, f"sqlite:///{workdir}/{variant}.sqlite")
+    for variant, (app, headers) in apps.items():
+        headers = headers or ({} if args.bare_without_key else sent)
         call = caller(app, headers, args.mode)
         for _ in range(args.warmup):
             status = call()
         if status != 200:
             raise SystemExit(f"{variant}: warm-up request answered {status}")
-        callers[variant] = call
+        callers[variant] = (call, flusher(app))
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     samples: dict[str, list[float]] = {variant: [] for variant in variants}
     for repeat in range(args.repeats):
         order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
         for variant in order:
-            call = callers[variant]
-            started = time.perf_counter()
+            call, flush = callers[variant]
+            flush()
+            started = clock()
             for _ in range(args.n):
                 call()
-            samples[variant].append((time.perf_counter() - started) / args.n * 1e6)
-    print(f"mode={args.mode} n={args.n} repeats={args.repeats} python={sys.version.split()[0]}")
-    print(f"{'variant':<12}{'µs/req median':>15}{'min-max':>20}{'ratio median':>14}{'min-max':>16}")
+            flush()
+            samples[variant].append((clock() - started) / args.n * 1e6)
+    print(
+        f"mode={args.mode} clock={args.clock} n={args.n} repeats={args.repeats} "
+        f"bare request {'without' if args.bare_without_key else 'with'} a key "
+        f"python={sys.version.split()[0]}"
+    )
+    print(f"{'variant':<12}{'µs/req median (min-max)':>28}{'ratio to bare median (min-max)':>34}")
+    reference = samples.get("bare")
     for variant in variants:
         micros = samples[variant]
-        ratios = [
-            value / bare for value, bare in zip(micros, samples.get("bare", micros), strict=True)
-        ]
-        print(
-            f"{variant:<12}{statistics.median(micros):>15.1f}{min(micros):>10.1f}-{max(micros):<9.1f}"
-            f"{statistics.median(ratios):>14.2f}{min(ratios):>10.2f}-{max(ratios):<5.2f}"
-        )
+        line = f"{variant:<12}{summary(micros, 1):>28}"
+        if reference is not None:
+            ratios = [value / bare for value, bare in zip(micros, reference, strict=True)]
+            line += f"{summary(ratios, 2):>34}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -18,71 +18,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import Flask, request  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
+from bench.servers import redis_server  # noqa: E402
 from flask_apikeys import APIKeys, require_scopes  # noqa: E402
 from flask_apikeys.auth import authenticate_request  # noqa: E402
 
 BIG = 10**9
-
-
-@contextmanager
-def redis_server(url: str | None) -> Iterator[str]:
-    """The given Redis, or a throwaway redis-server on a free port of 127.0.0.1."""
-    if url:
-        yield url
-        return
-    if shutil.which("redis-server") is None:
-        raise SystemExit("redis-server is not installed; pass --redis-url")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="apikeys-bench-redis-")
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port)
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def build(variant: str, database_url: str, redis_url: str) -> tuple[Flask, dict[str, str]]:
@@ -197,6 +148,10 @@ def main() -> None:
                 f"   {variant:<11}{summary(micros)}   x{statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
             )
+        for app, _ in apps.values():  # write the queued usage rows while the files exist
+            state = app.extensions.get("apikeys")
+            if state is not None and state.writer is not None:
+                state.writer.close()
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,13 +1,22 @@
 #!/usr/bin/env python
 """Throughput and latency under gunicorn on 127.0.0.1, loaded by wrk: bare vs protected.
 
-    python bench/bench_wrk.py [--runs 3 --duration 10 --workers 2]
+    python bench/bench_wrk.py [--runs 3 --duration 10 --warmup 2 --workers 2]
+        [--backends sqlite,postgresql]
         [--database-url postgresql+psycopg://…] [--redis-url redis://127.0.0.1:6379/0]
 
-Needs ``wrk`` (apt-get install wrk). Each round starts gunicorn (sync workers) for each variant
-in turn, warms it up, and runs ``wrk -t2 -c16 --latency``; the protected share of bare
-throughput is paired within a round. Prints medians and min-max over the rounds. wrk runs on
-the same machine, so requests/s are machine-wide figures.
+Backends (``--backends``, comma-separated; both by default):
+  sqlite      a SQLite file, rate limits in process memory
+  postgresql  PostgreSQL 15 and Redis: the given URLs, else throwaway servers started on
+              127.0.0.1 for the run (and removed after it)
+
+Needs ``wrk`` (apt-get install wrk). For each backend, each round starts gunicorn (sync
+workers) for each variant in turn (alternating which goes first), warms it up, and runs
+``wrk -t2 -c16 --latency`` for ``--duration`` seconds; every request carries the same key,
+also to the bare route. The protected share of bare throughput is paired within a round.
+Prints medians and min-max over the rounds. wrk runs on the same machine, so requests/s are
+machine-wide figures. The protected app has everything on: the key (cached after its first
+use), a scope, the rate limits with their headers and buffered usage tracking.
 """
 
 from __future__ import annotations
@@ -23,39 +32,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
+from bench.servers import free_port, postgresql_server, redis_server  # noqa: E402
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+#: wrk prints durations with these units (``print_units`` in wrk's source).
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+DURATION = re.compile(r"([\d.]+)(us|ms|s|m|h)")
 
 
 def to_ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    """A wrk duration (``812.00us``, ``1.23ms``, ``2.01s``, ``1.05m``) in milliseconds."""
+    match = DURATION.fullmatch(value)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {value!r}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
 
 
 def serve(variant: str, env: dict[str, str], workers: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            str(workers),
-            "-k",
-            "sync",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "bench.app:app",
-        ],
+        [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync"]
+        + ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.app:app"],
         cwd=ROOT,
         env={**env, "BENCH_VARIANT": variant, "BENCH_SERVE": "1"},
     )
@@ -65,31 +67,108 @@ def serve(variant: str, env: dict[str, str], workers: int) -> tuple[subprocess.P
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return process, port
         except OSError:
+            if process.poll() is not None:
+                code = process.returncode
+                raise SystemExit(f"gunicorn for {variant} exited with {code}") from None
             time.sleep(0.1)
     process.kill()
     raise SystemExit(f"gunicorn for {variant} did not start")
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: a graceful stop, so each worker writes the usage rows it still holds."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 def load(port: int, key: str, duration: int) -> dict[str, float]:
-    command = [
-        "wrk",
-        "-t2",
-        "-c16",
-        f"-d{duration}s",
-        "--latency",
-        "-H",
-        f"Authorization: Bearer {key}",
-        f"http://127.0.0.1:{port}/r",
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    command = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency"]
+    command += ["-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}/r"]
+    output = subprocess.run(
+        command, check=True, capture_output=True, text=True, timeout=duration + 60
+    ).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         raise SystemExit(f"{non_2xx.group(1)} requests failed:\n{output}")
+    errors = re.search(r"Socket errors: (.*)", output)
+    if errors:
+        print(f"    wrk: socket errors: {errors.group(1)}", file=sys.stderr)
+
+    def field(pattern: str) -> str:
+        match = re.search(pattern, output)
+        if match is None:
+            raise SystemExit(f"unexpected wrk output (no {pattern!r}):\n{output}")
+        return match.group(1)
+
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-        "p50": to_ms(re.search(r"50%\s+(\S+)", output).group(1)),  # type: ignore[union-attr]
-        "p99": to_ms(re.search(r"99%\s+(\S+)", output).group(1)),  # type: ignore[union-attr]
+        "rps": float(field(r"Requests/sec:\s+([\d.]+)")),
+        "p50": to_ms(field(r"\s50%\s+(\S+)")),
+        "p99": to_ms(field(r"\s99%\s+(\S+)")),
     }
+
+
+def prepare(env: dict[str, str]) -> str:
+    """Fresh tables, an organization and a key in the backend's database; return the key."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from bench.app import prepare; print(prepare())"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def usage_rows(database_url: str) -> int:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(connection.execute(sa.text("SELECT count(*) FROM api_key_usage")).scalar())
+    finally:
+        engine.dispose()
+
+
+def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
+    key = prepare(env)
+    results: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
+    requests = 0.0
+    for round_number in range(args.runs):
+        order = ["bare", "protected"] if round_number % 2 == 0 else ["protected", "bare"]
+        for variant in order:
+            process, port = serve(variant, env, args.workers)
+            try:
+                warmup = load(port, key, args.warmup)  # import, connect, fill the key cache
+                result = load(port, key, args.duration)
+                results[variant].append(result)
+                if variant == "protected":
+                    requests += (warmup["rps"] * args.warmup) + (result["rps"] * args.duration)
+            finally:
+                stop(process)
+    print(f"\n{label}")
+    print(f"  {'variant':<11}{'req/s':>22}{'p50 ms':>22}{'p99 ms':>22}{'share of bare':>20}")
+    for variant, runs in results.items():
+        shares = [run["rps"] / bare["rps"] for run, bare in zip(runs, results["bare"], strict=True)]
+        line = f"  {variant:<11}"
+        for name, digits in (("rps", 0), ("p50", 2), ("p99", 2)):
+            values = [run[name] for run in runs]
+            line += f"{summary(values, digits):>22}"
+        share = f"{statistics.median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
+        print(line + f"{share:>20}")
+    rows = usage_rows(env["DATABASE_URL"])
+    print(f"  usage rows written: {rows} (about {requests:.0f} protected requests were answered)")
+
+
+def summary(values: list[float], digits: int) -> str:
+    low, middle, high = min(values), statistics.median(values), max(values)
+    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def main() -> None:
@@ -97,58 +176,37 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--database-url", help="PostgreSQL URL (else a throwaway server)")
+    parser.add_argument("--redis-url", help="Redis URL (else a throwaway server)")
     args = parser.parse_args()
+    backends = args.backends.split(",")
+    if unknown := set(backends) - {"sqlite", "postgresql"}:
+        raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
+    print(
+        f"gunicorn {args.workers} sync workers, wrk -t2 -c16 -d{args.duration}s --latency, "
+        f"{args.runs} rounds; median (min-max) over rounds; python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs"
+    )
     workdir = tempfile.mkdtemp(prefix="apikeys-wrk-")
-    env = {**os.environ, "DATABASE_URL": args.database_url or f"sqlite:///{workdir}/bench.sqlite"}
-    if args.redis_url:
-        env["REDIS_URL"] = args.redis_url
-    key = (
-        subprocess.run(
-            [sys.executable, "-c", "from bench.app import prepare; print(prepare())"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
-    results: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
-    for round_number in range(args.runs):
-        order = ["bare", "protected"] if round_number % 2 == 0 else ["protected", "bare"]
-        for variant in order:
-            process, port = serve(variant, env, args.workers)
-            try:
-                load(port, key, 2)  # warm-up: workers import, connect, fill the cache
-                results[variant].append(load(port, key, args.duration))
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=30)
-    backend = "PostgreSQL" if args.database_url else "SQLite"
-    storage = "Redis" if args.redis_url else "memory"
-    print(
-        f"gunicorn {args.workers} sync workers, wrk -t2 -c16 -d{args.duration}s, "
-        f"{args.runs} rounds, {backend} + {storage}"
-    )
-    print(
-        f"{'variant':<11}{'req/s median':>14}{'min-max':>18}{'p50 ms':>9}{'p99 ms':>9}{'share':>8}"
-    )
-    for variant, runs in results.items():
-        shares = [run["rps"] / bare["rps"] for run, bare in zip(runs, results["bare"], strict=True)]
-        rps = [run["rps"] for run in runs]
-        print(
-            f"{variant:<11}{statistics.median(rps):>14.0f}{min(rps):>9.0f}-{max(rps):<8.0f}"
-            f"{statistics.median(r['p50'] for r in runs):>9.2f}"
-            f"{statistics.median(r['p99'] for r in runs):>9.2f}"
-            f"{statistics.median(shares):>7.0%}"
-        )
+    base_env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    try:
+        if "sqlite" in backends:
+            env = {**base_env, "DATABASE_URL": f"sqlite:///{workdir}/bench.sqlite"}
+            measure("SQLite + memory storage", env, args)
+        if "postgresql" in backends:
+            with ExitStack() as servers:
+                database_url = servers.enter_context(postgresql_server(args.database_url))
+                redis_url = servers.enter_context(redis_server(args.redis_url))
+                env = {**base_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+                measure("PostgreSQL 15 + Redis", env, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

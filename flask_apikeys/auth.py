@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 from flask import Request, current_app, g, has_request_context, request
@@ -26,6 +27,7 @@ from .errors import (
 from .keys import looks_like_key
 from .network import address_allowed, client_address
 from .permissions import READ_ONLY, SAFE_METHODS
+from .usage import START_ENVIRON_KEY
 
 if TYPE_CHECKING:
     from .extension import ExtensionState
@@ -121,10 +123,12 @@ def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey
             if presented is not None:
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
-        g._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome
+        # On the app context's object itself: setting through the ``g`` proxy costs more.
+        app_globals = g._get_current_object()
+        app_globals._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome
     if isinstance(outcome, APIKeyError):
         raise outcome
-    return cast("VerifiedKey | None", outcome)
+    return outcome  # type: ignore[no-any-return]
 
 
 def is_public_request(current_request: Request, state: ExtensionState) -> bool:
@@ -148,26 +152,32 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
     return public
 
 
-def make_before_request_hook(state: ExtensionState) -> Callable[[], None]:
+def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
     """The ``before_request`` hook of one app: let public requests through, authenticate the rest.
 
-    Bound to the app's state so that the hot path resolves no ``current_app`` proxy.
+    Bound to the app's state so that the hot path resolves no ``current_app`` proxy, and the one
+    hook that also notes when the request started, for the usage row. ``None`` when the
+    extension is disabled (``APIKEYS_ENABLED = False``): there is nothing to do.
     """
     settings = state.settings
+    if not settings.enabled:
+        return None
+    track_usage = settings.usage_tracking
+    allow_unauthenticated = settings.allow_unauthenticated
+    limits = state.limits  # rate limits and quotas apply right after authentication
 
     def authenticate_before_request() -> None:
-        if not settings.enabled:
-            return
         current_request = request._get_current_object()  # type: ignore[attr-defined]
+        if track_usage:
+            current_request.environ[START_ENVIRON_KEY] = perf_counter()
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
             return
-        limits = state.limits  # rate limits and quotas apply right after authentication
         if limits is None:
             key = authenticate(current_request, state)
         else:
             key = limits.authenticate(current_request)
         if key is None:
-            if not settings.allow_unauthenticated:
+            if not allow_unauthenticated:
                 raise MissingAPIKey(
                     "Send your API key in the Authorization header (Bearer) or in X-API-Key."
                 )

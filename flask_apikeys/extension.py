@@ -21,13 +21,13 @@ from .cli import apikeys_cli
 from .config import Settings, load_settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
-from .limiting import RateLimits, install_rate_limits, key_func, limit_for_key
+from .limiting import RateLimits, key_func, limit_for_key
 from .migrations import register_tables
 from .models import metadata
 from .network import client_address
 from .service import KeyService
 from .tokens import TokenAuthority, register_token_views
-from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder, mark_start
+from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
@@ -134,10 +134,16 @@ class APIKeys:
             tokens=tokens,
         )
         self._install_usage_and_audit(app, state)
-        state.limits = install_rate_limits(app, state, limiter or self._limiter)
+        if settings.ratelimit_enabled:
+            state.limits = RateLimits(state, limiter or self._limiter)
+        before_request = make_before_request_hook(state)
+        if before_request is not None:
+            app.before_request(before_request)
+        after_request = make_after_request_hook(state)
+        if after_request is not None:
+            app.after_request(after_request)
         if state.tokens is not None:
             register_token_views(app, state.tokens)
-        app.before_request(make_before_request_hook(state))
         if settings.admin_url_prefix:
             app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))
         register_tables(db.metadata)
@@ -165,9 +171,6 @@ class APIKeys:
         if settings.audit:
             state.audit = AuditTrail(connect)
             state.service.listeners.append(state.audit.on_service_event)
-        if settings.usage_tracking and settings.enabled:
-            app.before_request(mark_start)
-            app.after_request(make_usage_recorder(state))
 
     # -- customisation ------------------------------------------------------------------------
 
@@ -250,6 +253,33 @@ class APIKeys:
     #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
     key_func = staticmethod(key_func)
     limit_for_key = staticmethod(limit_for_key)
+
+
+def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:
+    """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
+
+    One hook rather than one per feature: each hook costs Flask a lookup and a call on every
+    request, and each would look the request up again. ``None`` when there is nothing to do.
+    """
+    settings = state.settings
+    if not settings.enabled:
+        return None  # no request is authenticated or counted
+    limits = state.limits
+    write_headers = limits.write_headers if limits and settings.ratelimit_headers else None
+    record_usage = make_usage_recorder(state) if settings.usage_tracking else None
+    if write_headers is None and record_usage is None:
+        return None
+
+    def after_request(response: Response) -> Response:
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current_request.environ
+        if write_headers is not None:
+            write_headers(response, environ)
+        if record_usage is not None:
+            record_usage(response, current_request, environ)
+        return response
+
+    return after_request
 
 
 def problem_response(error: APIKeyError) -> Response:

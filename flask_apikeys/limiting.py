@@ -22,9 +22,10 @@ import logging
 import math
 import threading
 import time
+from math import ceil
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from flask import Flask, Request, Response, current_app, request
+from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
 from .auth import authenticate, authenticate_request
@@ -119,21 +120,26 @@ class RateLimits:
         try:
             return store.take(counters)
         except store.errors as error:
-            now = time.monotonic()
-            if now - self._last_warning >= STORAGE_WARNING_INTERVAL:
-                self._last_warning = now
-                logger.warning(
-                    "Rate-limit storage unreachable (%s): %s",
-                    type(error).__name__,
-                    "requests are let through"
-                    if self.settings.ratelimit_fail_open
-                    else "requests are refused with 503",
-                )
-            if self.settings.ratelimit_fail_open:
-                return None
-            raise BackendUnavailable(
-                "Rate limits cannot be checked right now; retry shortly."
-            ) from None
+            self._storage_failed(error)
+            return None
+
+    def _storage_failed(self, error: BaseException) -> None:
+        """Warn (at most every ``STORAGE_WARNING_INTERVAL`` s); fail open, or raise 503."""
+        now = time.monotonic()
+        if now - self._last_warning >= STORAGE_WARNING_INTERVAL:
+            self._last_warning = now
+            logger.warning(
+                "Rate-limit storage unreachable (%s): %s",
+                type(error).__name__,
+                "requests are let through"
+                if self.settings.ratelimit_fail_open
+                else "requests are refused with 503",
+            )
+        if self.settings.ratelimit_fail_open:
+            return None
+        raise BackendUnavailable(
+            "Rate limits cannot be checked right now; retry shortly."
+        ) from None
 
     # -- the request hook ---------------------------------------------------------------------
 
@@ -172,8 +178,11 @@ class RateLimits:
             limits = entry[2]
         else:
             limits = self._resolve(key, month)
-        outcome = self._take(limits.counters)
-        if outcome is None:
+        store = self._counters or self.counters
+        try:
+            outcome = store.take(limits.counters)
+        except store.errors as error:
+            self._storage_failed(error)
             return
         current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
         if outcome.refused is not None:
@@ -296,55 +305,43 @@ class RateLimits:
 
     # -- response headers ---------------------------------------------------------------------
 
-    def add_headers(self, response: Response) -> Response:
-        """``after_request``: X-RateLimit-*, RateLimit and RateLimit-Policy, as taken.
+    def write_headers(self, response: Response, environ: dict[str, Any]) -> None:
+        """X-RateLimit-*, RateLimit and RateLimit-Policy, as the request took its counters.
 
-        X-RateLimit-* describe the limit that refused the request, else the one with the least
-        left; RateLimit lists every policy (draft-ietf-httpapi-ratelimit-headers).
+        Called by the extension's ``after_request`` hook. X-RateLimit-* describe the limit that
+        refused the request, else the one with the least left; RateLimit lists every policy
+        (draft-ietf-httpapi-ratelimit-headers). The constant parts were built once per key
+        configuration (:class:`~flask_apikeys.policies.KeyLimits`).
         """
-        result = request.environ.get(RESULT_ENVIRON_KEY)
+        result = environ.get(RESULT_ENVIRON_KEY)
         if result is None:
-            return response
-        limits, outcome = result.limits, result.outcome
+            return
+        limits, outcome, month = result
+        resets = outcome.resets
+        if limits.quota_index is not None:  # the quota renews with the month, not its counter
+            resets = (month.end, *resets[1:])
         now = time.time()
         fields = []
         shown = outcome.refused
-        least = None
-        for index, counter in enumerate(limits.counters):
-            left = counter.limit - outcome.values[index]
-            if left < 0:
-                left = 0
-            if shown is None and (least is None or left < least):
+        least = -1
+        for index, (prefix, amount, value, reset) in enumerate(
+            zip(limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True)
+        ):
+            left = amount - value if value < amount else 0
+            if shown is None and (least < 0 or left < least):
                 least, shown_index = left, index
-            reset = result.month.end if index == limits.quota_index else outcome.resets[index]
             seconds = reset - now
-            fields.append(
-                f"{limits.field_prefixes[index]}{left};t={math.ceil(seconds) if seconds > 0 else 0}"
-            )
+            fields.append(f"{prefix}{left};t={ceil(seconds) if seconds > 0 else 0}")
         if shown is None:
             shown = shown_index
-        counter = limits.counters[shown]
-        reset = result.month.end if shown == limits.quota_index else outcome.resets[shown]
         # add(), not item assignment: no scan for an existing header (these are ours alone).
         add = response.headers.add
-        add("X-RateLimit-Limit", str(counter.limit))
-        add("X-RateLimit-Remaining", str(max(0, counter.limit - outcome.values[shown])))
-        add("X-RateLimit-Reset", str(int(reset + 1)))
+        add("X-RateLimit-Limit", limits.amount_texts[shown])
+        value = limits.amounts[shown] - outcome.values[shown]
+        add("X-RateLimit-Remaining", str(value) if value > 0 else "0")
+        add("X-RateLimit-Reset", str(int(resets[shown] + 1)))
         add("RateLimit-Policy", limits.policy_header)
         add("RateLimit", ", ".join(fields))
-        return response
-
-
-def install_rate_limits(
-    app: Flask, state: ExtensionState, limiter: Any = None
-) -> RateLimits | None:
-    """Create the app's :class:`RateLimits` and register the header hook (``init_app``)."""
-    if not state.settings.ratelimit_enabled:
-        return None
-    limits = RateLimits(state, limiter)
-    if state.settings.ratelimit_headers:
-        app.after_request(limits.add_headers)
-    return limits
 
 
 # -- Flask-Limiter integration ----------------------------------------------------------------

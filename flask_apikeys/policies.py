@@ -75,6 +75,9 @@ class KeyLimits:
     quota_index: int | None
     #: ``'"<name>";r='`` of each policy, for the ``RateLimit`` field.
     field_prefixes: tuple[str, ...] = ()
+    #: Each counter's limit, and the same as text (``X-RateLimit-Limit``).
+    amounts: tuple[int, ...] = ()
+    amount_texts: tuple[str, ...] = ()
 
 
 def build_limits(
@@ -96,4 +99,6 @@ def build_limits(
         policy_header=policy_header,
         quota_index=0 if quota is not None else None,
         field_prefixes=tuple(f'"{policy[0]}";r=' for policy in policies),
+        amounts=tuple(counter.limit for counter in counters),
+        amount_texts=tuple(str(counter.limit) for counter in counters),
     )

@@ -20,6 +20,8 @@ from .errors import APIKeyError, InsufficientScope, MissingAPIKey
 ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
 SCOPE_PATTERN = re.compile(r"\*|(?:\*|[A-Za-z0-9_.\-]+)(?::(?:[A-Za-z0-9_.\-]+|\*))*")
 MAX_SCOPE_LENGTH = 100
+#: How many distinct scope sets each decorated view remembers its answer for.
+MAX_REMEMBERED_SCOPE_SETS = 1024
 
 
 def validate_scope(scope: object) -> str:
@@ -62,6 +64,20 @@ def _scope_decorator(
 
     required_set = frozenset(required)
     check = all if require_all else any
+    #: granted scopes → whether they cover ``required``: keys share a few scope sets, and a
+    #: snapshot's set is the same object on every request, so the answer is one lookup.
+    answers: dict[frozenset[str], bool] = {}
+
+    def granted(scopes: frozenset[str]) -> bool:
+        answer = answers.get(scopes)
+        if answer is None:
+            answer = (require_all and required_set <= scopes) or check(
+                scope_grants(scopes, scope) for scope in required
+            )
+            if len(answers) >= MAX_REMEMBERED_SCOPE_SETS:
+                answers.clear()
+            answers[scopes] = answer
+        return answer
 
     def decorator(view: ViewFunction) -> ViewFunction:
         # Imported here: auth.py depends on this module's matching functions.
@@ -81,10 +97,7 @@ def _scope_decorator(
                     outcome = authenticate(current_request, state) if enabled else True
                 if outcome is None:
                     raise MissingAPIKey("This endpoint needs an API key.")
-                if outcome is not True and not (
-                    (require_all and required_set <= outcome.scopes)
-                    or check(outcome.has_scope(scope) for scope in required)
-                ):
+                if outcome is not True and not granted(outcome.scopes):
                     raise InsufficientScope(
                         f"This endpoint needs {wording}: {', '.join(required)}.",
                         required_scopes=list(required),

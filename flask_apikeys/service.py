@@ -8,15 +8,15 @@ call leaves the database as it was. Errors are the classes of :mod:`flask_apikey
 from __future__ import annotations
 
 import ipaddress
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import undefer
 
 from . import keys, stats, validation
 from .config import parse_roles as config_roles
@@ -52,6 +52,43 @@ class CreatedKey:
     def __repr__(self) -> str:
         # Never let the secret reach a log through repr().
         return f"<CreatedKey {self.api_key.key_prefix}…{self.api_key.key_hint}>"
+
+
+#: What :meth:`KeyService.snapshot` reads of a key and of its organization.
+_VERIFY_KEY_FIELDS = (
+    "id",
+    "key_hash",
+    "key_prefix",
+    "key_hint",
+    "name",
+    "environment",
+    "is_active",
+    "expires_at",
+    "revoked_at",
+    "scopes",
+    "roles",
+    "level",
+    "allowed_networks",
+    "custom_rate_limit",
+    "key_metadata",
+)
+_VERIFY_ORGANIZATION_FIELDS = (
+    "id",
+    "name",
+    "slug",
+    "plan",
+    "is_active",
+    "rate_limit_per_minute",
+    "monthly_request_limit",
+    "max_api_keys",
+)
+_VERIFY_QUERY = sa.select(
+    *(getattr(APIKey, name).label(name) for name in _VERIFY_KEY_FIELDS),
+    *(
+        getattr(Organization, name).label(f"organization_{name}")
+        for name in _VERIFY_ORGANIZATION_FIELDS
+    ),
+).join(Organization, APIKey.organization_id == Organization.id)
 
 
 class KeyService(OrganizationService):
@@ -373,30 +410,45 @@ class KeyService(OrganizationService):
         """Raise if a verified key may not be used now: revoked, expired, organization off."""
         if verified.revoked_at is not None or not verified.is_active:
             raise RevokedAPIKey("This API key has been revoked.")
-        if verified.is_expired():
+        expires_at = verified.expires_at_timestamp  # is_expired(), without the call
+        if expires_at is not None and time.time() >= expires_at:
             raise ExpiredAPIKey("This API key has expired.")
         if not verified.organization.is_active:
             raise OrganizationInactive("The organization that owns this API key is inactive.")
 
     def _load_verified_key(self, presented: str) -> VerifiedKey:
         candidates = self.hasher.lookup_candidates(presented)
-        query = (
-            sa.select(APIKey, Organization)
-            .join(Organization, APIKey.organization_id == Organization.id)
-            .where(APIKey.key_hash.in_(candidates))
-            .options(undefer(APIKey.key_hash))
+        # Only the columns a snapshot needs, as plain rows: building ORM objects (and converting
+        # the columns nobody reads here) cost more than the indexed lookup itself.
+        row = self._read(
+            lambda: (
+                self.session.execute(_VERIFY_QUERY.where(APIKey.key_hash.in_(candidates)))
+                .mappings()
+                .first()
+            )
         )
-        row = self._read(lambda: self.session.execute(query).first())
-        if row is None or not self.hasher.verify(presented, row[0].key_hash):
+        if row is None or not self.hasher.verify(presented, row["key_hash"]):
             raise InvalidAPIKey("The API key is not recognised.")
-        api_key, organization = row
-        if self.hasher.needs_rehash(api_key.key_hash):
-            api_key.key_hash = self.hasher.hash(presented)
-            self._commit(lambda: None)
-        return self.snapshot(api_key, organization)
+        if self.hasher.needs_rehash(row["key_hash"]):
+            rehash = sa.update(APIKey).where(APIKey.id == row["id"])
+            rehash = rehash.values(key_hash=self.hasher.hash(presented))
+
+            def store_new_hash() -> None:
+                self.session.execute(rehash)
+
+            self._commit(store_new_hash)
+        api_key = SimpleNamespace(**{name: row[name] for name in _VERIFY_KEY_FIELDS})
+        organization = SimpleNamespace(
+            **{name: row[f"organization_{name}"] for name in _VERIFY_ORGANIZATION_FIELDS}
+        )
+        return self.snapshot(api_key, organization)  # type: ignore[arg-type]
 
     def snapshot(self, api_key: APIKey, organization: Organization) -> VerifiedKey:
-        """The immutable view of a key that requests see as ``current_key``."""
+        """The immutable view of a key that requests see as ``current_key``.
+
+        Reads only the attributes in ``_VERIFY_KEY_FIELDS`` and ``_VERIFY_ORGANIZATION_FIELDS``
+        (verification passes plain rows with just those).
+        """
         plan = self.plan_of(organization)
         expires_at = api_key.expires_at
         return VerifiedKey(

@@ -33,31 +33,16 @@ from sqlalchemy.exc import IntegrityError
 from .audit import append as append_audit
 from .audit import build_record
 from .keys import KEY_SEARCH_PATTERN
-from .models import APIKey, APIKeyUsage
+from .models import APIKey
 from .network import client_address
+from .usage_insert import InsertPlan
 
 logger = logging.getLogger("flask_apikeys.usage")
-usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 START_ENVIRON_KEY = "flask_apikeys.started"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
 TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
 COST_ENVIRON_KEY = "flask_apikeys.cost"
-USAGE_FIELDS = (
-    "api_key_id",
-    "organization_id",
-    "timestamp",
-    "endpoint",
-    "method",
-    "status_code",
-    "response_time_ms",
-    "tokens_used",
-    "cost_usd",
-    "ip_address",
-    "user_agent",
-    "error_message",
-    "error_code",
-)
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -92,6 +77,7 @@ class UsageWriter:
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._plans: dict[str, InsertPlan] = {}
         writers = weakref.WeakSet([self])
 
         def close_all() -> None:
@@ -101,8 +87,10 @@ class UsageWriter:
         atexit.register(close_all)
 
     def add_usage(self, row: tuple[Any, ...]) -> None:
-        self._usage.append(row)
-        self._after_add(len(self._usage))
+        usage = self._usage
+        usage.append(row)
+        if self._thread is None or self.synchronous or len(usage) >= self.batch_size:
+            self._after_add(len(usage))
 
     def add_audit(self, record: dict[str, Any]) -> None:
         self._audit.append(record)
@@ -199,10 +187,7 @@ class UsageWriter:
             totals[1] = max(totals[1], row[2])
         last = keys_table.c.last_used_at
         with self._connect() as connection:
-            rows = [(*row[:2], datetime.fromtimestamp(row[2], UTC), *row[3:]) for row in rows]
-            connection.execute(
-                sa.insert(usage_table), [dict(zip(USAGE_FIELDS, row, strict=True)) for row in rows]
-            )
+            self._insert_plan(connection.dialect).execute(connection, rows)
             connection.execute(
                 sa.update(keys_table)
                 .where(keys_table.c.id == sa.bindparam("key_id"))
@@ -220,6 +205,12 @@ class UsageWriter:
                 ],
             )
 
+    def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
+            plan = self._plans[dialect.name] = InsertPlan(dialect)
+        return plan
+
     def close(self) -> None:
         """Stop the thread and write what is left (called at exit)."""
         self._stopped = True
@@ -232,34 +223,31 @@ class UsageWriter:
             logger.exception("flask-apikeys could not write its last usage rows")
 
 
-def make_usage_recorder(state: Any) -> Callable[[Response], Response]:
-    """The ``after_request`` step that queues a row for every request a key authenticated."""
+def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]], None]:
+    """What the extension's ``after_request`` hook calls with the response, the request and its
+    environ: queue a row for every request that a key authenticated."""
     from .auth import OUTCOME_ENVIRON_KEY
     from .identity import VerifiedKey
 
-    writer = state.writer
+    add_usage = state.writer.add_usage
     trusted_proxies = state.settings.trusted_proxies
 
-    def record_usage(response: Response) -> Response:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
+    def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
         key = environ.get(OUTCOME_ENVIRON_KEY)
         if isinstance(key, VerifiedKey):
-            address = client_address(environ, trusted_proxies)
-            writer.add_usage(usage_row(response, key, current_request, address))
-        return response
+            add_usage(usage_row(response, key, current_request, environ, trusted_proxies))
 
     return record_usage
 
 
-def mark_start() -> None:
-    """Remember when the request started (called by the hook, first thing)."""
-    request.environ[START_ENVIRON_KEY] = time.perf_counter()
-
-
-def usage_row(response: Response, key: Any, current_request: Any, address: str) -> tuple[Any, ...]:
+def usage_row(
+    response: Response,
+    key: Any,
+    current_request: Any,
+    environ: dict[str, Any],
+    trusted_proxies: int,
+) -> tuple[Any, ...]:
     """The usage row of a finished request (the timestamp stays a float until written)."""
-    environ = current_request.environ
     started = environ.get(START_ENVIRON_KEY)
     elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
     rule = current_request.url_rule
@@ -269,6 +257,7 @@ def usage_row(response: Response, key: Any, current_request: Any, address: str) 
         endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
     error = environ.get(ERROR_ENVIRON_KEY)
     user_agent = environ.get("HTTP_USER_AGENT")
+    address = client_address(environ, trusted_proxies)
     return (
         key.id,
         key.organization.id,

@@ -14,6 +14,7 @@ from flask import Flask
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput
 from flask_apikeys.models import APIKey, APIKeyUsage
+from flask_apikeys.usage_insert import InsertPlan
 
 from .factory import tampered
 
@@ -68,6 +69,58 @@ def test_every_authenticated_request_is_recorded_with_its_outcome(
     assert record.total_requests == 3
     assert record.last_used_at is not None and record.last_request_at is not None
     assert datetime.now(UTC) - record.last_used_at < timedelta(minutes=1)
+
+
+@pytest.mark.parametrize("method", ["native", "executemany"])
+def test_a_bulk_flush_stores_every_row_exactly(
+    app: Flask, apikeys: APIKeys, make_key: Callable[..., str], method: str
+) -> None:
+    """150 rows: whole multi-row statements and the smaller ones after them on SQLite, COPY on
+    PostgreSQL, and the ``executemany`` that other drivers get (named parameters on psycopg)."""
+    with app.app_context():
+        verified = apikeys.verify_key(make_key())
+        engine = app.extensions["sqlalchemy"].engine
+    plan = InsertPlan(engine.dialect)
+    if method == "executemany":
+        plan.method = "executemany"
+    start = 1_750_000_000.25
+    rows = [
+        (
+            verified.id,
+            verified.organization.id,
+            start + index * 1.000001,
+            f"/v1/items/{index}",
+            "GET",
+            200 + index % 3,
+            index / 7,
+            index or None,
+            None if index % 2 else index / 1000,
+            "192.0.2.1",
+            None if index % 5 else f"agent {index}",
+            "message" if index % 3 else None,
+            "code" if index % 3 else None,
+        )
+        for index in range(150)
+    ]
+    with engine.begin() as connection:
+        plan.execute(connection, rows)
+    stored = usage_rows(app)
+    assert len(stored) == len(rows)
+    for row, record in zip(rows, stored, strict=True):
+        assert (record.api_key_id, record.organization_id) == row[:2]
+        assert record.timestamp == datetime.fromtimestamp(row[2], UTC)
+        assert (
+            record.endpoint,
+            record.method,
+            record.status_code,
+            record.response_time_ms,
+            record.tokens_used,
+            record.cost_usd,
+            record.ip_address,
+            record.user_agent,
+            record.error_message,
+            record.error_code,
+        ) == pytest.approx(row[3:])
 
 
 def test_synchronous_mode_writes_before_the_response(tmp_path: Any) -> None:

@@ -1,0 +1,174 @@
+"""How a flush of buffered usage rows reaches the database: in bulk, as each driver likes it.
+
+The rows wait in :mod:`flask_apikeys.usage`'s queue as plain tuples in :data:`USAGE_FIELDS`
+order, their timestamp still a POSIX float. Writing them through SQLAlchemy's ``insert()`` with
+a list of dicts spent more per row in parameter handling than the database spent storing it;
+here each column's bind processor is looked up once per dialect and applied directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from itertools import chain
+from typing import Any
+
+import sqlalchemy as sa
+
+from .models import APIKeyUsage
+
+usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
+USAGE_FIELDS = (
+    "api_key_id",
+    "organization_id",
+    "timestamp",
+    "endpoint",
+    "method",
+    "status_code",
+    "response_time_ms",
+    "tokens_used",
+    "cost_usd",
+    "ip_address",
+    "user_agent",
+    "error_message",
+    "error_code",
+)
+#: Where a row keeps the key's and the organization's ids, and its timestamp.
+ID_COLUMNS = (0, 1)
+TIMESTAMP_COLUMN = 2
+#: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
+ROWS_PER_STATEMENT = 64
+
+_SAMPLE_MOMENTS = (datetime(2024, 2, 29, 23, 59, 58, 123456), datetime(2030, 1, 2, 3, 4, 5))
+
+
+def _iso_text(moment: datetime) -> str:
+    return moment.isoformat(" ", "microseconds")
+
+
+class InsertPlan:
+    """How queued usage rows reach one dialect's driver, worked out once per dialect.
+
+    A flush converts the rows itself, with each column's bind processor, and hands them to the
+    driver in bulk: SQLAlchemy's per-row parameter handling cost more than the database's own
+    work for a row. On PostgreSQL with psycopg 3 the rows are streamed with ``COPY … FROM
+    STDIN`` (a third of an ``executemany``'s cost); on SQLite they go as multi-row ``INSERT …
+    VALUES (…), (…)`` statements of up to :data:`ROWS_PER_STATEMENT` rows (a statement per row
+    would release and take back the GIL for each); elsewhere, one ``executemany``.
+    """
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.dialect = dialect
+
+        def processor(column_type: Any) -> Callable[[Any], Any] | None:
+            return column_type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[no-any-return]
+
+        columns = usage_table.c
+        #: ``(position in the row, processor)`` of the other columns the dialect converts.
+        self.processors = tuple(
+            (index, convert)
+            for index, name in enumerate(USAGE_FIELDS)
+            if index > TIMESTAMP_COLUMN and (convert := processor(columns[name].type))
+        )
+        #: The conversion of the key and organization ids (``None``: passed as they are).
+        self.id_processor = processor(columns.api_key_id.type)
+        #: The conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
+        time_processor = processor(columns.timestamp.type.impl)  # type: ignore[attr-defined]
+        if time_processor is not None and all(
+            time_processor(moment) == _iso_text(moment) for moment in _SAMPLE_MOMENTS
+        ):
+            time_processor = _iso_text  # the same text (SQLite's), formatted in C
+        self.time_processor = time_processor
+        #: rows per statement → the statement's SQL and, for named parameters, their names.
+        self._statements: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+        self.method = "executemany"
+        if dialect.name == "sqlite":
+            self.method = "values"
+        elif dialect.name == "postgresql" and dialect.driver == "psycopg":
+            self.method = "copy"
+            preparer = dialect.identifier_preparer
+            columns_list = ", ".join(preparer.quote(name) for name in USAGE_FIELDS)
+            table = preparer.format_table(usage_table)
+            self.copy_sql = f"COPY {table} ({columns_list}) FROM STDIN"
+
+    def statement(self, rows: int) -> tuple[str, tuple[str, ...] | None]:
+        """The SQL inserting ``rows`` rows, and its parameter names (``None``: positional)."""
+        statement = self._statements.get(rows)
+        if statement is None:
+            placeholder = dict.fromkeys(USAGE_FIELDS)
+            compiled = (
+                sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
+            )
+            names = tuple(f"{name}_m{row}" for row in range(rows) for name in USAGE_FIELDS)
+            positions = compiled.positiontup
+            if positions is not None and tuple(positions) != names:
+                raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
+            statement = self._statements[rows] = (
+                compiled.string,
+                names if positions is None else None,
+            )
+        return statement
+
+    def execute(self, connection: Any, rows: list[tuple[Any, ...]]) -> None:
+        """Insert the queued rows on ``connection`` (a SQLAlchemy connection in a transaction)."""
+        converted = self.parameters(rows)
+        if self.method == "copy":
+            cursor = connection.connection.cursor()  # the same transaction's DBAPI cursor
+            try:
+                with cursor.copy(self.copy_sql) as copy:
+                    for row in converted:
+                        copy.write_row(row)
+            except connection.dialect.loaded_dbapi.IntegrityError as error:
+                # The driver's own error, raw: give callers SQLAlchemy's, as the other paths do.
+                raise sa.exc.IntegrityError(self.copy_sql, None, error) from error
+            finally:
+                cursor.close()
+            return
+        if self.method == "executemany":
+            sql, names = self.statement(1)
+            if names is None:
+                connection.exec_driver_sql(sql, converted)
+            else:
+                connection.exec_driver_sql(
+                    sql, [dict(zip(names, row, strict=True)) for row in converted]
+                )
+            return
+        start, total = 0, len(converted)
+        while start < total:
+            left = total - start
+            # Whole statements of the largest size, then powers of two: at most a handful of
+            # distinct statements to compile and cache.
+            size = (
+                ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
+            )
+            sql, names = self.statement(size)
+            values = tuple(chain.from_iterable(converted[start : start + size]))
+            connection.exec_driver_sql(
+                sql, values if names is None else dict(zip(names, values, strict=True))
+            )
+            start += size
+
+    def parameters(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Each queued row (whose timestamp is still a float) as the driver takes it."""
+        processors = self.processors
+        convert_id = self.id_processor
+        convert_time = self.time_processor
+        # A batch holds few distinct ids, each the same object in every row (the snapshot's):
+        # convert each once. id() is safe as a key: the rows keep the objects alive.
+        ids: dict[int, Any] = {}
+        parameters: list[tuple[Any, ...]] = []
+        for row in rows:
+            values = list(row)
+            if convert_id is not None:
+                for index in ID_COLUMNS:
+                    value = values[index]
+                    converted = ids.get(id(value))
+                    if converted is None:
+                        converted = ids[id(value)] = convert_id(value)
+                    values[index] = converted
+            moment = datetime.fromtimestamp(row[TIMESTAMP_COLUMN], UTC).replace(tzinfo=None)
+            values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
+            for index, convert in processors:
+                values[index] = convert(values[index])
+            parameters.append(tuple(values))
+        return parameters
