@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flask import Flask, Response  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
-from flask_apikeys import APIKeys, require_scopes  # noqa: E402
+from bench.common import bare_app, bench_keys, protected_app  # noqa: E402
 from flask_apikeys.keys import generate_key  # noqa: E402
 
 CONFIG = {
@@ -55,43 +55,17 @@ CONFIG = {
 
 
 def build(variant: str, database_url: str) -> tuple[Flask, dict[str, str]]:
-    """The variant's app and the headers its requests carry (no key for bare routes)."""
-    app = Flask(f"bench_{variant}")
-    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, APIKEYS_HASH_SECRET="b" * 32)
-    headers: dict[str, str] = {}
-    if variant in ("bare", "sqlalchemy", "headers"):
-        if variant == "sqlalchemy":
-            SQLAlchemy(app)
-        if variant == "headers":
-            app.after_request(add_constant_headers)
-
-        @app.get("/r")
-        def bare() -> dict[str, bool]:
-            return {"ok": True}
-
-        return app, headers
-    app.config.update(CONFIG[variant])
-    db = SQLAlchemy(app)
-    apikeys = APIKeys(app, db=db)
-
-    @app.get("/r")
-    @require_scopes("bench:read")
-    def protected() -> dict[str, bool]:
-        return {"ok": True}
-
-    with app.app_context():
-        apikeys.create_all()
-        organization = apikeys.create_organization(
-            name=variant,
-            email="bench@example.com",
-            plan="enterprise",
-            rate_limit_per_minute=10**9,
-            monthly_request_limit=10**9,
-        )
-        headers["Authorization"] = (
-            "Bearer " + apikeys.create_key(organization, "bench", scopes=["bench:*"]).key
-        )
-    return app, headers
+    """The variant's app and the headers its requests carry."""
+    if variant not in ("bare", "sqlalchemy", "headers"):
+        app, apikeys = protected_app(f"bench_{variant}", database_url, **CONFIG[variant])
+        return app, {"Authorization": "Bearer " + bench_keys(app, apikeys)[0]}
+    app = bare_app(f"bench_{variant}")
+    if variant == "sqlalchemy":
+        app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+        SQLAlchemy(app)
+    if variant == "headers":
+        app.after_request(add_constant_headers)
+    return app, {}
 
 
 def add_constant_headers(response: Response) -> Response:

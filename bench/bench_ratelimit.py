@@ -27,48 +27,22 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import Flask, request  # noqa: E402
-from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
+from bench.common import bare_app, bench_keys, protected_app  # noqa: E402
 from bench.servers import redis_server  # noqa: E402
-from flask_apikeys import APIKeys, require_scopes  # noqa: E402
 from flask_apikeys.auth import authenticate_request  # noqa: E402
-
-BIG = 10**9
 
 
 def build(variant: str, database_url: str, redis_url: str) -> tuple[Flask, dict[str, str]]:
-    app = Flask(f"bench_{variant}")
-    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, APIKEYS_HASH_SECRET="b" * 32)
-    headers: dict[str, str] = {}
     if variant == "bare":
-
-        @app.get("/r")
-        def bare() -> dict[str, bool]:
-            return {"ok": True}
-
-        return app, headers
-    app.config["APIKEYS_RATELIMIT_ENABLED"] = variant != "limits-off"
-    app.config["APIKEYS_RATELIMIT_STORAGE_URI"] = redis_url if variant == "redis" else "memory://"
-    db = SQLAlchemy(app)
-    apikeys = APIKeys(app, db=db)
-
-    @app.get("/r")
-    @require_scopes("bench:read")
-    def protected() -> dict[str, bool]:
-        return {"ok": True}
-
-    with app.app_context():
-        apikeys.create_all()
-        organization = apikeys.create_organization(
-            name=variant,
-            email="bench@example.com",
-            plan="enterprise",
-            rate_limit_per_minute=BIG,
-            monthly_request_limit=BIG,
-        )
-        key = apikeys.create_key(organization, "bench", scopes=["bench:*"]).key
-    headers["Authorization"] = "Bearer " + key
-    return app, headers
+        return bare_app(f"bench_{variant}"), {}
+    app, apikeys = protected_app(
+        f"bench_{variant}",
+        database_url,
+        APIKEYS_RATELIMIT_ENABLED=variant != "limits-off",
+        APIKEYS_RATELIMIT_STORAGE_URI=redis_url if variant == "redis" else "memory://",
+    )
+    return app, {"Authorization": "Bearer " + bench_keys(app, apikeys)[0]}
 
 
 def summary(values: list[float]) -> str:

@@ -33,45 +33,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flask import Flask  # noqa: E402
-from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
+from bench.common import bench_keys, protected_app  # noqa: E402
 from bench.servers import postgresql_server  # noqa: E402
-from flask_apikeys import APIKeys, require_scopes  # noqa: E402
 from flask_apikeys.errors import InvalidAPIKey  # noqa: E402
 from flask_apikeys.keys import generate_key  # noqa: E402
 
 
 def build(database_url: str, count: int) -> tuple[Flask, list[str]]:
-    app = Flask("bench_validation")
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url,
-        APIKEYS_HASH_SECRET="bench-secret-of-sufficient-length",
-        APIKEYS_CACHE_TTL=0,
-    )
-    db = SQLAlchemy(app)
-    apikeys = APIKeys(app, db=db)
-
-    @app.get("/r")
-    @require_scopes("bench:read")
-    def protected() -> dict[str, bool]:
-        return {"ok": True}
-
-    with app.app_context():
-        apikeys.drop_all()
-        apikeys.create_all()
-        organization = apikeys.create_organization(
-            name="Bench",
-            email="bench@example.com",
-            plan="enterprise",
-            rate_limit_per_minute=10**9,
-            monthly_request_limit=10**9,
-            max_api_keys=count + 1,
-        )
-        keys = [
-            apikeys.create_key(organization, f"bench {index}", scopes=["bench:*"]).key
-            for index in range(count)
-        ]
-    return app, keys
+    app, apikeys = protected_app("bench_validation", database_url, APIKEYS_CACHE_TTL=0)
+    return app, bench_keys(app, apikeys, count, fresh=True)
 
 
 def percentiles(samples: list[int]) -> tuple[float, float]:
