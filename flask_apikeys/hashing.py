@@ -88,6 +88,20 @@ class KeyHasher:
         """Check ``key`` against a stored hash in constant time."""
         return bool(self._context.verify(key, stored_hash))
 
+    def match_index(self, candidates: Sequence[str], stored_hash: str) -> int | None:
+        """Which of ``candidates`` (from :meth:`lookup_candidates`) ``stored_hash`` is, or ``None``.
+
+        Every candidate is compared in constant time, without an early exit. Index 0 is the
+        current scheme and secret; any other index means the stored hash wants rehashing.
+        Cheaper than :meth:`verify` because the digests are already computed.
+        """
+        stored = stored_hash.encode()
+        matched = None
+        for index, candidate in enumerate(candidates):
+            if hmac.compare_digest(candidate.encode(), stored) and matched is None:
+                matched = index
+        return matched
+
     def needs_rehash(self, stored_hash: str) -> bool:
         """Whether ``stored_hash`` was made by a retired scheme or secret."""
         return bool(self._context.needs_update(stored_hash))

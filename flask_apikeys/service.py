@@ -7,13 +7,10 @@ call leaves the database as it was. Errors are the classes of :mod:`flask_apikey
 
 from __future__ import annotations
 
-import ipaddress
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,17 +23,14 @@ from .errors import (
     APIKeyNotFound,
     ExpiredAPIKey,
     InsufficientScope,
-    InvalidAPIKey,
     InvalidInput,
     KeyLimitReached,
-    OrganizationInactive,
-    RevokedAPIKey,
 )
-from .hashing import cache_digest
-from .identity import OrganizationInfo, VerifiedKey
+from .identity import VerifiedKey
 from .models import APIKey, Organization, utcnow
-from .organizations import OrganizationService, as_uuid
+from .organizations import as_uuid
 from .permissions import effective_scopes, scopes_beyond
+from .verification import KeyVerification
 
 DEFAULT_ORGANIZATION_SLUG = "default"
 DEFAULT_KEY_NAME = "Default Test Key"
@@ -54,44 +48,7 @@ class CreatedKey:
         return f"<CreatedKey {self.api_key.key_prefix}…{self.api_key.key_hint}>"
 
 
-#: What :meth:`KeyService.snapshot` reads of a key and of its organization.
-_VERIFY_KEY_FIELDS = (
-    "id",
-    "key_hash",
-    "key_prefix",
-    "key_hint",
-    "name",
-    "environment",
-    "is_active",
-    "expires_at",
-    "revoked_at",
-    "scopes",
-    "roles",
-    "level",
-    "allowed_networks",
-    "custom_rate_limit",
-    "key_metadata",
-)
-_VERIFY_ORGANIZATION_FIELDS = (
-    "id",
-    "name",
-    "slug",
-    "plan",
-    "is_active",
-    "rate_limit_per_minute",
-    "monthly_request_limit",
-    "max_api_keys",
-)
-_VERIFY_QUERY = sa.select(
-    *(getattr(APIKey, name).label(name) for name in _VERIFY_KEY_FIELDS),
-    *(
-        getattr(Organization, name).label(f"organization_{name}")
-        for name in _VERIFY_ORGANIZATION_FIELDS
-    ),
-).join(Organization, APIKey.organization_id == Organization.id)
-
-
-class KeyService(OrganizationService):
+class KeyService(KeyVerification):
     """Organizations and keys: create, read, update, revoke, rotate and verify."""
 
     # -- keys ---------------------------------------------------------------------------------
@@ -363,125 +320,6 @@ class KeyService(OrganizationService):
         """Usage of one calendar month (UTC), e.g. ``"2026-01"``."""
         start, end = stats.month_bounds(month)
         return {"month": month, **self.usage_stats(organization, start=start, end=end)}
-
-    # -- verification -------------------------------------------------------------------------
-
-    def verify_key(self, presented: str) -> VerifiedKey:
-        """Authenticate a presented key, or raise the error that says why not.
-
-        Order matters: the format and checksum first (no I/O), then the cache or one indexed
-        query, the hash compared in constant time, and only then the key's state.
-        """
-        if len(presented) > keys.MAX_KEY_LENGTH:
-            raise InvalidAPIKey("The API key is malformed.")
-        digest = cache_digest(presented)
-        verified = self.cache.get(digest)  # only keys that passed every check below get cached
-        if verified is None:
-            if keys.parse_key(presented, self.settings.key_prefix) is None:
-                raise InvalidAPIKey("The API key is malformed.")
-            verified = self._load_verified_key(presented)
-            self.cache.put(digest, verified)
-        self.check_usable(verified)
-        return verified
-
-    def verified_key_by_id(self, key_id: uuid.UUID) -> VerifiedKey | None:
-        """The snapshot of a key found by id, or ``None`` if there is no such key.
-
-        For access tokens, which name their key instead of carrying it. Cached like
-        :meth:`verify_key` (so revocation here drops it at once, elsewhere within the TTL);
-        the caller decides which of the key's states it accepts.
-        """
-        cache_entry = b"id:" + key_id.bytes  # never equal to a key digest (32 bytes)
-        verified = self.cache.get(cache_entry)
-        if verified is None:
-            query = (
-                sa.select(APIKey, Organization)
-                .join(Organization, APIKey.organization_id == Organization.id)
-                .where(APIKey.id == key_id)
-            )
-            row = self._read(lambda: self.session.execute(query).first())
-            if row is None:
-                return None
-            verified = self.snapshot(row[0], row[1])
-            self.cache.put(cache_entry, verified)
-        return verified
-
-    def check_usable(self, verified: VerifiedKey) -> None:
-        """Raise if a verified key may not be used now: revoked, expired, organization off."""
-        if verified.revoked_at is not None or not verified.is_active:
-            raise RevokedAPIKey("This API key has been revoked.")
-        expires_at = verified.expires_at_timestamp  # is_expired(), without the call
-        if expires_at is not None and time.time() >= expires_at:
-            raise ExpiredAPIKey("This API key has expired.")
-        if not verified.organization.is_active:
-            raise OrganizationInactive("The organization that owns this API key is inactive.")
-
-    def _load_verified_key(self, presented: str) -> VerifiedKey:
-        candidates = self.hasher.lookup_candidates(presented)
-        # Only the columns a snapshot needs, as plain rows: building ORM objects (and converting
-        # the columns nobody reads here) cost more than the indexed lookup itself.
-        row = self._read(
-            lambda: (
-                self.session.execute(_VERIFY_QUERY.where(APIKey.key_hash.in_(candidates)))
-                .mappings()
-                .first()
-            )
-        )
-        if row is None or not self.hasher.verify(presented, row["key_hash"]):
-            raise InvalidAPIKey("The API key is not recognised.")
-        if self.hasher.needs_rehash(row["key_hash"]):
-            rehash = sa.update(APIKey).where(APIKey.id == row["id"])
-            rehash = rehash.values(key_hash=self.hasher.hash(presented))
-
-            def store_new_hash() -> None:
-                self.session.execute(rehash)
-
-            self._commit(store_new_hash)
-        api_key = SimpleNamespace(**{name: row[name] for name in _VERIFY_KEY_FIELDS})
-        organization = SimpleNamespace(
-            **{name: row[f"organization_{name}"] for name in _VERIFY_ORGANIZATION_FIELDS}
-        )
-        return self.snapshot(api_key, organization)  # type: ignore[arg-type]
-
-    def snapshot(self, api_key: APIKey, organization: Organization) -> VerifiedKey:
-        """The immutable view of a key that requests see as ``current_key``.
-
-        Reads only the attributes in ``_VERIFY_KEY_FIELDS`` and ``_VERIFY_ORGANIZATION_FIELDS``
-        (verification passes plain rows with just those).
-        """
-        plan = self.plan_of(organization)
-        expires_at = api_key.expires_at
-        return VerifiedKey(
-            id=api_key.id,
-            organization=OrganizationInfo(
-                id=organization.id,
-                name=organization.name,
-                slug=organization.slug,
-                plan=organization.plan,
-                is_active=organization.is_active,
-                rate_limit_per_minute=plan.requests_per_minute,
-                monthly_request_limit=plan.monthly_requests,
-            ),
-            name=api_key.name,
-            environment=api_key.environment,
-            prefix=api_key.key_prefix,
-            hint=api_key.key_hint,
-            scopes=effective_scopes(
-                api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
-            ),
-            metadata=MappingProxyType(dict(api_key.key_metadata or {})),
-            custom_rate_limit=api_key.custom_rate_limit,
-            expires_at=expires_at,
-            revoked_at=api_key.revoked_at,
-            is_active=api_key.is_active,
-            expires_at_timestamp=None if expires_at is None else expires_at.timestamp(),
-            own_scopes=frozenset(api_key.scopes or ()),
-            roles=tuple(api_key.roles or ()),
-            level=api_key.level,
-            allowed_networks=tuple(
-                ipaddress.ip_network(network) for network in api_key.allowed_networks or ()
-            ),
-        )
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -167,16 +167,16 @@ def test_service_verification_of_a_nearly_right_key_costs_what_an_unknown_key_co
         statements: list[str] = []
         comparisons: list[str] = []
         hasher = app.extensions["apikeys"].hasher
-        compare = hasher.verify
+        compare = hasher.match_index
 
-        def counted_compare(key: str, stored_hash: str) -> bool:
+        def counted_compare(candidates: list[str], stored_hash: str) -> int | None:
             comparisons.append(stored_hash)
-            return compare(key, stored_hash)
+            return compare(candidates, stored_hash)
 
         def record_statement(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
             statements.append(statement)
 
-        monkeypatch.setattr(hasher, "verify", counted_compare)
+        monkeypatch.setattr(hasher, "match_index", counted_compare)
         sa.event.listen(db.engine, "before_cursor_execute", record_statement)
         work = []
         for candidate in candidates.values():

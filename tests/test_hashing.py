@@ -49,3 +49,13 @@ def test_a_retired_scheme_still_verifies_and_asks_for_a_rehash() -> None:
 def test_hmac_without_a_secret_is_a_configuration_error() -> None:
     with pytest.raises(RuntimeError, match="APIKEYS_HASH_SECRET"):
         KeyHasher(["hmac_sha256"], [])
+
+
+def test_match_index_names_the_candidate_a_stored_hash_is() -> None:
+    rotated = KeyHasher(["hmac_sha256"], [SECRET_B, SECRET_A])
+    candidates = rotated.lookup_candidates(KEY)
+    old_hash = KeyHasher(["hmac_sha256"], [SECRET_A]).hash(KEY)
+    assert rotated.match_index(candidates, rotated.hash(KEY)) == 0
+    assert rotated.match_index(candidates, old_hash) == 1  # wants rehashing
+    other = KeyHasher(["hmac_sha256"], [SECRET_A]).hash(KEY + "x")
+    assert rotated.match_index(candidates, other) is None
