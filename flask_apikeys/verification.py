@@ -159,7 +159,8 @@ class KeyVerification(OrganizationService):
         organization = SimpleNamespace(
             **{name: getattr(row, f"organization_{name}") for name in _VERIFY_ORGANIZATION_FIELDS}
         )
-        return self.snapshot(row, organization)  # the row has the key's fields by name
+        # The row has the key's fields by name; both stand in for the ORM objects.
+        return self.snapshot(row, organization)  # type: ignore[arg-type]
 
     def snapshot(self, api_key: APIKey, organization: Organization) -> VerifiedKey:
         """The immutable view of a key that requests see as ``current_key``.
