@@ -5,10 +5,12 @@
         [--backends sqlite,postgresql]
         [--database-url postgresql+psycopg://…] [--redis-url redis://127.0.0.1:6379/0]
 
-Backends (``--backends``, comma-separated; both by default):
-  sqlite      a SQLite file, rate limits in process memory
-  postgresql  PostgreSQL 15 and Redis: the given URLs, else throwaway servers started on
-              127.0.0.1 for the run (and removed after it)
+Backends (``--backends``, comma-separated; the first two by default):
+  sqlite             a SQLite file, rate limits in process memory
+  postgresql         PostgreSQL 15 and Redis: the given URLs, else throwaway servers started
+                     on 127.0.0.1 for the run (and removed after it)
+  postgresql-memory  PostgreSQL 15, rate limits in process memory  } to tell the costs of
+  sqlite-redis       a SQLite file, rate limits in Redis           } the two servers apart
 
 Needs ``wrk`` (apt-get install wrk). For each backend, each round starts gunicorn (sync
 workers) for each variant in turn (alternating which goes first), warms it up, and runs
@@ -136,6 +138,15 @@ def usage_rows(database_url: str) -> int:
         engine.dispose()
 
 
+#: backend name -> (label, database, rate-limit storage)
+BACKENDS = {
+    "sqlite": ("SQLite + memory storage", "sqlite", "memory"),
+    "postgresql": ("PostgreSQL 15 + Redis", "postgresql", "redis"),
+    "postgresql-memory": ("PostgreSQL 15 + memory storage", "postgresql", "memory"),
+    "sqlite-redis": ("SQLite + Redis", "sqlite", "redis"),
+}
+
+
 def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
     key = prepare(env)
     results: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
@@ -164,6 +175,20 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
         print(line + f"{share:>20}")
     rows = usage_rows(env["DATABASE_URL"])
     print(f"  usage rows written: {rows} (about {requests:.0f} protected requests were answered)")
+    if "REDIS_URL" in env:
+        print(f"  rate-limit calls to Redis: {redis_script_calls(env['REDIS_URL'])}")
+
+
+def redis_script_calls(url: str) -> int:
+    """How many scripts Redis ran since it started (``INFO commandstats``)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+    finally:
+        client.close()
 
 
 def summary(values: list[float], digits: int) -> str:
@@ -184,7 +209,7 @@ def main() -> None:
     parser.add_argument("--redis-url", help="Redis URL (else a throwaway server)")
     args = parser.parse_args()
     backends = args.backends.split(",")
-    if unknown := set(backends) - {"sqlite", "postgresql"}:
+    if unknown := set(backends) - set(BACKENDS):
         raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))}")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
@@ -196,15 +221,19 @@ def main() -> None:
     workdir = tempfile.mkdtemp(prefix="apikeys-wrk-")
     base_env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
     try:
-        if "sqlite" in backends:
-            env = {**base_env, "DATABASE_URL": f"sqlite:///{workdir}/bench.sqlite"}
-            measure("SQLite + memory storage", env, args)
-        if "postgresql" in backends:
-            with ExitStack() as servers:
-                database_url = servers.enter_context(postgresql_server(args.database_url))
-                redis_url = servers.enter_context(redis_server(args.redis_url))
-                env = {**base_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
-                measure("PostgreSQL 15 + Redis", env, args)
+        with ExitStack() as servers:
+            for backend in backends:
+                label, database, limits = BACKENDS[backend]
+                env = dict(base_env)
+                if database == "postgresql":
+                    env["DATABASE_URL"] = servers.enter_context(
+                        postgresql_server(args.database_url)
+                    )
+                else:
+                    env["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite"
+                if limits == "redis":
+                    env["REDIS_URL"] = servers.enter_context(redis_server(args.redis_url))
+                measure(label, env, args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -434,6 +434,14 @@ OPTIONS: tuple[Option, ...] = (
         "add X-RateLimit-* and the IETF RateLimit / RateLimit-Policy fields to responses",
     ),
     Option(
+        "APIKEYS_RATELIMIT_LEASE_SECONDS",
+        0.1,
+        _parse_positive_number,
+        "with a remote storage (Redis), a busy key takes its units a few at a time for at most "
+        "this long instead of one round trip per request; limits are never exceeded "
+        "(0: one round trip per request)",
+    ),
+    Option(
         "APIKEYS_RATELIMIT_ORGANIZATION_WIDE",
         True,
         _parse_bool,
@@ -531,6 +539,7 @@ class Settings:
     ratelimit_fail_open: bool = True
     ratelimit_headers: bool = True
     ratelimit_organization_wide: bool = True
+    ratelimit_lease_seconds: float = 0.1
     failed_auth_limit: str | None = "20/minute"
     jwt_enabled: bool = False
     jwt_secret: tuple[str, ...] = field(default=(), repr=False)
@@ -605,6 +614,7 @@ def load_settings(
         ratelimit_fail_open=values["APIKEYS_RATELIMIT_FAIL_OPEN"],
         ratelimit_headers=values["APIKEYS_RATELIMIT_HEADERS"],
         ratelimit_organization_wide=values["APIKEYS_RATELIMIT_ORGANIZATION_WIDE"],
+        ratelimit_lease_seconds=values["APIKEYS_RATELIMIT_LEASE_SECONDS"],
         failed_auth_limit=values["APIKEYS_FAILED_AUTH_LIMIT"],
         jwt_enabled=values["APIKEYS_JWT_ENABLED"],
         jwt_secret=values["APIKEYS_JWT_SECRET"],

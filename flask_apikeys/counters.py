@@ -29,6 +29,8 @@ from typing import Any, NamedTuple
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
+from .redis_script import ScriptCaller, caller_for
+
 #: Reads every counter; increments them all only if none would pass its limit. Returns the index
 #: (1-based) of the first counter that refused or 0, the counters' values, and their PTTLs.
 TAKE_ALL_SCRIPT = """
@@ -93,6 +95,9 @@ class Counters:
     def peek(self, counter: Counter) -> tuple[int, float]:
         """The counter's value and window end, without consuming."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Close connections of our own (the storage's client is closed by its owner)."""
 
 
 class GiveBackCounters(Counters):
@@ -228,8 +233,10 @@ class RedisCounters(GiveBackCounters):
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
         storage = self.storage
         if self._script is None:
-            connection: Any = storage.get_connection()
-            self._script = connection.register_script(TAKE_ALL_SCRIPT)
+            client: Any = storage.get_connection()
+            self._script = caller_for(client, TAKE_ALL_SCRIPT) or client.register_script(
+                TAKE_ALL_SCRIPT
+            )
         arguments: list[int] = [amount]
         for counter in counters:
             arguments += (counter.limit, counter.window_seconds)
@@ -244,6 +251,10 @@ class RedisCounters(GiveBackCounters):
         return Outcome(
             int(refused) - 1 if refused else None, tuple(int(value) for value in values), resets
         )
+
+    def close(self) -> None:
+        if isinstance(self._script, ScriptCaller):
+            self._script.close()
 
     def peek(self, counter: Counter) -> tuple[int, float]:
         connection: Any = self.storage.get_connection()
@@ -264,6 +275,11 @@ def counters_for(storage: Storage | None) -> Counters:
     if isinstance(storage, RedisStorage):
         return RedisCounters(storage)
     return GiveBackCounters(storage)
+
+
+def is_remote(counters: Counters) -> bool:
+    """Whether taking a unit costs a round trip to another process (leases pay off)."""
+    return not isinstance(counters, (LocalCounters, MemoryCounters))
 
 
 def _base_exceptions(storage: Storage) -> tuple[type[BaseException], ...]:

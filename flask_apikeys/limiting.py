@@ -29,7 +29,7 @@ from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
 from .auth import authenticate, authenticate_request
-from .counters import Counter, Counters, Outcome, counters_for
+from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .errors import (
     APIKeyError,
     AuthenticationError,
@@ -38,6 +38,7 @@ from .errors import (
     QuotaExceeded,
     RateLimitExceeded,
 )
+from .leases import LeasedCounters
 from .network import client_address
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
@@ -90,7 +91,11 @@ class RateLimits:
         if self._counters is None:
             with self._lock:
                 if self._counters is None:
-                    self._counters = counters_for(self._find_storage())
+                    counters = counters_for(self._find_storage())
+                    lease_seconds = self.settings.ratelimit_lease_seconds
+                    if lease_seconds > 0 and is_remote(counters):
+                        counters = LeasedCounters(counters, lease_seconds)
+                    self._counters = counters
         return self._counters
 
     def _find_storage(self) -> Storage | None:
@@ -110,6 +115,8 @@ class RateLimits:
     def close(self) -> None:
         """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
         counters, self._counters = self._counters, None
+        if counters is not None:
+            counters.close()
         client = getattr(counters and counters.storage, "storage", None)
         if self._owns_storage and client is not None and hasattr(client, "close"):
             client.close()
