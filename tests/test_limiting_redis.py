@@ -111,7 +111,9 @@ def counters(request: pytest.FixtureRequest) -> Iterator[Counters]:
         yield GiveBackCounters(MemoryStorage())
     else:
         storage = storage_from_string(request.getfixturevalue("redis_url"))
-        yield counters_for(storage)
+        redis_counters = counters_for(storage)
+        yield redis_counters
+        redis_counters.close()
         storage.storage.close()
 
 
