@@ -169,6 +169,19 @@ def _parse_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+HEADER_FAMILIES = ("x-ratelimit", "all", "none")
+
+
+def _parse_header_families(value: Any) -> str:
+    """``APIKEYS_RATELIMIT_HEADERS``: one of :data:`HEADER_FAMILIES`, or a boolean."""
+    if isinstance(value, str) and value.strip().lower() in HEADER_FAMILIES:
+        return value.strip().lower()
+    try:
+        return "x-ratelimit" if _parse_bool(value) else "none"
+    except ValueError:
+        raise ValueError(f"expected one of: {', '.join(HEADER_FAMILIES)} (or true/false)") from None
+
+
 def _parse_count(value: Any) -> int:
     try:
         number = int(value)
@@ -429,9 +442,10 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "APIKEYS_RATELIMIT_HEADERS",
-        True,
-        _parse_bool,
-        "add X-RateLimit-* and the IETF RateLimit / RateLimit-Policy fields to responses",
+        "x-ratelimit",
+        _parse_header_families,
+        "which rate-limit headers responses carry: x-ratelimit (X-RateLimit-*), all (also the "
+        "IETF draft's RateLimit and RateLimit-Policy), none; true/false mean x-ratelimit/none",
     ),
     Option(
         "APIKEYS_RATELIMIT_LEASE_SECONDS",
@@ -537,7 +551,7 @@ class Settings:
     mask_keys_in_logs: bool
     ratelimit_enabled: bool = True
     ratelimit_fail_open: bool = True
-    ratelimit_headers: bool = True
+    ratelimit_headers: str = "x-ratelimit"
     ratelimit_organization_wide: bool = True
     ratelimit_lease_seconds: float = 0.1
     failed_auth_limit: str | None = "20/minute"

@@ -265,7 +265,9 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
     if not settings.enabled:
         return None  # no request is authenticated or counted
     limits = state.limits
-    write_headers = limits.write_headers if limits and settings.ratelimit_headers else None
+    write_headers = None
+    if limits is not None and settings.ratelimit_headers != "none":
+        write_headers = limits.write_headers
     record_usage = make_usage_recorder(state) if settings.usage_tracking else None
     if write_headers is None and record_usage is None:
         return None

@@ -79,6 +79,7 @@ class RateLimits:
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
+        self._ietf_headers = settings.ratelimit_headers == "all"
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -313,7 +314,8 @@ class RateLimits:
     # -- response headers ---------------------------------------------------------------------
 
     def write_headers(self, response: Response, environ: dict[str, Any]) -> None:
-        """X-RateLimit-*, RateLimit and RateLimit-Policy, as the request took its counters.
+        """X-RateLimit-* (and, with ``APIKEYS_RATELIMIT_HEADERS = "all"``, RateLimit and
+        RateLimit-Policy), as the request took its counters.
 
         Called by the extension's ``after_request`` hook. X-RateLimit-* describe the limit that
         refused the request, else the one with the least left; RateLimit lists every policy
@@ -324,31 +326,45 @@ class RateLimits:
         if result is None:
             return
         limits, outcome, month = result
-        resets = outcome.resets
-        if limits.quota_index is not None:  # the quota renews with the month, not its counter
-            resets = (month.end, *resets[1:])
-        now = time.time()
-        fields = []
+        values = outcome.values
+        amounts = limits.amounts
         shown = outcome.refused
-        least = -1
-        for index, (prefix, amount, value, reset) in enumerate(
-            zip(limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True)
-        ):
-            left = amount - value if value < amount else 0
-            if shown is None and (least < 0 or left < least):
-                least, shown_index = left, index
-            seconds = reset - now
-            fields.append(f"{prefix}{left};t={ceil(seconds) if seconds > 0 else 0}")
-        if shown is None:
-            shown = shown_index
+        if shown is None:  # the policy with the least left
+            least = None
+            for index, value in enumerate(values):
+                left = amounts[index] - value
+                if least is None or left < least:
+                    least, shown = left, index
+        shown = cast(int, shown)
+        if shown == limits.quota_index:  # the quota renews with the month, not its counter
+            reset = month.end
+        else:
+            reset = outcome.resets[shown]
         # add(), not item assignment: no scan for an existing header (these are ours alone).
         add = response.headers.add
         add("X-RateLimit-Limit", limits.amount_texts[shown])
-        value = limits.amounts[shown] - outcome.values[shown]
-        add("X-RateLimit-Remaining", str(value) if value > 0 else "0")
-        add("X-RateLimit-Reset", str(int(resets[shown] + 1)))
-        add("RateLimit-Policy", limits.policy_header)
-        add("RateLimit", ", ".join(fields))
+        remaining = amounts[shown] - values[shown]
+        add("X-RateLimit-Remaining", str(remaining) if remaining > 0 else "0")
+        add("X-RateLimit-Reset", str(int(reset + 1)))
+        if self._ietf_headers:
+            add("RateLimit-Policy", limits.policy_header)
+            add("RateLimit", self._ratelimit_field(limits, outcome, month))
+
+    @staticmethod
+    def _ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
+        """The IETF draft's ``RateLimit``: what is left of every policy and when it resets."""
+        resets = outcome.resets
+        if limits.quota_index is not None:
+            resets = (month.end, *resets[1:])
+        now = time.time()
+        fields = []
+        for prefix, amount, value, reset in zip(
+            limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True
+        ):
+            seconds = reset - now
+            left = amount - value if value < amount else 0
+            fields.append(f"{prefix}{left};t={ceil(seconds) if seconds > 0 else 0}")
+        return ", ".join(fields)
 
 
 # -- Flask-Limiter integration ----------------------------------------------------------------

@@ -43,6 +43,11 @@ def parse_ratelimit_field(value: str) -> dict[str, dict[str, int]]:
     return members
 
 
+def limited_app(database_url: str, **config: Any) -> tuple[Flask, Any, APIKeys]:
+    """:func:`create_app` with both header families on (most tests here read the IETF ones)."""
+    return create_app(database_url, **{"APIKEYS_RATELIMIT_HEADERS": "all", **config})
+
+
 @pytest.fixture
 def app_config() -> dict[str, Any]:
     plans = {
@@ -51,7 +56,11 @@ def app_config() -> dict[str, Any]:
         "enterprise": {"requests_per_minute": 300, "monthly_requests": None, "max_keys": 50},
         "unlimited": {"requests_per_minute": None, "monthly_requests": None, "max_keys": None},
     }
-    return {"APIKEYS_DEFAULT_RATE_LIMIT": "7/minute", "APIKEYS_PLANS": plans}
+    return {
+        "APIKEYS_DEFAULT_RATE_LIMIT": "7/minute",
+        "APIKEYS_PLANS": plans,
+        "APIKEYS_RATELIMIT_HEADERS": "all",
+    }
 
 
 @pytest.fixture
@@ -175,7 +184,7 @@ def test_organization_limit_is_shared_by_all_its_keys(
 
 
 def test_organization_wide_limit_can_be_turned_off(database_url: str) -> None:
-    app, _, apikeys = create_app(database_url, APIKEYS_RATELIMIT_ORGANIZATION_WIDE=False)
+    app, _, apikeys = limited_app(database_url, APIKEYS_RATELIMIT_ORGANIZATION_WIDE=False)
     with app.app_context():
         apikeys.create_all()
         org = apikeys.create_organization(name="A", email="a@a.io", plan="free")
@@ -271,7 +280,7 @@ def test_limit_strings_are_parsed_once_into_amount_and_window(text: str) -> None
 class TestFailedAuthentication:
     @pytest.fixture
     def app_config(self) -> dict[str, Any]:
-        return {"APIKEYS_FAILED_AUTH_LIMIT": "3/minute"}
+        return {"APIKEYS_FAILED_AUTH_LIMIT": "3/minute", "APIKEYS_RATELIMIT_HEADERS": "all"}
 
     def test_failed_attempts_are_limited_per_client_address(
         self, client: FlaskClient, make_key: Callable[..., str]
@@ -296,7 +305,7 @@ class TestFailedAuthentication:
 
 
 def test_failed_attempt_limit_can_be_turned_off(database_url: str) -> None:
-    app, _, apikeys = create_app(database_url, APIKEYS_FAILED_AUTH_LIMIT="")
+    app, _, apikeys = limited_app(database_url, APIKEYS_FAILED_AUTH_LIMIT="")
     with app.app_context():
         apikeys.create_all()
     client = app.test_client()
@@ -305,7 +314,7 @@ def test_failed_attempt_limit_can_be_turned_off(database_url: str) -> None:
 
 
 def test_requests_without_a_key_are_limited_per_address_when_allowed(database_url: str) -> None:
-    app, _, apikeys = create_app(
+    app, _, apikeys = limited_app(
         database_url, APIKEYS_ALLOW_UNAUTHENTICATED=True, APIKEYS_DEFAULT_RATE_LIMIT="2/minute"
     )
     with app.app_context():
@@ -325,7 +334,7 @@ def test_requests_without_a_key_are_limited_per_address_when_allowed(database_ur
 def test_headers_and_limiting_can_be_turned_off(
     database_url: str, option: str, header_present: bool, limited: bool
 ) -> None:
-    app, _, apikeys = create_app(database_url, **{option: False})
+    app, _, apikeys = limited_app(database_url, **{option: False})
     with app.app_context():
         apikeys.create_all()
         org = apikeys.create_organization(name="A", email="a@a.io", plan="free")
@@ -359,4 +368,36 @@ def test_two_apps_in_one_process_keep_their_own_counters(tmp_path: Any) -> None:
 )
 def test_bad_limit_settings_stop_init_app(database_url: str, option: str, value: str) -> None:
     with pytest.raises(ConfigError, match=option):
-        create_app(database_url, **{option: value})
+        limited_app(database_url, **{option: value})
+
+
+@pytest.mark.parametrize(
+    ("setting", "families"),
+    [
+        (None, {"X-RateLimit-Limit"}),
+        ("x-ratelimit", {"X-RateLimit-Limit"}),
+        (True, {"X-RateLimit-Limit"}),
+        ("all", {"X-RateLimit-Limit", "RateLimit", "RateLimit-Policy"}),
+        ("none", set()),
+    ],
+)
+def test_header_families_by_setting(database_url: str, setting: Any, families: set[str]) -> None:
+    """By default only X-RateLimit-*: the IETF draft's fields are opt-in (``all``)."""
+    config = {} if setting is None else {"APIKEYS_RATELIMIT_HEADERS": setting}
+    app, _, apikeys = create_app(database_url, **config)
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="A", email="a@a.io", plan="pro")
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit="5/minute").key
+    response = get(app.test_client(), key)
+    assert response.status_code == 200
+    present = {
+        name
+        for name in ("X-RateLimit-Limit", "RateLimit", "RateLimit-Policy")
+        if name in response.headers
+    }
+    assert present == families
+    if families:
+        assert response.headers["X-RateLimit-Remaining"] == "4"
+    with app.app_context():
+        app.extensions["sqlalchemy"].engine.dispose()
