@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .counters import Counter, Counters, Outcome
+from .forking import after_fork_in_child
 
 #: A lease takes at most this share of the smallest allowance left (1/64).
 ALLOWANCE_SHARE = 64
@@ -60,6 +61,13 @@ class LeasedCounters(Counters):
         self.errors = exact.errors
         self.lease_seconds = lease_seconds
         self._leases: dict[tuple[Counter, ...], Lease] = {}
+        self._lock = threading.Lock()
+        after_fork_in_child(self, LeasedCounters._forget_leases)
+
+    def _forget_leases(self) -> None:
+        """In a forked child: leases are the parent's units; spending them too would count a
+        unit twice (and the lock may have been held by a parent thread)."""
+        self._leases = {}
         self._lock = threading.Lock()
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:

@@ -19,10 +19,11 @@ clients keep redis-py's script object (:func:`caller_for` returns ``None``).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
+
+from .forking import after_fork_in_child
 
 try:  # the redis extra; without it there is no Redis storage to call
     import redis
@@ -42,7 +43,7 @@ class ScriptCaller:
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self._packer = pool.connection_class(**pool.connection_kwargs)  # packs, never connects
         self._free: deque[Any] = deque()
-        self._pid = os.getpid()
+        after_fork_in_child(self, ScriptCaller._drop_parent_connections)
         self._packed: dict[tuple[Any, ...], list[bytes]] = {}
 
     def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
@@ -85,10 +86,11 @@ class ScriptCaller:
         self._free.append(connection)
         return reply
 
+    def _drop_parent_connections(self) -> None:
+        """In a forked child: the parent's sockets are not ours to use (nor to shut down)."""
+        self._free = deque()
+
     def _take_connection(self) -> Any:
-        if self._pid != os.getpid():  # a forked child: the parent's sockets are not ours
-            self._free = deque()
-            self._pid = os.getpid()
         try:
             return self._free.popleft()
         except IndexError:

@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .audit import append as append_audit
 from .audit import build_record
+from .forking import after_fork_in_child
 from .keys import KEY_SEARCH_PATTERN
 from .models import APIKey
 from .network import client_address
@@ -85,6 +86,16 @@ class UsageWriter:
                 writer.close()
 
         atexit.register(close_all)
+        after_fork_in_child(self, UsageWriter._start_afresh)
+
+    def _start_afresh(self) -> None:
+        """In a forked child (gunicorn ``--preload``): the parent writes what it queued, and its
+        writer thread and locks did not come along, so start with none of them."""
+        self._usage = deque()
+        self._audit = deque()
+        self._wake = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._thread = None
 
     def add_usage(self, row: tuple[Any, ...]) -> None:
         usage = self._usage

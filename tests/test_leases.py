@@ -238,3 +238,21 @@ def test_only_plain_redis_clients_get_the_fast_caller() -> None:
     assert caller_for(redis.Redis(), "return 1") is not None  # no I/O until called
     sentinel_pool = redis.sentinel.SentinelConnectionPool("main", redis.sentinel.Sentinel([]))
     assert caller_for(redis.Redis(connection_pool=sentinel_pool), "return 1") is None
+
+
+def test_a_forked_child_does_not_spend_its_parents_lease(shared: MemoryStorage) -> None:
+    """gunicorn --preload forks after the app loaded: a lease must not be spent twice."""
+    leased = worker(shared)
+    counter = Counter("forked", 1_000_000, 60)
+    for _ in range(500):
+        leased.take((counter,))
+    exact: Any = leased.exact
+    assert leased._leases[(counter,)].units > 0  # the parent holds leased units
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child process
+        calls = exact.calls
+        leased.take((counter,))
+        os._exit(0 if exact.calls == calls + 1 else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # the child asked the storage itself
+    assert leased._leases[(counter,)].units > 0  # the parent's lease is untouched

@@ -269,3 +269,25 @@ def test_a_row_whose_key_is_gone_is_dropped_without_blocking_the_others(
 def apikeys_id(app: Flask, apikeys: APIKeys, key: str) -> Any:
     with app.app_context():
         return apikeys.verify_key(key).id
+
+
+def test_a_forked_child_does_not_write_its_parents_queued_rows(
+    app: Flask, apikeys: APIKeys, make_key: Callable[..., str]
+) -> None:
+    """gunicorn --preload forks after the app loaded: queued rows must be written once."""
+    import os
+
+    key = make_key()
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    writer = app.extensions["apikeys"].writer
+    assert len(writer._usage) == 3  # queued in the parent, not written yet
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child process
+        os._exit(0 if len(writer._usage) == 0 and writer._thread is None else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # the child starts with an empty queue
+    with app.app_context():
+        assert apikeys.flush_usage() == 3
+    assert len(usage_rows(app)) == 3
