@@ -69,7 +69,9 @@ def test_a_busy_key_takes_its_units_a_few_at_a_time(shared: MemoryStorage) -> No
     assert taken - 2000 < 2000 / 2  # not much more leased than used
     values = [outcome.values[0] for outcome in outcomes]
     assert values == sorted(values)  # one worker sees its own use count up, one by one
-    assert values[-1] == 2000
+    # What the storage counted, less what the current lease has not handed out yet (2000 unless
+    # a lease ended unused on a slow machine).
+    assert values[-1] == taken - leased._leases[(counter,)].units >= 2000
 
 
 def test_near_a_limit_every_request_is_exact(shared: MemoryStorage) -> None:
@@ -186,7 +188,8 @@ def test_a_busy_key_on_redis_costs_a_round_trip_per_lease(
     assert calls <= most_calls if lease_seconds else calls == 400
     remaining = [int(response.headers["X-RateLimit-Remaining"]) for response in responses]
     assert remaining == sorted(remaining, reverse=True)
-    assert remaining[-1] == 100_000 - 400  # this worker's own use, counted one by one
+    # This worker's own use, counted one by one, plus units of leases that ended unused.
+    assert 100_000 - 400 - 100_000 // ALLOWANCE_SHARE <= remaining[-1] <= 100_000 - 400
     counted = redis.Redis.from_url(redis_url)
     try:
         stored = [int(counted.get(name) or 0) for name in counted.keys("*:key:*")]
