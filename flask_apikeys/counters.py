@@ -171,7 +171,7 @@ class LocalCounters(Counters):
     going through ``limits``' ``MemoryStorage`` (which also serves other strategies)."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, list[float]] = {}  # key → [value, window end]
+        self._entries: dict[str, list[Any]] = {}  # key → [value (an int), window end]
         self._lock = threading.Lock()
         self._sweep_at = 4096
 
@@ -204,9 +204,11 @@ class LocalCounters(Counters):
                 values.append(0)
                 resets.append(now + counters[index].window_seconds)
             else:
-                values.append(int(entry[0]))
+                values.append(entry[0])
                 resets.append(entry[1])
-        return Outcome(refused, tuple(values), tuple(resets))
+        # tuple.__new__ rather than Outcome(...): a named tuple's constructor is a Python call,
+        # and this runs on every request.
+        return tuple.__new__(Outcome, (refused, tuple(values), tuple(resets)))
 
     def peek(self, counter: Counter) -> tuple[int, float]:
         entry = self._entries.get(counter.key)

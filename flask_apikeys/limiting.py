@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from math import ceil
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
@@ -54,12 +54,9 @@ STORAGE_WARNING_INTERVAL = 10.0
 MAX_REMEMBERED = 10_000
 
 
-class Result(NamedTuple):
-    """What one request took, for the response headers (a tuple: built on every request)."""
-
-    limits: KeyLimits
-    outcome: Outcome
-    month: Month
+#: What one request took, for the response headers: ``(KeyLimits, Outcome, Month)``. A plain
+#: tuple: it is built on every request, and a named tuple's constructor is a Python call.
+Result = tuple[KeyLimits, Outcome, Month]
 
 
 class RateLimits:
@@ -192,7 +189,7 @@ class RateLimits:
         except store.errors as error:
             self._storage_failed(error)
             return
-        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, month)
+        current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
             raise self._refusal(limits, outcome, month, now)
 
@@ -248,7 +245,7 @@ class RateLimits:
         outcome = self._take(limits.counters)
         if outcome is None:
             return
-        current_request.environ[RESULT_ENVIRON_KEY] = Result(limits, outcome, self._month)
+        current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, self._month)
         if outcome.refused is not None:
             raise self._refusal(limits, outcome, self._month, time.time())
 
@@ -330,12 +327,11 @@ class RateLimits:
         amounts = limits.amounts
         shown = outcome.refused
         if shown is None:  # the policy with the least left
-            least = None
-            for index, value in enumerate(values):
-                left = amounts[index] - value
-                if least is None or left < least:
-                    least, shown = left, index
-        shown = cast(int, shown)
+            shown, least = 0, amounts[0] - values[0]
+            for index in range(1, len(values)):
+                left = amounts[index] - values[index]
+                if left < least:
+                    shown, least = index, left
         if shown == limits.quota_index:  # the quota renews with the month, not its counter
             reset = month.end
         else:

@@ -244,46 +244,45 @@ def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]],
     trusted_proxies = state.settings.trusted_proxies
 
     def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
+        """Queue the finished request's row (its timestamp stays a float until written).
+
+        One function, not a chain of helpers: it runs on every authenticated request.
+        """
         key = environ.get(OUTCOME_ENVIRON_KEY)
-        if isinstance(key, VerifiedKey):
-            add_usage(usage_row(response, key, current_request, environ, trusted_proxies))
+        if not isinstance(key, VerifiedKey):
+            return
+        started = environ.get(START_ENVIRON_KEY)
+        elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        rule = current_request.url_rule
+        if rule is not None:
+            endpoint = rule.rule
+        else:
+            endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
+        error = environ.get(ERROR_ENVIRON_KEY)
+        user_agent = environ.get("HTTP_USER_AGENT")
+        if trusted_proxies:
+            address = client_address(environ, trusted_proxies)
+        else:
+            address = environ.get("REMOTE_ADDR") or ""
+        add_usage(
+            (
+                key.id,
+                key.organization.id,
+                time.time(),
+                endpoint[:300],
+                current_request.method[:10],
+                response.status_code,
+                round(elapsed_ms, 3),
+                environ.get(TOKENS_ENVIRON_KEY),
+                environ.get(COST_ENVIRON_KEY),
+                address[:45] or None,
+                None if user_agent is None else user_agent[:300],
+                None if error is None else str(error.detail)[:500],
+                None if error is None else error.error_code,
+            )
+        )
 
     return record_usage
-
-
-def usage_row(
-    response: Response,
-    key: Any,
-    current_request: Any,
-    environ: dict[str, Any],
-    trusted_proxies: int,
-) -> tuple[Any, ...]:
-    """The usage row of a finished request (the timestamp stays a float until written)."""
-    started = environ.get(START_ENVIRON_KEY)
-    elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
-    rule = current_request.url_rule
-    if rule is not None:
-        endpoint = rule.rule
-    else:
-        endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
-    error = environ.get(ERROR_ENVIRON_KEY)
-    user_agent = environ.get("HTTP_USER_AGENT")
-    address = client_address(environ, trusted_proxies)
-    return (
-        key.id,
-        key.organization.id,
-        time.time(),
-        endpoint[:300],
-        current_request.method[:10],
-        response.status_code,
-        round(elapsed_ms, 3),
-        environ.get(TOKENS_ENVIRON_KEY),
-        environ.get(COST_ENVIRON_KEY),
-        address[:45] or None,
-        None if user_agent is None else user_agent[:300],
-        None if error is None else str(error.detail)[:500],
-        None if error is None else error.error_code,
-    )
 
 
 def attempt_record(

@@ -8,9 +8,10 @@ here each column's bind processor is looked up once per dialect and applied dire
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
-from itertools import chain
+from itertools import chain, compress, repeat
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,12 +39,36 @@ ID_COLUMNS = (0, 1)
 TIMESTAMP_COLUMN = 2
 #: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
 ROWS_PER_STATEMENT = 64
+ALL_PRESENT = (True,) * len(USAGE_FIELDS)
+#: Statements remembered per dialect at most (row counts × patterns of NULL columns).
+MAX_STATEMENTS = 256
 
 _SAMPLE_MOMENTS = (datetime(2024, 2, 29, 23, 59, 58, 123456), datetime(2030, 1, 2, 3, 4, 5))
 
 
 def _iso_text(moment: datetime) -> str:
     return moment.isoformat(" ", "microseconds")
+
+
+#: The columns a usage row may leave NULL (the others always have a value).
+NULLABLE_COLUMNS = tuple(
+    index for index, name in enumerate(USAGE_FIELDS) if usage_table.c[name].nullable
+)
+
+
+def null_columns(row: tuple[Any, ...]) -> tuple[bool, ...]:
+    """Which of :data:`NULLABLE_COLUMNS` are NULL in ``row``."""
+    return tuple([row[index] is None for index in NULLABLE_COLUMNS])
+
+
+@functools.cache
+def present_columns(nulls: tuple[bool, ...]) -> tuple[bool, ...]:
+    """Per column of :data:`USAGE_FIELDS`, whether it has a value, from :func:`null_columns`;
+    :data:`ALL_PRESENT` itself when none is NULL."""
+    present = [True] * len(USAGE_FIELDS)
+    for index, null in zip(NULLABLE_COLUMNS, nulls, strict=True):
+        present[index] = not null
+    return ALL_PRESENT if all(present) else tuple(present)
 
 
 class InsertPlan:
@@ -74,13 +99,14 @@ class InsertPlan:
         self.id_processor = processor(columns.api_key_id.type)
         #: The conversion of a naive UTC ``datetime`` (what ``UTCDateTime`` stores).
         time_processor = processor(columns.timestamp.type.impl)  # type: ignore[attr-defined]
-        if time_processor is not None and all(
+        #: Whether the dialect stores times as ISO text (SQLite): then rows skip ``datetime``.
+        self.iso_text = time_processor is not None and all(
             time_processor(moment) == _iso_text(moment) for moment in _SAMPLE_MOMENTS
-        ):
-            time_processor = _iso_text  # the same text (SQLite's), formatted in C
+        )
         self.time_processor = time_processor
-        #: rows per statement → the statement's SQL and, for named parameters, their names.
-        self._statements: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+        #: (rows, columns present) → the statement's SQL and, for named parameters, their names.
+        self._statements: dict[tuple[int, tuple[bool, ...]], tuple[str, tuple[str, ...] | None]]
+        self._statements = {}
         self.method = "executemany"
         if dialect.name == "sqlite":
             self.method = "values"
@@ -91,19 +117,25 @@ class InsertPlan:
             table = preparer.format_table(usage_table)
             self.copy_sql = f"COPY {table} ({columns_list}) FROM STDIN"
 
-    def statement(self, rows: int) -> tuple[str, tuple[str, ...] | None]:
-        """The SQL inserting ``rows`` rows, and its parameter names (``None``: positional)."""
-        statement = self._statements.get(rows)
+    def statement(
+        self, rows: int, present: tuple[bool, ...] = ALL_PRESENT
+    ) -> tuple[str, tuple[str, ...] | None]:
+        """The SQL inserting ``rows`` rows of the ``present`` columns (the others are NULL), and
+        its parameter names (``None``: positional)."""
+        statement = self._statements.get((rows, present))
         if statement is None:
-            placeholder = dict.fromkeys(USAGE_FIELDS)
+            if len(self._statements) >= MAX_STATEMENTS:
+                self._statements.clear()
+            fields = tuple(compress(USAGE_FIELDS, present))
+            placeholder = dict.fromkeys(fields)
             compiled = (
                 sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
             )
-            names = tuple(f"{name}_m{row}" for row in range(rows) for name in USAGE_FIELDS)
+            names = tuple(f"{name}_m{row}" for row in range(rows) for name in fields)
             positions = compiled.positiontup
             if positions is not None and tuple(positions) != names:
                 raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
-            statement = self._statements[rows] = (
+            statement = self._statements[rows, present] = (
                 compiled.string,
                 names if positions is None else None,
             )
@@ -133,7 +165,23 @@ class InsertPlan:
                     sql, [dict(zip(names, row, strict=True)) for row in converted]
                 )
             return
+        # NULLs are left out of the statement rather than bound: the sqlite3 module binds None
+        # only after failing to find an adapter for it, which cost more than storing the row.
+        # Consecutive rows with the same NULL columns share statements, in their order.
         start, total = 0, len(converted)
+        while start < total:
+            nulls = null_columns(converted[start])
+            end = start + 1
+            while end < total and null_columns(converted[end]) == nulls:
+                end += 1
+            self._insert_run(connection, converted[start:end], present_columns(nulls))
+            start = end
+
+    def _insert_run(
+        self, connection: Any, rows: list[tuple[Any, ...]], present: tuple[bool, ...]
+    ) -> None:
+        """Rows with the same columns present, in multi-row ``INSERT`` statements."""
+        start, total = 0, len(rows)
         while start < total:
             left = total - start
             # Whole statements of the largest size, then powers of two: at most a handful of
@@ -141,8 +189,11 @@ class InsertPlan:
             size = (
                 ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
             )
-            sql, names = self.statement(size)
-            values = tuple(chain.from_iterable(converted[start : start + size]))
+            sql, names = self.statement(size, present)
+            chunk = rows[start : start + size]
+            if present is not ALL_PRESENT:
+                chunk = map(compress, chunk, repeat(present))  # type: ignore[assignment]
+            values = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(
                 sql, values if names is None else dict(zip(names, values, strict=True))
             )
@@ -156,6 +207,8 @@ class InsertPlan:
         # A batch holds few distinct ids, each the same object in every row (the snapshot's):
         # convert each once. id() is safe as a key: the rows keep the objects alive.
         ids: dict[int, Any] = {}
+        iso_text = self.iso_text
+        seconds: dict[int, str] = {}  # second → its text, for this batch
         parameters: list[tuple[Any, ...]] = []
         for row in rows:
             values = list(row)
@@ -166,8 +219,19 @@ class InsertPlan:
                     if converted is None:
                         converted = ids[id(value)] = convert_id(value)
                     values[index] = converted
-            moment = datetime.fromtimestamp(row[TIMESTAMP_COLUMN], UTC).replace(tzinfo=None)
-            values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
+            timestamp = row[TIMESTAMP_COLUMN]
+            if iso_text:
+                # "YYYY-MM-DD HH:MM:SS" once per second of the batch, then the microseconds: a
+                # datetime per row (made, made naive, formatted) cost more than the insert.
+                second, micro = divmod(round(timestamp * 1_000_000), 1_000_000)
+                prefix = seconds.get(second)
+                if prefix is None:
+                    moment = datetime.fromtimestamp(second, UTC).replace(tzinfo=None)
+                    prefix = seconds[second] = moment.isoformat(" ", "seconds")
+                values[TIMESTAMP_COLUMN] = f"{prefix}.{micro:06d}"
+            else:
+                moment = datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)
+                values[TIMESTAMP_COLUMN] = moment if convert_time is None else convert_time(moment)
             for index, convert in processors:
                 values[index] = convert(values[index])
             parameters.append(tuple(values))
