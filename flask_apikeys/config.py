@@ -444,8 +444,9 @@ OPTIONS: tuple[Option, ...] = (
         "APIKEYS_RATELIMIT_HEADERS",
         "x-ratelimit",
         _parse_header_families,
-        "which rate-limit headers responses carry: x-ratelimit (X-RateLimit-*), all (also the "
-        "IETF draft's RateLimit and RateLimit-Policy), none; true/false mean x-ratelimit/none",
+        "which rate-limit headers responses carry: x-ratelimit (X-RateLimit-Limit, -Remaining, "
+        "-Reset), all (also the IETF draft's RateLimit and RateLimit-Policy), none; true/false "
+        "mean x-ratelimit/none",
     ),
     Option(
         "APIKEYS_RATELIMIT_LEASE_SECONDS",
