@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.servers import free_port, postgresql_server, redis_server  # noqa: E402
+from tests.servers import script_calls  # noqa: E402
 
 #: wrk prints durations with these units (``print_units`` in wrk's source).
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -176,19 +177,7 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
     rows = usage_rows(env["DATABASE_URL"])
     print(f"  usage rows written: {rows} (about {requests:.0f} protected requests were answered)")
     if "REDIS_URL" in env:
-        print(f"  rate-limit calls to Redis: {redis_script_calls(env['REDIS_URL'])}")
-
-
-def redis_script_calls(url: str) -> int:
-    """How many scripts Redis ran since it started (``INFO commandstats``)."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
-    finally:
-        client.close()
+        print(f"  rate-limit calls to Redis: {script_calls(env['REDIS_URL'])}")
 
 
 def summary(values: list[float], digits: int) -> str:

@@ -19,6 +19,7 @@ from flask_apikeys.leases import ALLOWANCE_SHARE, LeasedCounters
 from flask_apikeys.redis_script import caller_for
 
 from .factory import create_app
+from .servers import script_calls
 
 
 class CallCountingCounters(GiveBackCounters):
@@ -138,15 +139,6 @@ def test_lease_seconds_zero_asks_every_time(shared: MemoryStorage) -> None:
 
 
 # -- on a real Redis ---------------------------------------------------------------------------
-
-
-def script_calls(url: str) -> int:
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
-    finally:
-        client.close()
 
 
 @pytest.fixture
