@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -45,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flask import Flask, Response  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
-from bench.common import bare_app, bench_keys, protected_app  # noqa: E402
+from bench.common import bare_app, bench_keys, protected_app, summary  # noqa: E402
 from flask_apikeys.keys import generate_key  # noqa: E402
 
 CONFIG = {
@@ -119,11 +118,6 @@ def flusher(app: Flask) -> Callable[[], object]:
     if state is None or state.writer is None:
         return lambda: None
     return state.writer.flush  # type: ignore[no-any-return]
-
-
-def summary(values: list[float], digits: int) -> str:
-    low, middle, high = min(values), statistics.median(values), max(values)
-    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def main() -> None:

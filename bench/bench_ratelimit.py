@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import Flask, request  # noqa: E402
 
-from bench.common import bare_app, bench_keys, protected_app  # noqa: E402
+from bench.common import bare_app, bench_keys, protected_app, summary  # noqa: E402
 from bench.servers import redis_server  # noqa: E402
 from flask_apikeys.auth import authenticate_request  # noqa: E402
 
@@ -46,10 +46,6 @@ def build(variant: str, database_url: str, redis_url: str) -> tuple[Flask, dict[
         APIKEYS_RATELIMIT_LEASE_SECONDS=0 if variant == "redis-exact" else 0.1,
     )
     return app, {"Authorization": "Bearer " + bench_keys(app, apikeys)[0]}
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f}  ({min(values):.1f}-{max(values):.1f})"
 
 
 def bench_check(app: Flask, headers: dict[str, str], n: int, repeats: int) -> list[float]:
@@ -103,7 +99,9 @@ def main() -> None:
         print(f"python={sys.version.split()[0]} n={args.n} repeats={args.repeats}")
         print("\n1. One rate-limit check (quota + organization + key), µs: median (min-max)")
         for variant in ("memory", "redis-exact", "redis"):
-            print(f"   {variant:<12}{summary(bench_check(*apps[variant], args.n, args.repeats))}")
+            print(
+                f"   {variant:<12}{summary(bench_check(*apps[variant], args.n, args.repeats)):>22}"
+            )
 
         callers = {}
         for variant, (app, headers) in apps.items():
@@ -122,7 +120,7 @@ def main() -> None:
         for variant, micros in samples.items():
             ratios = [value / bare for value, bare in zip(micros, samples["bare"], strict=True)]
             print(
-                f"   {variant:<11}{summary(micros)}   x{statistics.median(ratios):.2f} "
+                f"   {variant:<11}{summary(micros):>22}   x{statistics.median(ratios):.2f} "
                 f"({min(ratios):.2f}-{max(ratios):.2f})"
             )
         for app, _ in apps.values():  # write the queued usage rows while the files exist

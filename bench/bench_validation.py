@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flask import Flask  # noqa: E402
 
-from bench.common import bench_keys, protected_app  # noqa: E402
+from bench.common import bench_keys, protected_app, summary  # noqa: E402
 from bench.servers import postgresql_server  # noqa: E402
 from flask_apikeys.errors import InvalidAPIKey  # noqa: E402
 from flask_apikeys.keys import generate_key  # noqa: E402
@@ -102,10 +101,6 @@ def measure(label: str, database_url: str, args: argparse.Namespace) -> None:
         p50s = [p50 for p50, _ in runs]
         p99s = [p99 for _, p99 in runs]
         print(f"  {step:<10}{summary(p50s):>28}{summary(p99s):>28}")
-
-
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import summary  # noqa: E402
 from bench.servers import free_port, postgresql_server, redis_server  # noqa: E402
 from tests.servers import script_calls  # noqa: E402
 
@@ -178,11 +179,6 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
     print(f"  usage rows written: {rows} (about {requests:.0f} protected requests were answered)")
     if "REDIS_URL" in env:
         print(f"  rate-limit calls to Redis: {script_calls(env['REDIS_URL'])}")
-
-
-def summary(values: list[float], digits: int) -> str:
-    low, middle, high = min(values), statistics.median(values), max(values)
-    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ One definition, so that every script measures the same route and the same key ch
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from flask import Flask
@@ -61,3 +62,9 @@ def bench_keys(app: Flask, apikeys: APIKeys, count: int = 1, *, fresh: bool = Fa
             apikeys.create_key(organization, f"bench {index}", scopes=["bench:*"]).key
             for index in range(count)
         ]
+
+
+def summary(values: list[float], digits: int = 1) -> str:
+    """``median (min-max)``, how every bench prints a set of runs."""
+    low, middle, high = min(values), statistics.median(values), max(values)
+    return f"{middle:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
