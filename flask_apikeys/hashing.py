@@ -108,8 +108,12 @@ class KeyHasher:
 
 
 def cache_digest(key: str) -> bytes:
-    """A fast digest to index the in-process cache of verified keys (never stored)."""
-    return hashlib.sha256(key.encode()).digest()
+    """A fast digest to index the in-process cache of verified keys (never stored).
+
+    BLAKE2s (256 bits): as strong as SHA-256 here and about half its cost per call, since
+    OpenSSL's SHA-256 object is costly to set up for one short input.
+    """
+    return hashlib.blake2s(key.encode()).digest()
 
 
 def admin_key_digest(admin_key: str) -> bytes:

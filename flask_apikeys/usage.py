@@ -21,9 +21,10 @@ import logging
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +45,26 @@ START_ENVIRON_KEY = "flask_apikeys.started"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
 TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
 COST_ENVIRON_KEY = "flask_apikeys.cost"
+_KEY_ID = itemgetter(0)  # of a queued usage row
+_TIMESTAMP = itemgetter(2)
+_last_used = keys_table.c.last_used_at
+#: Adds a flush's requests to a key's total and moves its last-use times forward, never back
+#: (rows from several processes arrive out of order). Built once: it is the same every flush.
+_ADD_REQUESTS = (
+    sa.update(keys_table)
+    .where(keys_table.c.id == sa.bindparam("key_id"))
+    .values(
+        total_requests=keys_table.c.total_requests + sa.bindparam("count"),
+        last_used_at=sa.case(
+            (
+                sa.or_(_last_used.is_(None), _last_used < sa.bindparam("seen")),
+                sa.bindparam("seen"),
+            ),
+            else_=_last_used,
+        ),
+        last_request_at=sa.bindparam("seen"),
+    )
+)
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -191,28 +212,28 @@ class UsageWriter:
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
 
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
-        per_key: dict[Any, list[Any]] = {}
-        for row in rows:
-            totals = per_key.setdefault(row[0], [0, row[2]])
-            totals[0] += 1
-            totals[1] = max(totals[1], row[2])
-        last = keys_table.c.last_used_at
+        # Per key: how many rows, and the latest. A key's rows share its snapshot's UUID
+        # object, so id() groups them without the UUID's Python-level __hash__ per row; two
+        # snapshots of one key in a batch just make two updates, which add up the same.
+        key_ids = list(map(_KEY_ID, rows))
+        references = list(map(id, key_ids))
+        counts = Counter(references)
+        latest: dict[int, float] = {}
+        for reference, seen in zip(references, map(_TIMESTAMP, rows), strict=True):
+            if seen > latest.get(reference, 0.0):
+                latest[reference] = seen
+        key_of = dict(zip(references, key_ids, strict=True))
         with self._connect() as connection:
             self._insert_plan(connection.dialect).execute(connection, rows)
             connection.execute(
-                sa.update(keys_table)
-                .where(keys_table.c.id == sa.bindparam("key_id"))
-                .values(
-                    total_requests=keys_table.c.total_requests + sa.bindparam("count"),
-                    last_used_at=sa.case(
-                        (sa.or_(last.is_(None), last < sa.bindparam("seen")), sa.bindparam("seen")),
-                        else_=last,
-                    ),
-                    last_request_at=sa.bindparam("seen"),
-                ),
+                _ADD_REQUESTS,
                 [
-                    {"key_id": key, "count": count, "seen": datetime.fromtimestamp(seen, UTC)}
-                    for key, (count, seen) in per_key.items()
+                    {
+                        "key_id": key_of[reference],
+                        "count": count,
+                        "seen": datetime.fromtimestamp(latest[reference], UTC),
+                    }
+                    for reference, count in counts.items()
                 ],
             )
 
