@@ -7,15 +7,19 @@ skipped locally, but fail in CI (``CI`` set), where they must run.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -303,3 +307,63 @@ def script_calls(url: str) -> int:
         return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
     finally:
         client.close()
+
+
+# -- gunicorn --------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """``GET path`` on 127.0.0.1: the status, and which worker answered (``X-Worker-Pid``)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status, response.getheader("X-Worker-Pid") or ""
+    finally:
+        connection.close()
+
+
+def both_workers_answer(port: int) -> bool:
+    """Whether concurrent requests to a public path are answered by two different workers."""
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answered = list(pool.map(lambda _: get(port, "/health"), range(8)))
+    except OSError:
+        return False
+    return len({pid for status, pid in answered if status == 200}) == 2
+
+
+@contextmanager
+def gunicorn_workers(
+    environment: dict[str, str], log: Path, *options: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """``tests.gunicorn_app`` under gunicorn, 2 sync workers on a free port of 127.0.0.1.
+
+    Configured from ``environment`` (on top of ours), as in production; yields once both
+    workers answer, and stops the server on exit (SIGTERM, then SIGKILL) if a test has not.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync"]
+    command += ["-b", f"{HOST}:{port}", *options, "tests.gunicorn_app:app"]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **environment},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: both_workers_answer(port), "two gunicorn workers", log)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -16,13 +16,9 @@ from typing import Any
 
 import pytest
 
+from .servers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def call(url: str, key: str | None = None, method: str = "GET") -> tuple[int, Any]:

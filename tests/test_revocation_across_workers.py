@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -17,34 +12,14 @@ from pathlib import Path
 import pytest
 
 from .factory import create_app
-from .test_example_app import free_port
+from .servers import gunicorn_workers
 
 CACHE_TTL = 1.0
-APP_MODULE = textwrap.dedent(
-    """
-    import os
-    from flask import request
-    from tests.factory import create_app
-    from flask_apikeys import current_key
-
-    app, db, apikeys = create_app(
-        os.environ["DATABASE_URL"], APIKEYS_CACHE_TTL=float(os.environ["CACHE_TTL"])
-    )
-
-    @app.post("/v1/self/revoke")
-    def revoke_myself():
-        apikeys.revoke_key(current_key.id, reason="test", revoked_by="worker %d" % os.getpid())
-        return {"revoked_by_worker": os.getpid()}
-
-    @app.get("/v1/pid")
-    def pid():
-        return {"pid": os.getpid()}
-    """
-)
 
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """gunicorn -w 2 on SQLite, verified keys cached for CACHE_TTL in each worker."""
     database_url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
     app, db, apikeys = create_app(database_url)
     with app.app_context():
@@ -52,47 +27,14 @@ def gunicorn(tmp_path: Path) -> Iterator[tuple[str, str]]:
         org = apikeys.create_organization(name="Acme", email="a@acme.io", plan="enterprise")
         key = apikeys.create_key(org, "shared").key
         db.engine.dispose()
-    (tmp_path / "revocation_app.py").write_text(APP_MODULE)
-    port = free_port()
-    root = Path(__file__).resolve().parent.parent
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "CACHE_TTL": str(CACHE_TTL),
+    environment = {
+        "TEST_DATABASE_URL": database_url,
+        "APIKEYS_CACHE_TTL": str(CACHE_TTL),
         # Hundreds of requests with one key in two seconds: rate limits would answer 429.
         "APIKEYS_RATELIMIT_ENABLED": "false",
-        "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}",
     }
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            "revocation_app:app",
-        ],
-        cwd=tmp_path,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with gunicorn_workers(environment, tmp_path / "gunicorn.log") as (_, port):
         yield f"http://127.0.0.1:{port}", key
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def call(url: str, key: str, method: str = "GET") -> tuple[int, str]:
@@ -111,7 +53,7 @@ def test_revocation_through_one_worker_reaches_the_others_within_the_bound(
     base, key = gunicorn
     # Warm both workers: each has verified (and cached) the key. Requests go in fours, so a
     # worker busy with one leaves the next to the other (once it has booted: wait for that).
-    pids = set()
+    pids: set[str] = set()
     deadline = time.monotonic() + 15
     with ThreadPoolExecutor(4) as pool:
         while len(pids) < 2 and time.monotonic() < deadline:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,11 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from .factory import create_app
-from .servers import free_port, tail, wait_until
-from .test_limiting_gunicorn import both_workers_answer
+from .servers import gunicorn_workers, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-ROOT = Path(__file__).resolve().parent.parent
 KEYS = 3
 CLIENTS = 4
 REQUESTS = 300  # in all, CLIENTS threads sharing them
@@ -50,10 +46,7 @@ def gunicorn(postgresql_url: str, tmp_path: Path) -> Iterator[Gunicorn]:
         keys = {item.key: str(item.api_key.id) for item in created}
     with app.app_context():  # once the session has given its connection back
         db.engine.dispose()
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
     environment = {
-        **os.environ,
         "TEST_DATABASE_URL": postgresql_url,
         "APIKEYS_USAGE_MODE": "buffered",
         "APIKEYS_USAGE_FLUSH_INTERVAL": "3600",
@@ -61,34 +54,9 @@ def gunicorn(postgresql_url: str, tmp_path: Path) -> Iterator[Gunicorn]:
         # Hundreds of requests a second with three keys: a limit would answer 429.
         "APIKEYS_RATELIMIT_ENABLED": "false",
     }
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-w",
-                "2",
-                "-k",
-                "sync",
-                "-b",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "20",
-                "tests.gunicorn_app:app",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(lambda: both_workers_answer(port), "two gunicorn workers", log)
+    log = tmp_path / "gunicorn.log"
+    with gunicorn_workers(environment, log, "--graceful-timeout", "20") as (process, port):
         yield Gunicorn(process, port, log, keys, postgresql_url)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def usage_in_database(connection: sa.Connection) -> tuple[int, dict[str, int]]:
