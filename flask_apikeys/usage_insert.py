@@ -189,7 +189,7 @@ class InsertPlan:
         present: tuple[bool, ...],
     ) -> None:
         """Rows ``start`` to ``end`` (the same columns present) in multi-row ``INSERT``s."""
-        present_columns = list(compress(columns, present))
+        kept = list(compress(columns, present))  # the columns this statement binds
         while start < end:
             left = end - start
             # Whole statements of the largest size, then powers of two: at most a handful of
@@ -198,7 +198,7 @@ class InsertPlan:
                 ROWS_PER_STATEMENT if left >= ROWS_PER_STATEMENT else 1 << (left.bit_length() - 1)
             )
             sql, names = self.statement(size, present)
-            chunk = zip(*[column[start : start + size] for column in present_columns], strict=True)
+            chunk = zip(*[column[start : start + size] for column in kept], strict=True)
             values = tuple(chain.from_iterable(chunk))
             connection.exec_driver_sql(
                 sql, values if names is None else dict(zip(names, values, strict=True))
