@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import summary  # noqa: E402
-from bench.servers import free_port, postgresql_server, redis_server  # noqa: E402
-from tests.servers import script_calls  # noqa: E402
+from bench.servers import postgresql_server, redis_server  # noqa: E402
+from tests.servers import free_port, script_calls  # noqa: E402
 
 #: wrk prints durations with these units (``print_units`` in wrk's source).
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}

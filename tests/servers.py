@@ -125,11 +125,10 @@ class PostgreSQLServer:
         return True
 
 
-@pytest.fixture(scope="session")
-def postgresql_server() -> Iterator[PostgreSQLServer]:
-    """One PostgreSQL 15 cluster for the session (run as ``postgres``: it refuses root)."""
-    if not (POSTGRES_BIN / "initdb").exists() or not (POSTGRES_BIN / "pg_ctl").exists():
-        missing(f"PostgreSQL 15 ({POSTGRES_BIN}/initdb, pg_ctl)")
+@contextmanager
+def running_postgresql(shared_buffers: str = "16MB") -> Iterator[PostgreSQLServer]:
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 (run as ``postgres``: it refuses root),
+    without durability (fsync off: nothing here must survive), removed on exit."""
     workdir = Path(tempfile.mkdtemp(prefix="apikeys-pg-"))
     data, log = workdir / "data", workdir / "server.log"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -140,7 +139,7 @@ def postgresql_server() -> Iterator[PostgreSQLServer]:
     options = (
         f"-c listen_addresses={HOST} -c port={port} -c unix_socket_directories={workdir} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        "-c wal_level=minimal -c max_wal_senders=0 -c shared_buffers=16MB "
+        f"-c wal_level=minimal -c max_wal_senders=0 -c shared_buffers={shared_buffers} "
         "-c max_connections=100 -c autovacuum=off"
     )
     try:
@@ -182,6 +181,19 @@ def postgresql_server() -> Iterator[PostgreSQLServer]:
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def postgresql_installed() -> bool:
+    return (POSTGRES_BIN / "initdb").exists() and (POSTGRES_BIN / "pg_ctl").exists()
+
+
+@pytest.fixture(scope="session")
+def postgresql_server() -> Iterator[PostgreSQLServer]:
+    """One PostgreSQL 15 cluster for the session."""
+    if not postgresql_installed():
+        missing(f"PostgreSQL 15 ({POSTGRES_BIN}/initdb, pg_ctl)")
+    with running_postgresql() as server:
+        yield server
 
 
 @pytest.fixture
@@ -275,11 +287,9 @@ class RedisServer:
             client.close()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the session."""
-    if shutil.which("redis-server") is None:
-        missing("redis-server")
+@contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    """A throwaway redis-server on 127.0.0.1 (nothing persisted), removed on exit."""
     server = RedisServer(Path(tempfile.mkdtemp(prefix="apikeys-redis-")))
     try:
         server.start()
@@ -287,6 +297,15 @@ def redis_server() -> Iterator[RedisServer]:
     finally:
         server.stop()
         shutil.rmtree(server.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session."""
+    if shutil.which("redis-server") is None:
+        missing("redis-server")
+    with running_redis() as server:
+        yield server
 
 
 @pytest.fixture
