@@ -75,6 +75,26 @@ def make_key(app: Flask, apikeys: APIKeys, organization: Any) -> Callable[..., s
     return make
 
 
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
+    """Apps a test builds itself with the given configuration, on its database unless told
+    otherwise; their usage writers are closed while the database still exists."""
+    apps: list[Flask] = []
+
+    def make(url: str | None = None, **config: Any) -> Flask:
+        built, _, apikeys = create_app(url or database_url, **config)
+        with built.app_context():
+            apikeys.create_all()
+        apps.append(built)
+        return built
+
+    yield make
+    for built in apps:
+        built.extensions["apikeys"].writer.close()
+        with built.app_context():
+            built.extensions["sqlalchemy"].engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     """The same test on SQLite and on a real PostgreSQL 15."""

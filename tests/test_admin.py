@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -447,25 +447,6 @@ def test_the_bootstrap_key_is_not_kept_in_the_settings(app: Flask) -> None:
     settings = app.extensions["apikeys"].settings
     assert ADMIN_KEY not in repr(settings)
     assert ADMIN_KEY not in repr(vars(settings) if hasattr(settings, "__dict__") else settings)
-
-
-@pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
-    """Apps built by the test itself; their writers are closed while the database exists."""
-    built: list[Flask] = []
-
-    def make(**config: Any) -> Flask:
-        app, _, apikeys = create_app(database_url, **config)
-        with app.app_context():
-            apikeys.create_all()
-        built.append(app)
-        return app
-
-    yield make
-    for app in built:
-        app.extensions["apikeys"].writer.close()
-        with app.app_context():
-            app.extensions["sqlalchemy"].engine.dispose()
 
 
 def test_an_empty_prefix_mounts_no_admin_api(make_app: Callable[..., Flask]) -> None:

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -68,25 +68,6 @@ def second_rsa_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="session")
 def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
-
-
-@pytest.fixture
-def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
-    """Build apps with the given configuration, on this test's database unless told otherwise."""
-    apps: list[Flask] = []
-
-    def make(url: str | None = None, **config: Any) -> Flask:
-        flask_app, _, apikeys = create_app(url or database_url, **config)
-        with flask_app.app_context():
-            apikeys.create_all()
-        apps.append(flask_app)
-        return flask_app
-
-    yield make
-    for flask_app in apps:
-        flask_app.extensions["apikeys"].writer.close()
-        with flask_app.app_context():
-            flask_app.extensions["sqlalchemy"].engine.dispose()
 
 
 def new_key(app: Flask, scopes: Any = ("*",), **options: Any) -> Key:
