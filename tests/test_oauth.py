@@ -26,6 +26,8 @@ from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session as RequestsOAuth2Session
 from werkzeug.serving import make_server
@@ -301,6 +303,81 @@ def test_the_failed_attempt_block_applies_at_the_token_endpoint(
     # Blocked before the secret is looked at: even the right one waits.
     response = client.post(TOKEN_PATH, **client_credentials(key))
     assert_oauth_error(response, 429, "rate_limit_exceeded")
+
+
+@pytest.fixture
+def fuzzed(app: Flask) -> tuple[FlaskClient, Key]:
+    return app.test_client(), new_key(app, scopes=["presentations:read"])
+
+
+text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=60)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    basic_value=st.one_of(st.none(), text, st.binary(max_size=60).map(base64.b64encode)),
+    grant_type=st.one_of(st.none(), st.sampled_from(["client_credentials", "password"]), text),
+    scope=st.one_of(st.none(), text),
+    client_id=st.one_of(st.none(), text),
+    client_secret=st.one_of(st.none(), text),
+)
+def test_mangled_oauth_requests_never_5xx_and_never_get_a_token(
+    fuzzed: tuple[FlaskClient, Key],
+    basic_value: Any,
+    grant_type: str | None,
+    scope: str | None,
+    client_id: str | None,
+    client_secret: str | None,
+) -> None:
+    client, _ = fuzzed
+    headers = {}
+    if basic_value is not None:
+        value = basic_value.decode() if isinstance(basic_value, bytes) else basic_value
+        headers["Authorization"] = f"Basic {value}"
+    form = {
+        name: value
+        for name, value in [
+            ("grant_type", grant_type),
+            ("scope", scope),
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+        ]
+        if value is not None
+    }
+    response = client.post(TOKEN_PATH, headers=headers, data=form)
+    if basic_value is None and not set(form) & {"grant_type", "client_id", "client_secret"}:
+        assert_problem(response, 401, "missing_api_key")  # the key exchange, without a key
+        return
+    assert response.status_code in {400, 401, 429}, response.get_data(as_text=True)
+    assert "error" in response.get_json() and "access_token" not in response.get_json()
+
+
+def test_two_revocations_of_a_key_at_once_both_succeed(app: Flask, base_url: str) -> None:
+    key = new_key(app, scopes=["presentations:read"])
+    barrier = threading.Barrier(2)
+    statuses: list[int] = []
+
+    def revoke() -> None:
+        barrier.wait()
+        response = requests.post(
+            base_url + REVOKE_PATH,
+            data={"token": key.secret},
+            auth=(str(key.id), key.secret),
+            timeout=10,
+        )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=revoke) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    # The second may find the key revoked already (401 invalid_client) or revoke it too.
+    assert sorted(statuses)[0] == 200 and set(statuses) <= {200, 401}
+    with app.app_context():
+        assert app.extensions["apikeys"].extension.get_key(key.id).revoked_at is not None
 
 
 def test_the_client_secret_never_reaches_the_logs(
