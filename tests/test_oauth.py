@@ -33,6 +33,7 @@ from requests_oauthlib import OAuth2Session as RequestsOAuth2Session
 from werkzeug.serving import make_server
 
 from flask_apikeys import APIKeys
+from flask_apikeys.config import ConfigError, load_settings
 
 from .test_auth import assert_problem
 from .test_tokens import HS256, SECRET, TOKEN_PATH, Key, bearer, new_key, private_pem
@@ -739,3 +740,41 @@ def test_the_documented_gateway_and_client_examples_run(app: Flask, base_url: st
         assert answer["scope"] == "presentations:read"
     assert gateway_example.check_credential("pk_live_" + "0" * 46, gateway.secret, url) is None
     assert isinstance(uuid.UUID(answer["org"]), uuid.UUID)
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_paths_and_scope_are_configurable_and_the_endpoints_can_be_left_off(
+    make_app: Callable[..., Flask],
+) -> None:
+    app = make_app(
+        **HS256,
+        APIKEYS_INTROSPECTION_PATH="/internal/introspect",
+        APIKEYS_INTROSPECTION_SCOPE="gateway:check",
+        APIKEYS_REVOCATION_PATH="",
+    )
+    rules = {rule.rule: rule.endpoint for rule in app.url_map.iter_rules()}
+    assert rules["/internal/introspect"] == "apikeys_oauth.introspect"
+    assert REVOKE_PATH not in rules and INTROSPECT_PATH not in rules
+    client = app.test_client()
+    assert "revocation_endpoint" not in client.get(METADATA_PATH).get_json()
+    gateway, key = new_key(app, scopes=["gateway:check"]), new_key(app)
+    answer = client.post(
+        "/internal/introspect", headers=bearer(gateway.secret), data={"token": key.secret}
+    ).get_json()
+    assert answer["active"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APIKEYS_INTROSPECTION_PATH", "auth/introspect"),
+        ("APIKEYS_REVOCATION_PATH", "/auth/<kind>"),
+        ("APIKEYS_INTROSPECTION_SCOPE", "not a scope"),
+        ("APIKEYS_INTROSPECTION_SCOPE", "a:read,b:read"),
+    ],
+)
+def test_bad_oauth_settings_stop_init_app(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({name: value}, environ={})
