@@ -20,6 +20,7 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .extension import ExtensionState
     from .identity import VerifiedKey
+    from .revocation import TokenDenyList
     from .service import KeyService
 
 #: RFC 9068's media type for JWT access tokens: a token with another ``typ`` (say, an ID token
@@ -182,6 +184,8 @@ class TokenAuthority:
         self.audience = settings.jwt_audience
         self.check_revocation = settings.jwt_check_revocation
         self.token_path = settings.jwt_token_path
+        #: Revoked token ids (RFC 7009), set by ``init_app``; ``None``: none are refused by id.
+        self.deny_list: TokenDenyList | None = None
         #: (id of a key snapshot, scope claim) → (that snapshot, its narrowed copy), so a busy
         #: token yields the same object each time (the rate limiter caches per snapshot).
         self._narrowed: dict[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = {}
@@ -250,8 +254,10 @@ class TokenAuthority:
         except (ValueError, TypeError, AttributeError):
             raise InvalidToken("The access token is malformed.") from None
         scope = claims["scope"]
-        if not isinstance(scope, str):
+        if not isinstance(scope, str) or not isinstance(claims["jti"], str):
             raise InvalidToken("The access token is malformed.")
+        if self.deny_list is not None and self.deny_list.is_revoked(claims["jti"]):
+            raise InvalidToken("The access token has been revoked.")
         verified = self.service.verified_key_by_id(key_id)
         if verified is None or verified.organization.id != organization_id:
             raise InvalidToken("The key this token was issued for no longer exists.")
@@ -363,10 +369,16 @@ def jwks() -> Response:
     return response
 
 
-def register_token_views(app: Flask, tokens: TokenAuthority) -> None:
-    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``)."""
+def register_token_views(
+    app: Flask, tokens: TokenAuthority, token_view: Callable[[], Response] = issue_token
+) -> None:
+    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``).
+
+    ``token_view`` answers the token route: :func:`issue_token`, or the OAuth endpoint that
+    also speaks the client credentials grant (:func:`flask_apikeys.oauth.token_endpoint`).
+    """
     blueprint = Blueprint("apikeys_tokens", __name__)
-    blueprint.add_url_rule(tokens.token_path, "issue_token", issue_token, methods=["POST"])
+    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
     if tokens.public_jwks:
         blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
     app.register_blueprint(blueprint)
