@@ -66,3 +66,33 @@ def scopes_beyond(granter_scopes: Iterable[str], requested: Iterable[str]) -> li
     """The requested scopes that the granter's own scopes do not cover (no escalation)."""
     granted = frozenset(granter_scopes)
     return sorted(scope for scope in requested if not scope_grants(granted, scope))
+
+
+def within_plan(scopes: frozenset[str], plan_scopes: Iterable[str] | None) -> frozenset[str]:
+    """The part of a key's effective scopes that its organization's plan allows.
+
+    Keys are checked against the plan when they are made; this keeps a key that a later plan
+    change left with more (``*`` on a plan that now allows ``reports:read``) from using it.
+    Where two wildcards overlap only partly (``*:read`` against ``reports:*``) the narrower
+    meeting scope is kept (``reports:read``): the answer errs toward less, never more.
+    """
+    if plan_scopes is None:
+        return scopes
+    plan = frozenset(plan_scopes)
+    kept = {scope for scope in scopes if scope_grants(plan, scope)}
+    kept |= {scope for scope in plan if scope_grants(scopes, scope)}
+    for scope in scopes:
+        if scope.startswith("*:"):  # an action on every resource, met with a plan's resource
+            kept |= {
+                f"{allowed[:-2]}{scope[1:]}"
+                for allowed in plan
+                if allowed.endswith(":*") and not allowed.startswith("*")
+            }
+    for allowed in plan:
+        if allowed.startswith("*:"):
+            kept |= {
+                f"{scope[:-2]}{allowed[1:]}"
+                for scope in scopes
+                if scope.endswith(":*") and not scope.startswith("*")
+            }
+    return frozenset(kept)
