@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .scopes import scope_grants
+from .scopes import scope_covers
 
 READ_ONLY = "read-only"
 READ_WRITE = "read-write"
@@ -65,7 +65,7 @@ def effective_scopes(
 def scopes_beyond(granter_scopes: Iterable[str], requested: Iterable[str]) -> list[str]:
     """The requested scopes that the granter's own scopes do not cover (no escalation)."""
     granted = frozenset(granter_scopes)
-    return sorted(scope for scope in requested if not scope_grants(granted, scope))
+    return sorted(scope for scope in requested if not scope_covers(granted, scope))
 
 
 def within_plan(scopes: frozenset[str], plan_scopes: Iterable[str] | None) -> frozenset[str]:
@@ -79,20 +79,14 @@ def within_plan(scopes: frozenset[str], plan_scopes: Iterable[str] | None) -> fr
     if plan_scopes is None:
         return scopes
     plan = frozenset(plan_scopes)
-    kept = {scope for scope in scopes if scope_grants(plan, scope)}
-    kept |= {scope for scope in plan if scope_grants(scopes, scope)}
-    for scope in scopes:
-        if scope.startswith("*:"):  # an action on every resource, met with a plan's resource
-            kept |= {
-                f"{allowed[:-2]}{scope[1:]}"
-                for allowed in plan
-                if allowed.endswith(":*") and not allowed.startswith("*")
-            }
-    for allowed in plan:
-        if allowed.startswith("*:"):
-            kept |= {
-                f"{scope[:-2]}{allowed[1:]}"
-                for scope in scopes
-                if scope.endswith(":*") and not scope.startswith("*")
-            }
-    return frozenset(kept)
+    candidates = set(scopes) | plan
+    for every_resource in (scope for scope in scopes | plan if scope.startswith("*:")):
+        action = every_resource[1:]  # ":read"
+        candidates |= {
+            resource[:-2] + action
+            for resource in scopes | plan
+            if resource.endswith(":*") and not resource.startswith("*")
+        }
+    return frozenset(
+        scope for scope in candidates if scope_covers(scopes, scope) and scope_covers(plan, scope)
+    )

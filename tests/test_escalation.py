@@ -13,10 +13,14 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InsufficientScope
 from flask_apikeys.models import APIKey, AuditRecord
+from flask_apikeys.permissions import scopes_beyond, within_plan
+from flask_apikeys.scopes import scope_grants
 
 ADMIN_KEY = "bootstrap-" + "e" * 32
 JWT_SECRET = "a-jwt-secret-of-at-least-32-characters!"
@@ -299,3 +303,57 @@ def test_a_granter_revoked_since_it_was_verified_grants_nothing(
         apikeys.revoke_key(admin_id)
         with pytest.raises(InsufficientScope, match="revoked"):
             apikeys.create_key(org_id, "late", granted_by=granter)
+
+
+# -- wildcards: what is handed out, not what is needed ----------------------------------------
+
+SCOPES = st.one_of(
+    st.just("*"),
+    st.lists(st.sampled_from(["a", "b", "read", "*"]), min_size=1, max_size=3).map(":".join),
+)
+SCOPE_SETS = st.frozensets(SCOPES, max_size=4)
+
+
+@given(held=SCOPE_SETS, handed_out=SCOPE_SETS, needed=SCOPE_SETS)
+@example(held=frozenset({"*:*"}), handed_out=frozenset({"a:*"}), needed=frozenset({"a:b"}))
+def test_a_scope_handed_out_never_opens_what_its_granter_cannot(
+    held: frozenset[str], handed_out: frozenset[str], needed: frozenset[str]
+) -> None:
+    if scopes_beyond(held, handed_out):
+        return  # refused
+    for scope in needed:
+        if scope_grants(handed_out, scope):
+            assert scope_grants(held, scope), (held, handed_out, scope)
+
+
+@given(key=SCOPE_SETS, plan=SCOPE_SETS, needed=SCOPE_SETS)
+@example(key=frozenset({"*:*"}), plan=frozenset({"a:*"}), needed=frozenset({"a:b"}))
+def test_what_the_plan_leaves_a_key_is_within_both(
+    key: frozenset[str], plan: frozenset[str], needed: frozenset[str]
+) -> None:
+    kept = within_plan(key, plan)
+    for scope in needed | key | plan:
+        if scope_grants(kept, scope):
+            assert scope_grants(key, scope) and scope_grants(plan, scope), (key, plan, scope)
+
+
+def test_within_plan_keeps_where_wildcards_meet() -> None:
+    assert within_plan(frozenset({"*:read"}), ["reports:*"]) == {"reports:read"}
+    assert within_plan(frozenset({"*"}), ["reports:read"]) == {"reports:read"}
+    assert within_plan(frozenset({"reports:read"}), None) == {"reports:read"}
+
+
+def test_a_star_star_key_cannot_hand_out_a_resource_wildcard(
+    app: Flask, apikeys: APIKeys, client: FlaskClient, org_id: str
+) -> None:
+    """``*:*`` opens a view needing ``presentations:*`` literally, never ``presentations:read``."""
+    star_star, _ = new_key(app, apikeys, org_id, scopes=["*:*", "admin"])
+    assert client.get("/v1/presentations", headers=auth(star_star)).status_code == 403
+    token = client.post("/auth/token", headers=auth(star_star), json={"scope": "presentations:*"})
+    assert_refused(token)
+    made = client.post(
+        f"/admin/organizations/{org_id}/keys",
+        json={"name": "wider", "scopes": ["presentations:*"]},
+        headers=auth(star_star),
+    )
+    assert_refused(made)
