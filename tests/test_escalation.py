@@ -357,3 +357,25 @@ def test_a_star_star_key_cannot_hand_out_a_resource_wildcard(
         headers=auth(star_star),
     )
     assert_refused(made)
+
+
+def test_the_cli_warns_about_what_a_plan_downgrade_leaves_beyond_the_plan(
+    app: Flask, apikeys: APIKeys, runner: Any, org_id: str
+) -> None:
+    _, star_id = new_key(app, apikeys, org_id, scopes=["*"])
+    result = runner.invoke(args=["apikeys", "org", "update", "--slug", "acme", "--plan", "basic"])
+    assert result.exit_code == 0, result.output
+    assert "beyond the plan" in result.stderr and star_id in result.stderr
+
+
+def test_a_revoked_key_cannot_be_brought_back_through_the_admin_api(
+    app: Flask, apikeys: APIKeys, client: FlaskClient, org_id: str
+) -> None:
+    admin, _ = new_key(app, apikeys, org_id, scopes=["admin"])
+    secret, key_id = new_key(app, apikeys, org_id)
+    path = f"/admin/organizations/{org_id}/keys/{key_id}"
+    assert client.delete(path, headers=auth(admin)).status_code == 200
+    assert client.patch(path, json={"is_active": True}, headers=auth(admin)).status_code == 422
+    assert client.patch(path, json={"name": "again"}, headers=auth(admin)).status_code == 409
+    assert client.post(f"{path}/rotate", json={}, headers=auth(admin)).status_code == 409
+    assert client.get("/v1/whoami", headers=auth(secret)).status_code == 401
