@@ -37,7 +37,7 @@ from .errors import (
     MissingAPIKey,
     OrganizationInactive,
 )
-from .scopes import public, validate_scope
+from .scopes import public, scope_covers, validate_scope
 
 try:
     import jwt
@@ -237,7 +237,8 @@ class TokenAuthority:
                 validate_scope(name)
         except ValueError as error:
             raise InvalidInput(errors={"scope": [str(error)]}) from None
-        beyond = [name for name in requested if not key.has_scope(name)]
+        # Covered, not merely granted: a ``*:*`` key must not hand out ``presentations:*``.
+        beyond = [name for name in requested if not scope_covers(key.scopes, name)]
         if beyond:
             raise InsufficientScope(
                 f"This key cannot grant: {', '.join(beyond)}.", scopes_not_granted=beyond
@@ -307,7 +308,7 @@ class TokenAuthority:
         if entry is not None and entry[0] is verified:
             return entry[1]
         # Only what the key still has: narrowing a key's scopes narrows its live tokens too.
-        scopes = frozenset(name for name in scope.split() if verified.has_scope(name))
+        scopes = frozenset(name for name in scope.split() if scope_covers(verified.scopes, name))
         narrowed = replace(verified, scopes=scopes)
         if len(self._narrowed) >= MAX_REMEMBERED:
             self._narrowed.clear()
