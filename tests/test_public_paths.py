@@ -125,7 +125,11 @@ def test_static_files_stay_public(make_app: Callable[..., Flask], tmp_path: Any)
     app = make_app()
     (tmp_path / "site.css").write_text("body {}")
     blueprint = Blueprint(
-        "theme", __name__, static_folder=str(tmp_path), static_url_path="/static", url_prefix="/theme"
+        "theme",
+        __name__,
+        static_folder=str(tmp_path),
+        static_url_path="/static",
+        url_prefix="/theme",
     )
     app.register_blueprint(blueprint)
     with app.test_client().get("/theme/static/site.css") as response:
@@ -196,8 +200,12 @@ def test_a_scoped_view_counts_failed_attempts_and_honours_the_block_wherever_it_
     key = key_in(app)
     client = app.test_client()
     for _ in range(2):
-        assert_problem(client.get(path, headers={"X-API-Key": tampered(key)}), 401, "invalid_api_key")
-    assert_problem(client.get(path, headers={"X-API-Key": tampered(key)}), 429, "rate_limit_exceeded")
+        assert_problem(
+            client.get(path, headers={"X-API-Key": tampered(key)}), 401, "invalid_api_key"
+        )
+    assert_problem(
+        client.get(path, headers={"X-API-Key": tampered(key)}), 429, "rate_limit_exceeded"
+    )
     assert_problem(client.get(path, headers={"X-API-Key": key}), 429, "rate_limit_exceeded")
 
 
