@@ -332,8 +332,9 @@ OPTIONS: tuple[Option, ...] = (
         "APIKEYS_PUBLIC_PATHS",
         DEFAULT_PUBLIC_PATHS,
         _parse_paths,
-        "paths that are never authenticated, matched exactly; '/prefix/*' matches every path "
-        "below /prefix/ (views with @require_scopes are authenticated wherever they are)",
+        "paths that are never authenticated, matched exactly; ``/prefix/*`` matches every "
+        "path below ``/prefix/`` (views with @require_scopes are authenticated wherever they "
+        "are)",
     ),
     Option("APIKEYS_KEY_PREFIX", "pk", _parse_key_prefix, "first part of every new key"),
     Option(
