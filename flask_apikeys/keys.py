@@ -115,3 +115,8 @@ TOKEN_SEARCH_PATTERN = re.compile(r"eyJ[0-9A-Za-z_\-]{2,}\.eyJ[0-9A-Za-z_\-]*\.[
 def looks_like_access_token(text: str) -> bool:
     """Whether ``text`` contains something shaped like a JWT access token."""
     return TOKEN_SEARCH_PATTERN.search(text) is not None
+
+
+def redact_path(path: str) -> str:
+    """``path`` with every key and access token in it replaced, for usage and audit rows."""
+    return TOKEN_SEARCH_PATTERN.sub("[token]", KEY_SEARCH_PATTERN.sub("[key]", path))

@@ -13,11 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
 from flask_apikeys import APIKeys
+from flask_apikeys.models import AuditRecord
 
+from .factory import tampered
 from .test_auth import assert_problem
 
 JWT_SECRET = "j" * 40
@@ -251,3 +254,27 @@ def test_gunicorn_access_log_never_prints_a_key_or_token(tmp_path: Path) -> None
     text = log.read_text()
     assert "GET /v1/whoami?access_token=" in text
     assert_masked(text, key, token)
+
+
+def test_a_token_in_the_path_of_a_refused_request_is_not_stored_or_logged_by_the_audit_trail(
+    jwt_app: Flask,
+    secrets_of: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    key, token = secrets_of
+    caplog.set_level(logging.INFO, logger="flask_apikeys.audit")
+    response = jwt_app.test_client().get(
+        f"/v1/items/{token}/{key}", headers={"X-API-Key": tampered(key)}
+    )
+    assert_problem(response, 401, "invalid_api_key")
+    apikeys: APIKeys = jwt_app.extensions["apikeys"].extension
+    with jwt_app.app_context():
+        apikeys.flush_usage()
+        session = jwt_app.extensions["sqlalchemy"].session
+        refused = session.scalars(
+            sa.select(AuditRecord).where(AuditRecord.event == "auth.refused")
+        ).one()
+        assert refused.details["path"] == "/v1/items/[token]/[key]"
+    audit_lines = [str(getattr(record, "audit", "")) for record in caplog.records]
+    assert any("/v1/items/[token]/[key]" in line for line in audit_lines)
+    assert not any(token in line or key in line for line in audit_lines)
