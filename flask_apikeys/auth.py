@@ -251,9 +251,9 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
             return True
         return path_is_public(path, state)
     access = endpoint_access(rule.endpoint, state)
-    if access is ORDINARY:
+    if access == ORDINARY:
         return path_is_public(current_request.path, state)
-    return access is SKIPPED
+    return access == SKIPPED
 
 
 def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
