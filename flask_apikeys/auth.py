@@ -13,7 +13,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Request, current_app, g, has_request_context, request
+from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from .errors import (
@@ -24,7 +24,7 @@ from .errors import (
     IPNotAllowed,
     MissingAPIKey,
 )
-from .keys import looks_like_key
+from .keys import looks_like_access_token, looks_like_key
 from .network import address_allowed, client_address
 from .permissions import READ_ONLY, SAFE_METHODS
 from .usage import START_ENVIRON_KEY
@@ -35,11 +35,16 @@ if TYPE_CHECKING:
 
 #: Query parameters that can only mean "here is my key"; any key-shaped value is refused too.
 URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "x_api_key"})
+#: With access tokens on, these parameters (RFC 6750's ``access_token``) are refused too.
+URL_TOKEN_PARAMETERS = frozenset({"access_token"})
 AUTHORIZATION_SCHEMES = frozenset({"bearer", "api-key"})
 _NOT_YET = object()
 #: Where the outcome is memoised: per request, since ``g`` belongs to the app context, which
 #: several requests share when one is already pushed (as in tests).
 OUTCOME_ENVIRON_KEY = "flask_apikeys.outcome"
+#: Set once a request went through rate limits, quota and the failed-attempt count, so that
+#: whoever authenticates it next (a scope decorator, the admin API) does not count it twice.
+LIMITED_ENVIRON_KEY = "flask_apikeys.limited"
 
 
 def _state() -> ExtensionState:
@@ -82,14 +87,34 @@ def extract_credential(environ: dict[str, Any]) -> str | None:
     return from_authorization or from_header
 
 
-def refuse_key_in_url(current_request: Request) -> None:
-    """Refuse (400) a request that carries a key in its query string, where it leaks to logs."""
+def refuse_key_in_url(current_request: Request, *, tokens_enabled: bool = False) -> None:
+    """Refuse (400) a request that carries a key in its query string, where it leaks to logs.
+
+    With access tokens on, a JWT-shaped value or an ``access_token`` parameter is refused too.
+    """
     for name, value in current_request.args.items(multi=True):
-        if name.lower() in URL_KEY_PARAMETERS or looks_like_key(value):
+        lowered = name.lower()
+        if lowered in URL_KEY_PARAMETERS or looks_like_key(value):
             raise APIKeyInURL(
                 "API keys must not be sent in the URL, where logs and browser history keep them. "
                 "Send it in the Authorization or X-API-Key header, and revoke this key."
             )
+        if tokens_enabled and (lowered in URL_TOKEN_PARAMETERS or looks_like_access_token(value)):
+            raise APIKeyInURL(
+                "Access tokens must not be sent in the URL, where logs and browser history keep "
+                "them. Send it in the Authorization header (Bearer)."
+            )
+
+
+def refuse_blocked_address(environ: dict[str, Any], state: ExtensionState) -> None:
+    """Refuse (429) an address blocked for failed attempts, before any credential is compared.
+
+    Every path that compares a credential (this module's :func:`authenticate`, the admin API's
+    bootstrap key) calls this first, so a blocked address learns nothing from a right guess.
+    """
+    limits = state.limits
+    if limits is not None and limits.blocked and state.settings.failed_auth_limit:
+        limits.refuse_if_blocked(client_address(environ, state.settings.trusted_proxies))
 
 
 def authenticate_request() -> VerifiedKey | None:
@@ -111,11 +136,12 @@ def authenticate(
     # given now is still verified.
     if outcome is _NOT_YET or (outcome is None and credential is not None):
         presented = None
+        tokens = state.tokens
         try:
+            refuse_blocked_address(environ, state)
             if current_request.query_string:
-                refuse_key_in_url(current_request)
+                refuse_key_in_url(current_request, tokens_enabled=tokens is not None)
             presented = credential if credential is not None else extract_credential(environ)
-            tokens = state.tokens
             if presented is None:
                 outcome = None
             elif tokens is not None and tokens.is_token(presented):
@@ -139,25 +165,103 @@ def authenticate(
     return outcome  # type: ignore[no-any-return]
 
 
-def is_public_request(current_request: Request, state: ExtensionState) -> bool:
-    """Public paths, static files and views marked ``@public`` need no key."""
-    path = current_request.path
-    if path in state.public_exact_paths or path.startswith(state.public_path_prefixes):
+def authenticate_and_limit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
+    """:func:`authenticate`, then rate limits and quota, and the failed-attempt count.
+
+    Once per request (see :data:`LIMITED_ENVIRON_KEY`): the hook, a scope decorator and the
+    token endpoint may all call it; only the first counts.
+    """
+    limits = state.limits
+    if limits is None:
+        current_request.environ[LIMITED_ENVIRON_KEY] = True  # there are none to apply
+        return authenticate(current_request, state)
+    return limits.authenticate(current_request)
+
+
+def admit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
+    """Everything the hook does for a request that is not public: authenticate, limit, and
+    refuse a read-only key's writes. ``None`` when no key was sent and that is allowed."""
+    key = authenticate_and_limit(current_request, state)
+    if key is None:
+        if not state.settings.allow_unauthenticated:
+            raise MissingAPIKey(
+                "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+            )
+    elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
+        raise InsufficientScope(
+            f"This key is read-only: {current_request.method} is not allowed.",
+            level=READ_ONLY,
+        )
+    return key
+
+
+#: How the hook treats an endpoint (see :func:`endpoint_access`).
+SKIPPED = "skipped"  # static files, ``@public`` views, the extension's own views
+SCOPED = "scoped"  # a view with ``@require_scopes``: always authenticated and limited
+ORDINARY = "ordinary"  # authenticated unless a configured public path names it
+
+
+def endpoint_access(endpoint: str, state: ExtensionState) -> str:
+    """Whether the hook skips ``endpoint``, always checks it, or asks the public paths.
+
+    Decided by the endpoint Flask matched, never by a URL prefix: an app route under the admin
+    prefix or under ``/docs`` is the app's, and is authenticated like any other.
+    """
+    access = state.endpoint_access.get(endpoint)
+    if access is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        view = app.view_functions.get(endpoint)
+        if getattr(view, "_apikeys_scopes", None) is not None:
+            access = SCOPED
+        elif (
+            endpoint in state.own_endpoints
+            or getattr(view, "_apikeys_public", False)
+            or is_static_view(app, endpoint, view)
+        ):
+            access = SKIPPED
+        else:
+            access = ORDINARY
+        state.endpoint_access[endpoint] = access
+    return access
+
+
+def is_static_view(app: Flask, endpoint: str, view: Any) -> bool:
+    """Flask's own static-file views: the app's ``static`` and a blueprint's ``send_static_file``.
+
+    Not any endpoint *named* ``static``: a blueprint may have a view of that name.
+    """
+    if endpoint == "static":
+        return app.has_static_folder
+    return getattr(view, "__name__", None) == "send_static_file" and isinstance(
+        getattr(view, "__self__", None), Blueprint
+    )
+
+
+def path_is_public(path: str, state: ExtensionState) -> bool:
+    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``."""
+    if (path.rstrip("/") or "/") in state.public_exact_paths:
         return True
+    return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
+
+
+def is_public_request(current_request: Request, state: ExtensionState) -> bool:
+    """Whether the hook leaves this request alone (see :func:`endpoint_access`).
+
+    A request that matched no route gets 404 or 405 from Flask; it is authenticated like any
+    other (so the app's routes cannot be probed without a key), except under the admin API's
+    prefix, whose routes are documented in its OpenAPI document anyway.
+    """
     rule = current_request.url_rule
     if rule is None:
-        return False
-    endpoint = rule.endpoint
-    public = state.public_endpoints.get(endpoint)
-    if public is None:
-        view = current_app.view_functions.get(endpoint)
-        public = (
-            endpoint == "static"
-            or endpoint.endswith(".static")
-            or getattr(view, "_apikeys_public", False)
-        )
-        state.public_endpoints[endpoint] = public
-    return public
+        prefix = state.settings.admin_url_prefix
+        path = current_request.path
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            return True
+        return path_is_public(path, state)
+    access = endpoint_access(rule.endpoint, state)
+    if access == ORDINARY:
+        return path_is_public(current_request.path, state)
+    return access == SKIPPED
 
 
 def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
@@ -171,8 +275,6 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
     if not settings.enabled:
         return None
     track_usage = settings.usage_tracking
-    allow_unauthenticated = settings.allow_unauthenticated
-    limits = state.limits  # rate limits and quotas apply right after authentication
 
     def authenticate_before_request() -> None:
         current_request = request._get_current_object()  # type: ignore[attr-defined]
@@ -180,19 +282,6 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
             current_request.environ[START_ENVIRON_KEY] = perf_counter()
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
             return
-        if limits is None:
-            key = authenticate(current_request, state)
-        else:
-            key = limits.authenticate(current_request)
-        if key is None:
-            if not allow_unauthenticated:
-                raise MissingAPIKey(
-                    "Send your API key in the Authorization header (Bearer) or in X-API-Key."
-                )
-        elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
-            raise InsufficientScope(
-                f"This key is read-only: {current_request.method} is not allowed.",
-                level=READ_ONLY,
-            )
+        admit(current_request, state)
 
     return authenticate_before_request

@@ -83,6 +83,11 @@ def _parse_paths(value: Any) -> tuple[str, ...]:
     paths = _parse_string_list(value)
     if not all(path.startswith("/") for path in paths):
         raise ValueError("expected paths that start with '/'")
+    for path in paths:
+        if "*" in path and not (path.endswith("/*") and path.count("*") == 1 and path != "/*"):
+            raise ValueError(
+                f"{path!r}: '*' is only accepted as the last part of a prefix such as /static/*"
+            )
     return paths
 
 
@@ -343,7 +348,9 @@ OPTIONS: tuple[Option, ...] = (
         "APIKEYS_PUBLIC_PATHS",
         DEFAULT_PUBLIC_PATHS,
         _parse_paths,
-        "paths (and everything below them) that are never authenticated",
+        "paths that are never authenticated, matched exactly; ``/prefix/*`` matches every "
+        "path below ``/prefix/`` (views with @require_scopes are authenticated wherever they "
+        "are)",
     ),
     Option("APIKEYS_KEY_PREFIX", "pk", _parse_key_prefix, "first part of every new key"),
     Option(
@@ -485,6 +492,13 @@ OPTIONS: tuple[Option, ...] = (
         "failed authentication attempts allowed per client address (empty: no limit)",
     ),
     Option(
+        "APIKEYS_ADMIN_RATE_LIMIT",
+        "60/minute",
+        _parse_optional_rate_limit,
+        "each admin key's own budget on the admin API, apart from (and not taken from) its "
+        "organization's limits and quota (empty: no limit)",
+    ),
+    Option(
         "APIKEYS_JWT_ENABLED",
         False,
         _parse_bool,
@@ -603,6 +617,7 @@ class Settings:
     introspection_path: str | None = "/auth/introspect"
     introspection_scope: str = "apikeys:introspect"
     revocation_path: str | None = "/auth/revoke"
+    admin_rate_limit: str | None = "60/minute"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -681,5 +696,6 @@ def load_settings(
         introspection_path=values["APIKEYS_INTROSPECTION_PATH"],
         introspection_scope=values["APIKEYS_INTROSPECTION_SCOPE"],
         revocation_path=values["APIKEYS_REVOCATION_PATH"],
+        admin_rate_limit=values["APIKEYS_ADMIN_RATE_LIMIT"],
         raw=values,
     )

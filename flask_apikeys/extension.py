@@ -44,10 +44,15 @@ class ExtensionState:
     hasher: KeyHasher
     cache: VerifiedKeyCache
     service: KeyService
+    #: ``APIKEYS_PUBLIC_PATHS`` entries matched exactly (trailing slash ignored).
     public_exact_paths: frozenset[str]
+    #: ``/prefix/*`` entries of ``APIKEYS_PUBLIC_PATHS``, as ``"/prefix/"``.
     public_path_prefixes: tuple[str, ...]
-    #: endpoint → whether it is public, filled on first sight of each endpoint.
-    public_endpoints: dict[str, bool] = field(default_factory=dict)
+    #: endpoint → how the hook treats it (:func:`~flask_apikeys.auth.endpoint_access`), filled
+    #: on first sight of each endpoint.
+    endpoint_access: dict[str, str] = field(default_factory=dict)
+    #: The extension's own endpoints (admin API, token views), which authenticate themselves.
+    own_endpoints: frozenset[str] = frozenset()
     #: Buffered writer of usage rows and refused-attempt audit records.
     writer: UsageWriter | None = None
     #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
@@ -117,12 +122,11 @@ class APIKeys:
             session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
         )
         tokens = TokenAuthority(settings, service) if settings.jwt_enabled else None
-        exact_paths = frozenset(path.rstrip("/") or "/" for path in settings.public_paths)
-        # The hook leaves these prefixes alone: public paths, and the admin API, which
-        # authenticates its own requests (its bootstrap key is not a stored key).
-        skipped_prefixes = [path.rstrip("/") + "/" for path in exact_paths]
-        if settings.admin_url_prefix:
-            skipped_prefixes.append(settings.admin_url_prefix + "/")
+        # Exact unless written as a prefix: "/docs" must not make an app's /docs/<id> public.
+        exact_paths = frozenset(
+            path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
+        )
+        prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
         state = app.extensions["apikeys"] = ExtensionState(
             extension=self,
             settings=settings,
@@ -131,7 +135,7 @@ class APIKeys:
             cache=cache,
             service=service,
             public_exact_paths=exact_paths,
-            public_path_prefixes=tuple(skipped_prefixes),
+            public_path_prefixes=prefixes,
             tokens=tokens,
         )
         self._install_usage_and_audit(app, state)
@@ -143,9 +147,12 @@ class APIKeys:
         after_request = make_after_request_hook(state)
         if after_request is not None:
             app.after_request(after_request)
+        endpoints_before = set(app.view_functions)
         register_oauth_views(app, state)  # token endpoint, metadata, introspection, revocation
         if settings.admin_url_prefix:
             app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))
+        # Exactly the endpoints we just added: Flask refuses another view under their names.
+        state.own_endpoints = frozenset(set(app.view_functions) - endpoints_before)
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)

@@ -105,3 +105,18 @@ def looks_like_key(text: str) -> bool:
 KEY_SEARCH_PATTERN = re.compile(
     r"\b[a-z][a-z0-9]{0,15}_(?:live|test)_[0-9A-Za-z]{" + str(SECRET_LENGTH) + r",}"
 )
+
+#: Finds JWT-shaped substrings (``eyJ…``, three base64url parts): the access tokens of
+#: :mod:`flask_apikeys.tokens`, masked in logs and refused in URLs like keys. A JWT's header
+#: and payload are JSON objects, so both parts start with ``eyJ`` (``{"``).
+TOKEN_SEARCH_PATTERN = re.compile(r"eyJ[0-9A-Za-z_\-]{2,}\.eyJ[0-9A-Za-z_\-]*\.[0-9A-Za-z_\-]*")
+
+
+def looks_like_access_token(text: str) -> bool:
+    """Whether ``text`` contains something shaped like a JWT access token."""
+    return TOKEN_SEARCH_PATTERN.search(text) is not None
+
+
+def redact_path(path: str) -> str:
+    """``path`` with every key and access token in it replaced, for usage and audit rows."""
+    return TOKEN_SEARCH_PATTERN.sub("[token]", KEY_SEARCH_PATTERN.sub("[key]", path))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
-from .auth import authenticate, authenticate_request
+from .auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .errors import (
     APIKeyError,
@@ -50,6 +50,12 @@ logger = logging.getLogger("flask_apikeys")
 #: Where a request's limits and counters wait for the ``after_request`` hook.
 RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
 STORAGE_WARNING_INTERVAL = 10.0
+#: Whose limit a policy is, in the words of a 429's detail (every other policy is the key's).
+POLICY_OWNERS = {
+    "organization": "organization's",
+    "address": "address's",
+    "admin": "admin API",
+}
 #: How many key configurations (and snapshots, and blocked addresses) are remembered at most.
 MAX_REMEMBERED = 10_000
 
@@ -149,31 +155,61 @@ class RateLimits:
     # -- the request hook ---------------------------------------------------------------------
 
     def authenticate(
-        self, current_request: Request, credential: str | None = None
+        self,
+        current_request: Request,
+        credential: str | None = None,
+        *,
+        enforce_limits: bool = True,
     ) -> VerifiedKey | None:
         """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
 
-        Addresses that failed too often are refused before their key is even looked at.
-        ``credential`` replaces the one in the headers (the OAuth endpoints' client secret).
+        Addresses that failed too often are refused before their credential is even looked at
+        (:func:`~flask_apikeys.auth.refuse_blocked_address`). Once per request: a second call
+        returns the first one's key and counts nothing. ``enforce_limits=False`` counts failed
+        attempts only; the admin API applies its own budget instead. ``credential`` replaces the
+        one in the headers (the OAuth endpoints' client secret).
         """
-        address = None
-        if self.blocked and self.settings.failed_auth_limit:
-            address = client_address(current_request.environ, self.settings.trusted_proxies)
-            self._refuse_if_blocked(address)
+        environ = current_request.environ
+        if LIMITED_ENVIRON_KEY in environ:
+            return authenticate(current_request, self.state, credential)
+        environ[LIMITED_ENVIRON_KEY] = True
         try:
             key = authenticate(current_request, self.state, credential)
         except AuthenticationError as error:
             if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
-                self._count_failure(
-                    address
-                    or client_address(current_request.environ, self.settings.trusted_proxies)
-                )
+                self._count_failure(client_address(environ, self.settings.trusted_proxies))
             raise
+        if not enforce_limits:
+            return key
         if key is not None:
             self.enforce(key, current_request)
         elif self.settings.allow_unauthenticated:
             self._enforce_anonymous(current_request)
         return key
+
+    def enforce_admin(self, key: VerifiedKey, current_request: Request) -> None:
+        """Take one unit of the key's admin API budget (``APIKEYS_ADMIN_RATE_LIMIT``).
+
+        Its own counters: admin calls neither take from nor wait for the organization's
+        per-minute limit and quota, so a leaked key burning those cannot stop the organization
+        from revoking it.
+        """
+        admin_limit = self.settings.admin_rate_limit
+        if not admin_limit:
+            return
+        tag = f"{{{key.organization.id}}}"
+        policies = [
+            ("admin", f"apikeys:{tag}:admin:{key.id}:{window}", amount, window)
+            for amount, window in parse_limit(admin_limit)
+        ]
+        month = self._month
+        limits = build_limits(policies, None, month)
+        outcome = self._take(limits.counters)
+        if outcome is None:
+            return
+        current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
+        if outcome.refused is not None:
+            raise self._refusal(limits, outcome, month, time.time())
 
     def enforce(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of every limit of ``key``, or raise 429 and take none."""
@@ -265,9 +301,7 @@ class RateLimits:
                 period=month.label,
             )
         retry_after = math.ceil(outcome.resets[index] - now)
-        whose = "organization's" if limits.names[index] == "organization" else "key's"
-        if limits.names[index] == "address":
-            whose = "address's"
+        whose = POLICY_OWNERS.get(limits.names[index], "key's")
         return RateLimitExceeded(
             f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
             f"is reached; retry in {max(1, retry_after)} s.",
@@ -279,7 +313,8 @@ class RateLimits:
 
     # -- failed authentication ----------------------------------------------------------------
 
-    def _refuse_if_blocked(self, address: str) -> None:
+    def refuse_if_blocked(self, address: str) -> None:
+        """Raise 429 while ``address`` is blocked for failed attempts."""
         until = self.blocked.get(address)
         if until is None:
             return
@@ -309,7 +344,7 @@ class RateLimits:
         if len(self.blocked) >= MAX_REMEMBERED:
             self.blocked.clear()
         self.blocked[address] = max(outcome.resets)
-        self._refuse_if_blocked(address)
+        self.refuse_if_blocked(address)
 
     # -- response headers ---------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ def _scope_decorator(
 
     def decorator(view: ViewFunction) -> ViewFunction:
         # Imported here: auth.py depends on this module's matching functions.
-        from .auth import OUTCOME_ENVIRON_KEY, authenticate
+        from .auth import LIMITED_ENVIRON_KEY, OUTCOME_ENVIRON_KEY, admit
 
         is_async = inspect.iscoroutinefunction(view)
 
@@ -116,12 +116,17 @@ def _scope_decorator(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             current_request = request._get_current_object()  # type: ignore[attr-defined]
             if current_request.method != "OPTIONS":
-                outcome = current_request.environ.get(OUTCOME_ENVIRON_KEY)
-                if outcome is None or isinstance(outcome, APIKeyError):
-                    # The hook did not authenticate (public path, disabled) or refused: decide.
+                environ = current_request.environ
+                outcome = environ.get(OUTCOME_ENVIRON_KEY)
+                if (
+                    outcome is None
+                    or isinstance(outcome, APIKeyError)
+                    or LIMITED_ENVIRON_KEY not in environ
+                ):
+                    # The hook did not run for this view (a public path or view, a wrapper that
+                    # hid the scopes from it), or refused: do all it does, limits included.
                     state = current_app.extensions["apikeys"]
-                    enabled = state.settings.enabled
-                    outcome = authenticate(current_request, state) if enabled else True
+                    outcome = admit(current_request, state) if state.settings.enabled else True
                 if outcome is None:
                     raise MissingAPIKey("This endpoint needs an API key.")
                 if outcome is not True and not granted(outcome.scopes):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 
-from .auth import authenticate
+from .auth import authenticate_and_limit
 from .config import ConfigError
 from .errors import (
     ExpiredToken,
@@ -344,11 +344,7 @@ def issue_token() -> Response:
     """``POST APIKEYS_JWT_TOKEN_PATH``: trade the API key sent for an access token."""
     state = _state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]
-    limits = state.limits
-    if limits is None:
-        key = authenticate(current_request, state)
-    else:
-        key = limits.authenticate(current_request)
+    key = authenticate_and_limit(current_request, state)
     if key is None:
         raise MissingAPIKey("Send your API key in the Authorization header to get a token.")
     if CLAIMS_ENVIRON_KEY in current_request.environ:

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 from .audit import append as append_audit
 from .audit import build_record
 from .forking import after_fork_in_child
-from .keys import KEY_SEARCH_PATTERN
+from .keys import redact_path
 from .models import APIKey
 from .network import client_address
 from .usage_insert import InsertPlan
@@ -278,7 +278,7 @@ def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]],
         if rule is not None:
             endpoint = rule.rule
         else:
-            endpoint = KEY_SEARCH_PATTERN.sub("[key]", current_request.path)
+            endpoint = redact_path(current_request.path)
         error = environ.get(ERROR_ENVIRON_KEY)
         user_agent = environ.get("HTTP_USER_AGENT")
         if trusted_proxies:
@@ -322,6 +322,6 @@ def attempt_record(
         details={
             "code": error.error_code,
             "method": request.method,
-            "path": KEY_SEARCH_PATTERN.sub("[key]", request.path)[:300],
+            "path": redact_path(request.path)[:300],
         },
     )

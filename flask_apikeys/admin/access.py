@@ -7,8 +7,11 @@ token with the ``admin`` scope may only read and revoke (:data:`TOKEN_ENDPOINTS`
 nothing that its caller does not hold (checked by the service layer, see ``granted_by``).
 
 The admin blueprint authenticates its own requests, because the bootstrap key is not a stored
-key: the app-wide hook leaves the admin prefix alone (see ``ExtensionState``), and this module
-runs the same checks (key in the URL, failed-attempt limit, rate limits, IP allowlist) itself.
+key: the app-wide hook leaves the admin blueprint's endpoints alone (by endpoint, not by URL
+prefix: an app's own route under the prefix is the app's), and this module runs the same checks
+(failed-attempt block first, key in the URL, IP allowlist) itself. Admin calls of a key take
+from its own admin budget (``APIKEYS_ADMIN_RATE_LIMIT``), not from its organization's limits,
+so that a leaked key burning those cannot keep the organization from revoking it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, cast
 
 from flask import current_app, g, request
 
-from ..auth import authenticate, extract_credential, refuse_key_in_url
+from ..auth import authenticate, extract_credential, refuse_blocked_address, refuse_key_in_url
 from ..errors import InsufficientScope, MissingAPIKey, OrganizationNotFound
 from ..hashing import admin_key_digest
 from ..tokens import CLAIMS_ENVIRON_KEY
@@ -85,23 +88,30 @@ def authenticate_admin() -> None:
         return
     current = state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]
+    environ = current_request.environ
+    # Before any credential is compared, the bootstrap key included.
+    refuse_blocked_address(environ, current)
     if current_request.query_string:
-        refuse_key_in_url(current_request)
+        refuse_key_in_url(current_request, tokens_enabled=current.tokens is not None)
     digest = current.settings.admin_key_digest
-    presented = extract_credential(current_request.environ)
+    presented = extract_credential(environ)
     if digest is not None and presented is not None:
         # Hash first so the comparison costs the same whatever the presented length.
         if hmac.compare_digest(admin_key_digest(presented), digest):
             g._apikeys_admin = AdminCaller(key=None)
             return
-    if current.limits is not None:
-        key = current.limits.authenticate(current_request)
+    limits = current.limits
+    if limits is not None:
+        # Failed attempts count; the organization's limits and quota do not apply here.
+        key = limits.authenticate(current_request, enforce_limits=False)
     else:
         key = authenticate(current_request, current)
     if key is None:
         raise MissingAPIKey(
             "The admin API needs a key with the admin scope, or the bootstrap admin key."
         )
+    if limits is not None:
+        limits.enforce_admin(key, current_request)
     if not key.has_scope(ADMIN_SCOPE):
         raise InsufficientScope(
             "The admin API needs a key with the admin scope.", required_scopes=[ADMIN_SCOPE]
