@@ -50,8 +50,8 @@ def optional_storable_text(value: Any, width: int) -> str | None:
 
 def storable_json(value: Any, depth: int = 0) -> Any:
     """A copy of a JSON-like value that PostgreSQL's ``jsonb`` and SQLite both take: text made
-    storable, NaN and infinities as ``None``, integers beyond 64 bits as text, anything else as its text, nesting cut off at
-    :data:`MAX_JSON_DEPTH`."""
+    storable, NaN and infinities as ``None``, integers beyond 64 bits and anything else as
+    text, nesting cut off at :data:`MAX_JSON_DEPTH`."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
