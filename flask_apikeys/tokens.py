@@ -321,9 +321,15 @@ def _requested_scope(current_request: Request) -> str | None:
     """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
     if current_request.mimetype == "application/x-www-form-urlencoded":
         return current_request.form.get("scope")
-    if not current_request.get_data(cache=True):
+    raw = current_request.get_data(cache=True)
+    if not raw:
         return None
-    body = current_request.get_json(silent=True)
+    body = None
+    if current_request.is_json:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
+            body = None
     if not isinstance(body, dict):
         raise InvalidInput('Send no body, or a JSON object such as {"scope": "a:read b:read"}.')
     scope = body.get("scope")
