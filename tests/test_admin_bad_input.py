@@ -418,3 +418,11 @@ def test_no_admin_read_is_a_5xx_whatever_its_query_or_path(
     assert response.status_code < 500, response.get_data(as_text=True)
     if response.status_code >= 400 and operation < 3:  # (a path with "/" may match no route)
         assert response.mimetype == "application/problem+json"
+
+
+@pytest.mark.parametrize("month", ["9999-12", "0000-01"])
+def test_a_month_outside_the_calendar_is_invalid_input(
+    app: Flask, apikeys: APIKeys, target: Target, month: str
+) -> None:
+    with app.app_context(), pytest.raises(InvalidInput):
+        apikeys.monthly_usage(target.org_id, month)
