@@ -97,16 +97,24 @@ def authenticate_request() -> VerifiedKey | None:
     return authenticate(request._get_current_object(), _state())  # type: ignore[attr-defined]
 
 
-def authenticate(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
-    """:func:`authenticate_request` for callers that already hold the request and state."""
+def authenticate(
+    current_request: Request, state: ExtensionState, credential: str | None = None
+) -> VerifiedKey | None:
+    """:func:`authenticate_request` for callers that already hold the request and state.
+
+    :param credential: the key or token to verify instead of the one in the headers (the
+        OAuth endpoints read it from HTTP Basic or the form body).
+    """
     environ = current_request.environ
     outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
-    if outcome is _NOT_YET:
+    # A key function run before the view may have found no header credential; the credential
+    # given now is still verified.
+    if outcome is _NOT_YET or (outcome is None and credential is not None):
         presented = None
         try:
             if current_request.query_string:
                 refuse_key_in_url(current_request)
-            presented = extract_credential(environ)
+            presented = credential if credential is not None else extract_credential(environ)
             tokens = state.tokens
             if presented is None:
                 outcome = None

@@ -21,6 +21,7 @@ from flask.cli import AppGroup
 
 from .errors import APIKeyError, InvalidInput
 from .models import APIKey, Organization
+from .organizations import PLAN_FIELDS
 from .service import CreatedKey, KeyService
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -225,6 +226,11 @@ def update_organization(reference: str, as_json: bool, active: bool | None, **ch
         changes["is_active"] = active
     organization = service().update_organization(reference, actor=actor(), **changes)
     document = organization_document(organization)
+    if PLAN_FIELDS & changes.keys():
+        excess = service().plan_excess(organization)
+        if excess:
+            document["plan_excess"] = excess
+            click.echo(f"warning: beyond the plan now: {json.dumps(excess)}", err=True)
     emit(document, as_json, lambda: print_record(document))
 
 

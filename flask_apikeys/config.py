@@ -305,6 +305,22 @@ def _parse_path(value: Any) -> str:
     return value
 
 
+def _parse_optional_path(value: Any) -> str | None:
+    path = _parse_optional_string(value)
+    if path is None:
+        return None
+    if not path.startswith("/") or "<" in path:
+        raise ValueError("expected a path that starts with '/', or an empty value to not mount it")
+    return path
+
+
+def _parse_scope(value: Any) -> str:
+    scopes = normalize_scopes([value] if isinstance(value, str) else value)
+    if len(scopes) != 1:
+        raise ValueError("expected one scope such as 'apikeys:introspect'")
+    return scopes[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     """One configuration key: its default and the function that parses and checks a value."""
@@ -520,6 +536,26 @@ OPTIONS: tuple[Option, ...] = (
         "refuse a token as soon as its key is revoked or expires (within APIKEYS_CACHE_TTL), "
         "not only when the token expires",
     ),
+    Option(
+        "APIKEYS_INTROSPECTION_PATH",
+        "/auth/introspect",
+        _parse_optional_path,
+        "where other services ask whether a key or token is active (RFC 7662, POST; empty: "
+        "not mounted)",
+    ),
+    Option(
+        "APIKEYS_INTROSPECTION_SCOPE",
+        "apikeys:introspect",
+        _parse_scope,
+        "the scope a key needs to call the introspection endpoint (for its own organization)",
+    ),
+    Option(
+        "APIKEYS_REVOCATION_PATH",
+        "/auth/revoke",
+        _parse_optional_path,
+        "where a key, or an access token, is revoked by its holder or an admin (RFC 7009, "
+        "POST; empty: not mounted)",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -564,6 +600,9 @@ class Settings:
     jwt_audience: str = "flask-apikeys"
     jwt_token_path: str = "/auth/token"  # noqa: S105 - a path, not a secret
     jwt_check_revocation: bool = True
+    introspection_path: str | None = "/auth/introspect"
+    introspection_scope: str = "apikeys:introspect"
+    revocation_path: str | None = "/auth/revoke"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -639,5 +678,8 @@ def load_settings(
         jwt_audience=values["APIKEYS_JWT_AUDIENCE"],
         jwt_token_path=values["APIKEYS_JWT_TOKEN_PATH"],
         jwt_check_revocation=values["APIKEYS_JWT_CHECK_REVOCATION"],
+        introspection_path=values["APIKEYS_INTROSPECTION_PATH"],
+        introspection_scope=values["APIKEYS_INTROSPECTION_SCOPE"],
+        revocation_path=values["APIKEYS_REVOCATION_PATH"],
         raw=values,
     )

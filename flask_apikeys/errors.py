@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from flask import Response
+from flask import Response, has_request_context, request
 from werkzeug.exceptions import (
     BadRequest,
     Conflict,
@@ -121,8 +121,30 @@ class AuthorizationError(APIKeyError, Forbidden):
 
 
 class InsufficientScope(AuthorizationError):
+    """403: the key or token lacks a scope; a Bearer credential also gets RFC 6750's challenge."""
+
     error_code = "insufficient_scope"
     title = "Insufficient scope"
+
+    def response_headers(self) -> Mapping[str, str]:
+        if not sent_bearer_credential():
+            return {}
+        # RFC 6750 section 3.1: name the scopes that would do. Scopes are plain tokens
+        # (letters, digits, "_.-:*"), so they need no quoting inside the quoted string.
+        required = self.extra.get("required_scopes") or self.extra.get("scopes_not_granted")
+        scope = f', scope="{" ".join(required)}"' if required else ""
+        return {
+            "WWW-Authenticate": f'Bearer realm="api", error="insufficient_scope", '
+            f'error_description="{self.title}"{scope}'
+        }
+
+
+def sent_bearer_credential() -> bool:
+    """Whether the current request carries ``Authorization: Bearer …`` (RFC 6750)."""
+    if not has_request_context():
+        return False
+    authorization: str = request.environ.get("HTTP_AUTHORIZATION", "")
+    return authorization.strip().partition(" ")[0].lower() == "bearer"
 
 
 class IPNotAllowed(AuthorizationError):
@@ -216,6 +238,61 @@ class AlreadyRevoked(APIKeyError, Conflict):
 class AlreadyRotated(APIKeyError, Conflict):
     error_code = "already_rotated"
     title = "API key already rotated"
+
+
+class OAuthError(APIKeyError):
+    """An error of the OAuth 2.0 endpoints (token, introspection, revocation).
+
+    Rendered as RFC 6749 section 5.2 asks, ``{"error": …, "error_description": …}`` in
+    ``application/json``, rather than as a problem document: OAuth clients such as Authlib and
+    requests-oauthlib look for ``error`` to tell a refusal from a token. ``error`` is one of
+    RFC 6749's codes (``invalid_request``, ``invalid_client``, ``unsupported_grant_type``,
+    ``invalid_scope``, ``unauthorized_client``), RFC 6750's (``invalid_token``,
+    ``insufficient_scope``), or the code of the extension error it stands for (a 429's
+    ``rate_limit_exceeded``).
+
+    :param error: the OAuth error code.
+    :param status: the HTTP status (400 unless the code says otherwise).
+    :param challenge: a ``WWW-Authenticate`` value (401s, and 403 ``insufficient_scope``).
+    :param headers: more headers to keep (``Retry-After`` of a 429).
+    """
+
+    error_code = "oauth_error"
+    title = "OAuth error"
+
+    def __init__(
+        self,
+        error: str,
+        detail: str,
+        *,
+        status: int = 400,
+        challenge: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.code = status
+        self.error = error
+        self.challenge = challenge
+        self.headers = dict(headers or {})
+
+    def problem(self) -> dict[str, Any]:
+        return {"error": self.error, "error_description": self.detail}
+
+    def response_headers(self) -> Mapping[str, str]:
+        headers = dict(self.headers)
+        if self.challenge is not None:
+            headers["WWW-Authenticate"] = self.challenge
+        # RFC 6749 5.1 and 5.2: neither a token nor a refusal is cached.
+        headers["Cache-Control"] = "no-store"
+        headers["Pragma"] = "no-cache"
+        return headers
+
+    def get_response(self, environ: Any = None, scope: Any = None) -> Response:
+        response = Response(
+            json.dumps(self.problem()), status=self.code, mimetype="application/json"
+        )
+        response.headers.update(self.response_headers())
+        return response
 
 
 def render_problem(error: APIKeyError) -> Response:

@@ -25,8 +25,9 @@ from .limiting import RateLimits, key_func, limit_for_key
 from .migrations import register_tables
 from .models import metadata
 from .network import client_address
+from .oauth import register_oauth_views
 from .service import KeyService
-from .tokens import TokenAuthority, register_token_views
+from .tokens import TokenAuthority
 from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
 
 logger = logging.getLogger("flask_apikeys")
@@ -142,8 +143,7 @@ class APIKeys:
         after_request = make_after_request_hook(state)
         if after_request is not None:
             app.after_request(after_request)
-        if state.tokens is not None:
-            register_token_views(app, state.tokens)
+        register_oauth_views(app, state)  # token endpoint, metadata, introspection, revocation
         if settings.admin_url_prefix:
             app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))
         register_tables(db.metadata)

@@ -150,17 +150,20 @@ class RateLimits:
 
     # -- the request hook ---------------------------------------------------------------------
 
-    def authenticate(self, current_request: Request) -> VerifiedKey | None:
+    def authenticate(
+        self, current_request: Request, credential: str | None = None
+    ) -> VerifiedKey | None:
         """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
 
         Addresses that failed too often are refused before their key is even looked at.
+        ``credential`` replaces the one in the headers (the OAuth endpoints' client secret).
         """
         address = None
         if self.blocked and self.settings.failed_auth_limit:
             address = client_address(current_request.environ, self.settings.trusted_proxies)
             self._refuse_if_blocked(address)
         try:
-            key = authenticate(current_request, self.state)
+            key = authenticate(current_request, self.state, credential)
         except AuthenticationError as error:
             if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
                 self._count_failure(

@@ -51,3 +51,27 @@ def address_allowed(address: str, networks: tuple[Network, ...]) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in network for network in networks)
+
+
+def networks_beyond(
+    granter: Iterable[Network | str], requested: Iterable[Network | str]
+) -> list[str]:
+    """The requested networks that the granter's networks do not contain (no escalation).
+
+    An empty list of networks means "anywhere": a granter restricted to some networks may
+    hand out only networks inside them, never "anywhere".
+    """
+    held = [ipaddress.ip_network(network) for network in granter]
+    if not held:
+        return []
+    wanted = [ipaddress.ip_network(network) for network in requested]
+    if not wanted:
+        return ["anywhere"]
+    return sorted(
+        str(network)
+        for network in wanted
+        if not any(
+            network.version == outer.version and network.subnet_of(outer)  # type: ignore[arg-type]
+            for outer in held
+        )
+    )

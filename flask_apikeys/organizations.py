@@ -21,10 +21,14 @@ from .cache import VerifiedKeyCache
 from .config import Plan, Settings
 from .errors import BackendUnavailable, InvalidInput, OrganizationNotFound
 from .hashing import KeyHasher
-from .models import Organization
+from .models import APIKey, Organization, utcnow
+from .permissions import effective_scopes, scopes_beyond
+from .policies import requests_per_minute_allowed
 from .storable import MAX_INTEGER
 
 Result = TypeVar("Result")
+#: Organization fields that change what its keys may hold: a change is checked for excess.
+PLAN_FIELDS = frozenset({"plan", "rate_limit_per_minute", "max_api_keys"})
 #: Refusals of a *value* (by the database, or by the driver while binding it): the caller's
 #: input is at fault, so a 422, not the 503 of a database that cannot be reached. Validation
 #: refuses such values first; this is the net under it.
@@ -121,13 +125,71 @@ class OrganizationService:
         self._commit(lambda: None, organization)
         self.cache.forget_organization(organization.id)
         if changed:
+            flagged: dict[str, Any] = {}
+            if PLAN_FIELDS & changed.keys():
+                flagged = {"plan_excess": self.plan_excess(organization)}
             self._notify(
                 "organization.updated",
                 organization=organization,
                 actor=actor,
                 changes=sorted(changed),
+                **flagged,
             )
         return organization
+
+    def plan_excess(self, organization: Organization | uuid.UUID | str) -> dict[str, Any]:
+        """What the organization's keys hold beyond its plan, e.g. after a downgrade.
+
+        ``keys``: each working key with scopes the plan does not allow (requests never get
+        them: verification keeps only what the plan allows) or a rate limit above the plan's;
+        ``working_keys`` and ``max_keys`` when more keys work than the plan allows (no new key
+        or overlapping rotation is accepted until enough are revoked). Empty when nothing is.
+        """
+        organization = self.get_organization(organization)
+        plan = self.plan_of(organization)
+        now = utcnow()
+        working = self._read(
+            lambda: list(
+                self.session.scalars(
+                    sa.select(APIKey)
+                    .where(
+                        APIKey.organization_id == organization.id,
+                        APIKey.revoked_at.is_(None),
+                        APIKey.is_active.is_(True),
+                        sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
+                    )
+                    .order_by(APIKey.created_at, APIKey.id)
+                )
+            )
+        )
+        plan_limit = (
+            None if plan.requests_per_minute is None else f"{plan.requests_per_minute}/minute"
+        )
+        flagged_keys = []
+        for api_key in working:
+            held = effective_scopes(
+                api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+            )
+            scopes = [] if plan.scopes is None else scopes_beyond(plan.scopes, held)
+            rate_limit = api_key.custom_rate_limit
+            above_plan = rate_limit is not None and requests_per_minute_allowed(
+                rate_limit
+            ) > requests_per_minute_allowed(plan_limit)
+            if scopes or above_plan:
+                flagged_keys.append(
+                    {
+                        "id": str(api_key.id),
+                        "name": api_key.name,
+                        "scopes_beyond_plan": scopes,
+                        "rate_limit_beyond_plan": rate_limit if above_plan else None,
+                    }
+                )
+        excess: dict[str, Any] = {}
+        if flagged_keys:
+            excess["keys"] = flagged_keys
+        if plan.max_keys is not None and len(working) > plan.max_keys:
+            excess.update(working_keys=len(working), max_keys=plan.max_keys)
+        return excess
 
     def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
         """Find an organization by object, id or slug; raise ``OrganizationNotFound``."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .scopes import scope_grants
+from .scopes import scope_covers
 
 READ_ONLY = "read-only"
 READ_WRITE = "read-write"
@@ -65,4 +65,28 @@ def effective_scopes(
 def scopes_beyond(granter_scopes: Iterable[str], requested: Iterable[str]) -> list[str]:
     """The requested scopes that the granter's own scopes do not cover (no escalation)."""
     granted = frozenset(granter_scopes)
-    return sorted(scope for scope in requested if not scope_grants(granted, scope))
+    return sorted(scope for scope in requested if not scope_covers(granted, scope))
+
+
+def within_plan(scopes: frozenset[str], plan_scopes: Iterable[str] | None) -> frozenset[str]:
+    """The part of a key's effective scopes that its organization's plan allows.
+
+    Keys are checked against the plan when they are made; this keeps a key that a later plan
+    change left with more (``*`` on a plan that now allows ``reports:read``) from using it.
+    Where two wildcards overlap only partly (``*:read`` against ``reports:*``) the narrower
+    meeting scope is kept (``reports:read``): the answer errs toward less, never more.
+    """
+    if plan_scopes is None:
+        return scopes
+    plan = frozenset(plan_scopes)
+    candidates = set(scopes) | plan
+    for every_resource in (scope for scope in scopes | plan if scope.startswith("*:")):
+        action = every_resource[1:]  # ":read"
+        candidates |= {
+            resource[:-2] + action
+            for resource in scopes | plan
+            if resource.endswith(":*") and not resource.startswith("*")
+        }
+    return frozenset(
+        scope for scope in candidates if scope_covers(scopes, scope) and scope_covers(plan, scope)
+    )

@@ -7,6 +7,7 @@ enforces them.
 from __future__ import annotations
 
 import calendar
+import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -102,3 +103,18 @@ def build_limits(
         amounts=tuple(counter.limit for counter in counters),
         amount_texts=tuple(str(counter.limit) for counter in counters),
     )
+
+
+def requests_per_minute_allowed(text: str | None) -> float:
+    """How many requests a limit string lets through in one minute at most (``None``: any).
+
+    ``"10/second"`` allows 600, ``"1000/hour"`` 1000 (all of them may come in one minute),
+    ``"5/minute;100/hour"`` 5: what a caller may hand out is compared on this one number.
+    """
+    if text is None:
+        return math.inf
+    allowed = math.inf
+    for amount, window in parse_limit(text):
+        windows_in_a_minute = max(1, math.ceil(60 / window)) if window > 0 else 1
+        allowed = min(allowed, amount * windows_in_a_minute)
+    return allowed

@@ -53,6 +53,33 @@ def scope_grants(granted: Collection[str], needed: str) -> bool:
     return False
 
 
+def _covers_one(granted: str, scope: str) -> bool:
+    """Whether everything ``scope`` grants, ``granted`` grants too (one pattern each)."""
+    if granted == "*":
+        return True
+    if not scope_grants((granted,), scope):
+        return False
+    if scope == "*":
+        return False
+    # ``*:action`` also grants that action on every resource: only ``*`` or itself covers that.
+    if scope.startswith("*:") and scope.count(":") == 1 and granted != scope:
+        return False
+    # ``resource:*`` also grants everything under ``resource:``: a prefix family must hold it.
+    if scope.endswith(":*"):
+        return granted.endswith(":*") and scope[:-1].startswith(granted[:-1])
+    return True
+
+
+def scope_covers(granted: Collection[str], scope: str) -> bool:
+    """Whether the ``granted`` scopes grant everything that ``scope``, itself granted, would.
+
+    :func:`scope_grants` answers for a scope a view *needs*; this answers for a scope being
+    *handed out*, wildcards and all: ``*:*`` grants ``x:*`` when needed, but handing out
+    ``x:*`` would grant ``x:anything``, which ``*:*`` never does. Errs toward refusing.
+    """
+    return any(_covers_one(held, scope) for held in granted)
+
+
 def _scope_decorator(
     required: tuple[str, ...], *, require_all: bool
 ) -> Callable[[ViewFunction], ViewFunction]:

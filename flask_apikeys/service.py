@@ -28,13 +28,24 @@ from .errors import (
 )
 from .identity import VerifiedKey
 from .models import APIKey, Organization, utcnow
+from .network import networks_beyond
 from .organizations import as_uuid
-from .permissions import effective_scopes, scopes_beyond
+from .permissions import effective_scopes, scopes_beyond, within_plan
+from .policies import per_minute, requests_per_minute_allowed
 from .storable import unstorable_reason
 from .verification import KeyVerification
 
 DEFAULT_ORGANIZATION_SLUG = "default"
 DEFAULT_KEY_NAME = "Default Test Key"
+#: What a key holds, as columns: a key asking for a key must hold all of it (no escalation).
+GRANTED_FIELDS = (
+    "scopes",
+    "roles",
+    "level",
+    "expires_at",
+    "custom_rate_limit",
+    "allowed_networks",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +87,11 @@ class KeyService(KeyVerification):
 
         :param roles: names from ``APIKEYS_ROLES`` whose scopes the key also gets.
         :param level: ``read-only``, ``read-write`` or ``admin``.
-        :param granted_by: the key asking for this one (the admin API passes it): the new key
-            may not get any scope that ``granted_by`` does not have itself.
+        :param granted_by: the key asking for this one (the admin API passes it). The new key
+            may hold nothing that ``granted_by`` does not: no scope (its level's and roles'
+            included), no later expiry, no higher rate limit, no network outside its own; a
+            revoked key, or one replaced in a rotation, grants nothing. ``None`` (the CLI, the
+            bootstrap key, Python code) is trusted.
         """
         organization = self.get_organization(organization)
         given: dict[str, Any] = {
@@ -99,7 +113,7 @@ class KeyService(KeyVerification):
             given["expires_at"] = expires_at
         values = self._key_columns(validation.check_fields(given, self._key_checkers()))
         self._refuse_escalation(organization, values, granted_by)
-        created = self._insert_key(organization, values, enforce_plan=True)
+        created = self._insert_key(organization, values)
         self._notify("key.created", api_key=created.api_key, actor=actor)
         return created
 
@@ -158,11 +172,7 @@ class KeyService(KeyVerification):
         for fixed in ("environment", "expires_in_days", "expires_at"):
             checkers.pop(fixed)
         values = self._key_columns(validation.check_fields(changes, checkers))
-        current = {
-            "scopes": api_key.scopes,
-            "roles": api_key.roles,
-            "level": api_key.level,
-        }
+        current = {field: getattr(api_key, field) for field in GRANTED_FIELDS}
         self._refuse_escalation(api_key.organization, {**current, **values}, granted_by)
         changed = sorted(
             field for field, value in values.items() if getattr(api_key, field) != value
@@ -197,10 +207,7 @@ class KeyService(KeyVerification):
         """Revoke a key for good; it is refused from the next request on."""
         api_key = self.get_key(key_id, organization=organization)
         if api_key.revoked_at is not None:
-            raise AlreadyRevoked(
-                f"Key {api_key.id} was revoked at {api_key.revoked_at.isoformat()}; "
-                "revocation is final."
-            )
+            raise self._already_revoked(api_key)
         errors = {}
         if reason is not None and (
             not isinstance(reason, str) or len(reason) > 500 or unstorable_reason(reason)
@@ -214,11 +221,21 @@ class KeyService(KeyVerification):
             errors["revoked_by"] = ["a text of at most 320 characters, without NUL"]
         if errors:
             raise InvalidInput(errors=errors)
-        api_key.is_active = False
-        api_key.revoked_at = utcnow()
-        api_key.revoked_by = revoked_by
-        api_key.revoked_reason = reason
-        self._commit(lambda: None, api_key)
+        # One conditional UPDATE: of two revocations at once, the database lets one through.
+        revocation = (
+            sa.update(APIKey)
+            .where(APIKey.id == api_key.id, APIKey.revoked_at.is_(None))
+            .values(
+                is_active=False, revoked_at=utcnow(), revoked_by=revoked_by, revoked_reason=reason
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+        def revoke() -> None:
+            if self.session.execute(revocation).rowcount != 1:  # type: ignore[attr-defined]
+                raise AlreadyRevoked("The key was revoked by another request just now.")
+
+        self._commit(revoke, api_key)
         self.cache.forget_key(api_key.id)
         self._notify("key.revoked", api_key=api_key, actor=revoked_by, reason=reason)
         return api_key
@@ -230,11 +247,17 @@ class KeyService(KeyVerification):
         overlap_hours: float = 24,
         rotated_by: str | None = None,
         organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
     ) -> CreatedKey:
         """Replace a key with a new one that keeps its scopes, limits, metadata and lifetime.
 
         The old key keeps working for ``overlap_hours`` (0 ends it at once) so clients can
-        switch without downtime; rotation is allowed even when the plan's key count is reached.
+        switch without downtime. While it does, it counts toward the plan's key limit: at the
+        limit, rotate with ``overlap_hours=0``. A key is rotated once: of two rotations at
+        once, one succeeds and the other gets :class:`~flask_apikeys.errors.AlreadyRotated`.
+
+        :param granted_by: the key asking (the admin API passes it): it must hold everything
+            the successor will hold, see :meth:`create_key`.
         """
         old = self.get_key(key_id, organization=organization)
         if (
@@ -267,10 +290,12 @@ class KeyService(KeyVerification):
             "key_metadata": dict(old.key_metadata or {}),
             "expires_at": None if lifetime is None else now + lifetime,
         }
+        self._refuse_escalation(old.organization, values, granted_by)
         overlap_end = now + timedelta(hours=overlap_hours)
-        if old.expires_at is None or overlap_end < old.expires_at:
-            old.expires_at = overlap_end
-        created = self._insert_key(old.organization, values, enforce_plan=False, replacing=old)
+        old_expires_at = old.expires_at
+        if old_expires_at is None or overlap_end < old_expires_at:
+            old_expires_at = overlap_end
+        created = self._insert_key(old.organization, values, replacing=(old, old_expires_at))
         self.cache.forget_key(old.id)
         self._notify(
             "key.rotated",
@@ -343,14 +368,20 @@ class KeyService(KeyVerification):
         organization: Organization,
         values: dict[str, Any],
         *,
-        enforce_plan: bool,
-        replacing: APIKey | None = None,
+        replacing: tuple[APIKey, datetime | None] | None = None,
     ) -> CreatedKey:
+        """Store a new key (replacing ``(old key, its new expiry)`` in a rotation).
+
+        Everything happens under the organization's lock row, and the plan's key count is
+        checked after the write, counting every key that still authenticates (keys inside a
+        rotation overlap too): the database, not a check before the write, keeps the limit.
+        """
         full_key = keys.generate_key(self.settings.key_prefix, values["environment"])
         parsed = keys.parse_key(full_key)
         if parsed is None:  # pragma: no cover - a key we just generated always parses
             raise RuntimeError("generated a key that does not parse; this is a bug")
         api_key = APIKey(
+            id=uuid.uuid4(),
             organization_id=organization.id,
             key_prefix=parsed.display_prefix,
             key_hash=self.hasher.hash(full_key),
@@ -359,37 +390,72 @@ class KeyService(KeyVerification):
         )
 
         def write() -> None:
-            if enforce_plan:
-                self._check_key_count(organization)
+            self._lock_organization(organization)
             self.session.add(api_key)
+            self.session.flush()
             if replacing is not None:
-                self.session.flush()
-                replacing.replaced_by_id = api_key.id
+                old, old_expires_at = replacing
+                # Conditional: of two rotations of one key at once, one finds it unrotated.
+                replaced = self.session.execute(
+                    sa.update(APIKey)
+                    .where(
+                        APIKey.id == old.id,
+                        APIKey.replaced_by_id.is_(None),
+                        APIKey.revoked_at.is_(None),
+                        APIKey.is_active.is_(True),
+                    )
+                    .values(replaced_by_id=api_key.id, expires_at=old_expires_at)
+                    .execution_options(synchronize_session=False)
+                )
+                if replaced.rowcount != 1:  # type: ignore[attr-defined]
+                    raise AlreadyRotated(
+                        f"Key {old.id} was rotated or revoked by another request just now."
+                    )
+            self._check_key_count(organization)
 
-        self._commit(write, api_key, *([replacing] if replacing is not None else []))
+        self._commit(write, api_key, *([replacing[0]] if replacing is not None else []))
         return CreatedKey(key=full_key, api_key=api_key)
 
-    def _check_key_count(self, organization: Organization) -> None:
-        # Lock the organization row (PostgreSQL) so two concurrent creations cannot both pass.
+    def _lock_organization(self, organization: Organization) -> None:
+        """Take the organization's row lock for the rest of the transaction.
+
+        An UPDATE that changes nothing: on PostgreSQL it locks the row (as SELECT ... FOR
+        UPDATE would); on SQLite it opens the write transaction at once, so no other writer
+        can commit between the count and the insert.
+        """
         self.session.execute(
-            sa.select(Organization.id).where(Organization.id == organization.id).with_for_update()
+            sa.update(Organization)
+            .where(Organization.id == organization.id)
+            .values(updated_at=Organization.updated_at)
+            .execution_options(synchronize_session=False)
         )
+
+    def authenticating_key_count(self, organization: Organization) -> int:
+        """How many of the organization's keys authenticate now (rotation overlaps included)."""
+        now = utcnow()
+        return int(
+            self.session.scalar(
+                sa.select(sa.func.count(APIKey.id)).where(
+                    APIKey.organization_id == organization.id,
+                    APIKey.revoked_at.is_(None),
+                    APIKey.is_active.is_(True),
+                    sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
+                )
+            )
+            or 0
+        )
+
+    def _check_key_count(self, organization: Organization) -> None:
+        """Raise if the organization now has more authenticating keys than its plan allows."""
         maximum = self.plan_of(organization).max_keys
         if maximum is None:
             return
-        now = utcnow()
-        active = self.session.scalar(
-            sa.select(sa.func.count(APIKey.id)).where(
-                APIKey.organization_id == organization.id,
-                APIKey.revoked_at.is_(None),
-                APIKey.is_active.is_(True),
-                sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
-            )
-        )
-        if (active or 0) >= maximum:
+        active = self.authenticating_key_count(organization)
+        if active > maximum:
             raise KeyLimitReached(
-                f"Organization {organization.slug!r} has {active} active keys; its plan "
-                f"{organization.plan!r} allows {maximum}. Revoke a key or change the plan."
+                f"Organization {organization.slug!r}: plan {organization.plan!r} allows {maximum} "
+                "working keys, keys inside a rotation overlap included, and this would make "
+                f"{active}. Revoke a key, or rotate with overlap_hours=0."
             )
 
     def _key_checkers(self) -> dict[str, validation.Checker]:
@@ -405,13 +471,19 @@ class KeyService(KeyVerification):
         }
         return {renames.get(field, field): value for field, value in values.items()}
 
+    @staticmethod
+    def _already_revoked(api_key: APIKey) -> AlreadyRevoked:
+        revoked_at = api_key.revoked_at.isoformat() if api_key.revoked_at else "an earlier time"
+        return AlreadyRevoked(f"Key {api_key.id} was revoked at {revoked_at}; revocation is final.")
+
     def _refuse_escalation(
         self, organization: Organization, values: dict[str, Any], granted_by: VerifiedKey | None
     ) -> None:
-        """A key may not get scopes beyond its organization's plan, nor beyond its granter's."""
+        """Nobody gets more than they hold: refuse (403) a resulting key beyond its plan's
+        scopes, or beyond anything its granter holds (see :meth:`create_key`)."""
         requested = effective_scopes(
-            values.get("scopes", ()),
-            values.get("roles", ()),
+            values.get("scopes") or (),
+            values.get("roles") or (),
             values.get("level"),
             self.role_definitions,
         )
@@ -422,10 +494,56 @@ class KeyService(KeyVerification):
                 f"Plan {organization.plan!r} does not allow: {', '.join(beyond_plan)}.",
                 beyond=beyond_plan,
             )
-        if granted_by is not None:
-            beyond_granter = scopes_beyond(granted_by.scopes, requested)
-            if beyond_granter:
-                raise InsufficientScope(
-                    f"A key cannot grant what it does not have: {', '.join(beyond_granter)}.",
-                    beyond=beyond_granter,
-                )
+        if granted_by is None:
+            return
+        # The granter's row as it is now, not its cached snapshot: a key revoked, narrowed or
+        # rotated a moment ago (in another process too) grants no more than it has left.
+        granter = self._read(
+            lambda: self.session.get(APIKey, granted_by.id, populate_existing=True)
+        )
+        if granter is None or granter.revoked_at is not None or not granter.is_active:
+            raise InsufficientScope("A revoked key cannot grant anything.")
+        if granter.replaced_by_id is not None:
+            raise InsufficientScope(
+                "A key replaced in a rotation works only until its overlap ends: it may not "
+                "create, rotate or change keys. Use the key that replaced it."
+            )
+        held_now = effective_scopes(
+            granter.scopes or (), granter.roles or (), granter.level, self.role_definitions
+        )
+        beyond = sorted(
+            set(scopes_beyond(granted_by.scopes, requested))
+            | set(scopes_beyond(within_plan(held_now, plan_scopes), requested))
+        )
+        if beyond:
+            raise InsufficientScope(
+                f"A key cannot grant what it does not have: {', '.join(beyond)}.", beyond=beyond
+            )
+        expires_at = values.get("expires_at")
+        if granter.expires_at is not None and (
+            expires_at is None or expires_at > granter.expires_at
+        ):
+            raise InsufficientScope(
+                "A key that expires cannot make or keep a key that outlives it "
+                f"(it expires at {granter.expires_at.isoformat()}); "
+                "an operator renews such keys with the CLI or the bootstrap key."
+            )
+        organization_limit = per_minute(
+            self.plan_of(organization).requests_per_minute, self.settings.default_rate_limit
+        )
+        granted_limit = values.get("custom_rate_limit") or organization_limit
+        held_limit = granter.custom_rate_limit or organization_limit
+        if requests_per_minute_allowed(granted_limit) > requests_per_minute_allowed(held_limit):
+            raise InsufficientScope(
+                f"A key cannot grant a rate limit above its own ({held_limit}): "
+                f"{granted_limit} allows more requests a minute."
+            )
+        networks = networks_beyond(
+            granter.allowed_networks or (), values.get("allowed_networks") or ()
+        )
+        if networks:
+            raise InsufficientScope(
+                "A key cannot grant networks outside its own allowed_networks: "
+                f"{', '.join(networks)}.",
+                beyond_networks=networks,
+            )

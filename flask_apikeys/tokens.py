@@ -21,6 +21,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,7 +39,7 @@ from .errors import (
     MissingAPIKey,
     OrganizationInactive,
 )
-from .scopes import public, validate_scope
+from .scopes import public, scope_covers, validate_scope
 
 try:
     import jwt
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .extension import ExtensionState
     from .identity import VerifiedKey
+    from .revocation import TokenDenyList
     from .service import KeyService
 
 #: RFC 9068's media type for JWT access tokens: a token with another ``typ`` (say, an ID token
@@ -192,6 +194,8 @@ class TokenAuthority:
         self.audience = settings.jwt_audience
         self.check_revocation = settings.jwt_check_revocation
         self.token_path = settings.jwt_token_path
+        #: Revoked token ids (RFC 7009), set by ``init_app``; ``None``: none are refused by id.
+        self.deny_list: TokenDenyList | None = None
         #: (id of a key snapshot, scope claim) → (that snapshot, its narrowed copy), so a busy
         #: token yields the same object each time (the rate limiter caches per snapshot).
         self._narrowed: dict[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = {}
@@ -253,7 +257,8 @@ class TokenAuthority:
                 validate_scope(name)
         except ValueError as error:
             raise InvalidInput(errors={"scope": [str(error)]}) from None
-        beyond = [name for name in requested if not key.has_scope(name)]
+        # Covered, not merely granted: a ``*:*`` key must not hand out ``presentations:*``.
+        beyond = [name for name in requested if not scope_covers(key.scopes, name)]
         if beyond:
             raise InsufficientScope(
                 f"This key cannot grant: {', '.join(beyond)}.", scopes_not_granted=beyond
@@ -270,8 +275,10 @@ class TokenAuthority:
         except (ValueError, TypeError, AttributeError):
             raise InvalidToken("The access token is malformed.") from None
         scope = claims["scope"]
-        if not isinstance(scope, str):
+        if not isinstance(scope, str) or not isinstance(claims["jti"], str):
             raise InvalidToken("The access token is malformed.")
+        if self.deny_list is not None and self.deny_list.is_revoked(claims["jti"]):
+            raise InvalidToken("The access token has been revoked.")
         verified = self.service.verified_key_by_id(key_id)
         if verified is None or verified.organization.id != organization_id:
             raise InvalidToken("The key this token was issued for no longer exists.")
@@ -321,7 +328,7 @@ class TokenAuthority:
         if entry is not None and entry[0] is verified:
             return entry[1]
         # Only what the key still has: narrowing a key's scopes narrows its live tokens too.
-        scopes = frozenset(name for name in scope.split() if verified.has_scope(name))
+        scopes = frozenset(name for name in scope.split() if scope_covers(verified.scopes, name))
         narrowed = replace(verified, scopes=scopes)
         # The entry keeps the claim and the narrowed copy (the snapshot is the key cache's).
         size = approximate_size(narrowed) + sys.getsizeof(scope)
@@ -393,10 +400,16 @@ def jwks() -> Response:
     return response
 
 
-def register_token_views(app: Flask, tokens: TokenAuthority) -> None:
-    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``)."""
+def register_token_views(
+    app: Flask, tokens: TokenAuthority, token_view: Callable[[], Response] = issue_token
+) -> None:
+    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``).
+
+    ``token_view`` answers the token route: :func:`issue_token`, or the OAuth endpoint that
+    also speaks the client credentials grant (:func:`flask_apikeys.oauth.token_endpoint`).
+    """
     blueprint = Blueprint("apikeys_tokens", __name__)
-    blueprint.add_url_rule(tokens.token_path, "issue_token", issue_token, methods=["POST"])
+    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
     if tokens.public_jwks:
         blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
     app.register_blueprint(blueprint)

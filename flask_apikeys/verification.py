@@ -24,7 +24,7 @@ from .hashing import cache_digest
 from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization
 from .organizations import OrganizationService
-from .permissions import effective_scopes
+from .permissions import effective_scopes, within_plan
 
 #: What :meth:`KeyVerification.snapshot` reads of a key and of its organization.
 _VERIFY_KEY_FIELDS = (
@@ -185,8 +185,11 @@ class KeyVerification(OrganizationService):
             environment=api_key.environment,
             prefix=api_key.key_prefix,
             hint=api_key.key_hint,
-            scopes=effective_scopes(
-                api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+            scopes=within_plan(
+                effective_scopes(
+                    api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+                ),
+                plan.scopes,
             ),
             metadata=MappingProxyType(dict(api_key.key_metadata or {})),
             custom_rate_limit=api_key.custom_rate_limit,

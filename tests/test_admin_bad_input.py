@@ -3,6 +3,7 @@ nothing: never a 500, never a 503 that claims an outage (issue 17, item 5)."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -426,3 +427,49 @@ def test_a_month_outside_the_calendar_is_invalid_input(
 ) -> None:
     with app.app_context(), pytest.raises(InvalidInput):
         apikeys.monthly_usage(target.org_id, month)
+
+
+FORM_TEXT = st.text(max_size=40) | st.sampled_from(
+    ["\x00", "a\x00b", "x" * 300, "client_credentials"]
+)
+
+
+@HYPOTHESIS
+@given(
+    path=st.sampled_from([TOKEN_PATH, "/auth/introspect", "/auth/revoke"]),
+    form=st.dictionaries(
+        st.sampled_from(["grant_type", "client_id", "client_secret", "scope", "token"]),
+        FORM_TEXT,
+        max_size=4,
+    ),
+    basic=st.none() | st.tuples(FORM_TEXT, FORM_TEXT),
+)
+def test_no_oauth_request_is_a_5xx_whatever_its_form(
+    app: Flask,
+    client: FlaskClient,
+    target: Target,
+    path: str,
+    form: dict[str, str],
+    basic: tuple[str, str] | None,
+) -> None:
+    headers = {}
+    if basic is not None:
+        credentials = f"{quote(basic[0])}:{quote(basic[1])}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    before = stored_state(app)
+    response = client.post(path, data=form, headers=headers)
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert stored_state(app)[:2] == before[:2]  # refused attempts are audited, by design
+
+
+def test_deeply_nested_json_at_the_token_endpoint_is_not_taken_for_oauth(
+    client: FlaskClient, target: Target
+) -> None:
+    response = client.post(
+        TOKEN_PATH,
+        data=DEEP_OBJECT,
+        headers={"X-API-Key": target.key},
+        content_type="application/json",
+    )
+    assert_refused(response)

@@ -242,13 +242,22 @@ def test_rotation_with_no_overlap_ends_the_old_key_at_once(
             apikeys.rotate_key(old.api_key.id)
 
 
-def test_rotation_is_allowed_at_the_plan_limit(app: Flask, apikeys: APIKeys) -> None:
+def test_rotation_at_the_plan_limit_works_without_an_overlap_only(
+    app: Flask, apikeys: APIKeys
+) -> None:
+    """A key inside its overlap still authenticates, so it counts toward max_keys."""
     with app.app_context():
         org = apikeys.create_organization(name="Small", email="s@small.io", plan="free")
         apikeys.create_key(org, "one")
         second = apikeys.create_key(org, "two")
-        rotated = apikeys.rotate_key(second.api_key.id, overlap_hours=1)
+        with pytest.raises(KeyLimitReached, match="overlap_hours=0"):
+            apikeys.rotate_key(second.api_key.id, overlap_hours=1)
+        assert apikeys.get_key(second.api_key.id).replaced_by_id is None
+        assert len(apikeys.list_keys(org)[0]) == 2
+        rotated = apikeys.rotate_key(second.api_key.id, overlap_hours=0)
         assert apikeys.verify_key(rotated.key).name == "two"
+        with pytest.raises(ExpiredAPIKey):
+            apikeys.verify_key(second.key)
 
 
 def test_list_keys_is_paginated_scoped_and_never_loads_hashes(

@@ -2,7 +2,9 @@
 
 Three callers get in: the bootstrap key of ``APIKEYS_ADMIN_KEY`` (every organization), a key
 with the ``admin`` scope (its own organization only; another organization's ids answer 404,
-exactly as ids that do not exist) and nobody else: other keys get 403, no key 401.
+exactly as ids that do not exist) and nobody else: other keys get 403, no key 401. A JWT access
+token with the ``admin`` scope may only read and revoke (:data:`TOKEN_ENDPOINTS`); a key gets
+nothing that its caller does not hold (checked by the service layer, see ``granted_by``).
 
 The admin blueprint authenticates its own requests, because the bootstrap key is not a stored
 key: the app-wide hook leaves the admin prefix alone (see ``ExtensionState``), and this module
@@ -21,6 +23,7 @@ from flask import current_app, g, request
 from ..auth import authenticate, extract_credential, refuse_key_in_url
 from ..errors import InsufficientScope, MissingAPIKey, OrganizationNotFound
 from ..hashing import admin_key_digest
+from ..tokens import CLAIMS_ENVIRON_KEY
 
 if TYPE_CHECKING:
     from ..extension import ExtensionState
@@ -29,6 +32,21 @@ if TYPE_CHECKING:
 
 #: The scope that lets a key manage its own organization.
 ADMIN_SCOPE = "admin"
+#: The admin routes a JWT access token (narrowed to ``admin``) may call: reading and revoking.
+#: Everything that creates or extends a credential needs the API key itself, so a stolen
+#: short-lived token can never become a long-lived key. A new route is closed to tokens until
+#: it is named here (decided by endpoint, never by URL).
+TOKEN_ENDPOINTS = frozenset(
+    f"apikeys_admin.{name}"
+    for name in (
+        "list_organizations",
+        "get_organization",
+        "list_keys",
+        "get_key",
+        "usage",
+        "revoke_key",
+    )
+)
 #: How the bootstrap key appears in the audit trail and in ``revoked_by``.
 BOOTSTRAP_ACTOR = "bootstrap-admin-key"
 
@@ -87,6 +105,12 @@ def authenticate_admin() -> None:
     if not key.has_scope(ADMIN_SCOPE):
         raise InsufficientScope(
             "The admin API needs a key with the admin scope.", required_scopes=[ADMIN_SCOPE]
+        )
+    if CLAIMS_ENVIRON_KEY in current_request.environ and request.endpoint not in TOKEN_ENDPOINTS:
+        raise InsufficientScope(
+            "An access token may read and revoke on the admin API, never create, rotate or "
+            "change keys or organizations: send the API key itself.",
+            required_scopes=[ADMIN_SCOPE],
         )
     g._apikeys_admin = AdminCaller(key=key)
 

@@ -50,6 +50,12 @@ class OrganizationSchema(Schema):
     rate_limit_per_minute = fields.Integer(allow_none=True, required=True)
     max_api_keys = fields.Integer(allow_none=True, required=True)
     limits = fields.Nested(LimitsSchema, required=True)
+    plan_excess = fields.Dict(
+        metadata={
+            "description": "After a change of plan or limits only: working keys with scopes or "
+            "a rate limit beyond the plan, and the working key count if above max_keys."
+        }
+    )
 
 
 def _count() -> fields.Integer:

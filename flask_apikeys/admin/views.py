@@ -17,6 +17,7 @@ from marshmallow import Schema, ValidationError
 
 from ..errors import InvalidInput, MalformedRequest
 from ..models import Organization
+from ..organizations import PLAN_FIELDS
 from ..storable import json_problem, storable_text, unstorable_reason
 from . import schemas
 from .access import caller, managed_organization, require_bootstrap, state
@@ -193,7 +194,10 @@ def update_organization(org_id: str) -> Response:
     organization = state().service.update_organization(
         organization, actor=caller().actor, **changes
     )
-    return jsonify(organization_document(organization))
+    document = organization_document(organization)
+    if PLAN_FIELDS & changes.keys():  # say what the change left beyond the plan
+        document["plan_excess"] = state().service.plan_excess(organization)
+    return jsonify(document)
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -301,7 +305,11 @@ def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
     organization = managed_organization(org_id)
     values = load_body(schemas.RotateSchema)
     new = state().service.rotate_key(
-        key_id, rotated_by=caller().actor, organization=organization, **values
+        key_id,
+        rotated_by=caller().actor,
+        organization=organization,
+        granted_by=caller().key,
+        **values,
     )
     document = {
         **schemas.KeySchema().dump(new.api_key),
