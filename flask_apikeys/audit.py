@@ -21,9 +21,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from .models import AuditRecord, utcnow
+from .storable import optional_storable_text, storable_json, storable_text
 
 logger = logging.getLogger("flask_apikeys.audit")
 GENESIS = "0" * 64
@@ -68,18 +69,23 @@ def build_record(
     details: Mapping[str, Any] | None = None,
     created_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The fields of one audit record, ready to append."""
+    """The fields of one audit record, ready to append.
+
+    Every text is made storable here (no NUL, no lone surrogate, cut to its column), and the
+    details to JSON that every database takes: a record carries what a request sent (its
+    path, its user agent), and one record the database refuses must not block the trail.
+    """
     return {
         "created_at": created_at or utcnow(),
-        "event": event,
-        "actor": actor,
+        "event": storable_text(event, 50),
+        "actor": optional_storable_text(actor, 320),
         "organization_id": organization_id,
         "api_key_id": api_key_id,
-        "key_prefix": key_prefix,
-        "key_hint": key_hint,
-        "ip_address": ip_address,
-        "user_agent": None if user_agent is None else user_agent[:300],
-        "details": json.loads(json.dumps(dict(details or {}), default=str)),
+        "key_prefix": optional_storable_text(key_prefix, 40),
+        "key_hint": optional_storable_text(key_hint, 8),
+        "ip_address": optional_storable_text(ip_address, 45),
+        "user_agent": optional_storable_text(user_agent, 300),
+        "details": storable_json(dict(details or {})),
     }
 
 
@@ -87,26 +93,47 @@ def append(connection_factory: Callable[[], Any], records: Iterable[dict[str, An
     """Append records to the chain, in order, up to ``APPEND_BATCH`` per transaction.
 
     Each batch links to the head it read; if another writer appended after that head first,
-    the unique ``previous_hash`` refuses the batch and it is linked again to the new head.
+    the unique ``previous_hash`` refuses the batch and it is linked again to the new head. A
+    batch the database refuses for what a record holds is halved until the record at fault is
+    alone, and only that one is dropped, with a warning: the rest of the trail goes on.
     """
     pending = list(records)
-    for start in range(0, len(pending), APPEND_BATCH):
-        batch = pending[start : start + APPEND_BATCH]
-        for _ in range(APPEND_ATTEMPTS):
-            try:
-                with connection_factory() as connection:
-                    head = connection.execute(
-                        sa.select(table.c.record_hash).order_by(table.c.id.desc()).limit(1)
-                    ).scalar()
-                    connection.execute(sa.insert(table), chained(batch, head or GENESIS))
-                break
-            except IntegrityError:
-                continue  # another writer appended after the same head: link to the new one
-        else:  # pragma: no cover - only under extreme contention
-            raise RuntimeError("could not append to the audit chain")
-        for values in batch:
-            logged = {field: values[field] for field in FIELDS if field != "created_at"}
-            logger.info("%s", values["event"], extra={"audit": logged})
+    batches = [
+        pending[start : start + APPEND_BATCH] for start in range(0, len(pending), APPEND_BATCH)
+    ]
+    batches.reverse()  # a stack: the next batch on top
+    dropped = 0
+    while batches:
+        batch = batches.pop()
+        try:
+            _append_batch(connection_factory, batch)
+        except (DataError, OverflowError, ValueError):
+            if len(batch) == 1:
+                dropped += 1
+                continue
+            middle = len(batch) // 2
+            batches += (batch[middle:], batch[:middle])
+    if dropped:
+        logger.warning("flask-apikeys dropped %d audit records the database refused", dropped)
+
+
+def _append_batch(connection_factory: Callable[[], Any], batch: list[dict[str, Any]]) -> None:
+    """Append one batch in one transaction, linked again to the new head after a conflict."""
+    for _ in range(APPEND_ATTEMPTS):
+        try:
+            with connection_factory() as connection:
+                head = connection.execute(
+                    sa.select(table.c.record_hash).order_by(table.c.id.desc()).limit(1)
+                ).scalar()
+                connection.execute(sa.insert(table), chained(batch, head or GENESIS))
+            break
+        except IntegrityError:
+            continue  # another writer appended after the same head: link to the new one
+    else:  # pragma: no cover - only under extreme contention
+        raise RuntimeError("could not append to the audit chain")
+    for values in batch:
+        logged = {field: values[field] for field in FIELDS if field != "created_at"}
+        logger.info("%s", values["event"], extra={"audit": logged})
 
 
 def chained(batch: list[dict[str, Any]], previous: str) -> list[dict[str, Any]]:

@@ -4,24 +4,59 @@ Entries live at most ``APIKEYS_CACHE_TTL`` seconds (1 by default). That bound is
 revocation, rotation or organization change made through *another* process can go unnoticed; in
 this process the service drops the affected entries at once. Expiry is not cached: it is checked
 against the clock on every request.
+
+The cache is bounded by entries *and* by memory: a key may hold hundreds of scopes and kilobytes
+of metadata, so 10,000 entries alone could mean hundreds of megabytes per worker.
+:func:`approximate_size` is what a snapshot is counted as, here and in the other caches of
+snapshots (narrowed token snapshots, the rate limiter's per-snapshot limits).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Collection
 
 from .identity import VerifiedKey
 
+#: The most memory (by :func:`approximate_size`) a cache of snapshots holds before it is emptied.
+MAX_CACHE_BYTES = 32 * 1024 * 1024
+#: What a snapshot costs besides its collections (the objects, the organization, short strings).
+SNAPSHOT_OVERHEAD = 1024
+
+
+def strings_size(strings: Collection[str]) -> int:
+    """The memory of a collection of strings: the container and each string."""
+    return sys.getsizeof(strings) + sum(map(sys.getsizeof, strings))
+
+
+def approximate_size(key: VerifiedKey) -> int:
+    """Roughly how many bytes a snapshot keeps alive (its scopes dominate, then metadata)."""
+    size = SNAPSHOT_OVERHEAD + strings_size(key.scopes)
+    if key.own_scopes is not key.scopes:
+        size += strings_size(key.own_scopes)
+    if key.metadata:
+        # Text is a fair proxy for parsed JSON's size; metadata is at most a few kilobytes.
+        size += 4 * len(json.dumps(key.metadata, default=str))
+    return size + 128 * (len(key.allowed_networks) + len(key.roles))
+
 
 class VerifiedKeyCache:
-    """Maps a key's digest to its snapshot for a bounded time and a bounded number of keys."""
+    """Maps a key's digest to its snapshot for a bounded time, a bounded number of keys and a
+    bounded amount of memory."""
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_entries: int = 10_000, max_bytes: int = MAX_CACHE_BYTES
+    ) -> None:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
-        self._entries: dict[bytes, tuple[float, VerifiedKey]] = {}
+        self.max_bytes = max_bytes
+        #: The :func:`approximate_size` of the entries held, summed.
+        self.size = 0
+        self._entries: dict[bytes, tuple[float, VerifiedKey, int]] = {}
         self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> VerifiedKey | None:
@@ -29,9 +64,11 @@ class VerifiedKeyCache:
         entry = self._entries.get(digest)
         if entry is None:
             return None
-        stored_at, key = entry
+        stored_at, key, _ = entry
         if time.monotonic() - stored_at >= self.ttl_seconds:
-            self._entries.pop(digest, None)
+            with self._lock:
+                if self._entries.pop(digest, None) is not None:
+                    self.size -= entry[2]
             return None
         return key
 
@@ -39,10 +76,16 @@ class VerifiedKeyCache:
         """Remember ``key``; a full cache is emptied rather than scanned for the oldest entry."""
         if self.ttl_seconds <= 0:
             return
+        size = approximate_size(key)
         with self._lock:
-            if len(self._entries) >= self.max_entries:
+            if len(self._entries) >= self.max_entries or self.size + size > self.max_bytes:
                 self._entries.clear()
-            self._entries[digest] = (time.monotonic(), key)
+                self.size = 0
+            previous = self._entries.get(digest)
+            if previous is not None:
+                self.size -= previous[2]
+            self._entries[digest] = (time.monotonic(), key, size)
+            self.size += size
 
     def forget_key(self, key_id: uuid.UUID) -> None:
         """Drop a key at once (after revocation or rotation in this process)."""
@@ -56,9 +99,11 @@ class VerifiedKeyCache:
         """Forget everything."""
         with self._lock:
             self._entries.clear()
+            self.size = 0
 
     def _forget(self, matches: object) -> None:
         with self._lock:
-            for digest, (_, key) in list(self._entries.items()):
+            for digest, (_, key, size) in list(self._entries.items()):
                 if matches(key):  # type: ignore[operator]
                     del self._entries[digest]
+                    self.size -= size

@@ -29,6 +29,7 @@ from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
 from .auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
+from .cache import MAX_CACHE_BYTES, approximate_size
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .errors import (
     APIKeyError,
@@ -77,6 +78,7 @@ class RateLimits:
         self._lock = threading.Lock()
         self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
         self._by_snapshot: dict[int, tuple[VerifiedKey, Month, KeyLimits]] = {}
+        self._snapshots_size = 0
         self._month = Month.containing(time.time())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
         #: client address → until when it is refused without verifying its key.
@@ -250,8 +252,16 @@ class RateLimits:
             if len(self._key_limits) >= MAX_REMEMBERED:
                 self._key_limits.clear()
             self._key_limits[configuration] = limits
-        if len(self._by_snapshot) >= MAX_REMEMBERED:
+        # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
+        # too) that the caches of snapshots have already let go of.
+        size = approximate_size(key)
+        if (
+            len(self._by_snapshot) >= MAX_REMEMBERED
+            or self._snapshots_size + size > MAX_CACHE_BYTES
+        ):
             self._by_snapshot.clear()
+            self._snapshots_size = 0
+        self._snapshots_size += size
         # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
         self._by_snapshot[id(key)] = (key, month, limits)
         return limits

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
@@ -73,8 +74,12 @@ def is_client_credentials_request(current_request: Request) -> bool:
     if current_request.mimetype == FORM_MIMETYPE:
         form = current_request.form
         return any(name in form for name in ("grant_type", "client_id", "client_secret"))
-    if current_request.is_json and current_request.get_data(cache=True):
-        body = current_request.get_json(silent=True)
+    raw = current_request.get_data(cache=True)
+    if current_request.is_json and raw:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
+            return False  # the key exchange answers it (400/422), as any body that is not JSON
         return isinstance(body, dict) and "grant_type" in body
     return False
 

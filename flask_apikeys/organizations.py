@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from . import validation
@@ -24,10 +24,15 @@ from .hashing import KeyHasher
 from .models import APIKey, Organization, utcnow
 from .permissions import effective_scopes, scopes_beyond
 from .policies import requests_per_minute_allowed
+from .storable import MAX_INTEGER
 
 Result = TypeVar("Result")
 #: Organization fields that change what its keys may hold: a change is checked for excess.
 PLAN_FIELDS = frozenset({"plan", "rate_limit_per_minute", "max_api_keys"})
+#: Refusals of a *value* (by the database, or by the driver while binding it): the caller's
+#: input is at fault, so a 422, not the 503 of a database that cannot be reached. Validation
+#: refuses such values first; this is the net under it.
+UNSTORABLE_ERRORS = (DataError, UnicodeError, OverflowError)
 
 
 def slugify(name: str) -> str:
@@ -197,7 +202,8 @@ class OrganizationService:
         identifier = as_uuid(reference)
         if identifier is not None:
             organization = self._read(lambda: self.session.get(Organization, identifier))
-        elif isinstance(reference, str):
+        elif isinstance(reference, str) and validation.SLUG_PATTERN.fullmatch(reference):
+            # Only what can be a slug reaches the database: a URL's text may hold anything.
             organization = self._find_organization_by_slug(reference)
         if organization is None:
             raise OrganizationNotFound(f"No organization {str(reference)!r}.")
@@ -250,8 +256,8 @@ class OrganizationService:
     def _page(
         self, query: sa.Select[Any], model: type, limit: int, offset: int
     ) -> tuple[list[Any], int]:
-        if not (1 <= limit <= 500) or offset < 0:
-            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": ["0 or more"]})
+        if not (1 <= limit <= 500) or not 0 <= offset <= MAX_INTEGER:
+            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": [f"0 to {MAX_INTEGER}"]})
         total_query = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
         items = self._read(lambda: list(self.session.scalars(query.limit(limit).offset(offset))))
         total = self._read(lambda: self.session.scalar(total_query)) or 0
@@ -261,6 +267,11 @@ class OrganizationService:
         """Run a query; a database that cannot be reached becomes a 503, never a pass."""
         try:
             return operation()
+        except UNSTORABLE_ERRORS as error:
+            self.session.rollback()
+            raise InvalidInput(
+                "The database cannot take a value of this request; nothing was read."
+            ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
             raise BackendUnavailable("The key database could not be reached; try again.") from error
@@ -280,6 +291,12 @@ class OrganizationService:
             self.session.rollback()
             raise InvalidInput(
                 "The change conflicts with existing data; nothing was saved."
+            ) from error
+        except UNSTORABLE_ERRORS as error:
+            # A value the database refuses is the input's fault, never an outage (not a 503).
+            self.session.rollback()
+            raise InvalidInput(
+                "The database cannot store a value of this change; nothing was saved."
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()

@@ -32,6 +32,7 @@ from .network import networks_beyond
 from .organizations import as_uuid
 from .permissions import effective_scopes, scopes_beyond, within_plan
 from .policies import per_minute, requests_per_minute_allowed
+from .storable import unstorable_reason
 from .verification import KeyVerification
 
 DEFAULT_ORGANIZATION_SLUG = "default"
@@ -208,10 +209,16 @@ class KeyService(KeyVerification):
         if api_key.revoked_at is not None:
             raise self._already_revoked(api_key)
         errors = {}
-        if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-            errors["reason"] = ["at most 500 characters"]
-        if revoked_by is not None and (not isinstance(revoked_by, str) or len(revoked_by) > 320):
-            errors["revoked_by"] = ["at most 320 characters"]
+        if reason is not None and (
+            not isinstance(reason, str) or len(reason) > 500 or unstorable_reason(reason)
+        ):
+            errors["reason"] = ["a text of at most 500 characters, without NUL"]
+        if revoked_by is not None and (
+            not isinstance(revoked_by, str)
+            or len(revoked_by) > 320
+            or unstorable_reason(revoked_by)
+        ):
+            errors["revoked_by"] = ["a text of at most 320 characters, without NUL"]
         if errors:
             raise InvalidInput(errors=errors)
         # One conditional UPDATE: of two revocations at once, the database lets one through.
@@ -253,7 +260,11 @@ class KeyService(KeyVerification):
             the successor will hold, see :meth:`create_key`.
         """
         old = self.get_key(key_id, organization=organization)
-        if not isinstance(overlap_hours, int | float) or not 0 <= overlap_hours <= 24 * 90:
+        if (
+            isinstance(overlap_hours, bool)
+            or not isinstance(overlap_hours, int | float)
+            or not 0 <= overlap_hours <= 24 * 90
+        ):
             raise InvalidInput(errors={"overlap_hours": ["a number of hours from 0 to 2160"]})
         if old.revoked_at is not None or not old.is_active:
             raise AlreadyRevoked("A revoked key cannot be rotated; create a new key instead.")
@@ -263,6 +274,10 @@ class KeyService(KeyVerification):
         if old.expires_at is not None and old.expires_at <= now:
             raise ExpiredAPIKey("An expired key cannot be rotated; create a new key instead.")
         lifetime = None if old.expires_at is None else old.expires_at - old.created_at
+        if lifetime is not None:
+            # A key stored before expiries were bounded (or written to the table directly) may
+            # expire in year 9999: keep the new key's expiry within the calendar.
+            lifetime = min(lifetime, validation.MAX_LIFETIME)
         values = {
             "name": old.name,
             "description": old.description,

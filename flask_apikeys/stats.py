@@ -28,8 +28,11 @@ def month_bounds(month: str) -> tuple[date, date]:
     match = MONTH_PATTERN.fullmatch(month) if isinstance(month, str) else None
     if match is None:
         raise InvalidInput(errors={"month": ["a month such as 2026-01"]})
-    start = date(int(match[1]), int(match[2]), 1)
-    end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    try:
+        start = date(int(match[1]), int(match[2]), 1)
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    except ValueError:  # year 0, or a month whose end is past year 9999
+        raise InvalidInput(errors={"month": ["a month from 0001-01 to 9999-11"]}) from None
     return start, end
 
 

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import json
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
 
 from .auth import authenticate_and_limit
+from .cache import MAX_CACHE_BYTES, approximate_size
 from .config import ConfigError
 from .errors import (
     ExpiredToken,
@@ -57,8 +59,16 @@ if TYPE_CHECKING:
 #: signed with the same key elsewhere) is not an access token for this API.
 ACCESS_JWT_TYP = "at+jwt"
 JWKS_PATH = "/.well-known/jwks.json"
-#: The longest token decoded at all; ours are well under 2 kB even with many scopes.
+#: The longest token decoded at all.
 MAX_TOKEN_LENGTH = 8192
+#: The longest token issued: below :data:`MAX_TOKEN_LENGTH` and below the 8,190 bytes a
+#: header line may have in gunicorn (and 8 kB in common proxies) with ``Authorization: Bearer``
+#: in front, so every token issued is one that is then accepted. A key with too many scopes
+#: for one token is told to ask for fewer (``scope``).
+MAX_ISSUED_TOKEN_LENGTH = 8000
+#: The most memory (by :func:`~flask_apikeys.cache.approximate_size`) that narrowed token
+#: snapshots hold before they are forgotten: each may carry hundreds of scopes.
+MAX_NARROWED_BYTES = MAX_CACHE_BYTES
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "org", "scope", "iat", "exp", "jti"]
 #: Where the verified claims of the current request's token are kept (absent for keys).
 CLAIMS_ENVIRON_KEY = "flask_apikeys.token_claims"
@@ -189,6 +199,9 @@ class TokenAuthority:
         #: (id of a key snapshot, scope claim) → (that snapshot, its narrowed copy), so a busy
         #: token yields the same object each time (the rate limiter caches per snapshot).
         self._narrowed: dict[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = {}
+        #: The :func:`~flask_apikeys.cache.approximate_size` of ``_narrowed``, summed: it is
+        #: bounded by memory too, since a client can mint a token per subset of its scopes.
+        self.narrowed_size = 0
 
     # -- issuing ------------------------------------------------------------------------------
 
@@ -219,6 +232,13 @@ class TokenAuthority:
             algorithm=signer.algorithm,
             headers={"kid": signer.kid, "typ": ACCESS_JWT_TYP},
         )
+        if len(token) > MAX_ISSUED_TOKEN_LENGTH:
+            raise InvalidInput(
+                f"A token with these {len(scopes)} scopes would be {len(token)} characters, "
+                f"over the {MAX_ISSUED_TOKEN_LENGTH} a request header can carry; ask for the "
+                'scopes this client needs, e.g. {"scope": "a:read b:read"}.',
+                errors={"scope": [f"too many scopes for one token ({len(scopes)})"]},
+            )
         return {
             "token_type": "Bearer",
             "access_token": token,
@@ -310,8 +330,12 @@ class TokenAuthority:
         # Only what the key still has: narrowing a key's scopes narrows its live tokens too.
         scopes = frozenset(name for name in scope.split() if scope_covers(verified.scopes, name))
         narrowed = replace(verified, scopes=scopes)
-        if len(self._narrowed) >= MAX_REMEMBERED:
+        # The entry keeps the claim and the narrowed copy (the snapshot is the key cache's).
+        size = approximate_size(narrowed) + sys.getsizeof(scope)
+        if len(self._narrowed) >= MAX_REMEMBERED or self.narrowed_size + size > MAX_NARROWED_BYTES:
             self._narrowed.clear()
+            self.narrowed_size = 0
+        self.narrowed_size += size
         # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
         self._narrowed[(id(verified), scope)] = (verified, narrowed)
         return narrowed
@@ -328,9 +352,15 @@ def _requested_scope(current_request: Request) -> str | None:
     """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
     if current_request.mimetype == "application/x-www-form-urlencoded":
         return current_request.form.get("scope")
-    if not current_request.get_data(cache=True):
+    raw = current_request.get_data(cache=True)
+    if not raw:
         return None
-    body = current_request.get_json(silent=True)
+    body = None
+    if current_request.is_json:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
+            body = None
     if not isinstance(body, dict):
         raise InvalidInput('Send no body, or a JSON object such as {"scope": "a:read b:read"}.')
     scope = body.get("scope")

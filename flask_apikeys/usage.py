@@ -8,8 +8,10 @@ flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM)
 (SIGKILL, power loss) loses what was queued since the last flush: at most one interval's rows.
 ``APIKEYS_USAGE_MODE = "sync"`` writes each request's row before the response instead.
 
-If the database refuses a flush, the rows stay queued and are retried; past
-``APIKEYS_USAGE_MAX_QUEUE`` rows the oldest are dropped and a warning says how many.
+If the database cannot be reached, the rows stay queued and are retried; past
+``APIKEYS_USAGE_MAX_QUEUE`` rows the oldest are dropped and a warning says how many. Rows it
+refuses for what they hold are found by halving the batch and dropped alone, with a warning;
+every value taken from a request is made storable when it is captured, so that stays rare.
 Refused authentication attempts are not usage (there is no key); they go to the audit trail
 through the same writer.
 """
@@ -29,7 +31,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Response, request
-from sqlalchemy.exc import IntegrityError
 
 from .audit import append as append_audit
 from .audit import build_record
@@ -37,6 +38,7 @@ from .forking import after_fork_in_child
 from .keys import redact_path
 from .models import APIKey
 from .network import client_address
+from .storable import MAX_INTEGER, ROW_ERRORS, storable_text
 from .usage_insert import InsertPlan
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -45,6 +47,12 @@ START_ENVIRON_KEY = "flask_apikeys.started"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
 TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
 COST_ENVIRON_KEY = "flask_apikeys.cost"
+#: What a usage row names as its endpoint when no URL rule matched (a 404, a 405).
+UNMATCHED_ENDPOINT = "[unmatched]"
+#: The largest status code the ``SMALLINT`` column takes.
+MAX_STATUS = 32767
+#: The largest cost ``NUMERIC(12, 6)`` takes.
+MAX_COST = 999_999.999999
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
 _last_used = keys_table.c.last_used_at
@@ -74,6 +82,26 @@ def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> 
         environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
     if cost_usd is not None:
         environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
+
+
+def _storable_tokens(tokens: Any) -> int | None:
+    """The tokens of :func:`record_cost`, or ``None`` when ``INTEGER`` cannot hold them."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, int) and -MAX_INTEGER <= tokens <= MAX_INTEGER:
+        return tokens
+    logger.warning("flask-apikeys recorded no tokens for a request: %r is out of range", tokens)
+    return None
+
+
+def _storable_cost(cost: Any) -> float | None:
+    """The cost of :func:`record_cost`, or ``None`` when it is not a number the column holds."""
+    if cost is None:
+        return None
+    if isinstance(cost, float) and -MAX_COST <= cost <= MAX_COST:  # False for NaN
+        return cost
+    logger.warning("flask-apikeys recorded no cost for a request: %r is out of range", cost)
+    return None
 
 
 class UsageWriter:
@@ -130,7 +158,10 @@ class UsageWriter:
 
     def _after_add(self, queued: int) -> None:
         if self.synchronous:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - recording must never fail the request
+                logger.exception("flask-apikeys could not write usage; will retry")
             return
         if self._thread is None:
             self._start()
@@ -155,17 +186,19 @@ class UsageWriter:
                 logger.exception("flask-apikeys could not write usage; will retry")
 
     def flush(self) -> int:
-        """Write everything queued now; return how many usage rows were written."""
+        """Write everything queued now; return how many usage rows were written.
+
+        Rows the database refuses for what they hold are dropped (with a warning) and the
+        others written; when the database cannot be reached, everything stays queued.
+        """
         with self._flush_lock:
             rows = [self._usage.popleft() for _ in range(len(self._usage))]
             audits = [self._audit.popleft() for _ in range(len(self._audit))]
+            written = 0
             try:
                 if rows:
-                    self._write_usage(rows)
-            except IntegrityError:
-                rows = self._write_usage_row_by_row(rows, audits)
+                    written = self._write_usage_isolating(rows)
             except Exception:
-                self._requeue(rows, self._usage)
                 self._requeue(audits, self._audit)
                 raise
             try:
@@ -174,32 +207,40 @@ class UsageWriter:
             except Exception:
                 self._requeue(audits, self._audit)
                 raise
-            return len(rows)
+            return written
 
-    def _write_usage_row_by_row(
-        self, rows: list[tuple[Any, ...]], audits: list[dict[str, Any]]
-    ) -> list[tuple[Any, ...]]:
-        """Write a refused batch row by row, dropping the rows the database can never take.
+    def _write_usage_isolating(self, rows: list[tuple[Any, ...]]) -> int:
+        """Write ``rows``; when a batch is refused for its data, halve it until the rows at
+        fault are alone, and drop only those.
 
-        A row whose key was deleted since the request (or whose database was replaced) breaks
-        a foreign key for good; retrying the whole batch forever would block every row behind
-        it. Any other failure puts the rest back in the queue, as for a whole batch.
+        A row whose key was deleted since the request breaks a foreign key for good, and a
+        value the database refuses is refused forever: retrying the whole batch would block
+        every row behind it, and in sync mode fail every request after it. Any other failure
+        (the database is down) puts back in the queue what was not written, and raises.
         """
-        written: list[tuple[Any, ...]] = []
-        for position, row in enumerate(rows):
+        pending = [rows]  # a stack of slices, the next to write on top, in queue order
+        written = dropped = 0
+        while pending:
+            batch = pending.pop()
             try:
-                self._write_usage([row])
-            except IntegrityError:
+                self._write_usage(batch)
+            except ROW_ERRORS:
+                if len(batch) == 1:
+                    dropped += 1
+                    continue
+                middle = len(batch) // 2
+                pending += (batch[middle:], batch[:middle])
                 continue
             except Exception:
-                self._requeue(rows[position:], self._usage)
-                self._requeue(audits, self._audit)
+                left = batch + [row for later in reversed(pending) for row in later]
+                self._requeue(left, self._usage)
                 raise
-            written.append(row)
-        if len(written) < len(rows):
+            written += len(batch)
+        if dropped:
             logger.warning(
-                "flask-apikeys dropped %d usage rows the database refused (their key is gone)",
-                len(rows) - len(written),
+                "flask-apikeys dropped %d usage rows the database refused "
+                "(their key is gone, or a value it cannot store)",
+                dropped,
             )
         return written
 
@@ -275,31 +316,31 @@ def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]],
         started = environ.get(START_ENVIRON_KEY)
         elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
         rule = current_request.url_rule
-        if rule is not None:
-            endpoint = rule.rule
-        else:
-            endpoint = redact_path(current_request.path)
+        # The rule, never the raw path: a path is the client's text (of any length, with
+        # %00 in it), and a 404 path is not an endpoint of the app.
+        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
         error = environ.get(ERROR_ENVIRON_KEY)
         user_agent = environ.get("HTTP_USER_AGENT")
         if trusted_proxies:
             address = client_address(environ, trusted_proxies)
         else:
             address = environ.get("REMOTE_ADDR") or ""
+        status = response.status_code
         add_usage(
             (
                 key.id,
                 key.organization.id,
                 time.time(),
-                endpoint[:300],
-                current_request.method[:10],
-                response.status_code,
+                storable_text(endpoint, 300),
+                storable_text(current_request.method, 10),
+                status if 0 <= status <= MAX_STATUS else 0,
                 round(elapsed_ms, 3),
-                environ.get(TOKENS_ENVIRON_KEY),
-                environ.get(COST_ENVIRON_KEY),
-                address[:45] or None,
-                None if user_agent is None else user_agent[:300],
-                None if error is None else str(error.detail)[:500],
-                None if error is None else error.error_code,
+                _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
+                _storable_cost(environ.get(COST_ENVIRON_KEY)),
+                storable_text(address, 45) or None,
+                None if user_agent is None else storable_text(user_agent, 300),
+                None if error is None else storable_text(str(error.detail), 500),
+                None if error is None else storable_text(error.error_code, 50),
             )
         )
 

@@ -156,6 +156,8 @@ class InsertPlan:
             except connection.dialect.loaded_dbapi.IntegrityError as error:
                 # The driver's own error, raw: give callers SQLAlchemy's, as the other paths do.
                 raise sa.exc.IntegrityError(self.copy_sql, None, error) from error
+            except connection.dialect.loaded_dbapi.DataError as error:
+                raise sa.exc.DataError(self.copy_sql, None, error) from error
             finally:
                 cursor.close()
             return

@@ -22,10 +22,14 @@ from .models import utcnow
 from .network import parse_networks
 from .permissions import LEVELS
 from .scopes import normalize_scopes
+from .storable import MAX_INTEGER, json_problem, unstorable_reason
 
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MAX_METADATA_BYTES = 4096
+#: The furthest ahead a key may expire (as ``expires_in_days`` allows): a rotation then adds
+#: the key's lifetime and an overlap to now without leaving the calendar.
+MAX_LIFETIME = timedelta(days=3650)
 Checker = Callable[[Any], Any]
 
 
@@ -39,15 +43,24 @@ def text(maximum: int, *, required: bool) -> Checker:
             raise ValueError(
                 f"a {'non-empty ' if required else ''}text of at most {maximum} characters"
             )
+        storable(value)
         return value.strip()
 
     return check
 
 
+def storable(value: str) -> str:
+    """``value`` if a database can store it (no NUL, no lone surrogate), else ``ValueError``."""
+    reason = unstorable_reason(value)
+    if reason is not None:
+        raise ValueError(f"a text that {reason}")
+    return value
+
+
 def email(value: Any) -> str:
     if not isinstance(value, str) or len(value) > 320 or not EMAIL_PATTERN.fullmatch(value):
         raise ValueError("a valid email address")
-    return value
+    return storable(value)
 
 
 def slug(value: Any) -> str:
@@ -63,8 +76,10 @@ def boolean(value: Any) -> bool:
 
 
 def optional_count(value: Any) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError("a whole number, 0 or more, or null for the plan's value")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INTEGER
+    ):
+        raise ValueError(f"a whole number from 0 to {MAX_INTEGER}, or null for the plan's value")
     return value
 
 
@@ -104,21 +119,34 @@ def rate_limit(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        if not isinstance(value, str) or not parse_many(value):
+        if (
+            not isinstance(value, str)
+            or len(value) > 100
+            or unstorable_reason(value)
+            or not parse_many(value)
+        ):
             raise ValueError
     except ValueError:
-        raise ValueError("a rate limit such as '100/minute' or '10/second;1000/day'") from None
+        raise ValueError(
+            "a rate limit such as '100/minute' or '10/second;1000/day' (at most 100 characters)"
+        ) from None
     return value
 
 
 def metadata(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"a JSON object of at most {MAX_METADATA_BYTES} bytes")
+    # Before measuring: json.dumps itself fails on nesting deep enough.
+    problem = json_problem(value)
+    if problem is not None:
+        raise ValueError(f"a JSON object that every database stores: {problem}")
     try:
-        size = len(json.dumps(value))
-    except (TypeError, ValueError):
+        size = len(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
         size = None
-    if not isinstance(value, Mapping) or size is None or size > MAX_METADATA_BYTES:
+    if size is None or size > MAX_METADATA_BYTES:
         raise ValueError(f"a JSON object of at most {MAX_METADATA_BYTES} bytes")
     return dict(value)
 
@@ -136,8 +164,11 @@ def expires_at(value: Any) -> datetime | None:
         return None
     if not isinstance(value, datetime) or value.tzinfo is None:
         raise ValueError("a timezone-aware datetime")
-    if value <= utcnow():
+    now = utcnow()
+    if value <= now:
         raise ValueError("a time in the future")
+    if value > now + MAX_LIFETIME:
+        raise ValueError(f"at most {MAX_LIFETIME.days} days from now")
     return value
 
 
@@ -168,6 +199,8 @@ def check_fields(values: Mapping[str, Any], checkers: Mapping[str, Checker]) -> 
             checked[field] = checker(value)
         except ValueError as error:
             errors[field] = [str(error)]
+        except TypeError:  # e.g. a list where a name was due: unhashable, not comparable
+            errors[field] = [f"not a {type(value).__name__}: see the field's documentation"]
     if errors:
         raise InvalidInput(errors=errors)
     return checked

@@ -18,6 +18,7 @@ from marshmallow import Schema, ValidationError
 from ..errors import InvalidInput, MalformedRequest
 from ..models import Organization
 from ..organizations import PLAN_FIELDS
+from ..storable import json_problem, storable_text, unstorable_reason
 from . import schemas
 from .access import caller, managed_organization, require_bootstrap, state
 
@@ -72,17 +73,37 @@ def load_body(schema: type[Schema]) -> dict[str, Any]:
     data: Any = {}
     if raw.strip():
         try:
-            data = json.loads(raw)
-        except ValueError:
+            data = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
             raise MalformedRequest("The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise InvalidInput("The body must be a JSON object.", errors={"_body": ["an object"]})
+    _refuse_unstorable(data)
     return _load(schema, data)
 
 
 def load_query(schema: type[Schema]) -> dict[str, Any]:
     """The query string, checked by ``schema``."""
-    return _load(schema, request.args.to_dict())
+    data = request.args.to_dict()
+    _refuse_unstorable(data)
+    return _load(schema, data)
+
+
+def _refuse_constant(name: str) -> Any:
+    """``NaN``, ``Infinity``: Python's parser takes them, JSON (and PostgreSQL) does not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _refuse_unstorable(data: dict[str, Any]) -> None:
+    """422 for any field holding what no database stores (a NUL, a lone surrogate, nesting
+    deeper than :data:`~flask_apikeys.storable.MAX_JSON_DEPTH`), before anything else looks."""
+    errors = {}
+    for field, value in data.items():
+        problem = unstorable_reason(field) or json_problem(value, depth=1)
+        if problem is not None:
+            errors[storable_text(field, 100)] = [problem]
+    if errors:
+        raise InvalidInput("Some fields are not valid.", errors=errors)
 
 
 def _load(schema: type[Schema], data: dict[str, Any]) -> dict[str, Any]:
