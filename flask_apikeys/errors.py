@@ -19,6 +19,7 @@ from werkzeug.exceptions import (
     Conflict,
     Forbidden,
     HTTPException,
+    MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -221,3 +222,17 @@ class AlreadyRotated(APIKeyError, Conflict):
 def render_problem(error: APIKeyError) -> Response:
     """Flask error handler: the problem document of an :class:`APIKeyError`."""
     return error.get_response()
+
+
+class MethodNotAllowedError(APIKeyError, MethodNotAllowed):
+    """405 under the admin API, with ``Allow`` listing the methods the path has."""
+
+    error_code = "method_not_allowed"
+    title = "Method not allowed"
+
+    def __init__(self, detail: str | None = None, *, allowed: list[str]) -> None:
+        super().__init__(detail, allowed=sorted(allowed))
+        self.allowed = sorted(allowed)
+
+    def response_headers(self) -> Mapping[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
