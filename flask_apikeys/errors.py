@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from flask import Response
+from flask import Response, has_request_context, request
 from werkzeug.exceptions import (
     BadRequest,
     Conflict,
@@ -29,6 +29,9 @@ from werkzeug.exceptions import (
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
+#: The last error made during a request, so that its required headers (``Retry-After``,
+#: ``WWW-Authenticate``) survive an app's own ``@app.errorhandler(429)`` or ``(401)``.
+RAISED_ENVIRON_KEY = "flask_apikeys.raised"
 
 
 class APIKeyError(HTTPException):
@@ -45,6 +48,8 @@ class APIKeyError(HTTPException):
         super().__init__(description=detail or self.title)
         self.detail = detail or self.title
         self.extra = extra
+        if has_request_context():
+            request.environ[RAISED_ENVIRON_KEY] = self
 
     def __str__(self) -> str:
         return self.detail
@@ -217,6 +222,20 @@ class AlreadyRevoked(APIKeyError, Conflict):
 class AlreadyRotated(APIKeyError, Conflict):
     error_code = "already_rotated"
     title = "API key already rotated"
+
+
+def restore_required_headers(response: Response, environ: Mapping[str, Any]) -> None:
+    """Add the headers our error requires when an app's own error handler rendered it.
+
+    Flask prefers a handler registered for a status code (``@app.errorhandler(429)``, as
+    Flask-Limiter's docs show) over ours, and such a handler builds a response of its own.
+    """
+    raised = environ.get(RAISED_ENVIRON_KEY)
+    if raised is None or response.status_code != raised.code:
+        return
+    for name, value in raised.response_headers().items():
+        if name not in response.headers:
+            response.headers[name] = value
 
 
 def render_problem(error: APIKeyError) -> Response:
