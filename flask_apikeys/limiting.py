@@ -428,7 +428,6 @@ def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
     return bool(enabled)
 
 
-
 def _current_key() -> VerifiedKey | None:
     try:
         return authenticate_request()
