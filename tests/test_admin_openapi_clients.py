@@ -9,6 +9,7 @@ follow the mount path for any of them to reach it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -170,6 +171,15 @@ def test_a_fractional_count_is_refused_not_truncated(database_url: str) -> None:
 # -- real clients ------------------------------------------------------------------------------
 
 
+def load_docs_example(name: str) -> Any:
+    path = Path(__file__).resolve().parent.parent / "docs" / "examples" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def generate_client(document: dict[str, Any], directory: Path) -> Any:
     """Generate a client package with openapi-python-client and import it."""
     (directory / "openapi.json").write_text(json.dumps(document))
@@ -280,6 +290,12 @@ def test_a_generated_client_runs_the_whole_admin_lifecycle(live_url: str, tmp_pa
     assert stats.total_requests >= 1
     missing = get_key.sync(str(organization.id), str(organization.id), client=client)
     assert isinstance(missing, models.Problem) and missing.status == 404
+    # The docs' example, as it is, on the same generated client.
+    example = load_docs_example("admin_client_example.py")
+    key = example.onboard(base_url, ADMIN_KEY, "Docs", "docs@example.com")
+    assert key.startswith("pk_live_")
+    whoami = httpx.get(f"{live_url}{MOUNT_PATH}/v1/whoami", headers={"X-API-Key": key})
+    assert whoami.status_code == 200 and whoami.json()["org"] == "docs"
     # A wrong key: 401 with the Bearer challenge, then 429 once the failed-attempt limit is
     # reached. Both are declared, so the client returns a Problem instead of raising.
     intruder = generated.AuthenticatedClient(
