@@ -19,6 +19,8 @@ from .views import OPERATIONS
 
 __all__ = ["AdminCaller", "make_admin_blueprint"]
 
+#: Documents kept, one per mount path the API was reached at.
+MAX_CACHED_DOCUMENTS = 16
 #: Every method, so that the catch-all route answers unknown paths and wrong methods alike.
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
@@ -59,6 +61,8 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
         server_url = request.script_root + url_prefix
         document = documents.get(server_url)
         if document is None:
+            if len(documents) >= MAX_CACHED_DOCUMENTS:  # a forwarded prefix is client input
+                documents.clear()
             plans = state().settings.plans
             document = documents.setdefault(server_url, build_openapi(server_url, plans=plans))
         return jsonify(document)
