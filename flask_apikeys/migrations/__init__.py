@@ -153,10 +153,10 @@ def install_revisions(migrations_directory: str | Path, engine: sa.Engine) -> li
     from alembic.script import ScriptDirectory
 
     directory = Path(migrations_directory)
-    if not (directory / "env.py").is_file():
+    if not (directory / "versions").is_dir():
         raise RuntimeError(
-            f"{directory} is not a Flask-Migrate folder: run 'flask db init' first, "
-            "or pass --directory."
+            f"{directory} is not a Flask-Migrate folder (no versions/ in it): run "
+            "'flask db init' first, or pass --directory."
         )
     head = alembic_head(directory)
     versions = directory / "versions"
