@@ -134,6 +134,7 @@ def test_the_server_url_follows_the_mount_path(database_url: str, script_name: s
     [
         ("GET", "/admin/nothing/here", 404, None),
         ("GET", "/admin/", 404, None),
+        ("GET", "/admin/organizations//keys", 404, None),
         ("PATCH", "/admin/organizations", 405, "GET, HEAD, OPTIONS, POST"),
         ("POST", "/admin/organizations/acme", 405, "GET, HEAD, OPTIONS, PUT"),
     ],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
 from ..errors import MethodNotAllowedError, NotFoundError
@@ -77,7 +77,7 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
             raise MethodNotAllowedError(
                 f"{request.method} is not allowed here.", allowed=list(error.valid_methods or ())
             ) from None
-        except NotFound:
+        except HTTPException:  # NotFound, or a redirect to a merged slash: not a route of ours
             pass
         raise NotFoundError(f"The admin API has no {request.path!r}.")
 
