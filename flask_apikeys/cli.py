@@ -495,14 +495,23 @@ def seed(as_json: bool) -> None:
 )
 @reports_errors
 def install_migrations(directory: str) -> None:
-    """Copy the extension's revisions the app lacks into its migrations, onto its head."""
-    from .migrations import alembic_head, copy_revisions
+    """Copy the extension's revisions the app lacks into its migrations, onto its head.
 
+    Tables the database already has are stamped, not created again; revisions whose tables the
+    app's own history creates are not copied. Errors are one line, never a traceback.
+    """
+    from alembic.util import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .migrations import install_revisions
+
+    state = current_app.extensions["apikeys"]
     try:
-        written = copy_revisions(directory, alembic_head(directory))
-    except RuntimeError as error:
-        fail(str(error))
+        lines = install_revisions(directory, state.db.engine)
+    except (RuntimeError, CommandError, SQLAlchemyError, OSError) as error:
+        fail(" ".join(str(error).split()))
         return
-    for path in written:
-        click.echo(f"wrote {path}")
+    for line in lines:
+        click.echo(line)
+    written = any(line.startswith("wrote ") for line in lines)
     click.echo("Now run: flask db upgrade" if written else "Already up to date.")

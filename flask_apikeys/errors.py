@@ -19,6 +19,7 @@ from werkzeug.exceptions import (
     Conflict,
     Forbidden,
     HTTPException,
+    MethodNotAllowed,
     NotFound,
     ServiceUnavailable,
     TooManyRequests,
@@ -28,6 +29,9 @@ from werkzeug.exceptions import (
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
+#: The last error made during a request, so that its required headers (``Retry-After``,
+#: ``WWW-Authenticate``) survive an app's own ``@app.errorhandler(429)`` or ``(401)``.
+RAISED_ENVIRON_KEY = "flask_apikeys.raised"
 
 
 class APIKeyError(HTTPException):
@@ -44,6 +48,8 @@ class APIKeyError(HTTPException):
         super().__init__(description=detail or self.title)
         self.detail = detail or self.title
         self.extra = extra
+        if has_request_context():
+            request.environ[RAISED_ENVIRON_KEY] = self
 
     def __str__(self) -> str:
         return self.detail
@@ -295,6 +301,34 @@ class OAuthError(APIKeyError):
         return response
 
 
+def restore_required_headers(response: Response, environ: Mapping[str, Any]) -> None:
+    """Add the headers our error requires when an app's own error handler rendered it.
+
+    Flask prefers a handler registered for a status code (``@app.errorhandler(429)``, as
+    Flask-Limiter's docs show) over ours, and such a handler builds a response of its own.
+    """
+    raised = environ.get(RAISED_ENVIRON_KEY)
+    if raised is None or response.status_code != raised.code:
+        return
+    for name, value in raised.response_headers().items():
+        if name not in response.headers:
+            response.headers[name] = value
+
+
 def render_problem(error: APIKeyError) -> Response:
     """Flask error handler: the problem document of an :class:`APIKeyError`."""
     return error.get_response()
+
+
+class MethodNotAllowedError(APIKeyError, MethodNotAllowed):
+    """405 under the admin API, with ``Allow`` listing the methods the path has."""
+
+    error_code = "method_not_allowed"
+    title = "Method not allowed"
+
+    def __init__(self, detail: str | None = None, *, allowed: list[str]) -> None:
+        super().__init__(detail, allowed=sorted(allowed))
+        self.allowed = sorted(allowed)
+
+    def response_headers(self) -> Mapping[str, str]:
+        return {"Allow": ", ".join(self.allowed)}

@@ -19,7 +19,7 @@ from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
 from .cli import apikeys_cli
 from .config import Settings, load_settings
-from .errors import APIKeyError
+from .errors import APIKeyError, restore_required_headers
 from .hashing import KeyHasher
 from .limiting import RateLimits, key_func, limit_for_key
 from .migrations import register_tables
@@ -141,6 +141,8 @@ class APIKeys:
         self._install_usage_and_audit(app, state)
         if settings.ratelimit_enabled:
             state.limits = RateLimits(state, limiter or self._limiter)
+            registered = next(iter(app.extensions.get("limiter") or ()), None)
+            state.limits.check_header_settings(app.config, registered)
         before_request = make_before_request_hook(state)
         if before_request is not None:
             app.before_request(before_request)
@@ -266,7 +268,8 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
     """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
 
     One hook rather than one per feature: each hook costs Flask a lookup and a call on every
-    request, and each would look the request up again. ``None`` when there is nothing to do.
+    request, and each would look the request up again. It also puts back the headers of our
+    errors that an app's own error handler dropped. ``None`` when the extension is off.
     """
     settings = state.settings
     if not settings.enabled:
@@ -276,12 +279,14 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
     if limits is not None and settings.ratelimit_headers != "none":
         write_headers = limits.write_headers
     record_usage = make_usage_recorder(state) if settings.usage_tracking else None
-    if write_headers is None and record_usage is None:
-        return None
 
     def after_request(response: Response) -> Response:
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         environ = current_request.environ
+        if response.status_code >= 400:
+            restore_required_headers(response, environ)
+            if response.status_code == 429 and limits is not None:
+                limits.describe_other_refusal(response, environ)
         if write_headers is not None:
             write_headers(response, environ)
         if record_usage is not None:

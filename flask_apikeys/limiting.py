@@ -85,6 +85,7 @@ class RateLimits:
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
         self._ietf_headers = settings.ratelimit_headers == "all"
+        self._headers_checked = False
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class RateLimits:
             registered = current_app.extensions.get("limiter") or ()
             limiter = next(iter(registered), None)
         if limiter is not None:
+            self.check_header_settings(current_app.config, limiter)
             return cast(Storage, limiter.storage)
         self._owns_storage = True
         uri = self.settings.ratelimit_storage_uri or "memory://"
@@ -371,6 +373,8 @@ class RateLimits:
         if result is None:
             return
         limits, outcome, month = result
+        if outcome.refused is None and response.status_code == 429:
+            return  # another limiter refused it: see describe_other_refusal
         values = outcome.values
         amounts = limits.amounts
         shown = outcome.refused
@@ -394,6 +398,51 @@ class RateLimits:
             add("RateLimit-Policy", limits.policy_header)
             add("RateLimit", self._ratelimit_field(limits, outcome, month))
 
+    def describe_other_refusal(self, response: Response, environ: dict[str, Any]) -> None:
+        """A 429 that is not ours (Flask-Limiter's): headers for the limit that refused it.
+
+        ``X-RateLimit-*`` for that limit (not ours, which had room) and ``Retry-After``, unless
+        Flask-Limiter writes its own headers (``RATELIMIT_HEADERS_ENABLED``).
+        """
+        result = environ.get(RESULT_ENVIRON_KEY)
+        if result is not None and result[1].refused is not None:
+            return  # ours: the error carries Retry-After, write_headers the rest
+        limiter = self._flask_limiter()
+        if limiter is None or flask_limiter_writes_headers(limiter):
+            return
+        refusing = next((limit for limit in limiter.current_limits if limit.breached), None)
+        if refusing is None:
+            return
+        reset_at = int(refusing.reset_at)
+        if self.settings.ratelimit_headers != "none":
+            response.headers["X-RateLimit-Limit"] = str(refusing.limit.amount)
+            response.headers["X-RateLimit-Remaining"] = "0"
+            response.headers["X-RateLimit-Reset"] = str(reset_at)
+        if "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+
+    def _flask_limiter(self) -> Any:
+        if self.limiter is not None:
+            return self.limiter
+        return next(iter(current_app.extensions.get("limiter") or ()), None)
+
+    def check_header_settings(self, app_config: Any, limiter: Any = None) -> None:
+        """Warn once when Flask-Limiter and we would both write ``X-RateLimit-*``."""
+        limiter = limiter or self.limiter
+        if self._headers_checked or limiter is None:
+            return
+        self._headers_checked = True
+        if self.settings.ratelimit_headers == "none":
+            return
+        if flask_limiter_writes_headers(limiter, app_config):
+            logger.warning(
+                "Flask-Limiter's RATELIMIT_HEADERS_ENABLED and flask-apikeys' "
+                "APIKEYS_RATELIMIT_HEADERS both write X-RateLimit-* headers, so responses would "
+                "carry them twice: set RATELIMIT_HEADERS_ENABLED = False (flask-apikeys then "
+                "writes them, and Retry-After, for Flask-Limiter's refusals too), or "
+                'APIKEYS_RATELIMIT_HEADERS = "none".'
+            )
+
     @staticmethod
     def _ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
         """The IETF draft's ``RateLimit``: what is left of every policy and when it resets."""
@@ -412,6 +461,19 @@ class RateLimits:
 
 
 # -- Flask-Limiter integration ----------------------------------------------------------------
+
+
+def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
+    """Whether a Flask-Limiter ``Limiter`` adds its own ``X-RateLimit-*`` headers.
+
+    Its ``headers_enabled`` argument, else ``RATELIMIT_HEADERS_ENABLED`` (read by its
+    ``init_app``; tested against Flask-Limiter 4.x).
+    """
+    enabled = getattr(limiter, "_headers_enabled", None)
+    if enabled is None:
+        config = app_config if app_config is not None else current_app.config
+        enabled = config.get("RATELIMIT_HEADERS_ENABLED", False)
+    return bool(enabled)
 
 
 def _current_key() -> VerifiedKey | None:

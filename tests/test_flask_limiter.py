@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
+import math
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -130,3 +137,105 @@ def test_an_existing_limiter_storage_is_reused(database_url: str, how: str) -> N
     assert client.get("/r", headers={"X-API-Key": created.key}).status_code == 200
     assert client.get("/r", headers={"X-API-Key": created.key}).status_code == 429
     assert app.extensions["apikeys"].limits.counters.storage is limiter.storage
+
+
+# -- side by side: headers of a refusal by either library, and the app's own error handlers ----
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "limiter_app.py"
+
+
+def load_example() -> ModuleType:
+    """The docs' example module, loaded afresh (its extension objects are module globals)."""
+    spec = importlib.util.spec_from_file_location(f"limiter_app_{uuid.uuid4().hex}", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def example_app(database_url: str, **config: Any) -> tuple[Flask, Any, Any]:
+    """The docs' app, a key with the free plan's 10/minute and a custom key of 100/minute."""
+    example = load_example()
+    app = example.create_app(database_url)
+    app.config.update(TESTING=True, **config)
+    with app.app_context():
+        example.apikeys.create_all()
+        org = example.apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        created = example.apikeys.create_key(org, "k", scopes=["*"], rate_limit="100/minute")
+    return app, example, created
+
+
+def test_a_flask_limiter_refusal_carries_its_own_limit_and_retry_after(database_url: str) -> None:
+    app, _, created = example_app(database_url)
+    client = app.test_client()
+    headers = {"X-API-Key": created.key}
+    first = client.post("/v1/exports", headers=headers)
+    assert first.status_code == 200
+    assert first.headers["X-RateLimit-Limit"] == "60"  # ours: the pro plan's 60/minute
+    client.post("/v1/exports", headers=headers)
+    refused = client.post("/v1/exports", headers=headers)
+    assert refused.status_code == 429 and refused.json == {"error": "slow down"}
+    # The headers describe Flask-Limiter's 2/minute, which refused, each once; not our 100.
+    assert refused.headers.getlist("X-RateLimit-Limit") == ["2"]
+    assert refused.headers.getlist("X-RateLimit-Remaining") == ["0"]
+    reset = int(refused.headers["X-RateLimit-Reset"])
+    assert 0 < reset - time.time() <= 61
+    assert int(refused.headers["Retry-After"]) - math.ceil(reset - time.time()) in (0, 1)
+
+
+def test_our_refusal_keeps_retry_after_under_the_apps_own_429_handler(
+    database_url: str,
+) -> None:
+    app, example, created = example_app(database_url)
+    with app.app_context():
+        example.apikeys.update_key(created.api_key.id, rate_limit="1/minute")
+    client = app.test_client()
+    assert client.post("/v1/exports", headers={"X-API-Key": created.key}).status_code == 200
+    refused = client.post("/v1/exports", headers={"X-API-Key": created.key})
+    assert refused.status_code == 429 and refused.json == {"error": "slow down"}
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers.getlist("X-RateLimit-Limit") == ["1"]
+
+
+def test_a_missing_key_keeps_www_authenticate_under_the_apps_own_401_handler(
+    database_url: str,
+) -> None:
+    app, _, _ = example_app(database_url)
+    response = app.test_client().post("/v1/exports")
+    assert response.status_code == 401 and response.json == {"error": "who are you?"}
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+
+
+@pytest.mark.parametrize("limiter_first", [True, False], ids=["limiter-first", "apikeys-first"])
+def test_both_libraries_writing_headers_is_warned_about_at_start(
+    database_url: str, limiter_first: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        TESTING=True, SQLALCHEMY_DATABASE_URI=database_url, RATELIMIT_HEADERS_ENABLED=True
+    )
+    db = SQLAlchemy(app)
+    apikeys = APIKeys()
+    limiter = Limiter(key_func=apikeys.key_func, storage_uri="memory://")
+    with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
+        if limiter_first:
+            limiter.init_app(app)
+            apikeys.init_app(app, db=db)
+        else:  # found at the first request, when the extension looks for a Limiter
+            apikeys.init_app(app, db=db)
+            limiter.init_app(app)
+            with app.app_context():
+                apikeys.create_all()
+            app.test_client().get("/", headers={"X-API-Key": "pk_live_" + "z" * 46})
+    warnings = [r.getMessage() for r in caplog.records if "twice" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "RATELIMIT_HEADERS_ENABLED = False" in warnings[0]
+    assert 'APIKEYS_RATELIMIT_HEADERS = "none"' in warnings[0]
+
+
+def test_no_warning_when_only_one_library_writes_headers(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
+        example_app(database_url)
+    assert not [r for r in caplog.records if "twice" in r.getMessage()]

@@ -8,30 +8,77 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, Rule
 
-from .access import AdminCaller, authenticate_admin
+from ..errors import MethodNotAllowedError, NotFoundError
+from .access import AdminCaller, authenticate_admin, state
 from .openapi import build_openapi
 from .views import OPERATIONS
 
 __all__ = ["AdminCaller", "make_admin_blueprint"]
 
+#: Documents kept, one per mount path the API was reached at.
+MAX_CACHED_DOCUMENTS = 16
+#: Every method, so that the catch-all route answers unknown paths and wrong methods alike.
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
+
 
 def make_admin_blueprint(url_prefix: str) -> Blueprint:
     """A fresh blueprint per app (apps must not share state), mounted at ``url_prefix``."""
     blueprint = Blueprint("apikeys_admin", __name__, url_prefix=url_prefix)
+    # The admin routes alone, to tell an unknown path (404) from a wrong method (405), and to
+    # answer OPTIONS with the methods of the path, not those of the catch-all route below.
+    admin_routes = Map(
+        [Rule(op.path, endpoint=op.endpoint, methods=[op.method, "OPTIONS"]) for op in OPERATIONS]
+        + [Rule("/openapi.json", endpoint="openapi", methods=["GET", "OPTIONS"])]
+    )
+
+    def answer_options() -> Response | None:
+        """OPTIONS on an admin path: 204 with ``Allow`` listing that path's methods."""
+        if request.method != "OPTIONS":
+            return None
+        allowed = admin_routes.bind("localhost").allowed_methods(request.path[len(url_prefix) :])
+        if not allowed:
+            return None  # an unknown path: the catch-all answers 404
+        return Response(status=204, headers={"Allow": ", ".join(sorted(allowed))})
+
+    blueprint.before_request(answer_options)
     blueprint.before_request(authenticate_admin)
     for operation in OPERATIONS:
         blueprint.add_url_rule(
             operation.path, operation.endpoint, operation.view, methods=[operation.method]
         )
-    document: dict[str, Any] = {}
+    documents: dict[str, dict[str, Any]] = {}
 
     @blueprint.get("/openapi.json")
     def openapi() -> Response:
-        """The OpenAPI 3 document of this API (public: it holds no data)."""
-        if not document:
-            document.update(build_openapi(url_prefix))
+        """The OpenAPI 3 document of this API (public: it holds no data).
+
+        Its server URL is where this request found the API, the app's mount path included.
+        """
+        server_url = request.script_root + url_prefix
+        document = documents.get(server_url)
+        if document is None:
+            if len(documents) >= MAX_CACHED_DOCUMENTS:  # a forwarded prefix is client input
+                documents.clear()
+            plans = state().settings.plans
+            document = documents.setdefault(server_url, build_openapi(server_url, plans=plans))
         return jsonify(document)
+
+    @blueprint.route("/", endpoint="unknown_root", methods=ANY_METHOD)
+    @blueprint.route("/<path:rest>", endpoint="unknown", methods=ANY_METHOD)
+    def unknown(rest: str = "") -> Response:
+        """A path or method the admin API does not have: a problem document, not HTML."""
+        try:
+            admin_routes.bind("localhost").match("/" + rest, method=request.method)
+        except MethodNotAllowed as error:
+            raise MethodNotAllowedError(
+                f"{request.method} is not allowed here.", allowed=list(error.valid_methods or ())
+            ) from None
+        except HTTPException:  # NotFound, or a redirect to a merged slash: not a route of ours
+            pass
+        raise NotFoundError(f"The admin API has no {request.path!r}.")
 
     return blueprint

@@ -15,6 +15,8 @@ from ..permissions import LEVELS
 
 #: Most items a list returns at once.
 MAX_PAGE_SIZE = 500
+#: The environments a key can be made for (part of its prefix, ``pk_live_`` or ``pk_test_``).
+ENVIRONMENTS = ("live", "test")
 
 
 class StrictSchema(Schema):
@@ -22,6 +24,24 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = RAISE
+
+
+class JSONBoolean(fields.Boolean):
+    """``true`` or ``false`` only: marshmallow's Boolean also takes ``0``, ``"yes"``, ``"on"``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class JSONFloat(fields.Float):
+    """A JSON number only: marshmallow's Float also takes the string ``"24"``."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 # -- organizations -----------------------------------------------------------------------------
@@ -59,7 +79,10 @@ class OrganizationSchema(Schema):
 
 
 def _count() -> fields.Integer:
-    return fields.Integer(allow_none=True, validate=validate.Range(min=0, max=2**31 - 1))
+    # strict: 2.5 is refused, not silently cut to 2 (JSON bodies only; query strings are text)
+    return fields.Integer(
+        allow_none=True, strict=True, validate=validate.Range(min=0, max=2**31 - 1)
+    )
 
 
 class OrganizationUpdateSchema(StrictSchema):
@@ -68,7 +91,7 @@ class OrganizationUpdateSchema(StrictSchema):
     name = fields.String(validate=validate.Length(min=1, max=200))
     email = fields.Email(validate=validate.Length(max=320))
     plan = fields.String(validate=validate.Length(min=1, max=50))
-    is_active = fields.Boolean()
+    is_active = JSONBoolean()
     monthly_request_limit = _count()
     rate_limit_per_minute = _count()
     max_api_keys = _count()
@@ -93,12 +116,12 @@ class KeySchema(Schema):
     organization_id = fields.UUID(required=True)
     name = fields.String(required=True)
     description = fields.String(allow_none=True, required=True)
-    environment = fields.String(required=True)
+    environment = fields.String(required=True, validate=validate.OneOf(ENVIRONMENTS))
     prefix = fields.String(attribute="key_prefix", required=True)
     hint = fields.String(attribute="key_hint", required=True)
     scopes = fields.List(fields.String(), required=True)
     roles = fields.List(fields.String(), required=True)
-    level = fields.String(allow_none=True, required=True)
+    level = fields.String(allow_none=True, required=True, validate=validate.OneOf(LEVELS))
     allowed_networks = fields.List(fields.String(), required=True)
     rate_limit = fields.String(attribute="custom_rate_limit", allow_none=True, required=True)
     metadata = fields.Dict(attribute="key_metadata", keys=fields.String(), required=True)
@@ -151,8 +174,10 @@ class KeyCreateSchema(KeyUpdateSchema):
     """A new key: a name is required; expiry as days from now or as a time, not both."""
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    environment = fields.String(load_default="live", validate=validate.OneOf(["live", "test"]))
-    expires_in_days = fields.Integer(allow_none=True, validate=validate.Range(min=1, max=3650))
+    environment = fields.String(load_default="live", validate=validate.OneOf(ENVIRONMENTS))
+    expires_in_days = fields.Integer(
+        allow_none=True, strict=True, validate=validate.Range(min=1, max=3650)
+    )
     expires_at = fields.AwareDateTime(allow_none=True)
 
     @validates_schema
@@ -170,7 +195,7 @@ class RevokeSchema(StrictSchema):
 class RotateSchema(StrictSchema):
     """How long the old key keeps working next to the new one."""
 
-    overlap_hours = fields.Float(
+    overlap_hours = JSONFloat(
         load_default=24.0, validate=validate.Range(min=0, max=24 * 90), allow_nan=False
     )
 

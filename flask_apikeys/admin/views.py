@@ -140,6 +140,8 @@ def created(document: dict[str, Any], location: str) -> tuple[Response, int]:
     errors=(400, 401, 403, 422),
 )
 def create_organization() -> tuple[Response, int]:
+    """A new customer with its plan; only the bootstrap key may create one. Its slug is made
+    from the name unless given, and must be free (else 422)."""
     require_bootstrap("create organizations")
     values = load_body(schemas.OrganizationCreateSchema)
     organization = state().service.create_organization(actor=caller().actor, **values)
@@ -156,6 +158,8 @@ def create_organization() -> tuple[Response, int]:
     errors=(401, 403, 422),
 )
 def list_organizations() -> Response:
+    """A page of organizations, oldest first. The bootstrap key sees all of them; an
+    organization's admin key sees its own only."""
     page = load_query(schemas.PageQuerySchema)
     key = caller().key
     if key is None:
@@ -175,6 +179,8 @@ def list_organizations() -> Response:
     errors=(401, 403, 404),
 )
 def get_organization(org_id: str) -> Response:
+    """One organization with its effective limits (its own overrides, else its plan's).
+    Another organization's id answers 404, as an unknown one does."""
     return jsonify(organization_document(managed_organization(org_id)))
 
 
@@ -187,6 +193,8 @@ def get_organization(org_id: str) -> Response:
     errors=(400, 401, 403, 404, 422),
 )
 def update_organization(org_id: str) -> Response:
+    """Change some fields; the ones left out stay. Plan, limits and ``is_active`` are for
+    the bootstrap key only (403 for an organization's admin)."""
     organization = managed_organization(org_id)
     changes = load_body(schemas.OrganizationUpdateSchema)
     if BOOTSTRAP_ONLY_FIELDS & changes.keys():
@@ -213,6 +221,9 @@ def update_organization(org_id: str) -> Response:
     errors=(400, 401, 403, 404, 409, 422),
 )
 def create_key(org_id: str) -> tuple[Response, int]:
+    """A new key for the organization. The response is the only time the full key is shown;
+    store it now. A key may not be given scopes beyond the creating key's own (403), nor
+    more keys than the plan allows (409)."""
     organization = managed_organization(org_id)
     values = load_body(schemas.KeyCreateSchema)
     new = state().service.create_key(
@@ -231,6 +242,8 @@ def create_key(org_id: str) -> tuple[Response, int]:
     errors=(401, 403, 404, 422),
 )
 def list_keys(org_id: str) -> Response:
+    """A page of the organization's keys, newest first, revoked ones included unless
+    ``include_revoked`` is false. Never a secret or a hash."""
     organization = managed_organization(org_id)
     page = load_query(schemas.KeyPageQuerySchema)
     api_keys, total = state().service.list_keys(organization, **page)
@@ -246,6 +259,7 @@ def list_keys(org_id: str) -> Response:
     errors=(401, 403, 404),
 )
 def get_key(org_id: str, key_id: str) -> Response:
+    """One key's record: prefix, hint, scopes, limits, dates. Never its secret or hash."""
     organization = managed_organization(org_id)
     api_key = state().service.get_key(key_id, organization=organization)
     return jsonify(schemas.KeySchema().dump(api_key))
@@ -260,6 +274,8 @@ def get_key(org_id: str, key_id: str) -> Response:
     errors=(400, 401, 403, 404, 409, 422),
 )
 def update_key(org_id: str, key_id: str) -> Response:
+    """Change some of a key's fields; the ones left out stay. Applies to the key's next
+    request. A revoked key cannot be changed (409)."""
     organization = managed_organization(org_id)
     changes = load_body(schemas.KeyUpdateSchema)
     api_key = state().service.update_key(
@@ -281,6 +297,8 @@ def update_key(org_id: str, key_id: str) -> Response:
     errors=(400, 401, 403, 404, 409, 422),
 )
 def revoke_key(org_id: str, key_id: str) -> Response:
+    """Revoke a key at once and for good; its next request is refused with 401. Revoking
+    twice answers 409."""
     organization = managed_organization(org_id)
     values = load_body(schemas.RevokeSchema)
     api_key = state().service.revoke_key(
@@ -302,6 +320,8 @@ def revoke_key(org_id: str, key_id: str) -> Response:
     errors=(400, 401, 403, 404, 409, 422),
 )
 def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
+    """A new key with the same settings; the old one keeps working for ``overlap_hours`` (0:
+    stops now). The response shows the new key this once."""
     organization = managed_organization(org_id)
     values = load_body(schemas.RotateSchema)
     new = state().service.rotate_key(
@@ -331,6 +351,8 @@ def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
     errors=(401, 403, 404, 422),
 )
 def usage(org_id: str) -> Response:
+    """Requests, errors, latency and cost from ``start`` up to ``end`` (excluded), in UTC
+    days, for the whole organization or one of its keys."""
     organization = managed_organization(org_id)
     query = load_query(schemas.UsageQuerySchema)
     stats = state().service.usage_stats(
