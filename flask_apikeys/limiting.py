@@ -237,8 +237,9 @@ class RateLimits:
 
     def _enforce_anonymous(self, current_request: Request) -> None:
         address = client_address(current_request.environ, self.settings.trusted_proxies)
+        tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
-            ("address", f"apikeys:address:{address}:{window}", amount, window)
+            ("address", f"apikeys:address:{tag}:{window}", amount, window)
             for amount, window in parse_limit(self.settings.default_rate_limit)
         ]
         limits = build_limits(policies, None, self._month)
@@ -296,8 +297,9 @@ class RateLimits:
         Each process remembers refused addresses itself, so an address gets at most one more
         verified attempt per process and window than the limit.
         """
+        tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         counters = tuple(
-            Counter(f"apikeys:failed-auth:{address}:{window}", amount, window)
+            Counter(f"apikeys:failed-auth:{tag}:{window}", amount, window)
             for amount, window in self._failed_auth
         )
         outcome = self._take(counters)
