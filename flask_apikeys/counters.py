@@ -29,7 +29,12 @@ from typing import Any, NamedTuple
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
-from .redis_script import ScriptCaller, caller_for, redis
+from .redis_script import ScriptCaller, caller_for
+
+try:  # the redis extra; without it there is no Redis storage to count in
+    from redis.exceptions import RedisClusterException
+except ImportError:  # pragma: no cover - exercised only without the extra
+    RedisClusterException = None  # type: ignore[assignment,misc]
 
 #: Reads every counter; increments them all only if none would pass its limit. Returns the index
 #: (1-based) of the first counter that refused or 0, the counters' values, and their PTTLs.
@@ -312,7 +317,8 @@ def _base_exceptions(storage: Storage) -> tuple[type[BaseException], ...]:
     cross-slot or routing failure must fail open or closed like a lost server, not be a 500).
     """
     base = storage.base_exceptions
-    errors = [StorageError, *(base if isinstance(base, tuple) else (base,))]
-    if isinstance(storage, RedisStorage) and redis is not None:
-        errors.append(redis.exceptions.RedisClusterException)
+    errors: list[type[BaseException]] = [StorageError]
+    errors += base if isinstance(base, tuple) else (base,)
+    if isinstance(storage, RedisStorage) and RedisClusterException is not None:
+        errors.append(RedisClusterException)
     return tuple(errors)
