@@ -16,6 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+Reader = Session | sa.Connection
+
 from .errors import InvalidInput
 from .models import APIKeyUsage
 
@@ -40,7 +42,7 @@ def _as_datetime(day: date | datetime) -> datetime:
 
 
 def usage_stats(
-    session: Session,
+    session: Reader,
     organization_id: uuid.UUID,
     *,
     start: date | datetime,
@@ -132,7 +134,7 @@ def usage_stats(
     }
 
 
-def _percentile(session: Session, where: Any, count: int, fraction: float) -> float | None:
+def _percentile(session: Reader, where: Any, count: int, fraction: float) -> float | None:
     if count == 0:
         return None
     rank = max(1, math.ceil(fraction * count))

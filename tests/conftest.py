@@ -95,9 +95,15 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
             built.extensions["sqlalchemy"].engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=[pytest.mark.mariadb, pytest.mark.slow]),
+    ]
+)
 def backend_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """The same test on SQLite and on a real PostgreSQL 15."""
+    """The same test on SQLite, on a real PostgreSQL 15 and on a real MariaDB."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'apikeys.sqlite'}"
-    return request.getfixturevalue("postgresql_url")
+    return str(request.getfixturevalue(f"{request.param}_url"))
