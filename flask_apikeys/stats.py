@@ -16,11 +16,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-Reader = Session | sa.Connection
-
 from .errors import InvalidInput
 from .models import APIKeyUsage
 
+#: Where statistics are read from: a session, or a connection of their own.
+Reader = Session | sa.Connection
 MONTH_PATTERN = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 usage = APIKeyUsage.__table__
 
