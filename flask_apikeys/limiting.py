@@ -115,9 +115,15 @@ class RateLimits:
         counters, self._counters = self._counters, None
         if counters is not None:
             counters.close()
-        client = getattr(counters and counters.storage, "storage", None)
-        if self._owns_storage and client is not None and hasattr(client, "close"):
-            client.close()
+        storage = counters and counters.storage
+        if not self._owns_storage or storage is None:
+            return
+        # The client, and with Sentinel the replica client and the sentinels' own clients.
+        sentinel = getattr(storage, "sentinel", None)
+        clients = [getattr(storage, "storage", None), getattr(storage, "storage_slave", None)]
+        for client in [*clients, *getattr(sentinel, "sentinels", ())]:
+            if client is not None and hasattr(client, "close"):
+                client.close()
 
     def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
         """Take from every counter; ``None`` when the storage is down and we fail open."""

@@ -34,9 +34,7 @@ def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     with flask_app.app_context():
         apikeys.create_all()
     yield flask_app
-    writer = flask_app.extensions["apikeys"].writer
-    if writer is not None:
-        writer.close()  # write what the test left queued while its database still exists
+    apikeys.close(flask_app)  # write what the test left queued while its database still exists
     with flask_app.app_context():
         flask_app.extensions["sqlalchemy"].engine.dispose()
 
@@ -90,7 +88,7 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
 
     yield make
     for built in apps:
-        built.extensions["apikeys"].writer.close()
+        built.extensions["apikeys"].extension.close(built)
         with built.app_context():
             built.extensions["sqlalchemy"].engine.dispose()
 

@@ -60,8 +60,7 @@ def build() -> Iterator[Callable[..., tuple[Flask, APIKeys]]]:
 
     yield make
     for app in apps:
-        app.extensions["apikeys"].limits.close()
-        app.extensions["apikeys"].writer.close()  # its thread must not outlive the database
+        app.extensions["apikeys"].extension.close(app)  # the writer must not outlive the database
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 
