@@ -35,6 +35,11 @@ def month_bounds(month: str) -> tuple[date, date]:
     return start, end
 
 
+def current_month() -> str:
+    """The current calendar month in UTC, e.g. ``"2026-01"``: the default period of usage."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
 def _as_datetime(day: date | datetime) -> datetime:
     if isinstance(day, datetime):
         return day if day.tzinfo else day.replace(tzinfo=UTC)
