@@ -563,10 +563,6 @@ WEAKENING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda value: value is False,
         "keys that reach a log record are not masked",
     ),
-    "APIKEYS_TRUSTED_PROXIES": (
-        lambda value: value > 0,
-        "X-Forwarded-For decides the client address (spoofable without that many proxies)",
-    ),
     "APIKEYS_CACHE_TTL": (
         lambda value: value > 1.0,
         "a revoked key keeps working for longer in other processes",

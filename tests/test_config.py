@@ -128,7 +128,6 @@ def test_settings_from_the_environment_are_logged_by_name(
         ("APIKEYS_FAILED_AUTH_LIMIT", ""),
         ("APIKEYS_AUDIT", "off"),
         ("APIKEYS_MASK_KEYS_IN_LOGS", "no"),
-        ("APIKEYS_TRUSTED_PROXIES", "1"),
         ("APIKEYS_CACHE_TTL", "60"),
         ("APIKEYS_JWT_CHECK_REVOCATION", "false"),
     ],
