@@ -125,8 +125,8 @@ def main() -> None:
             )
         for app, _ in apps.values():  # write the queued usage rows while the files exist
             state = app.extensions.get("apikeys")
-            if state is not None and state.writer is not None:
-                state.writer.close()
+            if state is not None:
+                state.extension.close(app)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -22,7 +22,7 @@ from flask.cli import AppGroup
 from .errors import APIKeyError, InvalidInput
 from .models import APIKey, Organization
 from .organizations import PLAN_FIELDS
-from .service import CreatedKey, KeyService
+from .service import DEFAULT_KEY_NAME, CreatedKey, KeyService
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 apikeys_cli = AppGroup("apikeys", help="Manage API keys, organizations and usage.")
@@ -379,7 +379,10 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
 
 @apikeys_cli.command("usage")
 @click.option("--org", "organization", required=True, help="Organization slug or id.")
-@click.option("--month", help="A calendar month (UTC), e.g. 2026-01.")
+@click.option(
+    "--month",
+    help="A calendar month (UTC), e.g. 2026-01. Default, without --start/--end: this one.",
+)
 @click.option("--start", type=click.DateTime(["%Y-%m-%d"]), help="First day (with --end).")
 @click.option("--end", type=click.DateTime(["%Y-%m-%d"]), help="Day after the last one.")
 @click.option("--key", "key_id", help="Only this key's usage.")
@@ -393,8 +396,15 @@ def usage(
     key_id: str | None,
     as_json: bool,
 ) -> None:
-    """Show usage: totals, errors, latency, by day, endpoint and status class."""
+    """Show usage: totals, errors, latency, by day, endpoint and status class.
+
+    Without --month, --start or --end: the current calendar month (UTC).
+    """
     current_app.extensions["apikeys"].extension.flush_usage()
+    if month is None and start is None and end is None:
+        from .stats import current_month
+
+        month = current_month()
     if month is not None and key_id is None and start is None and end is None:
         stats = service().monthly_usage(organization, month)
     elif month is not None and (start is not None or end is not None):
@@ -476,12 +486,15 @@ def seed(as_json: bool) -> None:
     """Create "Default Organization" and a "Default Test Key" with every scope (once)."""
     organization, created = service().seed()
     if created is None:
+        existing, _ = service().list_keys(organization, include_revoked=False, limit=100)
+        key_id = next((str(key.id) for key in existing if key.name == DEFAULT_KEY_NAME), None)
         message = (
-            f"Organization '{organization.slug}' and its default key already exist; the key "
-            "cannot be shown again. Rotate it to get a new one: flask apikeys key rotate --key ID"
+            f"Organization '{organization.slug}' and its default key {key_id} already exist; "
+            "the key cannot be shown again. Rotate it to get a new one: "
+            f"flask apikeys key rotate --key {key_id}"
         )
         emit(
-            {"organization": organization.slug, "key": None, "message": message},
+            {"organization": organization.slug, "key": None, "id": key_id, "message": message},
             as_json,
             lambda: click.echo(message),
         )

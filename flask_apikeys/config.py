@@ -8,10 +8,11 @@ accepts, instead of failing on some later request.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,7 +128,16 @@ def _parse_key_prefix(value: Any) -> str:
     return value
 
 
+BARE_NUMBER = re.compile(r"[0-9]+")
+
+
 def _parse_rate_limit(value: Any) -> str:
+    """A ``limits`` string; a bare number (``60``, as the design documents write it) is per
+    minute."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and BARE_NUMBER.fullmatch(value.strip()):
+        value = f"{int(value)}/minute"
     if not isinstance(value, str):
         raise ValueError("expected a rate-limit string such as '60/minute'")
     try:
@@ -572,6 +582,85 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+
+#: Options whose value is a secret: never logged, never copied from the environment.
+SECRET_OPTIONS = frozenset(
+    {
+        "APIKEYS_ADMIN_KEY",
+        "APIKEYS_HASH_SECRET",
+        "APIKEYS_JWT_SECRET",
+        "APIKEYS_JWT_PRIVATE_KEYS",
+    }
+)
+
+#: Parsed values that make an app less safe than its default, and what they do. Coming from
+#: the environment, a stray ``export`` in a shell would change that silently: ``init_app``
+#: warns about each of them by name.
+WEAKENING_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "APIKEYS_ENABLED": (lambda value: value is False, "no request is authenticated at all"),
+    "APIKEYS_ALLOW_UNAUTHENTICATED": (
+        lambda value: value is True,
+        "requests without a key reach every view that does not demand scopes",
+    ),
+    "APIKEYS_PUBLIC_PATHS": (
+        lambda value: not set(value) <= set(DEFAULT_PUBLIC_PATHS),
+        "more paths are served without a key",
+    ),
+    "APIKEYS_RATELIMIT_ENABLED": (lambda value: value is False, "no rate limit or quota applies"),
+    "APIKEYS_FAILED_AUTH_LIMIT": (lambda value: value is None, "key guessing is not slowed"),
+    "APIKEYS_AUDIT": (lambda value: value is False, "no audit trail is kept"),
+    "APIKEYS_MASK_KEYS_IN_LOGS": (
+        lambda value: value is False,
+        "keys that reach a log record are not masked",
+    ),
+    "APIKEYS_CACHE_TTL": (
+        lambda value: value > 1.0,
+        "a revoked key keeps working for longer in other processes",
+    ),
+    "APIKEYS_JWT_CHECK_REVOCATION": (
+        lambda value: value is False,
+        "access tokens of a revoked key stay valid until they expire",
+    ),
+}
+
+
+def taken_from_environment(
+    app_config: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Names of the options read from the environment (``app.config`` does not set them)."""
+    environ = os.environ if environ is None else environ
+    return [
+        option.name
+        for option in OPTIONS
+        if option.name not in app_config and option.name in environ
+    ]
+
+
+def weakening_messages(settings: Settings, names: list[str]) -> list[str]:
+    """For each of ``names`` whose value makes the app less safe: a message saying how."""
+    messages = []
+    for name in names:
+        check = WEAKENING_VALUES.get(name)
+        if check is not None and check[0](settings.raw[name]):
+            messages.append(f"{name} from the environment: {check[1]}")
+    return messages
+
+
+def write_defaults(
+    app_config: MutableMapping[str, Any], environ: Mapping[str, str] | None = None
+) -> None:
+    """Fill ``app.config`` with every option it lacks, as flask-sqlalchemy does: the value
+    from the environment (secrets excepted: they stay out of ``app.config``), else the
+    default."""
+    environ = os.environ if environ is None else environ
+    for option in OPTIONS:
+        if option.name in app_config:
+            continue
+        if option.name in environ:
+            if option.name not in SECRET_OPTIONS:
+                app_config[option.name] = environ[option.name]
+        else:
+            app_config[option.name] = copy.deepcopy(option.default)
 
 
 @dataclass(frozen=True, slots=True)

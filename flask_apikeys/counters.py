@@ -31,6 +31,11 @@ from limits.storage import MemoryStorage, RedisStorage, Storage
 
 from .redis_script import ScriptCaller, caller_for
 
+try:  # the redis extra; without it there is no Redis storage to count in
+    from redis.exceptions import RedisClusterException
+except ImportError:  # pragma: no cover - exercised only without the extra
+    RedisClusterException = None  # type: ignore[assignment,misc]
+
 #: Reads every counter; increments them all only if none would pass its limit. Returns the index
 #: (1-based) of the first counter that refused or 0, the counters' values, and their PTTLs.
 TAKE_ALL_SCRIPT = """
@@ -224,15 +229,32 @@ class LocalCounters(Counters):
 
 
 class RedisCounters(GiveBackCounters):
-    """All counters of a request in one atomic Lua call: one round trip."""
+    """All counters of a request in one atomic Lua call: one round trip.
+
+    On Redis Cluster a script may only touch keys of one slot. Callers tag the counters of a
+    request into one slot (``{...}``); counters that are not are taken one by one and given
+    back (:class:`GiveBackCounters`) rather than failing the request.
+    """
 
     storage: RedisStorage
 
     def __init__(self, storage: RedisStorage) -> None:
         super().__init__(storage)
         self._script: Any = None
+        client: Any = storage.get_connection()
+        #: The cluster client's slot function, ``None`` on a single Redis (and Sentinel).
+        self._slot_of: Any = getattr(client, "keyslot", None) if _is_cluster(client) else None
+
+    def _one_slot(self, counters: Sequence[Counter]) -> bool:
+        slot_of = self._slot_of
+        if slot_of is None or len(counters) < 2:
+            return True
+        prefixed = self.storage.prefixed_key
+        return len({slot_of(prefixed(counter.key)) for counter in counters}) == 1
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
+        if self._slot_of is not None and not self._one_slot(counters):
+            return super().take(counters, amount)
         storage = self.storage
         if self._script is None:
             client: Any = storage.get_connection()
@@ -284,6 +306,19 @@ def is_remote(counters: Counters) -> bool:
     return not isinstance(counters, (LocalCounters, MemoryCounters))
 
 
+def _is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a redis-py (or valkey) cluster client, by its class names."""
+    return any(cls.__name__ in {"RedisCluster", "ValkeyCluster"} for cls in type(client).__mro__)
+
+
 def _base_exceptions(storage: Storage) -> tuple[type[BaseException], ...]:
+    """Everything the storage's client raises when it cannot count: ``limits``' own errors,
+    the client's base error, and redis-py's cluster errors, which do not derive from it (a
+    cross-slot or routing failure must fail open or closed like a lost server, not be a 500).
+    """
     base = storage.base_exceptions
-    return (StorageError, *(base if isinstance(base, tuple) else (base,)))
+    errors: list[type[BaseException]] = [StorageError]
+    errors += base if isinstance(base, tuple) else (base,)
+    if isinstance(storage, RedisStorage) and RedisClusterException is not None:
+        errors.append(RedisClusterException)
+    return tuple(errors)

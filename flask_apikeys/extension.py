@@ -18,7 +18,13 @@ from .audit import AuditTrail, ChainBreak
 from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
 from .cli import apikeys_cli
-from .config import Settings, load_settings
+from .config import (
+    Settings,
+    load_settings,
+    taken_from_environment,
+    weakening_messages,
+    write_defaults,
+)
 from .errors import APIKeyError, restore_required_headers
 from .hashing import KeyHasher
 from .limiting import RateLimits, key_func, limit_for_key
@@ -111,6 +117,15 @@ class APIKeys:
                 "init_app(), or call db.init_app(app) first."
             )
         settings = load_settings(app.config)
+        from_environment = taken_from_environment(app.config)
+        if from_environment:
+            logger.info(
+                "flask-apikeys settings taken from the environment: %s",
+                ", ".join(from_environment),
+            )
+        for message in weakening_messages(settings, from_environment):
+            logger.warning("SECURITY: %s. Unset it unless that is what you want.", message)
+        write_defaults(app.config)
         if not settings.hash_secret and not (app.debug or app.testing):
             logger.warning(
                 "APIKEYS_HASH_SECRET is not set: keys are stored as plain SHA-256. Set a secret "
@@ -240,6 +255,25 @@ class APIKeys:
     seed = _delegate("seed")
     usage_stats = _delegate("usage_stats")
     monthly_usage = _delegate("monthly_usage")
+
+    def close(self, app: Flask | None = None) -> None:
+        """Write the app's queued usage rows and audit records, stop its writer thread and
+        close the rate-limit storage connections the extension opened.
+
+        Call it when an app is done (tests, scripts, apps built and dropped), with the app or
+        inside its app context; calling it again does nothing. At interpreter exit it runs by
+        itself. A request served after it is still recorded, written at once.
+        """
+        target = app if app is not None else current_app
+        state = cast("ExtensionState | None", target.extensions.get("apikeys"))
+        if state is None:
+            raise RuntimeError(
+                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
+            )
+        if state.writer is not None:
+            state.writer.close()
+        if state.limits is not None:
+            state.limits.close()
 
     def flush_usage(self) -> int:
         """Write the buffered usage rows now; return how many were written."""

@@ -125,9 +125,15 @@ class RateLimits:
         counters, self._counters = self._counters, None
         if counters is not None:
             counters.close()
-        client = getattr(counters and counters.storage, "storage", None)
-        if self._owns_storage and client is not None and hasattr(client, "close"):
-            client.close()
+        storage = counters and counters.storage
+        if not self._owns_storage or storage is None:
+            return
+        # The client, and with Sentinel the replica client and the sentinels' own clients.
+        sentinel = getattr(storage, "sentinel", None)
+        clients = [getattr(storage, "storage", None), getattr(storage, "storage_slave", None)]
+        for client in [*clients, *getattr(sentinel, "sentinels", ())]:
+            if client is not None and hasattr(client, "close"):
+                client.close()
 
     def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
         """Take from every counter; ``None`` when the storage is down and we fail open."""
@@ -288,8 +294,9 @@ class RateLimits:
 
     def _enforce_anonymous(self, current_request: Request) -> None:
         address = client_address(current_request.environ, self.settings.trusted_proxies)
+        tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
-            ("address", f"apikeys:address:{address}:{window}", amount, window)
+            ("address", f"apikeys:address:{tag}:{window}", amount, window)
             for amount, window in parse_limit(self.settings.default_rate_limit)
         ]
         limits = build_limits(policies, None, self._month)
@@ -346,8 +353,9 @@ class RateLimits:
         Each process remembers refused addresses itself, so an address gets at most one more
         verified attempt per process and window than the limit.
         """
+        tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         counters = tuple(
-            Counter(f"apikeys:failed-auth:{address}:{window}", amount, window)
+            Counter(f"apikeys:failed-auth:{tag}:{window}", amount, window)
             for amount, window in self._failed_auth
         )
         outcome = self._take(counters)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -35,11 +36,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: A timestamp column to the microsecond everywhere: MySQL's and MariaDB's ``DATETIME`` drop
+#: the fraction (and the audit chain, which hashes it, would then not verify).
+TimestampType = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Stores naive UTC, returns aware UTC: SQLite keeps no zone, and we never want local time."""
 
     impl = sa.DateTime
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine[Any]:
+        return dialect.type_descriptor(TimestampType)
 
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
@@ -130,6 +139,8 @@ class APIKey(Base):
 
 
 BigIdentity = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+#: Double precision everywhere: MySQL's and MariaDB's ``FLOAT`` is single precision.
+DoubleType = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 class APIKeyUsage(Base):
@@ -149,7 +160,7 @@ class APIKeyUsage(Base):
     endpoint: Mapped[str] = mapped_column(sa.String(300))
     method: Mapped[str] = mapped_column(sa.String(10))
     status_code: Mapped[int] = mapped_column(sa.SmallInteger)
-    response_time_ms: Mapped[float] = mapped_column(sa.Float)
+    response_time_ms: Mapped[float] = mapped_column(DoubleType)
     tokens_used: Mapped[int | None] = mapped_column(sa.Integer)
     cost_usd: Mapped[float | None] = mapped_column(sa.Numeric(12, 6, asdecimal=False))
     ip_address: Mapped[str | None] = mapped_column(sa.String(45))

@@ -348,11 +348,17 @@ class KeyService(KeyVerification):
         """
         organization = self.get_organization(organization)
         key_id = None if key is None else self.get_key(key, organization=organization).id
-        return self._read(
-            lambda: stats.usage_stats(
-                self.session, organization.id, start=start, end=end, api_key_id=key_id
-            )
-        )
+
+        def read_now() -> dict[str, Any]:
+            # On a connection of its own: the session's transaction may have begun before the
+            # usage writer's last commit, and under REPEATABLE READ (MySQL, MariaDB) it would
+            # not see those rows.
+            with self.session.get_bind().engine.connect() as connection:
+                return stats.usage_stats(
+                    connection, organization.id, start=start, end=end, api_key_id=key_id
+                )
+
+        return self._read(read_now)
 
     def monthly_usage(
         self, organization: Organization | uuid.UUID | str, month: str

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from .errors import InvalidInput
 from .models import APIKeyUsage
 
+#: Where statistics are read from: a session, or a connection of their own.
+Reader = Session | sa.Connection
 MONTH_PATTERN = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 usage = APIKeyUsage.__table__
 
@@ -36,6 +38,11 @@ def month_bounds(month: str) -> tuple[date, date]:
     return start, end
 
 
+def current_month() -> str:
+    """The current calendar month in UTC, e.g. ``"2026-01"``: the default period of usage."""
+    return datetime.now(UTC).strftime("%Y-%m")
+
+
 def _as_datetime(day: date | datetime) -> datetime:
     if isinstance(day, datetime):
         return day if day.tzinfo else day.replace(tzinfo=UTC)
@@ -43,7 +50,7 @@ def _as_datetime(day: date | datetime) -> datetime:
 
 
 def usage_stats(
-    session: Session,
+    session: Reader,
     organization_id: uuid.UUID,
     *,
     start: date | datetime,
@@ -135,7 +142,7 @@ def usage_stats(
     }
 
 
-def _percentile(session: Session, where: Any, count: int, fraction: float) -> float | None:
+def _percentile(session: Reader, where: Any, count: int, fraction: float) -> float | None:
     if count == 0:
         return None
     rank = max(1, math.ceil(fraction * count))

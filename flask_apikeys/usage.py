@@ -157,7 +157,7 @@ class UsageWriter:
         self._after_add(len(self._audit))
 
     def _after_add(self, queued: int) -> None:
-        if self.synchronous:
+        if self.synchronous or self._stopped:  # closed: no thread will write it later
             try:
                 self.flush()
             except Exception:  # noqa: BLE001 - recording must never fail the request
@@ -285,11 +285,13 @@ class UsageWriter:
         return plan
 
     def close(self) -> None:
-        """Stop the thread and write what is left (called at exit)."""
+        """Stop the thread and write what is left (``APIKeys.close()``, and at exit); rows
+        added afterwards are written at once."""
         self._stopped = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
+        self._thread = None  # so that add_usage() hands each later row to _after_add()
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - at exit there is no one left to raise to

@@ -34,9 +34,7 @@ def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     with flask_app.app_context():
         apikeys.create_all()
     yield flask_app
-    writer = flask_app.extensions["apikeys"].writer
-    if writer is not None:
-        writer.close()  # write what the test left queued while its database still exists
+    apikeys.close(flask_app)  # write what the test left queued while its database still exists
     with flask_app.app_context():
         flask_app.extensions["sqlalchemy"].engine.dispose()
 
@@ -90,14 +88,20 @@ def make_app(database_url: str) -> Iterator[Callable[..., Flask]]:
 
     yield make
     for built in apps:
-        built.extensions["apikeys"].writer.close()
+        built.extensions["apikeys"].extension.close(built)
         with built.app_context():
             built.extensions["sqlalchemy"].engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=[pytest.mark.mariadb, pytest.mark.slow]),
+    ]
+)
 def backend_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """The same test on SQLite and on a real PostgreSQL 15."""
+    """The same test on SQLite, on a real PostgreSQL 15 and on a real MariaDB."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'apikeys.sqlite'}"
-    return request.getfixturevalue("postgresql_url")
+    return str(request.getfixturevalue(f"{request.param}_url"))

@@ -7,6 +7,7 @@ skipped locally, but fail in CI (``CI`` set), where they must run.
 
 from __future__ import annotations
 
+import getpass
 import http.client
 import os
 import re
@@ -35,6 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes seconds; deselect with -m 'not slow'")
     config.addinivalue_line("markers", "postgres: needs the real PostgreSQL server fixture")
     config.addinivalue_line("markers", "redis: needs the real Redis server fixture")
+    config.addinivalue_line("markers", "redis_cluster: needs the real 3-node Redis Cluster fixture")
+    config.addinivalue_line("markers", "redis_sentinel: needs the real Redis Sentinel fixture")
+    config.addinivalue_line("markers", "mariadb: needs the real MariaDB server fixture")
 
 
 def free_port() -> int:
@@ -60,7 +64,10 @@ def wait_until(ready: Callable[[], bool], what: str, log: Path) -> None:
 
 def missing(binary: str) -> None:
     """Skip locally, fail in CI, when a server binary is not installed: CI must never skip."""
-    message = f"{binary} is not installed (apt-get install -y postgresql-15 redis-server)"
+    message = (
+        f"{binary} is not installed "
+        "(apt-get install -y postgresql-15 redis-server redis-sentinel mariadb-server)"
+    )
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI is set, so these tests must not be skipped")
     pytest.skip(message)
@@ -386,3 +393,353 @@ def gunicorn_workers(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+# -- Redis Cluster, Redis Sentinel, MariaDB ---------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 10 s: a stuck server must not hang the end of the session."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def redis_answers(port: int, *command: str) -> str:
+    """``redis-cli`` on 127.0.0.1:``port``: its output, or "" when the server does not answer."""
+    done = subprocess.run(
+        ["redis-cli", "-h", HOST, "-p", str(port), *command],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return done.stdout if done.returncode == 0 else ""
+
+
+def start_redis_process(workdir: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """A redis-server (or, with ``--sentinel``, a sentinel) on 127.0.0.1:``port`` in ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / "redis.log"
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            *options,
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--logfile",
+            str(log),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode}; log:\n{tail(log)}")
+        return redis_answers(port, "PING").strip() == "PONG"
+
+    wait_until(up, f"redis-server on port {port}", log)
+    return process
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10_000 > 65_535:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class RedisClusterServer:
+    """Three redis-server masters in cluster mode (no replicas), all slots covered."""
+
+    ports: list[int]
+
+    @property
+    def url(self) -> str:
+        """The ``limits`` storage URI: every node, so the client finds the cluster from any."""
+        return "redis+cluster://" + ",".join(f"{HOST}:{port}" for port in self.ports)
+
+    def flush(self) -> None:
+        for port in self.ports:
+            redis_answers(port, "FLUSHALL")
+
+
+@contextmanager
+def running_redis_cluster(nodes: int = 3) -> Iterator[RedisClusterServer]:
+    """A throwaway 3-node Redis Cluster on 127.0.0.1 (``redis-cli --cluster create``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-cluster-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = [free_cluster_port() for _ in range(nodes)]
+        for port in ports:
+            processes.append(
+                start_redis_process(
+                    workdir / str(port),
+                    port,
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(workdir / str(port) / "nodes.conf"),
+                    "--cluster-node-timeout",
+                    "5000",
+                )
+            )
+        run(
+            ["redis-cli", "--cluster", "create", *(f"{HOST}:{port}" for port in ports)]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            "redis-cli --cluster create",
+        )
+        wait_until(
+            lambda: all(
+                "cluster_state:ok" in redis_answers(port, "CLUSTER", "INFO") for port in ports
+            ),
+            "Redis Cluster (cluster_state:ok on every node)",
+            workdir / str(ports[0]) / "redis.log",
+        )
+        yield RedisClusterServer(ports)
+    finally:
+        for process in processes:
+            stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class RedisSentinelServer:
+    """A Redis master watched by one sentinel, under the service name ``apikeys``."""
+
+    master_port: int
+    sentinel_port: int
+    service: str = "apikeys"
+
+    @property
+    def url(self) -> str:
+        """The ``limits`` storage URI: the sentinel, which tells the client where the master is."""
+        return f"redis+sentinel://{HOST}:{self.sentinel_port}/{self.service}"
+
+    def flush(self) -> None:
+        redis_answers(self.master_port, "FLUSHALL")
+
+
+@contextmanager
+def running_redis_sentinel() -> Iterator[RedisSentinelServer]:
+    """A throwaway master and a sentinel (``redis-server --sentinel``) on 127.0.0.1."""
+    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-sentinel-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        server = RedisSentinelServer(master_port=free_port(), sentinel_port=free_port())
+        processes.append(start_redis_process(workdir / "master", server.master_port))
+        sentinel_dir = workdir / "sentinel"
+        sentinel_dir.mkdir()
+        config = sentinel_dir / "sentinel.conf"  # a sentinel rewrites its config: it must own one
+        config.write_text(
+            f"sentinel monitor {server.service} {HOST} {server.master_port} 1\n"
+            f"sentinel down-after-milliseconds {server.service} 5000\n"
+        )
+        processes.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    str(config),
+                    "--sentinel",
+                    "--bind",
+                    HOST,
+                    "--port",
+                    str(server.sentinel_port),
+                    "--dir",
+                    str(sentinel_dir),
+                    "--logfile",
+                    str(sentinel_dir / "sentinel.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_until(
+            lambda: (
+                str(server.master_port)
+                in redis_answers(
+                    server.sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", server.service
+                )
+            ),
+            "Redis Sentinel (knows the master)",
+            sentinel_dir / "sentinel.log",
+        )
+        yield server
+    finally:
+        for process in processes:
+            stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[RedisClusterServer]:
+    """One 3-node Redis Cluster for the session."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        missing("redis-server and redis-cli (Redis Cluster)")
+    with running_redis_cluster() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_server: RedisClusterServer) -> str:
+    """The session's Redis Cluster, empty."""
+    redis_cluster_server.flush()
+    return redis_cluster_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_server() -> Iterator[RedisSentinelServer]:
+    """One Redis master and sentinel for the session."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        missing("redis-server and redis-cli (Redis Sentinel)")
+    with running_redis_sentinel() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_sentinel_url(redis_sentinel_server: RedisSentinelServer) -> str:
+    """The session's Redis Sentinel deployment, empty."""
+    redis_sentinel_server.flush()
+    return redis_sentinel_server.url
+
+
+MARIADB_BIN = Path(os.environ.get("MARIADB_BIN", "/usr/sbin"))
+
+
+@dataclass
+class MariaDBServer:
+    """A running throwaway MariaDB on 127.0.0.1, without grant tables (anyone is root)."""
+
+    host: str
+    port: int
+
+    def url(self, database: str) -> str:
+        return f"mysql+pymysql://root@{self.host}:{self.port}/{database}?charset=utf8mb4"
+
+    def _admin(self, statement: str) -> None:
+        import pymysql
+
+        connection = pymysql.connect(
+            host=self.host, port=self.port, user="root", connect_timeout=5, autocommit=True
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            connection.close()
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database (``name`` is ours: letters, digits, ``_``)."""
+        self._admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS `{name}`")
+
+    def accepts_connections(self) -> bool:
+        try:
+            self._admin("SELECT 1")
+        except Exception:  # noqa: BLE001 - any failure here means "not yet"
+            return False
+        return True
+
+
+def mariadb_installed() -> bool:
+    return (MARIADB_BIN / "mariadbd").exists() and shutil.which("mariadb-install-db") is not None
+
+
+@contextmanager
+def running_mariadb() -> Iterator[MariaDBServer]:
+    """A throwaway MariaDB (Debian's mariadb-server) on 127.0.0.1, without durability."""
+    workdir = Path(tempfile.mkdtemp(prefix="apikeys-mariadb-"))
+    data, log = workdir / "data", workdir / "server.log"
+    # mariadbd refuses to run as root unless told which user to be.
+    user = "root" if os.geteuid() == 0 else getpass.getuser()
+    process = None
+    try:
+        run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--user={user}",
+                f"--datadir={data}",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ],
+            "mariadb-install-db",
+        )
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                str(MARIADB_BIN / "mariadbd"),
+                "--no-defaults",
+                f"--user={user}",
+                f"--datadir={data}",
+                f"--bind-address={HOST}",
+                f"--port={port}",
+                f"--socket={workdir / 'mariadb.sock'}",
+                f"--pid-file={workdir / 'mariadb.pid'}",
+                f"--log-error={log}",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--max-connections=200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        server = MariaDBServer(host=HOST, port=port)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"mariadbd exited with {process.returncode}; log:\n{tail(log)}")
+            return server.accepts_connections()
+
+        wait_until(up, "MariaDB", log)
+        yield server
+    finally:
+        stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDBServer]:
+    """One MariaDB for the session."""
+    if not mariadb_installed():
+        missing(
+            f"MariaDB ({MARIADB_BIN}/mariadbd, mariadb-install-db; apt-get install mariadb-server)"
+        )
+    pytest.importorskip("pymysql", reason="PyMySQL is not installed (pip install -e '.[test]')")
+    with running_mariadb() as server:
+        yield server
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for this test; dropped afterwards."""
+    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:30]
+    name = f"t_{readable}_{uuid.uuid4().hex[:12]}"
+    yield mariadb_server.create_database(name)
+    mariadb_server.drop_database(name)

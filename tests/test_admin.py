@@ -6,7 +6,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from flask_apikeys.config import ConfigError
 from flask_apikeys.models import APIKey, AuditRecord, Organization
 
 from .factory import create_app
+from .test_auth import assert_problem
 
 ADMIN_KEY = "bootstrap-" + "a" * 32
 TODAY = date.today()
@@ -510,3 +511,41 @@ def test_the_admin_level_opens_the_admin_api_for_its_own_organization(
     else:
         assert (own.status_code, other.status_code) == (403, 403)
         assert own.json["code"] == "insufficient_scope"
+
+
+def test_usage_without_a_period_reports_the_current_month_in_utc(
+    client: FlaskClient, world: World
+) -> None:
+    for _ in range(2):
+        client.get("/v1/presentations", headers=headers(world.ordinary_a))
+    response = client.get(f"/admin/organizations/{world.org_a}/usage", headers=headers(ADMIN_KEY))
+    assert response.status_code == 200
+    today = datetime.now(UTC).date()
+    first = today.replace(day=1)
+    following = (first + timedelta(days=32)).replace(day=1)
+    assert (response.json["start"], response.json["end"]) == (
+        first.isoformat(),
+        following.isoformat(),
+    )
+    assert response.json["total_requests"] == 2
+
+
+@pytest.mark.parametrize("given", ["start", "end"])
+def test_usage_with_only_one_bound_is_refused_naming_the_other(
+    client: FlaskClient, world: World, given: str
+) -> None:
+    response = client.get(
+        f"/admin/organizations/{world.org_a}/usage?{given}={TODAY}", headers=headers(ADMIN_KEY)
+    )
+    body = assert_problem(response, 422, "invalid_input")
+    assert set(body["errors"]) == {"end" if given == "start" else "start"}
+
+
+def test_the_openapi_document_declares_the_usage_period_optional(client: FlaskClient) -> None:
+    document = client.get("/admin/openapi.json").json
+    operation = document["paths"]["/organizations/{org_id}/usage"]["get"]
+    parameters = {parameter["name"]: parameter for parameter in operation["parameters"]}
+    for name in ("start", "end"):
+        assert not parameters[name].get("required", False)
+        assert "this month" in parameters[name]["description"]
+    assert "current calendar month (UTC)" in operation["summary"] + operation.get("description", "")

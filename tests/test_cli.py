@@ -168,7 +168,9 @@ def test_seed_twice_makes_one_organization_and_one_key(app: Flask, runner: Any) 
     assert first["organization"] == "default" and first["name"] == "Default Test Key"
     assert first["scopes"] == ["*"] and first["environment"] == "test"
     second = ok(runner, "seed", "--json")
-    assert second["key"] is None and "rotate" in second["message"]
+    assert second["key"] is None and second["id"] == first["id"]
+    assert f"flask apikeys key rotate --key {first['id']}" in second["message"]
+    assert f"--key {first['id']}" in ok(runner, "seed")
     assert count(app, Organization) == 1 and count(app, APIKey) == 1
 
 
@@ -273,7 +275,7 @@ def test_usage_for_a_month_and_for_a_range(app: Flask, runner: Any) -> None:
     )
     assert ranged["total_requests"] == 3
     assert "month" in refused(runner, "usage", "--org", "acme", "--month", "2026-13")
-    assert "--month" in refused(runner, "usage", "--org", "acme")
+    assert "--start" in refused(runner, "usage", "--org", "acme", "--start", today.isoformat())
     assert "No organization" in refused(runner, "usage", "--org", "nobody", "--month", month)
 
 
@@ -294,3 +296,16 @@ def test_audit_verify_reports_intact_then_the_first_tampered_record(
         session.commit()
     message = refused(runner, "audit", "verify")
     assert f"record {first}" in message and "changed" in message
+
+
+def test_usage_without_a_period_reports_the_current_month_in_utc(app: Flask, runner: Any) -> None:
+    from datetime import UTC, datetime
+
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro")
+    key = ok(runner, "key", "create", "--org", "acme", "--name", "k", "--json")["key"]
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    stats = ok(runner, "usage", "--org", "acme", "--json")
+    assert stats["month"] == datetime.now(UTC).strftime("%Y-%m")
+    assert stats["total_requests"] == 2

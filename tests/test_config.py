@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_apikeys import APIKeys
-from flask_apikeys.config import ConfigError, load_settings
+from flask_apikeys.config import DEFAULT_PLANS, OPTIONS, ConfigError, load_settings
 
 
 def test_defaults_match_the_documented_interface() -> None:
@@ -78,3 +81,95 @@ def test_a_bad_value_stops_init_app_naming_the_key(name: str, value: str, messag
 def test_hmac_scheme_without_secret_is_refused() -> None:
     with pytest.raises(ConfigError, match="APIKEYS_HASH_SECRET"):
         load_settings({"APIKEYS_HASH_SCHEMES": ["hmac_sha256"]}, {})
+
+
+def test_defaults_are_written_to_app_config_as_flask_sqlalchemy_does(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIKEYS_KEY_PREFIX", "envpfx")
+    monkeypatch.setenv("APIKEYS_ADMIN_KEY", "e" * 40)
+    app = make_app(APIKEYS_CACHE_TTL=0.5)
+    config = app.config
+    assert config["APIKEYS_CACHE_TTL"] == 0.5  # set by the app: left alone
+    assert config["APIKEYS_DEFAULT_RATE_LIMIT"] == "60/minute"
+    assert config["APIKEYS_USAGE_FLUSH_INTERVAL"] == 1.0
+    assert config["APIKEYS_PLANS"] == DEFAULT_PLANS
+    assert config["APIKEYS_PLANS"] is not DEFAULT_PLANS  # a copy the app may change
+    assert {option.name for option in OPTIONS} - {"APIKEYS_ADMIN_KEY"} <= set(config)
+    assert config["APIKEYS_KEY_PREFIX"] == "envpfx"  # what the app runs with
+    assert "APIKEYS_ADMIN_KEY" not in config  # a secret stays in the environment only
+
+
+def test_settings_from_the_environment_are_logged_by_name(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s" * 40
+    monkeypatch.setenv("APIKEYS_KEY_PREFIX", "envpfx")
+    monkeypatch.setenv("APIKEYS_ADMIN_KEY", secret)
+    monkeypatch.setenv("APIKEYS_ENABLED", "true")
+    with caplog.at_level(logging.INFO, logger="flask_apikeys"):
+        make_app(APIKEYS_CACHE_TTL=0.5)
+    logged = [record for record in caplog.records if "environment" in record.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.INFO
+    message = logged[0].getMessage()
+    for name in ("APIKEYS_KEY_PREFIX", "APIKEYS_ADMIN_KEY", "APIKEYS_ENABLED"):
+        assert name in message
+    assert "APIKEYS_CACHE_TTL" not in message and secret not in caplog.text
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("APIKEYS_ALLOW_UNAUTHENTICATED", "true"),
+        ("APIKEYS_ENABLED", "false"),
+        ("APIKEYS_PUBLIC_PATHS", "/health,/v1"),
+        ("APIKEYS_RATELIMIT_ENABLED", "0"),
+        ("APIKEYS_FAILED_AUTH_LIMIT", ""),
+        ("APIKEYS_AUDIT", "off"),
+        ("APIKEYS_MASK_KEYS_IN_LOGS", "no"),
+        ("APIKEYS_CACHE_TTL", "60"),
+        ("APIKEYS_JWT_CHECK_REVOCATION", "false"),
+    ],
+)
+def test_an_environment_variable_that_weakens_security_is_warned_about_by_name(
+    make_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
+        make_app()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [message for message in warnings if name in message and "SECURITY" in message]
+
+
+def test_the_same_value_set_in_app_config_is_not_warned_about(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="flask_apikeys"):
+        app = make_app(APIKEYS_ALLOW_UNAUTHENTICATED=True)
+    assert "SECURITY" not in caplog.text and "environment" not in caplog.text
+    assert app.test_client().get("/v1/whoami").json == {"anonymous": True}
+
+
+@pytest.mark.parametrize("value", ["60", " 60 ", 60])
+def test_a_bare_number_rate_limit_means_per_minute(value: Any) -> None:
+    assert load_settings({"APIKEYS_DEFAULT_RATE_LIMIT": value}, {}).default_rate_limit == (
+        "60/minute"
+    )
+    from_environment = load_settings({}, {"APIKEYS_FAILED_AUTH_LIMIT": str(value)})
+    assert from_environment.failed_auth_limit == "60/minute"
+
+
+def test_a_bare_number_default_limit_is_enforced_per_minute(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIKEYS_DEFAULT_RATE_LIMIT", "3")
+    app = make_app(APIKEYS_ALLOW_UNAUTHENTICATED=True)
+    client = app.test_client()
+    responses = [client.get("/v1/whoami") for _ in range(4)]
+    assert [response.status_code for response in responses] == [200, 200, 200, 429]
+    assert responses[3].json["window_seconds"] == 60

@@ -59,7 +59,7 @@ def test_database_gone_means_503_never_a_pass_and_recovery_needs_no_restart(
         restored = apikeys.create_key(org, "restored").key
     assert client.get("/v1/whoami", headers={"X-API-Key": restored}).status_code == 200
     # Stop the writer, or it retries rows of the lost keys every second for the whole session.
-    app.extensions["apikeys"].writer.close()
+    apikeys.close(app)
     with app.app_context():
         db.engine.dispose()
     postgresql_server.drop_database(name)

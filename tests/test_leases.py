@@ -162,8 +162,7 @@ def redis_app(redis_url: str, database_url: str) -> Iterator[Callable[..., tuple
 
     yield make
     for app in apps:
-        app.extensions["apikeys"].limits.close()
-        app.extensions["apikeys"].writer.close()
+        app.extensions["apikeys"].extension.close(app)
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 

@@ -60,15 +60,29 @@ def build() -> Iterator[Callable[..., tuple[Flask, APIKeys]]]:
 
     yield make
     for app in apps:
-        app.extensions["apikeys"].limits.close()
-        app.extensions["apikeys"].writer.close()  # its thread must not outlive the database
+        app.extensions["apikeys"].extension.close(app)  # the writer must not outlive the database
         with app.app_context():
             app.extensions["sqlalchemy"].engine.dispose()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+#: The Redis deployments the docs allow, each a real server (or servers) from tests/servers.py.
+REDIS_DEPLOYMENTS = [
+    pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
+    pytest.param(
+        "redis_cluster_url", marks=[pytest.mark.redis_cluster, pytest.mark.slow], id="cluster"
+    ),
+    pytest.param(
+        "redis_sentinel_url", marks=[pytest.mark.redis_sentinel, pytest.mark.slow], id="sentinel"
+    ),
+]
+
+
+@pytest.fixture(params=[pytest.param("memory", id="memory"), *REDIS_DEPLOYMENTS])
 def storage_uri(request: pytest.FixtureRequest) -> str:
-    return "memory://" if request.param == "memory" else request.getfixturevalue("redis_url")
+    """Every storage the rate limits run on: memory, Redis, Redis Cluster, Redis Sentinel."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(request.param))
 
 
 @pytest.mark.parametrize("binding", ["key", "organization"])
@@ -98,11 +112,12 @@ def test_limit_is_exact_under_concurrency(
         "memory",
         "local",
         "fallback",
-        pytest.param("redis", marks=pytest.mark.redis),
+        *REDIS_DEPLOYMENTS,
     ]
 )
 def counters(request: pytest.FixtureRequest) -> Iterator[Counters]:
-    """Each implementation: a shared MemoryStorage, our own dicts, give-back, the Lua script."""
+    """Each implementation: a shared MemoryStorage, our own dicts, give-back, the Lua script
+    (on Redis, Redis Cluster and Redis Sentinel)."""
     if request.param == "memory":
         yield counters_for(MemoryStorage())
     elif request.param == "local":
@@ -110,7 +125,7 @@ def counters(request: pytest.FixtureRequest) -> Iterator[Counters]:
     elif request.param == "fallback":
         yield GiveBackCounters(MemoryStorage())
     else:
-        storage = storage_from_string(request.getfixturevalue("redis_url"))
+        storage = storage_from_string(request.getfixturevalue(request.param))
         redis_counters = counters_for(storage)
         yield redis_counters
         redis_counters.close()
@@ -351,3 +366,110 @@ def test_redis_stopped_and_restarted_under_load_fails_as_documented_and_recovers
     response = app.test_client().get("/v1/whoami", headers={"X-API-Key": key})
     assert_problem(response, 429, "rate_limit_exceeded")
     assert response.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_two_window_failed_attempt_limit_refuses_with_429_on_every_storage(
+    build: Callable[..., Any], storage_uri: str, database_url: str
+) -> None:
+    """Both windows of one address are counted together (one Cluster slot): 401s, then 429."""
+    app, _ = build(storage_uri, database_url, APIKEYS_FAILED_AUTH_LIMIT="3/minute;50/hour")
+    bad = {"X-API-Key": "pk_live_" + "q" * 46}
+    client = app.test_client()
+    statuses = [client.get("/v1/whoami", headers=bad).status_code for _ in range(5)]
+    assert statuses == [401, 401, 401, 429, 429]
+
+
+@pytest.mark.parametrize("who", ["key", "anonymous"])
+def test_two_window_default_limit_is_enforced_on_every_storage(
+    build: Callable[..., Any], storage_uri: str, database_url: str, who: str
+) -> None:
+    """``APIKEYS_DEFAULT_RATE_LIMIT`` with two windows, for a key and for anonymous callers."""
+    app, apikeys = build(
+        storage_uri,
+        database_url,
+        APIKEYS_DEFAULT_RATE_LIMIT="3/minute;50/hour",
+        APIKEYS_ALLOW_UNAUTHENTICATED=True,
+        APIKEYS_PLANS={
+            "open": {"requests_per_minute": None, "monthly_requests": None, "max_keys": None}
+        },
+    )
+    headers = {}
+    if who == "key":  # neither the key nor its plan sets a limit: the default applies
+        with app.app_context():
+            org = apikeys.create_organization(name="A", email="a@a.io", plan="open").id
+            headers["X-API-Key"] = apikeys.create_key(org, "k", scopes=["*"]).key
+    client = app.test_client()
+    responses = [client.get("/v1/whoami", headers=headers) for _ in range(4)]
+    assert [response.status_code for response in responses] == [200, 200, 200, 429]
+    assert [response.headers["X-RateLimit-Remaining"] for response in responses] == [
+        "2",
+        "1",
+        "0",
+        "0",
+    ]
+
+
+def redis_client(storage_uri: str) -> Any:
+    """A redis-py client for a plain or cluster storage URI of the fixtures."""
+    if storage_uri.startswith("redis+cluster://"):
+        host, port = storage_uri.removeprefix("redis+cluster://").split(",")[0].split(":")
+        return redis.cluster.RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(storage_uri)
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        pytest.param("redis_url", marks=pytest.mark.redis, id="redis"),
+        pytest.param(
+            "redis_cluster_url", marks=[pytest.mark.redis_cluster, pytest.mark.slow], id="cluster"
+        ),
+    ],
+)
+def test_any_storage_error_fails_open_or_closed_as_documented(
+    build: Callable[..., Any],
+    database_url: str,
+    request: pytest.FixtureRequest,
+    deployment: str,
+    fail_open: bool,
+) -> None:
+    """An error Redis answers (not only an unreachable server) is a storage error: the request
+    passes or gets a 503 as ``APIKEYS_RATELIMIT_FAIL_OPEN`` says, never a 500."""
+    storage_uri = request.getfixturevalue(deployment)
+    app, apikeys = build(storage_uri, database_url, APIKEYS_RATELIMIT_FAIL_OPEN=fail_open)
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io").id
+        created = apikeys.create_key(org, "k", scopes=["*"], rate_limit="3/minute")
+    client = redis_client(storage_uri)
+    try:  # the key's counter holds a list: INCRBY inside the script fails (WRONGTYPE)
+        client.rpush(f"LIMITS:apikeys:{{{org}}}:key:{created.api_key.id}:60", "x")
+        response = app.test_client().get("/v1/whoami", headers={"X-API-Key": created.key})
+    finally:
+        client.close()
+    if fail_open:
+        assert response.status_code == 200
+        assert "X-RateLimit-Limit" not in response.headers
+    else:
+        assert_problem(response, 503, "backend_unavailable")
+
+
+@pytest.mark.redis_cluster
+@pytest.mark.slow
+def test_counters_in_different_cluster_slots_are_still_taken_all_or_none(
+    redis_cluster_url: str,
+) -> None:
+    """Counters a caller did not tag into one slot cannot go in one script call: they are
+    taken one by one, and given back when one refuses, instead of failing the request."""
+    storage = storage_from_string(redis_cluster_url)
+    counters = counters_for(storage)
+    try:
+        loose = (Counter("{one}", 5, 60), Counter("{two}", 1, 60))
+        assert [counters.take(loose).refused for _ in range(3)] == [None, 1, 1]
+        assert [counters.peek(counter)[0] for counter in loose] == [1, 1]
+        # What the cluster client raises for one call across slots counts as a storage error.
+        with pytest.raises(counters.errors):
+            storage.get_connection().eval("return 1", 2, "{one}", "{two}")
+    finally:
+        counters.close()
+        storage.storage.close()

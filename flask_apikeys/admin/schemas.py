@@ -234,11 +234,17 @@ KeyPageSchema = page_schema(KeySchema, "KeyPage")
 
 
 class UsageQuerySchema(StrictSchema):
-    """Usage from ``start`` up to ``end`` (excluded), for the organization or one key."""
+    """Usage from ``start`` up to ``end`` (excluded), for the organization or one key; without
+    both, the current calendar month in UTC."""
 
-    start = fields.Date(required=True)
-    end = fields.Date(required=True)
-    key_id = fields.UUID()
+    start = fields.Date(
+        metadata={"description": "First day, with end. Default (neither given): this month, UTC."}
+    )
+    end = fields.Date(
+        metadata={
+            "description": "Day after the last, with start. Default (neither given): this month."
+        }
+    )
 
 
 class DayUsageSchema(Schema):

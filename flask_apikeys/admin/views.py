@@ -18,6 +18,7 @@ from marshmallow import Schema, ValidationError
 from ..errors import InvalidInput, MalformedRequest
 from ..models import Organization
 from ..organizations import PLAN_FIELDS
+from ..stats import current_month, month_bounds
 from ..storable import json_problem, storable_text, unstorable_reason
 from . import schemas
 from .access import caller, managed_organization, require_bootstrap, state
@@ -345,7 +346,8 @@ def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
 @operation(
     "GET",
     "/organizations/<org_id>/usage",
-    "Usage between two dates (end excluded), for the organization or one key",
+    "Usage between two dates (end excluded), for the organization or one key; without "
+    "start and end, the current calendar month (UTC)",
     query=schemas.UsageQuerySchema,
     response=schemas.UsageSchema,
     errors=(401, 403, 404, 422),
@@ -355,7 +357,14 @@ def usage(org_id: str) -> Response:
     days, for the whole organization or one of its keys."""
     organization = managed_organization(org_id)
     query = load_query(schemas.UsageQuerySchema)
-    stats = state().service.usage_stats(
-        organization, start=query["start"], end=query["end"], key=query.get("key_id")
-    )
+    start, end = query.get("start"), query.get("end")
+    if start is None and end is None:
+        start, end = month_bounds(current_month())
+    elif start is None or end is None:
+        missing_bound = "start" if start is None else "end"
+        raise InvalidInput(
+            "Give both start and end, or neither for the current month (UTC).",
+            errors={missing_bound: ["required with the other bound"]},
+        )
+    stats = state().service.usage_stats(organization, start=start, end=end, key=query.get("key_id"))
     return jsonify(stats)

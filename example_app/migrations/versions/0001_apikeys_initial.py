@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import mysql, postgresql
 
 revision = "apikeys_0001"
 down_revision = None
@@ -17,6 +17,11 @@ branch_labels = None
 depends_on = None
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+#: To the microsecond on MySQL/MariaDB too (their plain DATETIME drops it; the audit chain
+#: hashes it).
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+#: MySQL/MariaDB FLOAT is single precision.
+DOUBLE = sa.Float().with_variant(mysql.DOUBLE(asdecimal=False), "mysql", "mariadb")
 
 
 def upgrade() -> None:
@@ -28,8 +33,8 @@ def upgrade() -> None:
         sa.Column("email", sa.String(length=320), nullable=False),
         sa.Column("plan", sa.String(length=50), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.Column("monthly_request_limit", sa.Integer(), nullable=True),
         sa.Column("rate_limit_per_minute", sa.Integer(), nullable=True),
         sa.Column("max_api_keys", sa.Integer(), nullable=True),
@@ -48,10 +53,10 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("environment", sa.String(length=10), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("last_used_at", sa.DateTime(), nullable=True),
-        sa.Column("expires_at", sa.DateTime(), nullable=True),
-        sa.Column("revoked_at", sa.DateTime(), nullable=True),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.Column("last_used_at", TIMESTAMP, nullable=True),
+        sa.Column("expires_at", TIMESTAMP, nullable=True),
+        sa.Column("revoked_at", TIMESTAMP, nullable=True),
         sa.Column("revoked_by", sa.String(length=320), nullable=True),
         sa.Column("revoked_reason", sa.Text(), nullable=True),
         sa.Column("scopes", JSON, nullable=False),
@@ -60,7 +65,7 @@ def upgrade() -> None:
         sa.Column("allowed_networks", JSON, nullable=False),
         sa.Column("custom_rate_limit", sa.String(length=100), nullable=True),
         sa.Column("total_requests", sa.BigInteger(), nullable=False),
-        sa.Column("last_request_at", sa.DateTime(), nullable=True),
+        sa.Column("last_request_at", TIMESTAMP, nullable=True),
         sa.Column("metadata", JSON, nullable=False),
         sa.Column("replaced_by_id", sa.Uuid(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -87,11 +92,11 @@ def upgrade() -> None:
         sa.Column("id", big_id, autoincrement=True, nullable=False),
         sa.Column("api_key_id", sa.Uuid(), nullable=False),
         sa.Column("organization_id", sa.Uuid(), nullable=False),
-        sa.Column("timestamp", sa.DateTime(), nullable=False),
+        sa.Column("timestamp", TIMESTAMP, nullable=False),
         sa.Column("endpoint", sa.String(length=300), nullable=False),
         sa.Column("method", sa.String(length=10), nullable=False),
         sa.Column("status_code", sa.SmallInteger(), nullable=False),
-        sa.Column("response_time_ms", sa.Float(), nullable=False),
+        sa.Column("response_time_ms", DOUBLE, nullable=False),
         sa.Column("tokens_used", sa.Integer(), nullable=True),
         sa.Column("cost_usd", sa.Numeric(precision=12, scale=6, asdecimal=False), nullable=True),
         sa.Column("ip_address", sa.String(length=45), nullable=True),
@@ -118,7 +123,7 @@ def upgrade() -> None:
     op.create_table(
         "api_key_audit_log",
         sa.Column("id", big_id, autoincrement=True, nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.Column("event", sa.String(length=50), nullable=False),
         sa.Column("actor", sa.String(length=320), nullable=True),
         sa.Column("organization_id", sa.Uuid(), nullable=True),
