@@ -123,7 +123,7 @@ def test_an_empty_admin_rate_limit_means_no_admin_budget(make_app: Callable[...,
     assert all(get(client, path, keys["admin"]).status_code == 200 for _ in range(70))
 
 
-@pytest.mark.parametrize("value", ["lots", "5 per fortnight", 12])
+@pytest.mark.parametrize("value", ["lots", "5 per fortnight", -12])
 def test_a_bad_admin_rate_limit_stops_the_app(database_url: str, value: Any) -> None:
     with pytest.raises(ConfigError, match="APIKEYS_ADMIN_RATE_LIMIT"):
         create_app(database_url, APIKEYS_ADMIN_RATE_LIMIT=value)
