@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
 from pathlib import Path
 
@@ -112,7 +113,27 @@ class AdminOperationsDirective(SphinxDirective):
         return container.children
 
 
+ERROR_CODE = re.compile(r"^[a-z]+(?:_[a-z]+)+$")
+
+
+def anchor_error_codes(app: Sphinx, doctree: nodes.document) -> None:
+    """Give each error code described on the errors page an anchor named exactly like it.
+
+    Every problem document's ``type`` is ``errors.html#<code>``; docutils would turn a label
+    ``revoked_api_key`` into the id ``revoked-api-key``, which that link would miss.
+    """
+    if app.env.docname != "errors":
+        return
+    for term in doctree.findall(nodes.term):
+        for literal in term.findall(nodes.literal):
+            code = literal.astext()
+            if ERROR_CODE.match(code) and code not in term["ids"]:
+                term["ids"].append(code)
+                doctree.ids[code] = term
+
+
 def setup(app: Sphinx) -> None:
+    app.connect("doctree-read", anchor_error_codes)
     app.add_directive("apikeys-config-options", ConfigOptionsDirective)
     app.add_directive("apikeys-admin-operations", AdminOperationsDirective)
     app.add_object_type("http", "http", "pair: %s; admin route")
