@@ -133,7 +133,6 @@ def test_the_readme_test_command_is_the_one_ci_runs() -> None:
         text for _, text in code_blocks(ROOT / "README.rst") if text.splitlines()[0] in after_marker
     )
     assert command.startswith("python -m pip install -e ") and "python -m pytest" in command
-    assert "test-command" in (ROOT / ".ci" / "run").read_text()
 
 
 def curl_printing_only_status(directory: Path) -> dict[str, str]:
