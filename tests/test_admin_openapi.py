@@ -78,17 +78,19 @@ def test_no_generated_request_gets_a_5xx_or_an_undocumented_answer(
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     def check(case: Any) -> None:
-        call_and_validate(case, real_ids)
+        call_and_validate(case, app, real_ids)
 
     check()
 
 
-def call_and_validate(case: Any, real_ids: dict[str, str]) -> None:
+def call_and_validate(case: Any, app: Flask, real_ids: dict[str, str]) -> None:
     """Send one generated request as the bootstrap admin and apply schemathesis' checks."""
     if case.path_parameters and hash(repr(case.path_parameters)) % 2 == 0:
         for name in ("org_id", "key_id"):
             if name in case.path_parameters:
                 case.path_parameters[name] = real_ids[name]
+    # The app is passed explicitly: schemathesis 4.0 does not carry it to the operations
+    # looked up by path.
     case.call_and_validate(
-        headers={"X-API-Key": ADMIN_KEY}, excluded_checks=[positive_data_acceptance]
+        app=app, headers={"X-API-Key": ADMIN_KEY}, excluded_checks=[positive_data_acceptance]
     )
