@@ -43,7 +43,7 @@ def venv_seeing_the_runners_packages(environment: Path) -> Path:
     instead; its ``.pth`` files are not processed, so an editable install of this checkout there
     stays invisible.
     """
-    venv.create(environment, with_pip=False)
+    venv.create(environment, with_pip=True)  # the runner's venv may have no pip (uv makes none)
     python = environment / "bin" / "python"
     child_purelib = run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -74,8 +74,7 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
 
     python = venv_seeing_the_runners_packages(tmp_path / "venv")
     run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps"]
-        + [str(wheel)],
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
         env=without_pythonpath(),
     )
     shutil.copytree(ROOT / "example_app", tmp_path / "app" / "example_app")
