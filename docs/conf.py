@@ -17,7 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 project = "flask-apikeys"
 author = "The flask-apikeys developers"
 copyright = "2026, The flask-apikeys developers"  # noqa: A001 - Sphinx's name
-release = importlib.metadata.version("flask-apikeys")
+try:
+    release = importlib.metadata.version("flask-apikeys")
+except importlib.metadata.PackageNotFoundError:  # a checkout that is not installed
+    from flask_apikeys import __version__ as release
 version = ".".join(release.split(".")[:2])
 
 extensions = [
