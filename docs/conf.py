@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 project = "flask-apikeys"
 author = "The flask-apikeys developers"
 copyright = "2026, The flask-apikeys developers"  # noqa: A001 - Sphinx's name
-release = importlib.metadata.version("flask-apikeys")
+try:
+    release = importlib.metadata.version("flask-apikeys")
+except importlib.metadata.PackageNotFoundError:  # a checkout that is not installed
+    from flask_apikeys import __version__ as release
 version = ".".join(release.split(".")[:2])
 
 extensions = [
@@ -112,7 +116,27 @@ class AdminOperationsDirective(SphinxDirective):
         return container.children
 
 
+ERROR_CODE = re.compile(r"^[a-z]+(?:_[a-z]+)+$")
+
+
+def anchor_error_codes(app: Sphinx, doctree: nodes.document) -> None:
+    """Give each error code described on the errors page an anchor named exactly like it.
+
+    Every problem document's ``type`` is ``errors.html#<code>``; docutils would turn a label
+    ``revoked_api_key`` into the id ``revoked-api-key``, which that link would miss.
+    """
+    if app.env.docname != "errors":
+        return
+    for term in doctree.findall(nodes.term):
+        for literal in term.findall(nodes.literal):
+            code = literal.astext()
+            if ERROR_CODE.match(code) and code not in term["ids"]:
+                term["ids"].append(code)
+                doctree.ids[code] = term
+
+
 def setup(app: Sphinx) -> None:
+    app.connect("doctree-read", anchor_error_codes)
     app.add_directive("apikeys-config-options", ConfigOptionsDirective)
     app.add_directive("apikeys-admin-operations", AdminOperationsDirective)
     app.add_object_type("http", "http", "pair: %s; admin route")

@@ -116,8 +116,12 @@ class PostgreSQLServer:
             connection.execute(query)
 
     def create_database(self, name: str) -> str:
-        """Create an empty database and return its SQLAlchemy URL."""
-        self._admin("CREATE DATABASE {}", name)
+        """Create an empty database and return its SQLAlchemy URL.
+
+        ``FILE_COPY`` copies the template's files instead of logging every page to the WAL
+        (PostgreSQL 15's default): about five times faster here, where nothing is durable anyway.
+        """
+        self._admin("CREATE DATABASE {} STRATEGY FILE_COPY", name)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
