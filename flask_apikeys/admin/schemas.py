@@ -11,6 +11,8 @@ from typing import Any
 
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from ..config import Plan
+from ..models import APIKey, Organization
 from ..permissions import LEVELS
 
 #: Most items a list returns at once.
@@ -293,3 +295,31 @@ class ProblemSchema(Schema):
     errors = fields.Dict(
         keys=fields.String(), metadata={"description": "With 422: each bad field's messages."}
     )
+
+
+# -- records as documents: what the admin API answers and the CLI prints with --json -----------
+
+
+def organization_document(organization: Organization, limits: Plan) -> dict[str, Any]:
+    """An organization with ``limits``, its effective ones (its overrides, else its plan's)."""
+    document: dict[str, Any] = OrganizationSchema().dump(organization)
+    document["limits"] = LimitsSchema().dump(limits)
+    return document
+
+
+def key_document(api_key: APIKey) -> dict[str, Any]:
+    """A key's record: never its secret or its hash."""
+    return KeySchema().dump(api_key)  # type: ignore[no-any-return]
+
+
+def created_key_document(api_key: APIKey, key: str, replaces: str | None = None) -> dict[str, Any]:
+    """A key just created (or rotated, replacing ``replaces``), with the full key, this once."""
+    document = {**key_document(api_key), "key": key}
+    if replaces is not None:
+        document["replaces"] = replaces
+    return document
+
+
+def usage_document(stats: dict[str, Any]) -> dict[str, Any]:
+    """What the service's usage statistics are, as :class:`UsageSchema` declares them."""
+    return UsageSchema().dump(stats)  # type: ignore[no-any-return]
