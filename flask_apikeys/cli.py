@@ -194,11 +194,11 @@ def update_organization(reference: str, as_json: bool, active: bool | None, **ch
         changes["is_active"] = active
     organization = service().update_organization(reference, actor=actor(), **changes)
     document = organization_document(organization)
-    if PLAN_FIELDS & changes.keys():
-        excess = service().plan_excess(organization)
-        if excess:
-            document["plan_excess"] = excess
-            click.echo(f"warning: beyond the plan now: {json.dumps(excess)}", err=True)
+    if PLAN_FIELDS & changes.keys():  # as the admin API does: say what is beyond the plan now
+        document["plan_excess"] = service().plan_excess(organization)
+        if document["plan_excess"]:
+            warning = json.dumps(document["plan_excess"])
+            click.echo(f"warning: beyond the plan now: {warning}", err=True)
     emit(document, as_json, lambda: print_record(document))
 
 
