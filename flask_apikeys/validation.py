@@ -27,8 +27,6 @@ from .storable import MAX_INTEGER, json_problem, unstorable_reason
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MAX_METADATA_BYTES = 4096
-#: Scopes a key may be given itself (its level and roles add more).
-MAX_SCOPES = 200
 #: The furthest ahead a key may expire (as ``expires_in_days`` allows): a rotation then adds
 #: the key's lifetime and an overlap to now without leaving the calendar.
 MAX_LIFETIME = timedelta(days=3650)
@@ -97,10 +95,7 @@ def one_of(choices: Collection[str], *, optional: bool = False) -> Checker:
 
 
 def scope_list(value: Any) -> list[str]:
-    scopes = normalize_scopes(value)
-    if len(scopes) > MAX_SCOPES:
-        raise ValueError(f"at most {MAX_SCOPES} scopes")
-    return scopes
+    return normalize_scopes(value)
 
 
 def role_list(defined_roles: Collection[str]) -> Checker:

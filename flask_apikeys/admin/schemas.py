@@ -21,6 +21,9 @@ from ..permissions import LEVELS
 
 #: Most items a list returns at once.
 MAX_PAGE_SIZE = 500
+#: Most scopes one request may list: a bound on the size of a request, not a rule of the
+#: service (the Python API takes more; a token carries them all).
+MAX_SCOPES_PER_REQUEST = 200
 
 
 class StrictSchema(Schema):
@@ -164,7 +167,7 @@ class KeyUpdateSchema(StrictSchema):
 
     name = fields.String()
     description = fields.String(allow_none=True)
-    scopes = fields.List(fields.String())
+    scopes = fields.List(fields.String(), validate=validate.Length(max=MAX_SCOPES_PER_REQUEST))
     roles = fields.List(fields.String())
     level = _one_of(LEVELS, allow_none=True)
     rate_limit = fields.String(
