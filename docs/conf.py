@@ -43,7 +43,7 @@ exclude_patterns = ["_build"]
 
 
 class ConfigOptionsDirective(SphinxDirective):
-    """Render every ``APIKEYS_*`` option from ``flask_apikeys.config.OPTIONS``.
+    """Render every ``APIKEYS_*`` option from its one declaration in ``flask_apikeys.config``.
 
     Generated, so the reference can never disagree with the code.
     """
@@ -57,16 +57,26 @@ class ConfigOptionsDirective(SphinxDirective):
             if isinstance(default, tuple | list):
                 default = ", ".join(f"``{item}``" for item in default) or "(empty)"
             elif isinstance(default, dict):
-                default = "see below"
+                default = "see below" if default else "(empty)"
             else:
                 default = f"``{default!r}``"
+            notes = [f"Default: {default}.", f"Environment variable: ``{option.name}``."]
+            if option.secret:
+                notes.append(
+                    "A secret: never logged, nor copied from the environment into ``app.config``."
+                )
+            if option.weakening is not None:
+                notes.append(
+                    f"Set from the environment to a less safe value, it is warned "
+                    f"about: {option.weakening.effect}."
+                )
             lines += [
                 f".. data:: {option.name}",
                 "   :no-index:",
                 "",
                 f"   {option.doc[0].upper()}{option.doc[1:]}.",
                 "",
-                f"   Default: {default}. Environment variable: ``{option.name}``.",
+                f"   {' '.join(notes)}",
                 "",
             ]
         container = nodes.container()

@@ -1,7 +1,8 @@
 """``flask apikeys …``: organizations, keys, usage and seeding from the terminal.
 
 Thin by design: each command parses its options, calls the service layer (the same one the
-admin API uses) and formats the result as a table, or as one JSON document with ``--json``.
+admin API uses) and prints the record as the admin API answers it (its schemas in
+:mod:`flask_apikeys.admin.schemas`): as one JSON document with ``--json``, else as a table.
 Errors are one line on stderr and a non-zero exit code, never a traceback.
 """
 
@@ -19,10 +20,14 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .admin import schemas
 from .errors import APIKeyError, InvalidInput
-from .models import APIKey, Organization
+from .keys import ENVIRONMENTS
+from .models import Organization
 from .organizations import PLAN_FIELDS
+from .permissions import LEVELS
 from .service import DEFAULT_KEY_NAME, CreatedKey, KeyService
+from .stats import current_month, month_bounds
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 apikeys_cli = AppGroup("apikeys", help="Manage API keys, organizations and usage.")
@@ -69,65 +74,29 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
 def organization_document(organization: Organization) -> dict[str, Any]:
-    plan = service().plan_of(organization)
-    return {
-        "id": str(organization.id),
-        "name": organization.name,
-        "slug": organization.slug,
-        "email": organization.email,
-        "plan": organization.plan,
-        "is_active": organization.is_active,
-        "rate_limit_per_minute": plan.requests_per_minute,
-        "monthly_request_limit": plan.monthly_requests,
-        "max_api_keys": plan.max_keys,
-        "created_at": iso(organization.created_at),
-    }
+    return schemas.organization_document(organization, service().plan_of(organization))
 
 
-def key_document(api_key: APIKey) -> dict[str, Any]:
-    """A key's record for output: never its hash, never the key."""
-    return {
-        "id": str(api_key.id),
-        "organization": api_key.organization.slug,
-        "name": api_key.name,
-        "prefix": api_key.key_prefix,
-        "hint": api_key.key_hint,
-        "environment": api_key.environment,
-        "scopes": list(api_key.scopes or []),
-        "roles": list(api_key.roles or []),
-        "level": api_key.level,
-        "rate_limit": api_key.custom_rate_limit,
-        "allowed_networks": list(api_key.allowed_networks or []),
-        "expires_at": iso(api_key.expires_at),
-        "revoked_at": iso(api_key.revoked_at),
-        "revoked_by": api_key.revoked_by,
-        "revoked_reason": api_key.revoked_reason,
-        "last_used_at": iso(api_key.last_used_at),
-        "total_requests": api_key.total_requests,
-        "created_at": iso(api_key.created_at),
-    }
+def created_document(created: CreatedKey, replaces: str | None = None) -> dict[str, Any]:
+    return schemas.created_key_document(created.api_key, created.key, replaces=replaces)
 
 
-def created_document(created: CreatedKey) -> dict[str, Any]:
-    return {"key": created.key, **key_document(created.api_key)}
+def shown(value: Any) -> str:
+    """One value in a terminal: lists joined with commas, mappings as ``name=value``, nothing
+    as '-'."""
+    if value is None or value == "" or value == [] or value == {}:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{name}={shown(item)}" for name, item in value.items())
+    return str(value)
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Aligned columns with a header; lists joined with commas, nothing as '-'."""
-
-    def cell(value: Any) -> str:
-        if value is None or value == []:
-            return "-"
-        if isinstance(value, list):
-            return ",".join(map(str, value))
-        return str(value)
-
-    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    """Aligned columns with a header."""
+    cells = [[shown(row.get(column)) for column in columns] for row in rows]
     widths = [
         max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)
     ]
@@ -140,8 +109,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 def print_record(record: dict[str, Any]) -> None:
     width = max(map(len, record))
     for field, value in record.items():
-        shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        click.echo(f"{field.ljust(width)}  {'-' if shown in (None, '') else shown}")
+        click.echo(f"{field.ljust(width)}  {shown(value)}")
 
 
 def emit(document: Any, as_json: bool, show: Callable[[], None]) -> None:
@@ -203,7 +171,7 @@ def list_organizations(limit: int, offset: int, as_json: bool) -> None:
 @json_option
 @reports_errors
 def show_organization(reference: str, as_json: bool) -> None:
-    """Show an organization with its effective limits."""
+    """Show an organization, its limit overrides and its effective ``limits``."""
     document = organization_document(service().get_organization(reference))
     emit(document, as_json, lambda: print_record(document))
 
@@ -226,11 +194,11 @@ def update_organization(reference: str, as_json: bool, active: bool | None, **ch
         changes["is_active"] = active
     organization = service().update_organization(reference, actor=actor(), **changes)
     document = organization_document(organization)
-    if PLAN_FIELDS & changes.keys():
-        excess = service().plan_excess(organization)
-        if excess:
-            document["plan_excess"] = excess
-            click.echo(f"warning: beyond the plan now: {json.dumps(excess)}", err=True)
+    if PLAN_FIELDS & changes.keys():  # as the admin API does: say what is beyond the plan now
+        document["plan_excess"] = service().plan_excess(organization)
+        if document["plan_excess"]:
+            warning = json.dumps(document["plan_excess"])
+            click.echo(f"warning: beyond the plan now: {warning}", err=True)
     emit(document, as_json, lambda: print_record(document))
 
 
@@ -247,7 +215,7 @@ KEY_COLUMNS = ("id", "name", "prefix", "hint", "environment", "scopes", "expires
     "environment",
     default="live",
     show_default=True,
-    type=click.Choice(["live", "test"]),
+    type=click.Choice(ENVIRONMENTS),
     help="Key environment (in the key's prefix).",
 )
 @click.option(
@@ -255,7 +223,7 @@ KEY_COLUMNS = ("id", "name", "prefix", "hint", "environment", "scopes", "expires
     help="Comma-separated scopes, e.g. presentations:read,outline:* (wildcards allowed).",
 )
 @click.option("--role", "roles", multiple=True, help="A role from APIKEYS_ROLES (repeatable).")
-@click.option("--level", type=click.Choice(["read-only", "read-write", "admin"]))
+@click.option("--level", type=click.Choice(LEVELS))
 @click.option("--expires-in-days", type=int, help="Lifetime in days (no expiry by default).")
 @click.option("--rate-limit", help="This key's own limit, e.g. '5/minute'.")
 @click.option("--allowed-networks", help="Comma-separated CIDR networks it may be used from.")
@@ -306,7 +274,7 @@ def list_keys(
     api_keys, total = service().list_keys(
         organization, include_revoked=include_revoked, limit=limit, offset=offset
     )
-    documents = [key_document(api_key) for api_key in api_keys]
+    documents = [schemas.key_document(api_key) for api_key in api_keys]
     emit(
         {"items": documents, "total": total, "limit": limit, "offset": offset},
         as_json,
@@ -320,7 +288,7 @@ def list_keys(
 @click.option("--description")
 @click.option("--scopes", help="Comma-separated; replaces the key's scopes ('' for none).")
 @click.option("--role", "roles", multiple=True, help="Replaces the key's roles (repeatable).")
-@click.option("--level", type=click.Choice(["read-only", "read-write", "admin", "none"]))
+@click.option("--level", type=click.Choice([*LEVELS, "none"]), help="'none' removes it.")
 @click.option("--rate-limit", help="The key's own limit; 'none' removes it.")
 @click.option("--allowed-networks", help="Comma-separated CIDR networks; '' for anywhere.")
 @json_option
@@ -341,7 +309,7 @@ def update_key(key_id: str, as_json: bool, **options: Any) -> None:
         changes["rate_limit"] = None if options["rate_limit"] == "none" else options["rate_limit"]
     if options["allowed_networks"] is not None:
         changes["allowed_networks"] = split(options["allowed_networks"])
-    document = key_document(service().update_key(key_id, actor=actor(), **changes))
+    document = schemas.key_document(service().update_key(key_id, actor=actor(), **changes))
     emit(document, as_json, lambda: print_record(document))
 
 
@@ -354,7 +322,7 @@ def update_key(key_id: str, as_json: bool, **options: Any) -> None:
 def revoke_key(key_id: str, reason: str, revoked_by: str | None, as_json: bool) -> None:
     """Revoke a key for good; it is refused from the next request on."""
     api_key = service().revoke_key(key_id, reason=reason, revoked_by=revoked_by or actor())
-    document = key_document(api_key)
+    document = schemas.key_document(api_key)
     emit(document, as_json, lambda: print_record(document))
 
 
@@ -371,7 +339,7 @@ def revoke_key(key_id: str, reason: str, revoked_by: str | None, as_json: bool) 
 def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
     """Replace a key with a new one with the same settings; print the new key once."""
     created = service().rotate_key(key_id, overlap_hours=overlap_hours, rotated_by=actor())
-    show_new_key({**created_document(created), "replaces": key_id}, as_json)
+    show_new_key(created_document(created, replaces=key_id), as_json)
 
 
 # -- usage and audit -------------------------------------------------------------------------------
@@ -401,26 +369,19 @@ def usage(
     Without --month, --start or --end: the current calendar month (UTC).
     """
     current_app.extensions["apikeys"].extension.flush_usage()
-    if month is None and start is None and end is None:
-        from .stats import current_month
-
-        month = current_month()
-    if month is not None and key_id is None and start is None and end is None:
-        stats = service().monthly_usage(organization, month)
-    elif month is not None and (start is not None or end is not None):
+    if month is not None and (start is not None or end is not None):
         fail("give --month, or --start and --end, not both")
         return
+    if start is not None and end is not None:
+        first, last = start.date(), end.date()
+    elif start is None and end is None:
+        first, last = month_bounds(month or current_month())
     else:
-        if month is not None:
-            from .stats import month_bounds
-
-            first, last = month_bounds(month)
-        elif start is not None and end is not None:
-            first, last = start.date(), end.date()
-        else:
-            fail("give --month YYYY-MM, or --start and --end")
-            return
-        stats = service().usage_stats(organization, start=first, end=last, key=key_id)
+        fail("give --month YYYY-MM, or --start and --end")
+        return
+    stats = schemas.usage_document(
+        service().usage_stats(organization, start=first, end=last, key=key_id)
+    )
 
     def show() -> None:
         print_record(
@@ -494,7 +455,12 @@ def seed(as_json: bool) -> None:
             f"flask apikeys key rotate --key {key_id}"
         )
         emit(
-            {"organization": organization.slug, "key": None, "id": key_id, "message": message},
+            {
+                "organization_id": str(organization.id),
+                "key": None,
+                "id": key_id,
+                "message": message,
+            },
             as_json,
             lambda: click.echo(message),
         )

@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from marshmallow import fields, validate
 
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput, OrganizationNotFound
@@ -473,3 +474,73 @@ def test_deeply_nested_json_at_the_token_endpoint_is_not_taken_for_oauth(
         content_type="application/json",
     )
     assert_refused(response)
+
+
+# -- one rule, one place: the service's answer, whichever way the value comes in --------------
+
+SERVICE_CHECKED = [
+    ("create_organization", {"name": "n" * 201, "email": "a@b.io"}, "name"),
+    ("create_organization", {"name": "n", "email": "a@b.io", "max_api_keys": -1}, "max_api_keys"),
+    ("create_organization", {"name": "n", "email": "a@b.io", "slug": "S" * 101}, "slug"),
+    ("create_key", {"name": "k", "description": "d" * 2001}, "description"),
+    ("create_key", {"name": "k", "rate_limit": "1/minute;" * 20}, "rate_limit"),
+    ("create_key", {"name": "k", "expires_in_days": 0}, "expires_in_days"),
+    ("create_key", {"name": "k", "scopes": ["no scope"]}, "scopes"),
+    ("create_key", {"name": "k", "allowed_networks": ["10.0.0.1"] * 101}, "allowed_networks"),
+    (
+        "create_key",
+        {"name": "k", "expires_in_days": 3, "expires_at": "2100-01-01T00:00:00+00:00"},
+        "expires_at",
+    ),
+    ("rotate_key", {"overlap_hours": 2161}, "overlap_hours"),
+]
+
+
+@pytest.mark.parametrize(("call", "body", "field"), SERVICE_CHECKED)
+def test_the_admin_api_answers_with_the_services_own_message(
+    app: Flask,
+    client: FlaskClient,
+    apikeys: APIKeys,
+    target: Target,
+    call: str,
+    body: dict[str, Any],
+    field: str,
+) -> None:
+    """The schemas check types only: a rule's message is the service's, as the CLI shows it."""
+    org = f"/admin/organizations/{target.org_id}"
+    method, path = {
+        "create_organization": ("POST", "/admin/organizations"),
+        "create_key": ("POST", f"{org}/keys"),
+        "rotate_key": ("POST", f"{org}/keys/{target.key_id}/rotate"),
+    }[call]
+    before = stored_state(app)
+    response = client.open(path, method=method, json=body, headers=ADMIN)
+    assert_refused(response, (422,))
+    arguments = dict(body)
+    if isinstance(arguments.get("expires_at"), str):
+        arguments["expires_at"] = datetime.fromisoformat(arguments["expires_at"])
+    positional = {"create_key": (target.org_id,), "rotate_key": (target.key_id,)}.get(call, ())
+    with app.app_context(), pytest.raises(InvalidInput) as raised:
+        getattr(apikeys, call)(*positional, **arguments)
+    assert response.json["errors"][field] == raised.value.errors[field]
+    assert stored_state(app) == before
+
+
+def test_the_input_schemas_declare_shape_and_types_only() -> None:
+    from flask_apikeys.admin import schemas
+
+    for schema in (
+        schemas.OrganizationCreateSchema,
+        schemas.OrganizationUpdateSchema,
+        schemas.KeyCreateSchema,
+        schemas.KeyUpdateSchema,
+        schemas.RevokeSchema,
+        schemas.RotateSchema,
+    ):
+        for name, field in schema().fields.items():
+            inner = getattr(field, "inner", None)
+            assert not getattr(inner, "validators", ()), (schema, name)
+            if isinstance(field, fields.List):  # how long a request may be is shape
+                assert all(isinstance(bound, validate.Length) for bound in field.validators)
+            else:
+                assert not field.validators, (schema, name)

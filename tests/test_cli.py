@@ -47,7 +47,12 @@ def test_org_create_list_show_update(runner: Any) -> None:
     created = ok(
         runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro", "--json"
     )
-    assert (created["slug"], created["plan"], created["max_api_keys"]) == ("acme", "pro", 10)
+    assert (created["slug"], created["plan"], created["max_api_keys"]) == ("acme", "pro", None)
+    assert created["limits"] == {
+        "requests_per_minute": 60,
+        "monthly_requests": 100_000,
+        "max_keys": 10,
+    }
     listing = ok(runner, "org", "list", "--json")
     assert listing["total"] == 1 and listing["items"][0]["id"] == created["id"]
     table = ok(runner, "org", "list")
@@ -104,9 +109,10 @@ def test_key_create_json_has_the_promised_fields_and_the_key_works(app: Flask, r
         "environment",
         "scopes",
         "expires_at",
-        "organization",
+        "organization_id",
     } <= set(document)
-    assert document["key"].startswith("pk_test_") and document["organization"] == "acme"
+    shown = ok(runner, "org", "show", "--slug", "acme", "--json")
+    assert document["key"].startswith("pk_test_") and document["organization_id"] == shown["id"]
     assert document["scopes"] == ["outline:*", "presentations:read"]
     response = app.test_client().get("/v1/presentations", headers={"X-API-Key": document["key"]})
     assert response.status_code == 200
@@ -165,10 +171,12 @@ def test_key_list_update_revoke_rotate(runner: Any) -> None:
 
 def test_seed_twice_makes_one_organization_and_one_key(app: Flask, runner: Any) -> None:
     first = ok(runner, "seed", "--json")
-    assert first["organization"] == "default" and first["name"] == "Default Test Key"
+    organization = ok(runner, "org", "show", "--slug", "default", "--json")
+    assert first["organization_id"] == organization["id"] and first["name"] == "Default Test Key"
     assert first["scopes"] == ["*"] and first["environment"] == "test"
     second = ok(runner, "seed", "--json")
     assert second["key"] is None and second["id"] == first["id"]
+    assert second["organization_id"] == organization["id"]
     assert f"flask apikeys key rotate --key {first['id']}" in second["message"]
     assert f"--key {first['id']}" in ok(runner, "seed")
     assert count(app, Organization) == 1 and count(app, APIKey) == 1
@@ -258,7 +266,7 @@ def test_usage_for_a_month_and_for_a_range(app: Flask, runner: Any) -> None:
     today = datetime.now(UTC).date()
     month = today.strftime("%Y-%m")
     stats = ok(runner, "usage", "--org", "acme", "--month", month, "--json")
-    assert (stats["month"], stats["total_requests"]) == (month, 3)
+    assert (stats["start"], stats["total_requests"]) == (f"{month}-01", 3)
     assert stats["by_endpoint"][0]["endpoint"] == "/v1/whoami"
     table = ok(runner, "usage", "--org", "acme", "--month", month)
     assert "total_requests" in table and "/v1/whoami" in table
@@ -307,5 +315,62 @@ def test_usage_without_a_period_reports_the_current_month_in_utc(app: Flask, run
     for _ in range(2):
         assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
     stats = ok(runner, "usage", "--org", "acme", "--json")
-    assert stats["month"] == datetime.now(UTC).strftime("%Y-%m")
+    assert stats["start"] == datetime.now(UTC).strftime("%Y-%m-01")
     assert stats["total_requests"] == 2
+
+
+ADMIN_KEY = "bootstrap-" + "c" * 32
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {"APIKEYS_ADMIN_KEY": ADMIN_KEY, "APIKEYS_USAGE_MODE": "sync"}
+
+
+def test_json_records_are_the_admin_apis_records(app: Flask, runner: Any) -> None:
+    """One representation of each record: ``--json`` prints what the admin API answers."""
+    admin = app.test_client()
+    headers = {"X-API-Key": ADMIN_KEY}
+    organization = ok(
+        runner, "org", "create", "--name", "Acme", "--email", "a@acme.io", "--plan", "pro", "--json"
+    )
+    updated = ok(
+        runner, "org", "update", "--slug", "acme", "--rate-limit-per-minute", "5", "--json"
+    )
+    org_path = f"/admin/organizations/{organization['id']}"
+    from_api = admin.get(org_path, headers=headers).json
+    assert updated["plan_excess"] == {}  # as the admin API says after a change of limits
+    assert {**updated, "updated_at": None} == {
+        **admin.put(org_path, json={"rate_limit_per_minute": 5}, headers=headers).json,
+        "updated_at": None,
+    }
+    assert from_api == {name: value for name, value in updated.items() if name != "plan_excess"}
+    assert updated["rate_limit_per_minute"] == 5 and updated["limits"]["requests_per_minute"] == 5
+    created = ok(
+        runner, "key", "create", "--org", "acme", "--name", "k", "--scopes", "a:read", "--json"
+    )
+    key_path = f"{org_path}/keys/{created['id']}"
+    key_from_api = admin.get(key_path, headers=headers).json
+    assert {name: value for name, value in created.items() if name != "key"} == {
+        **key_from_api,
+        "last_used_at": None,
+        "last_request_at": None,
+        "total_requests": 0,
+    }
+    listing = ok(runner, "key", "list", "--org", "acme", "--json")
+    assert listing["items"] == admin.get(f"{org_path}/keys", headers=headers).json["items"]
+    assert (
+        ok(runner, "org", "list", "--json")["items"]
+        == admin.get("/admin/organizations", headers=headers).json["items"]
+    )
+    usage = ok(runner, "usage", "--org", "acme", "--json")
+    assert usage == admin.get(f"{org_path}/usage", headers=headers).json
+
+
+def test_choices_come_from_the_constants(runner: Any) -> None:
+    from flask_apikeys.keys import ENVIRONMENTS
+    from flask_apikeys.permissions import LEVELS
+
+    help_text = " ".join(ok(runner, "key", "create", "--help").split())
+    assert "[" + "|".join(ENVIRONMENTS) + "]" in help_text
+    assert "[" + "|".join(LEVELS) + "]" in help_text

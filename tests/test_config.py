@@ -173,3 +173,38 @@ def test_a_bare_number_default_limit_is_enforced_per_minute(
     responses = [client.get("/v1/whoami") for _ in range(4)]
     assert [response.status_code for response in responses] == [200, 200, 200, 429]
     assert responses[3].json["window_seconds"] == 60
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("APIKEYS_USAGE_BATCH_SIZE", 2.5, "a whole number, 1 or more"),
+        ("APIKEYS_TRUSTED_PROXIES", True, "proxies in front of the app, 0 or more"),
+        ("APIKEYS_CACHE_TTL", "nan", "a number of seconds, 0 or more"),
+        ("APIKEYS_USAGE_FLUSH_INTERVAL", float("inf"), "a number of seconds, 0 or more"),
+        ("APIKEYS_JWT_LIFETIME", 86_401, "from 1 to 86400"),
+        ("APIKEYS_INTROSPECTION_PATH", "auth", "or an empty value (not mounted)"),
+        ("APIKEYS_ADMIN_URL_PREFIX", "/", "or an empty value (no admin API)"),
+    ],
+)
+def test_a_number_or_path_out_of_bounds_is_refused_saying_what_is_accepted(
+    name: str, value: Any, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=name) as raised:
+        load_settings({name: value}, {})
+    assert message in str(raised.value)
+
+
+def test_every_settings_field_is_one_declared_option() -> None:
+    settings = load_settings({}, {})
+    attributes = [option.attribute for option in OPTIONS]
+    assert sorted(attributes) == sorted(settings.__slots__)
+    assert len({option.name for option in OPTIONS}) == len(OPTIONS)
+    assert all(option.name.startswith("APIKEYS_") and option.doc for option in OPTIONS)
+
+
+def test_secrets_are_kept_out_of_the_settings_repr() -> None:
+    secret = "a-hash-secret-nobody-should-see"
+    settings = load_settings({"APIKEYS_HASH_SECRET": secret, "APIKEYS_ADMIN_KEY": "k" * 40}, {})
+    assert secret not in repr(settings) and "admin_key_digest" not in repr(settings)
+    assert "key_prefix='pk'" in repr(settings)

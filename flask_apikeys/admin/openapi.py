@@ -16,8 +16,9 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
+from ..keys import ENVIRONMENTS
 from ..permissions import LEVELS
-from .schemas import ENVIRONMENTS, ProblemSchema
+from .schemas import ProblemSchema
 from .views import OPERATIONS, Operation
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"

@@ -1,22 +1,29 @@
 """Marshmallow schemas of the admin API: what it accepts and what it returns.
 
 They check shape and types only (unknown fields, wrong types, malformed dates); every business
-rule (known plan, parseable rate limit, free slug, key limits) stays in the service layer, which
-answers with the same 422 document. The OpenAPI document is generated from these classes.
+rule (lengths, bounds, known plan and level, parseable rate limit, scope grammar, free slug, key
+limits) is checked once, in the service layer (:mod:`flask_apikeys.validation`), which answers
+with the same 422 document naming each bad field. Enums are declared here for the OpenAPI
+document only (``metadata``), not checked twice. The OpenAPI document is generated from these
+classes, and the CLI prints its ``--json`` records with the ``*_document`` functions below.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import INCLUDE, RAISE, Schema, fields, validate
 
+from ..config import Plan
+from ..keys import ENVIRONMENTS
+from ..models import APIKey, Organization
 from ..permissions import LEVELS
 
 #: Most items a list returns at once.
 MAX_PAGE_SIZE = 500
-#: The environments a key can be made for (part of its prefix, ``pk_live_`` or ``pk_test_``).
-ENVIRONMENTS = ("live", "test")
+#: Most scopes one request may list: a bound on the size of a request, not a rule of the
+#: service (the Python API takes more; a token carries them all).
+MAX_SCOPES_PER_REQUEST = 200
 
 
 class StrictSchema(Schema):
@@ -80,17 +87,24 @@ class OrganizationSchema(Schema):
 
 def _count() -> fields.Integer:
     # strict: 2.5 is refused, not silently cut to 2 (JSON bodies only; query strings are text)
-    return fields.Integer(
-        allow_none=True, strict=True, validate=validate.Range(min=0, max=2**31 - 1)
-    )
+    return fields.Integer(allow_none=True, strict=True)
+
+
+def _email(**options: Any) -> fields.String:
+    return fields.String(metadata={"format": "email"}, **options)
+
+
+def _one_of(choices: tuple[str, ...], **options: Any) -> fields.String:
+    """A string the service accepts only from ``choices``: an enum in the document."""
+    return fields.String(metadata={"enum": list(choices)}, **options)
 
 
 class OrganizationUpdateSchema(StrictSchema):
     """Fields an update may change; all optional."""
 
-    name = fields.String(validate=validate.Length(min=1, max=200))
-    email = fields.Email(validate=validate.Length(max=320))
-    plan = fields.String(validate=validate.Length(min=1, max=50))
+    name = fields.String()
+    email = _email()
+    plan = fields.String()
     is_active = JSONBoolean()
     monthly_request_limit = _count()
     rate_limit_per_minute = _count()
@@ -100,10 +114,10 @@ class OrganizationUpdateSchema(StrictSchema):
 class OrganizationCreateSchema(OrganizationUpdateSchema):
     """A new organization: name and email are required, the plan defaults to ``free``."""
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    email = fields.Email(required=True, validate=validate.Length(max=320))
-    plan = fields.String(load_default="free", validate=validate.Length(min=1, max=50))
-    slug = fields.String(validate=validate.Length(min=1, max=100))
+    name = fields.String(required=True)
+    email = _email(required=True)
+    plan = fields.String(load_default="free")
+    slug = fields.String()
 
 
 # -- keys --------------------------------------------------------------------------------------
@@ -116,12 +130,12 @@ class KeySchema(Schema):
     organization_id = fields.UUID(required=True)
     name = fields.String(required=True)
     description = fields.String(allow_none=True, required=True)
-    environment = fields.String(required=True, validate=validate.OneOf(ENVIRONMENTS))
+    environment = _one_of(ENVIRONMENTS, required=True)
     prefix = fields.String(attribute="key_prefix", required=True)
     hint = fields.String(attribute="key_hint", required=True)
     scopes = fields.List(fields.String(), required=True)
     roles = fields.List(fields.String(), required=True)
-    level = fields.String(allow_none=True, required=True, validate=validate.OneOf(LEVELS))
+    level = _one_of(LEVELS, allow_none=True, required=True)
     allowed_networks = fields.List(fields.String(), required=True)
     rate_limit = fields.String(attribute="custom_rate_limit", allow_none=True, required=True)
     metadata = fields.Dict(attribute="key_metadata", keys=fields.String(), required=True)
@@ -148,56 +162,40 @@ class CreatedKeySchema(KeySchema):
     )
 
 
-def _string_list(maximum: int) -> fields.List[str]:
-    item = fields.String(validate=validate.Length(min=1, max=200))
-    return fields.List(item, validate=validate.Length(max=maximum))
-
-
 class KeyUpdateSchema(StrictSchema):
     """Fields of a key that may change after creation; all optional."""
 
-    name = fields.String(validate=validate.Length(min=1, max=200))
-    description = fields.String(allow_none=True, validate=validate.Length(max=2000))
-    scopes = _string_list(200)
-    roles = _string_list(50)
-    level = fields.String(allow_none=True, validate=validate.OneOf(LEVELS))
+    name = fields.String()
+    description = fields.String(allow_none=True)
+    scopes = fields.List(fields.String(), validate=validate.Length(max=MAX_SCOPES_PER_REQUEST))
+    roles = fields.List(fields.String())
+    level = _one_of(LEVELS, allow_none=True)
     rate_limit = fields.String(
-        allow_none=True,
-        validate=validate.Length(min=1, max=100),
-        metadata={"description": "e.g. 100/minute or 10/second;1000/day"},
+        allow_none=True, metadata={"description": "e.g. 100/minute or 10/second;1000/day"}
     )
     metadata = fields.Dict(keys=fields.String())
-    allowed_networks = _string_list(100)
+    allowed_networks = fields.List(fields.String())
 
 
 class KeyCreateSchema(KeyUpdateSchema):
     """A new key: a name is required; expiry as days from now or as a time, not both."""
 
-    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
-    environment = fields.String(load_default="live", validate=validate.OneOf(ENVIRONMENTS))
-    expires_in_days = fields.Integer(
-        allow_none=True, strict=True, validate=validate.Range(min=1, max=3650)
-    )
+    name = fields.String(required=True)
+    environment = _one_of(ENVIRONMENTS, load_default="live")
+    expires_in_days = fields.Integer(allow_none=True, strict=True)
     expires_at = fields.AwareDateTime(allow_none=True)
-
-    @validates_schema
-    def _one_expiry(self, data: dict[str, Any], **_: Any) -> None:
-        if data.get("expires_in_days") is not None and data.get("expires_at") is not None:
-            raise ValidationError("give expires_in_days or expires_at, not both", "expires_at")
 
 
 class RevokeSchema(StrictSchema):
     """Why a key is revoked (kept with the key and in the audit trail)."""
 
-    reason = fields.String(allow_none=True, validate=validate.Length(max=500))
+    reason = fields.String(allow_none=True)
 
 
 class RotateSchema(StrictSchema):
     """How long the old key keeps working next to the new one."""
 
-    overlap_hours = JSONFloat(
-        load_default=24.0, validate=validate.Range(min=0, max=24 * 90), allow_nan=False
-    )
+    overlap_hours = JSONFloat(load_default=24.0, allow_nan=False)
 
 
 # -- lists and usage ---------------------------------------------------------------------------
@@ -293,3 +291,31 @@ class ProblemSchema(Schema):
     errors = fields.Dict(
         keys=fields.String(), metadata={"description": "With 422: each bad field's messages."}
     )
+
+
+# -- records as documents: what the admin API answers and the CLI prints with --json -----------
+
+
+def organization_document(organization: Organization, limits: Plan) -> dict[str, Any]:
+    """An organization with ``limits``, its effective ones (its overrides, else its plan's)."""
+    document: dict[str, Any] = OrganizationSchema().dump(organization)
+    document["limits"] = LimitsSchema().dump(limits)
+    return document
+
+
+def key_document(api_key: APIKey) -> dict[str, Any]:
+    """A key's record: never its secret or its hash."""
+    return KeySchema().dump(api_key)  # type: ignore[no-any-return]
+
+
+def created_key_document(api_key: APIKey, key: str, replaces: str | None = None) -> dict[str, Any]:
+    """A key just created (or rotated, replacing ``replaces``), with the full key, this once."""
+    document = {**key_document(api_key), "key": key}
+    if replaces is not None:
+        document["replaces"] = replaces
+    return document
+
+
+def usage_document(stats: dict[str, Any]) -> dict[str, Any]:
+    """What the service's usage statistics are, as :class:`UsageSchema` declares them."""
+    return UsageSchema().dump(stats)  # type: ignore[no-any-return]

@@ -116,9 +116,7 @@ def _load(schema: type[Schema], data: dict[str, Any]) -> dict[str, Any]:
 
 
 def organization_document(organization: Organization) -> dict[str, Any]:
-    document: dict[str, Any] = schemas.OrganizationSchema().dump(organization)
-    document["limits"] = schemas.LimitsSchema().dump(state().service.plan_of(organization))
-    return document
+    return schemas.organization_document(organization, state().service.plan_of(organization))
 
 
 def created(document: dict[str, Any], location: str) -> tuple[Response, int]:
@@ -230,7 +228,7 @@ def create_key(org_id: str) -> tuple[Response, int]:
     new = state().service.create_key(
         organization, granted_by=caller().key, actor=caller().actor, **values
     )
-    document = {**schemas.KeySchema().dump(new.api_key), "key": new.key}
+    document = schemas.created_key_document(new.api_key, new.key)
     return created(document, url_for(".get_key", org_id=organization.id, key_id=new.api_key.id))
 
 
@@ -248,7 +246,7 @@ def list_keys(org_id: str) -> Response:
     organization = managed_organization(org_id)
     page = load_query(schemas.KeyPageQuerySchema)
     api_keys, total = state().service.list_keys(organization, **page)
-    items = schemas.KeySchema(many=True).dump(api_keys)
+    items = [schemas.key_document(api_key) for api_key in api_keys]
     return jsonify(items=items, total=total, limit=page["limit"], offset=page["offset"])
 
 
@@ -263,7 +261,7 @@ def get_key(org_id: str, key_id: str) -> Response:
     """One key's record: prefix, hint, scopes, limits, dates. Never its secret or hash."""
     organization = managed_organization(org_id)
     api_key = state().service.get_key(key_id, organization=organization)
-    return jsonify(schemas.KeySchema().dump(api_key))
+    return jsonify(schemas.key_document(api_key))
 
 
 @operation(
@@ -286,7 +284,7 @@ def update_key(org_id: str, key_id: str) -> Response:
         actor=caller().actor,
         **changes,
     )
-    return jsonify(schemas.KeySchema().dump(api_key))
+    return jsonify(schemas.key_document(api_key))
 
 
 @operation(
@@ -308,7 +306,7 @@ def revoke_key(org_id: str, key_id: str) -> Response:
         revoked_by=caller().actor,
         organization=organization,
     )
-    return jsonify(schemas.KeySchema().dump(api_key))
+    return jsonify(schemas.key_document(api_key))
 
 
 @operation(
@@ -332,11 +330,7 @@ def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
         granted_by=caller().key,
         **values,
     )
-    document = {
-        **schemas.KeySchema().dump(new.api_key),
-        "key": new.key,
-        "replaces": str(key_id),
-    }
+    document = schemas.created_key_document(new.api_key, new.key, replaces=str(key_id))
     return created(document, url_for(".get_key", org_id=organization.id, key_id=new.api_key.id))
 
 
@@ -367,4 +361,4 @@ def usage(org_id: str) -> Response:
             errors={missing_bound: ["required with the other bound"]},
         )
     stats = state().service.usage_stats(organization, start=start, end=end, key=query.get("key_id"))
-    return jsonify(stats)
+    return jsonify(schemas.usage_document(stats))
