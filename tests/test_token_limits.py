@@ -99,6 +99,7 @@ def retained_bytes(work: Any) -> int:
     return after - before
 
 
+@pytest.mark.slow  # 600 tokens verified under tracemalloc: tens of seconds
 def test_narrowed_token_snapshots_are_bounded_by_memory(
     app: Flask, apikeys: APIKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
