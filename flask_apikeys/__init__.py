@@ -8,8 +8,8 @@ from .extension import APIKeys
 from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization
 from .scopes import public, require_any_scope, require_scopes
-from .service import CreatedKey
-from .usage import record_cost
+from .service.lifecycle import CreatedKey
+from .usage.writer import record_cost
 
 __version__ = "0.1.0.dev0"
 

@@ -27,7 +27,7 @@ from .errors import (
 from .keys import looks_like_access_token, looks_like_key
 from .network import address_allowed, client_address
 from .permissions import READ_ONLY, SAFE_METHODS
-from .usage import START_ENVIRON_KEY
+from .usage.writer import START_ENVIRON_KEY
 
 if TYPE_CHECKING:
     from .extension import ExtensionState

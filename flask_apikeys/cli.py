@@ -21,8 +21,8 @@ from flask.cli import AppGroup
 
 from .errors import APIKeyError, InvalidInput
 from .models import APIKey, Organization
-from .organizations import PLAN_FIELDS
-from .service import DEFAULT_KEY_NAME, CreatedKey, KeyService
+from .service.lifecycle import DEFAULT_KEY_NAME, CreatedKey, KeyService
+from .service.organizations import PLAN_FIELDS
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 apikeys_cli = AppGroup("apikeys", help="Manage API keys, organizations and usage.")
@@ -402,7 +402,7 @@ def usage(
     """
     current_app.extensions["apikeys"].extension.flush_usage()
     if month is None and start is None and end is None:
-        from .stats import current_month
+        from .usage.stats import current_month
 
         month = current_month()
     if month is not None and key_id is None and start is None and end is None:
@@ -412,7 +412,7 @@ def usage(
         return
     else:
         if month is not None:
-            from .stats import month_bounds
+            from .usage.stats import month_bounds
 
             first, last = month_bounds(month)
         elif start is not None and end is not None:

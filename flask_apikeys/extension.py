@@ -27,14 +27,14 @@ from .config import (
 )
 from .errors import APIKeyError, restore_required_headers
 from .hashing import KeyHasher
-from .limiting import RateLimits, key_func, limit_for_key
+from .limiting.rate_limits import RateLimits, key_func, limit_for_key
 from .migrations import register_tables
 from .models import metadata
 from .network import client_address
 from .oauth import register_oauth_views
-from .service import KeyService
+from .service.lifecycle import KeyService
 from .tokens import TokenAuthority
-from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
+from .usage.writer import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])

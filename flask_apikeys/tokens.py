@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .extension import ExtensionState
     from .identity import VerifiedKey
     from .revocation import TokenDenyList
-    from .service import KeyService
+    from .service.lifecycle import KeyService
 
 #: RFC 9068's media type for JWT access tokens: a token with another ``typ`` (say, an ID token
 #: signed with the same key elsewhere) is not an access token for this API.

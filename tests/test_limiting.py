@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 
 from flask_apikeys import APIKeys
 from flask_apikeys.config import ConfigError
-from flask_apikeys.counters import Counter
-from flask_apikeys.policies import Month, parse_limit
+from flask_apikeys.limiting.counters import Counter
+from flask_apikeys.limiting.policies import Month, parse_limit
 
 from .factory import create_app
 from .test_auth import assert_problem

@@ -17,8 +17,8 @@ from flask import Flask
 from limits.storage import MemoryStorage, storage_from_string
 
 from flask_apikeys import APIKeys
-from flask_apikeys.counters import Counter, Counters, GiveBackCounters, counters_for
-from flask_apikeys.policies import Month
+from flask_apikeys.limiting.counters import Counter, Counters, GiveBackCounters, counters_for
+from flask_apikeys.limiting.policies import Month
 
 from .factory import create_app
 from .servers import RedisServer

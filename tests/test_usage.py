@@ -14,7 +14,7 @@ from flask import Flask
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput
 from flask_apikeys.models import APIKey, APIKeyUsage
-from flask_apikeys.usage_insert import InsertPlan
+from flask_apikeys.usage.insert import InsertPlan
 
 from .factory import tampered
 

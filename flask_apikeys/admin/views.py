@@ -17,9 +17,9 @@ from marshmallow import Schema, ValidationError
 
 from ..errors import InvalidInput, MalformedRequest
 from ..models import Organization
-from ..organizations import PLAN_FIELDS
-from ..stats import current_month, month_bounds
+from ..service.organizations import PLAN_FIELDS
 from ..storable import json_problem, storable_text, unstorable_reason
+from ..usage.stats import current_month, month_bounds
 from . import schemas
 from .access import caller, managed_organization, require_bootstrap, state
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import keys, stats, validation
-from .config import parse_roles as config_roles
-from .errors import (
+from .. import keys
+from ..config import parse_roles as config_roles
+from ..errors import (
     AlreadyRevoked,
     AlreadyRotated,
     APIKeyNotFound,
@@ -26,13 +26,15 @@ from .errors import (
     InvalidInput,
     KeyLimitReached,
 )
-from .identity import VerifiedKey
-from .models import APIKey, Organization, utcnow
-from .network import networks_beyond
+from ..identity import VerifiedKey
+from ..limiting.policies import per_minute, requests_per_minute_allowed
+from ..models import APIKey, Organization, utcnow
+from ..network import networks_beyond
+from ..permissions import effective_scopes, scopes_beyond, within_plan
+from ..storable import unstorable_reason
+from ..usage import stats
+from . import validation
 from .organizations import as_uuid
-from .permissions import effective_scopes, scopes_beyond, within_plan
-from .policies import per_minute, requests_per_minute_allowed
-from .storable import unstorable_reason
 from .verification import KeyVerification
 
 DEFAULT_ORGANIZATION_SLUG = "default"

@@ -18,13 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import keys
-from .errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
-from .hashing import cache_digest
-from .identity import OrganizationInfo, VerifiedKey
-from .models import APIKey, Organization
+from .. import keys
+from ..errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
+from ..hashing import cache_digest
+from ..identity import OrganizationInfo, VerifiedKey
+from ..models import APIKey, Organization
+from ..permissions import effective_scopes, within_plan
 from .organizations import OrganizationService
-from .permissions import effective_scopes, within_plan
 
 #: What :meth:`KeyVerification.snapshot` reads of a key and of its organization.
 _VERIFY_KEY_FIELDS = (

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
-from .auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
-from .cache import MAX_CACHE_BYTES, approximate_size
-from .counters import Counter, Counters, Outcome, counters_for, is_remote
-from .errors import (
+from ..auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
+from ..cache import MAX_CACHE_BYTES, approximate_size
+from ..errors import (
     APIKeyError,
     AuthenticationError,
     BackendUnavailable,
@@ -39,13 +38,14 @@ from .errors import (
     QuotaExceeded,
     RateLimitExceeded,
 )
+from ..network import client_address
+from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .leases import LeasedCounters
-from .network import client_address
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
 if TYPE_CHECKING:
-    from .extension import ExtensionState
-    from .identity import VerifiedKey
+    from ..extension import ExtensionState
+    from ..identity import VerifiedKey
 
 logger = logging.getLogger("flask_apikeys")
 #: Where a request's limits and counters wait for the ``after_request`` hook.

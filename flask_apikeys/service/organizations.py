@@ -16,15 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from ..cache import VerifiedKeyCache
+from ..config import Plan, Settings
+from ..errors import BackendUnavailable, InvalidInput, OrganizationNotFound
+from ..hashing import KeyHasher
+from ..limiting.policies import requests_per_minute_allowed
+from ..models import APIKey, Organization, utcnow
+from ..permissions import effective_scopes, scopes_beyond
+from ..storable import MAX_INTEGER
 from . import validation
-from .cache import VerifiedKeyCache
-from .config import Plan, Settings
-from .errors import BackendUnavailable, InvalidInput, OrganizationNotFound
-from .hashing import KeyHasher
-from .models import APIKey, Organization, utcnow
-from .permissions import effective_scopes, scopes_beyond
-from .policies import requests_per_minute_allowed
-from .storable import MAX_INTEGER
 
 Result = TypeVar("Result")
 #: Organization fields that change what its keys may hold: a change is checked for excess.

@@ -32,14 +32,14 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Response, request
 
-from .audit import append as append_audit
-from .audit import build_record
-from .forking import after_fork_in_child
-from .keys import redact_path
-from .models import APIKey
-from .network import client_address
-from .storable import MAX_INTEGER, ROW_ERRORS, storable_text
-from .usage_insert import InsertPlan
+from ..audit import append as append_audit
+from ..audit import build_record
+from ..forking import after_fork_in_child
+from ..keys import redact_path
+from ..models import APIKey
+from ..network import client_address
+from ..storable import MAX_INTEGER, ROW_ERRORS, storable_text
+from .insert import InsertPlan
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
@@ -301,8 +301,8 @@ class UsageWriter:
 def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]], None]:
     """What the extension's ``after_request`` hook calls with the response, the request and its
     environ: queue a row for every request that a key authenticated."""
-    from .auth import OUTCOME_ENVIRON_KEY
-    from .identity import VerifiedKey
+    from ..auth import OUTCOME_ENVIRON_KEY
+    from ..identity import VerifiedKey
 
     add_usage = state.writer.add_usage
     trusted_proxies = state.settings.trusted_proxies
@@ -353,7 +353,7 @@ def attempt_record(
     error: Any, environ: dict[str, Any], address: str, presented: str | None
 ) -> dict[str, Any]:
     """An audit record for a refused authentication (prefix and hint only)."""
-    from .keys import HINT_LENGTH, parse_key
+    from ..keys import HINT_LENGTH, parse_key
 
     parsed = None if presented is None else parse_key(presented)
     return build_record(
