@@ -16,13 +16,17 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
-from flask import current_app
+from alembic.util import CommandError
 from flask.cli import AppGroup
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import APIKeyError, InvalidInput
+from .migrations import install_revisions
 from .models import APIKey, Organization
 from .service.lifecycle import DEFAULT_KEY_NAME, CreatedKey, KeyService
 from .service.organizations import PLAN_FIELDS
+from .state import get_state
+from .usage.stats import current_month, month_bounds
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 apikeys_cli = AppGroup("apikeys", help="Manage API keys, organizations and usage.")
@@ -34,7 +38,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def service() -> KeyService:
-    return current_app.extensions["apikeys"].service  # type: ignore[no-any-return]
+    return get_state().service
 
 
 def actor() -> str:
@@ -400,10 +404,8 @@ def usage(
 
     Without --month, --start or --end: the current calendar month (UTC).
     """
-    current_app.extensions["apikeys"].extension.flush_usage()
+    get_state().flush_usage()
     if month is None and start is None and end is None:
-        from .usage.stats import current_month
-
         month = current_month()
     if month is not None and key_id is None and start is None and end is None:
         stats = service().monthly_usage(organization, month)
@@ -412,8 +414,6 @@ def usage(
         return
     else:
         if month is not None:
-            from .usage.stats import month_bounds
-
             first, last = month_bounds(month)
         elif start is not None and end is not None:
             first, last = start.date(), end.date()
@@ -459,7 +459,7 @@ apikeys_cli.add_command(audit_group)
 @reports_errors
 def verify_audit(as_json: bool) -> None:
     """Walk the hash chain; exit 1 naming the first edited, inserted or deleted record."""
-    broken = current_app.extensions["apikeys"].extension.verify_audit()
+    broken = get_state().verify_audit()
     if as_json:
         click.echo(
             json.dumps(
@@ -513,12 +513,7 @@ def install_migrations(directory: str) -> None:
     Tables the database already has are stamped, not created again; revisions whose tables the
     app's own history creates are not copied. Errors are one line, never a traceback.
     """
-    from alembic.util import CommandError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from .migrations import install_revisions
-
-    state = current_app.extensions["apikeys"]
+    state = get_state()
     try:
         lines = install_revisions(directory, state.db.engine)
     except (RuntimeError, CommandError, SQLAlchemyError, OSError) as error:

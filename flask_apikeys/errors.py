@@ -27,11 +27,10 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from .environ import RAISED_ENVIRON_KEY
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
-#: The last error made during a request, so that its required headers (``Retry-After``,
-#: ``WWW-Authenticate``) survive an app's own ``@app.errorhandler(429)`` or ``(401)``.
-RAISED_ENVIRON_KEY = "flask_apikeys.raised"
 
 
 class APIKeyError(HTTPException):

@@ -5,74 +5,39 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, current_app, has_request_context, request
+from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
 from . import logmask
 from .admin import make_admin_blueprint
 from .audit import AuditTrail, ChainBreak
-from .auth import make_before_request_hook
 from .cache import VerifiedKeyCache
 from .cli import apikeys_cli
 from .config import (
-    Settings,
     load_settings,
     taken_from_environment,
     weakening_messages,
     write_defaults,
 )
-from .errors import APIKeyError, restore_required_headers
+from .environ import ERROR_ENVIRON_KEY
+from .errors import APIKeyError
 from .hashing import KeyHasher
-from .limiting.rate_limits import RateLimits, key_func, limit_for_key
+from .hooks import make_after_request_hook, make_before_request_hook
+from .limiting.flask_limiter import key_func, limit_for_key
+from .limiting.rate_limits import RateLimits
 from .migrations import register_tables
 from .models import metadata
-from .network import client_address
 from .oauth import register_oauth_views
-from .service.lifecycle import KeyService
+from .service import KeyService
+from .state import EXTENSION_NAME, ExtensionState, get_state
 from .tokens import TokenAuthority
-from .usage.writer import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
+from .usage.writer import UsageWriter
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
-
-
-@dataclass
-class ExtensionState:
-    """Everything flask-apikeys keeps for one app, in ``app.extensions["apikeys"]``."""
-
-    extension: APIKeys
-    settings: Settings
-    db: SQLAlchemy
-    hasher: KeyHasher
-    cache: VerifiedKeyCache
-    service: KeyService
-    #: ``APIKEYS_PUBLIC_PATHS`` entries matched exactly (trailing slash ignored).
-    public_exact_paths: frozenset[str]
-    #: ``/prefix/*`` entries of ``APIKEYS_PUBLIC_PATHS``, as ``"/prefix/"``.
-    public_path_prefixes: tuple[str, ...]
-    #: endpoint → how the hook treats it (:func:`~flask_apikeys.auth.endpoint_access`), filled
-    #: on first sight of each endpoint.
-    endpoint_access: dict[str, str] = field(default_factory=dict)
-    #: The extension's own endpoints (admin API, token views), which authenticate themselves.
-    own_endpoints: frozenset[str] = frozenset()
-    #: Buffered writer of usage rows and refused-attempt audit records.
-    writer: UsageWriter | None = None
-    #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
-    audit: AuditTrail | None = None
-    #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
-    limits: RateLimits | None = None
-    #: JWT access tokens (``None`` unless ``APIKEYS_JWT_ENABLED``).
-    tokens: TokenAuthority | None = None
-
-    def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
-        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
-        if self.audit is not None and self.writer is not None:
-            address = client_address(environ, self.settings.trusted_proxies)
-            self.writer.add_audit(attempt_record(error, environ, address, presented))
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -105,7 +70,7 @@ class APIKeys:
 
     def init_app(self, app: Flask, *, db: SQLAlchemy | None = None, limiter: Any = None) -> None:
         """Read and check the configuration, then register the hook and error handler."""
-        if "apikeys" in app.extensions:
+        if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "flask-apikeys is already initialised on this app. Call init_app once per app; "
                 "to change settings, change app.config before that call."
@@ -142,7 +107,7 @@ class APIKeys:
             path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
         )
         prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
-        state = app.extensions["apikeys"] = ExtensionState(
+        state = app.extensions[EXTENSION_NAME] = ExtensionState(
             extension=self,
             settings=settings,
             db=db,
@@ -155,7 +120,7 @@ class APIKeys:
         )
         self._install_usage_and_audit(app, state)
         if settings.ratelimit_enabled:
-            state.limits = RateLimits(state, limiter or self._limiter)
+            state.limits = RateLimits(settings, limiter or self._limiter)
             registered = next(iter(app.extensions.get("limiter") or ()), None)
             state.limits.check_header_settings(app.config, registered)
         before_request = make_before_request_hook(state)
@@ -223,12 +188,7 @@ class APIKeys:
     @property
     def state(self) -> ExtensionState:
         """The current app's :class:`ExtensionState`."""
-        try:
-            return cast(ExtensionState, current_app.extensions["apikeys"])
-        except KeyError:
-            raise RuntimeError(
-                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
-            ) from None
+        return get_state()
 
     def create_all(self) -> None:
         """Create the extension's tables if they are missing (tests and quick starts).
@@ -264,12 +224,7 @@ class APIKeys:
         inside its app context; calling it again does nothing. At interpreter exit it runs by
         itself. A request served after it is still recorded, written at once.
         """
-        target = app if app is not None else current_app
-        state = cast("ExtensionState | None", target.extensions.get("apikeys"))
-        if state is None:
-            raise RuntimeError(
-                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
-            )
+        state = get_state(app)
         if state.writer is not None:
             state.writer.close()
         if state.limits is not None:
@@ -277,15 +232,11 @@ class APIKeys:
 
     def flush_usage(self) -> int:
         """Write the buffered usage rows now; return how many were written."""
-        writer = self.state.writer
-        return 0 if writer is None else writer.flush()
+        return self.state.flush_usage()
 
     def verify_audit(self) -> ChainBreak | None:
         """Check the audit trail's hash chain; ``None`` when intact, else the first break."""
-        audit = self.state.audit
-        if audit is None:
-            raise RuntimeError("The audit trail is off (APIKEYS_AUDIT = False).")
-        return audit.verify()
+        return self.state.verify_audit()
 
     def audit(self, event: str, *, actor: str | None, **fields: Any) -> None:
         """Add a record to the audit trail (e.g. an admin action with who did it)."""
@@ -296,40 +247,3 @@ class APIKeys:
     #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
     key_func = staticmethod(key_func)
     limit_for_key = staticmethod(limit_for_key)
-
-
-def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:
-    """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
-
-    One hook rather than one per feature: each hook costs Flask a lookup and a call on every
-    request, and each would look the request up again. It also puts back the headers of our
-    errors that an app's own error handler dropped. ``None`` when the extension is off.
-    """
-    settings = state.settings
-    if not settings.enabled:
-        return None  # no request is authenticated or counted
-    limits = state.limits
-    write_headers = None
-    if limits is not None and settings.ratelimit_headers != "none":
-        write_headers = limits.write_headers
-    record_usage = make_usage_recorder(state) if settings.usage_tracking else None
-
-    def after_request(response: Response) -> Response:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
-        if response.status_code >= 400:
-            restore_required_headers(response, environ)
-            if response.status_code == 429 and limits is not None:
-                limits.describe_other_refusal(response, environ)
-        if write_headers is not None:
-            write_headers(response, environ)
-        if record_usage is not None:
-            record_usage(response, current_request, environ)
-        return response
-
-    return after_request
-
-
-def problem_response(error: APIKeyError) -> Response:
-    """The default rendering of an error, for custom handlers that want to wrap it."""
-    return error.get_response()

@@ -25,16 +25,14 @@ import time
 from math import ceil
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Request, Response, current_app, request
+from flask import Request, Response, current_app
 from limits.storage import Storage, storage_from_string
 
-from ..auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
 from ..cache import MAX_CACHE_BYTES, approximate_size
+from ..environ import RESULT_ENVIRON_KEY
 from ..errors import (
     APIKeyError,
-    AuthenticationError,
     BackendUnavailable,
-    MissingAPIKey,
     QuotaExceeded,
     RateLimitExceeded,
 )
@@ -44,12 +42,10 @@ from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
 if TYPE_CHECKING:
-    from ..extension import ExtensionState
+    from ..config import Settings
     from ..identity import VerifiedKey
 
 logger = logging.getLogger("flask_apikeys")
-#: Where a request's limits and counters wait for the ``after_request`` hook.
-RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
 STORAGE_WARNING_INTERVAL = 10.0
 #: Whose limit a policy is, in the words of a 429's detail (every other policy is the key's).
 POLICY_OWNERS = {
@@ -69,9 +65,8 @@ Result = tuple[KeyLimits, Outcome, Month]
 class RateLimits:
     """The rate limiting of one app, kept as ``ExtensionState.limits``."""
 
-    def __init__(self, state: ExtensionState, limiter: Any = None) -> None:
-        self.state = state
-        self.settings = settings = state.settings
+    def __init__(self, settings: Settings, limiter: Any = None) -> None:
+        self.settings = settings
         self.limiter = limiter
         self._counters: Counters | None = None
         self._owns_storage = False
@@ -163,39 +158,6 @@ class RateLimits:
         ) from None
 
     # -- the request hook ---------------------------------------------------------------------
-
-    def authenticate(
-        self,
-        current_request: Request,
-        credential: str | None = None,
-        *,
-        enforce_limits: bool = True,
-    ) -> VerifiedKey | None:
-        """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
-
-        Addresses that failed too often are refused before their credential is even looked at
-        (:func:`~flask_apikeys.auth.refuse_blocked_address`). Once per request: a second call
-        returns the first one's key and counts nothing. ``enforce_limits=False`` counts failed
-        attempts only; the admin API applies its own budget instead. ``credential`` replaces the
-        one in the headers (the OAuth endpoints' client secret).
-        """
-        environ = current_request.environ
-        if LIMITED_ENVIRON_KEY in environ:
-            return authenticate(current_request, self.state, credential)
-        environ[LIMITED_ENVIRON_KEY] = True
-        try:
-            key = authenticate(current_request, self.state, credential)
-        except AuthenticationError as error:
-            if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
-                self._count_failure(client_address(environ, self.settings.trusted_proxies))
-            raise
-        if not enforce_limits:
-            return key
-        if key is not None:
-            self.enforce(key, current_request)
-        elif self.settings.allow_unauthenticated:
-            self._enforce_anonymous(current_request)
-        return key
 
     def enforce_admin(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of the key's admin API budget (``APIKEYS_ADMIN_RATE_LIMIT``).
@@ -292,7 +254,8 @@ class RateLimits:
         quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
         return build_limits(policies, quota, month)
 
-    def _enforce_anonymous(self, current_request: Request) -> None:
+    def enforce_anonymous(self, current_request: Request) -> None:
+        """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
         address = client_address(current_request.environ, self.settings.trusted_proxies)
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
@@ -347,7 +310,7 @@ class RateLimits:
             policy="failed-authentication",
         )
 
-    def _count_failure(self, address: str) -> None:
+    def count_failure(self, address: str) -> None:
         """Count a failed attempt; past the limit, answer 429 and refuse the address for a while.
 
         Each process remembers refused addresses itself, so an address gets at most one more
@@ -482,39 +445,3 @@ def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
         config = app_config if app_config is not None else current_app.config
         enabled = config.get("RATELIMIT_HEADERS_ENABLED", False)
     return bool(enabled)
-
-
-def _current_key() -> VerifiedKey | None:
-    try:
-        return authenticate_request()
-    except APIKeyError:
-        return None
-
-
-def key_func() -> str:
-    """A Flask-Limiter key function: ``"apikey:<key id>"``, else the client's address.
-
-    Verifies the key itself (once per request, shared with our hook), because Flask-Limiter's
-    ``before_request`` may run before ours. Never returns the key: only its id::
-
-        limiter = Limiter(key_func=apikeys.key_func, app=app)
-    """
-    state = current_app.extensions.get("apikeys")
-    if state is None:
-        return request.remote_addr or "127.0.0.1"
-    key = _current_key() if state.settings.enabled else None
-    if key is not None:
-        return f"apikey:{key.id}"
-    return client_address(request.environ, state.settings.trusted_proxies)
-
-
-def limit_for_key() -> str:
-    """A Flask-Limiter dynamic limit: the current key's effective limit string.
-
-    ``@limiter.limit(apikeys.limit_for_key, key_func=apikeys.key_func)``; requests without a
-    key get ``APIKEYS_DEFAULT_RATE_LIMIT``.
-    """
-    state = cast("ExtensionState", current_app.extensions["apikeys"])
-    default = state.settings.default_rate_limit
-    key = _current_key() if state.settings.enabled else None
-    return default if key is None else key_limit(key, default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .writer import UsageWriter, record_cost
+from .rows import record_cost
+from .writer import UsageWriter
 
 __all__ = ["UsageWriter", "record_cost"]
