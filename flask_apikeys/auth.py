@@ -130,7 +130,7 @@ def authenticate(
             elif tokens is not None and tokens.is_token(presented):
                 outcome = tokens.verify(presented, environ)  # a JWT issued for a key
             else:
-                outcome = state.service.verify_key(presented)
+                outcome = state.service.verification.verify_key(presented)
             if outcome is not None and outcome.allowed_networks:
                 address = client_address(environ, state.settings.trusted_proxies)
                 if not address_allowed(address, outcome.allowed_networks):

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .errors import APIKeyError, InvalidInput
 from .migrations import install_revisions
 from .models import APIKey, Organization
-from .service.lifecycle import DEFAULT_KEY_NAME, CreatedKey, KeyService
+from .service import DEFAULT_KEY_NAME, CreatedKey, KeyService
 from .service.organizations import PLAN_FIELDS
 from .state import get_state
 from .usage.stats import current_month, month_bounds

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar, cast
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from typing import Any, TypeVar
 
 from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Session
 
 from . import logmask
 from .admin import make_admin_blueprint
-from .audit import AuditTrail, ChainBreak
-from .cache import VerifiedKeyCache
+from .audit import ChainBreak
 from .cli import apikeys_cli
 from .config import (
     load_settings,
@@ -24,31 +23,17 @@ from .config import (
 )
 from .environ import ERROR_ENVIRON_KEY
 from .errors import APIKeyError
-from .hashing import KeyHasher
 from .hooks import make_after_request_hook, make_before_request_hook
+from .identity import VerifiedKey
 from .limiting.flask_limiter import key_func, limit_for_key
-from .limiting.rate_limits import RateLimits
 from .migrations import register_tables
-from .models import metadata
+from .models import APIKey, Organization, metadata
 from .oauth import register_oauth_views
-from .service import KeyService
-from .state import EXTENSION_NAME, ExtensionState, get_state
-from .tokens import TokenAuthority
-from .usage.writer import UsageWriter
+from .service import CreatedKey, KeyService
+from .state import EXTENSION_NAME, ExtensionState, build_state, get_state
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
-
-
-def _delegate(name: str) -> Callable[..., Any]:
-    """An :class:`APIKeys` method that calls the current app's :class:`KeyService` method."""
-    method = getattr(KeyService, name)
-
-    @functools.wraps(method)
-    def call(self: APIKeys, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.service, name)(*args, **kwargs)
-
-    return call
 
 
 class APIKeys:
@@ -96,33 +81,10 @@ class APIKeys:
                 "APIKEYS_HASH_SECRET is not set: keys are stored as plain SHA-256. Set a secret "
                 "so that a leaked database alone cannot be used to test guessed keys."
             )
-        hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
-        cache = VerifiedKeyCache(settings.cache_ttl)
-        service = KeyService(
-            session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
-        )
-        tokens = TokenAuthority(settings, service) if settings.jwt_enabled else None
-        # Exact unless written as a prefix: "/docs" must not make an app's /docs/<id> public.
-        exact_paths = frozenset(
-            path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
-        )
-        prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
-        state = app.extensions[EXTENSION_NAME] = ExtensionState(
-            extension=self,
-            settings=settings,
-            db=db,
-            hasher=hasher,
-            cache=cache,
-            service=service,
-            public_exact_paths=exact_paths,
-            public_path_prefixes=prefixes,
-            tokens=tokens,
-        )
-        self._install_usage_and_audit(app, state)
-        if settings.ratelimit_enabled:
-            state.limits = RateLimits(settings, limiter or self._limiter)
-            registered = next(iter(app.extensions.get("limiter") or ()), None)
-            state.limits.check_header_settings(app.config, registered)
+        if settings.mask_keys_in_logs:
+            logmask.install()
+        state = build_state(app, self, settings, db, limiter or self._limiter)
+        app.extensions[EXTENSION_NAME] = state
         before_request = make_before_request_hook(state)
         if before_request is not None:
             app.before_request(before_request)
@@ -138,28 +100,6 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
-
-    def _install_usage_and_audit(self, app: Flask, state: ExtensionState) -> None:
-        settings, db = state.settings, state.db
-        if settings.mask_keys_in_logs:
-            logmask.install()
-
-        def connect() -> Any:
-            """A transaction on the app's engine, usable from the writer thread too."""
-            with app.app_context():
-                engine = db.engine
-            return engine.begin()
-
-        state.writer = UsageWriter(
-            connect,
-            synchronous=settings.usage_mode == "sync",
-            flush_interval=settings.usage_flush_interval,
-            batch_size=settings.usage_batch_size,
-            max_queue=settings.usage_max_queue,
-        )
-        if settings.audit:
-            state.audit = AuditTrail(connect)
-            state.service.listeners.append(state.audit.on_service_event)
 
     # -- customisation ------------------------------------------------------------------------
 
@@ -201,20 +141,221 @@ class APIKeys:
         """Drop the extension's tables."""
         metadata.drop_all(self.state.db.engine)
 
-    create_organization = _delegate("create_organization")
-    update_organization = _delegate("update_organization")
-    update_key = _delegate("update_key")
-    get_organization = _delegate("get_organization")
-    list_organizations = _delegate("list_organizations")
-    create_key = _delegate("create_key")
-    list_keys = _delegate("list_keys")
-    get_key = _delegate("get_key")
-    revoke_key = _delegate("revoke_key")
-    rotate_key = _delegate("rotate_key")
-    verify_key = _delegate("verify_key")
-    seed = _delegate("seed")
-    usage_stats = _delegate("usage_stats")
-    monthly_usage = _delegate("monthly_usage")
+    def create_organization(
+        self,
+        name: str,
+        email: str,
+        plan: str = "free",
+        *,
+        slug: str | None = None,
+        is_active: bool = True,
+        monthly_request_limit: int | None = None,
+        rate_limit_per_minute: int | None = None,
+        max_api_keys: int | None = None,
+        actor: str | None = None,
+    ) -> Organization:
+        """Create an organization; its slug comes from the name unless given.
+
+        See :meth:`flask_apikeys.service.KeyService.create_organization`.
+        """
+        return self.service.create_organization(
+            name,
+            email,
+            plan,
+            slug=slug,
+            is_active=is_active,
+            monthly_request_limit=monthly_request_limit,
+            rate_limit_per_minute=rate_limit_per_minute,
+            max_api_keys=max_api_keys,
+            actor=actor,
+        )
+
+    def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
+        """Find an organization by object, id or slug; raise ``OrganizationNotFound``.
+
+        See :meth:`flask_apikeys.service.KeyService.get_organization`.
+        """
+        return self.service.get_organization(reference)
+
+    def list_organizations(
+        self, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Organization], int]:
+        """A page of organizations, oldest first, and how many there are in all.
+
+        See :meth:`flask_apikeys.service.KeyService.list_organizations`.
+        """
+        return self.service.list_organizations(limit=limit, offset=offset)
+
+    def update_organization(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> Organization:
+        """Change an organization's name, email, plan, state or limit overrides.
+
+        See :meth:`flask_apikeys.service.KeyService.update_organization`.
+        """
+        return self.service.update_organization(organization, actor=actor, **changes)
+
+    def create_key(
+        self,
+        organization: Organization | uuid.UUID | str,
+        name: str,
+        environment: str = "live",
+        scopes: Iterable[str] | str | None = None,
+        *,
+        description: str | None = None,
+        expires_in_days: int | None = None,
+        expires_at: datetime | None = None,
+        rate_limit: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        roles: Iterable[str] | str | None = None,
+        level: str | None = None,
+        allowed_networks: Iterable[str] | str | None = None,
+        granted_by: VerifiedKey | None = None,
+        actor: str | None = None,
+    ) -> CreatedKey:
+        """Create a key; the returned :class:`CreatedKey` holds the full key, this once.
+
+        See :meth:`flask_apikeys.service.KeyService.create_key`.
+        """
+        return self.service.create_key(
+            organization,
+            name,
+            environment,
+            scopes,
+            description=description,
+            expires_in_days=expires_in_days,
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+            metadata=metadata,
+            roles=roles,
+            level=level,
+            allowed_networks=allowed_networks,
+            granted_by=granted_by,
+            actor=actor,
+        )
+
+    def list_keys(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        include_revoked: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[APIKey], int]:
+        """A page of an organization's keys, newest first (records only, never a secret).
+
+        See :meth:`flask_apikeys.service.KeyService.list_keys`.
+        """
+        return self.service.list_keys(
+            organization, include_revoked=include_revoked, limit=limit, offset=offset
+        )
+
+    def get_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        organization: Organization | uuid.UUID | str | None = None,
+    ) -> APIKey:
+        """A key record by id; with ``organization``, another organization's key is not found.
+
+        See :meth:`flask_apikeys.service.KeyService.get_key`.
+        """
+        return self.service.get_key(key_id, organization=organization)
+
+    def update_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> APIKey:
+        """Change a key's name, description, scopes, roles, level, rate limit or metadata.
+
+        See :meth:`flask_apikeys.service.KeyService.update_key`.
+        """
+        return self.service.update_key(
+            key_id, organization=organization, granted_by=granted_by, actor=actor, **changes
+        )
+
+    def revoke_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        revoked_by: str | None = None,
+        organization: Organization | uuid.UUID | str | None = None,
+    ) -> APIKey:
+        """Revoke a key for good; it is refused from the next request on.
+
+        See :meth:`flask_apikeys.service.KeyService.revoke_key`.
+        """
+        return self.service.revoke_key(
+            key_id, reason=reason, revoked_by=revoked_by, organization=organization
+        )
+
+    def rotate_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        overlap_hours: float = 24,
+        rotated_by: str | None = None,
+        organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
+    ) -> CreatedKey:
+        """Replace a key with a new one that keeps its scopes, limits, metadata and lifetime.
+
+        See :meth:`flask_apikeys.service.KeyService.rotate_key`.
+        """
+        return self.service.rotate_key(
+            key_id,
+            overlap_hours=overlap_hours,
+            rotated_by=rotated_by,
+            organization=organization,
+            granted_by=granted_by,
+        )
+
+    def verify_key(self, presented: str) -> VerifiedKey:
+        """Authenticate a presented key, or raise the error that says why not.
+
+        See :meth:`flask_apikeys.service.KeyService.verify_key`.
+        """
+        return self.service.verify_key(presented)
+
+    def seed(self) -> tuple[Organization, CreatedKey | None]:
+        """Create "Default Organization" and a "Default Test Key" with scope ``*``, once.
+
+        See :meth:`flask_apikeys.service.KeyService.seed`.
+        """
+        return self.service.seed()
+
+    def usage_stats(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        start: date,
+        end: date,
+        key: uuid.UUID | str | None = None,
+    ) -> dict[str, Any]:
+        """Usage between ``start`` and ``end`` (excluded): totals, by day/endpoint/status, p50/p95.
+
+        See :meth:`flask_apikeys.service.KeyService.usage_stats`.
+        """
+        return self.service.usage_stats(organization, start=start, end=end, key=key)
+
+    def monthly_usage(
+        self, organization: Organization | uuid.UUID | str, month: str
+    ) -> dict[str, Any]:
+        """Usage of one calendar month (UTC), e.g. ``"2026-01"``.
+
+        See :meth:`flask_apikeys.service.KeyService.monthly_usage`.
+        """
+        return self.service.monthly_usage(organization, month)
 
     def close(self, app: Flask | None = None) -> None:
         """Write the app's queued usage rows and audit records, stop its writer thread and

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Session
 
 from .audit import AuditTrail, ChainBreak, attempt_record
 from .cache import VerifiedKeyCache
@@ -82,3 +83,52 @@ def get_state(app: Flask | None = None) -> ExtensionState:
         raise RuntimeError(
             "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
         ) from None
+
+
+def build_state(
+    app: Flask, extension: object, settings: Settings, db: SQLAlchemy, limiter: Any
+) -> ExtensionState:
+    """The parts of one app, built from its settings (``init_app``)."""
+    hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
+    cache = VerifiedKeyCache(settings.cache_ttl)
+    service = KeyService(
+        session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
+    )
+    # Exact unless written as a prefix: "/docs" must not make an app's /docs/<id> public.
+    exact_paths = frozenset(
+        path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
+    )
+    prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
+
+    def connect() -> Any:
+        """A transaction on the app's engine, usable from the writer thread too."""
+        with app.app_context():
+            engine = db.engine
+        return engine.begin()
+
+    state = ExtensionState(
+        extension=extension,
+        settings=settings,
+        db=db,
+        hasher=hasher,
+        cache=cache,
+        service=service,
+        public_exact_paths=exact_paths,
+        public_path_prefixes=prefixes,
+        tokens=TokenAuthority(settings, service) if settings.jwt_enabled else None,
+        writer=UsageWriter(
+            connect,
+            synchronous=settings.usage_mode == "sync",
+            flush_interval=settings.usage_flush_interval,
+            batch_size=settings.usage_batch_size,
+            max_queue=settings.usage_max_queue,
+        ),
+    )
+    if settings.audit:
+        state.audit = AuditTrail(connect)
+        service.listeners.append(state.audit.on_service_event)
+    if settings.ratelimit_enabled:
+        state.limits = RateLimits(settings, limiter)
+        registered = next(iter(app.extensions.get("limiter") or ()), None)
+        state.limits.check_header_settings(app.config, registered)
+    return state

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .identity import VerifiedKey
     from .revocation import TokenDenyList
-    from .service.lifecycle import KeyService
+    from .service import KeyService
 
 #: RFC 9068's media type for JWT access tokens: a token with another ``typ`` (say, an ID token
 #: signed with the same key elsewhere) is not an access token for this API.

@@ -33,7 +33,7 @@ def usage_rows(app: Flask) -> list[Any]:
 def key_record(app: Flask, apikeys: APIKeys, key: str) -> APIKey:
     with app.app_context():
         record = apikeys.get_key(apikeys.verify_key(key).id)
-        apikeys.service.session.refresh(record)
+        apikeys.service.store.session.refresh(record)
         return record
 
 
