@@ -314,11 +314,6 @@ def restore_required_headers(response: Response, environ: Mapping[str, Any]) -> 
             response.headers[name] = value
 
 
-def render_problem(error: APIKeyError) -> Response:
-    """Flask error handler: the problem document of an :class:`APIKeyError`."""
-    return error.get_response()
-
-
 class MethodNotAllowedError(APIKeyError, MethodNotAllowed):
     """405 under the admin API, with ``Allow`` listing the methods the path has."""
 
