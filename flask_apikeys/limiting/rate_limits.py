@@ -204,6 +204,15 @@ class RateLimits:
         if outcome.refused is not None:
             raise self._refusal(limits, outcome, month, now)
 
+    def counters_of(self, key: VerifiedKey) -> dict[str, Counter]:
+        """The counters a request with ``key`` takes this month, by policy name: ``quota``,
+        ``organization``, ``apikey`` (or ``apikey-<window>s`` for several windows).
+
+        For operators and tests that look at a counter without knowing how it is stored.
+        """
+        limits = self._key_limits_for(key, Month.containing(time.time()))
+        return dict(zip(limits.names, limits.counters, strict=True))
+
     def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
         """The limits of a key snapshot not seen yet: shared by every snapshot of the same
         configuration, so a key reloaded from the database each second builds nothing new."""
