@@ -18,6 +18,7 @@ did not (:mod:`flask_apikeys.decorators`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -27,6 +28,7 @@ from .auth import authenticate
 from .environ import LIMITED_ENVIRON_KEY, START_ENVIRON_KEY
 from .errors import AuthenticationError, InsufficientScope, MissingAPIKey, restore_required_headers
 from .identity import VerifiedKey
+from .limiting import headers
 from .network import client_address
 from .permissions import READ_ONLY, SAFE_METHODS
 from .state import ExtensionState
@@ -67,9 +69,10 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
     if not settings.enabled:
         return None  # no request is authenticated or counted
     limits = state.limits
+    limit_headers = settings.ratelimit_headers != "none"
     write_headers = None
-    if limits is not None and settings.ratelimit_headers != "none":
-        write_headers = limits.write_headers
+    if limits is not None and limit_headers:
+        write_headers = partial(headers.write_headers, ietf=settings.ratelimit_headers == "all")
     record_usage = None
     if settings.usage_tracking and state.writer is not None:
         record_usage = make_usage_recorder(state.writer, settings.trusted_proxies)
@@ -80,7 +83,9 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
         if response.status_code >= 400:
             restore_required_headers(response, environ)
             if response.status_code == 429 and limits is not None:
-                limits.describe_other_refusal(response, environ)
+                headers.describe_other_refusal(
+                    response, environ, limits.flask_limiter(), limit_headers=limit_headers
+                )
         if write_headers is not None:
             write_headers(response, environ)
         if record_usage is not None:

@@ -22,10 +22,9 @@ import logging
 import math
 import threading
 import time
-from math import ceil
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Request, Response, current_app
+from flask import Request, current_app
 from limits.storage import Storage, storage_from_string
 
 from ..cache import MAX_CACHE_BYTES, approximate_size
@@ -38,6 +37,7 @@ from ..errors import (
 )
 from ..network import client_address
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
+from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
@@ -79,7 +79,6 @@ class RateLimits:
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
-        self._ietf_headers = settings.ratelimit_headers == "all"
         self._headers_checked = False
 
     # -- storage ------------------------------------------------------------------------------
@@ -338,70 +337,10 @@ class RateLimits:
         self.blocked[address] = max(outcome.resets)
         self.refuse_if_blocked(address)
 
-    # -- response headers ---------------------------------------------------------------------
+    # -- Flask-Limiter ------------------------------------------------------------------------
 
-    def write_headers(self, response: Response, environ: dict[str, Any]) -> None:
-        """X-RateLimit-* (and, with ``APIKEYS_RATELIMIT_HEADERS = "all"``, RateLimit and
-        RateLimit-Policy), as the request took its counters.
-
-        Called by the extension's ``after_request`` hook. X-RateLimit-* describe the limit that
-        refused the request, else the one with the least left; RateLimit lists every policy
-        (draft-ietf-httpapi-ratelimit-headers). The constant parts were built once per key
-        configuration (:class:`~flask_apikeys.policies.KeyLimits`).
-        """
-        result = environ.get(RESULT_ENVIRON_KEY)
-        if result is None:
-            return
-        limits, outcome, month = result
-        if outcome.refused is None and response.status_code == 429:
-            return  # another limiter refused it: see describe_other_refusal
-        values = outcome.values
-        amounts = limits.amounts
-        shown = outcome.refused
-        if shown is None:  # the policy with the least left
-            shown, least = 0, amounts[0] - values[0]
-            for index in range(1, len(values)):
-                left = amounts[index] - values[index]
-                if left < least:
-                    shown, least = index, left
-        if shown == limits.quota_index:  # the quota renews with the month, not its counter
-            reset = month.end
-        else:
-            reset = outcome.resets[shown]
-        # add(), not item assignment: no scan for an existing header (these are ours alone).
-        add = response.headers.add
-        add("X-RateLimit-Limit", limits.amount_texts[shown])
-        remaining = amounts[shown] - values[shown]
-        add("X-RateLimit-Remaining", str(remaining) if remaining > 0 else "0")
-        add("X-RateLimit-Reset", str(int(reset + 1)))
-        if self._ietf_headers:
-            add("RateLimit-Policy", limits.policy_header)
-            add("RateLimit", self._ratelimit_field(limits, outcome, month))
-
-    def describe_other_refusal(self, response: Response, environ: dict[str, Any]) -> None:
-        """A 429 that is not ours (Flask-Limiter's): headers for the limit that refused it.
-
-        ``X-RateLimit-*`` for that limit (not ours, which had room) and ``Retry-After``, unless
-        Flask-Limiter writes its own headers (``RATELIMIT_HEADERS_ENABLED``).
-        """
-        result = environ.get(RESULT_ENVIRON_KEY)
-        if result is not None and result[1].refused is not None:
-            return  # ours: the error carries Retry-After, write_headers the rest
-        limiter = self._flask_limiter()
-        if limiter is None or flask_limiter_writes_headers(limiter):
-            return
-        refusing = next((limit for limit in limiter.current_limits if limit.breached), None)
-        if refusing is None:
-            return
-        reset_at = int(refusing.reset_at)
-        if self.settings.ratelimit_headers != "none":
-            response.headers["X-RateLimit-Limit"] = str(refusing.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = "0"
-            response.headers["X-RateLimit-Reset"] = str(reset_at)
-        if "Retry-After" not in response.headers:
-            response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
-
-    def _flask_limiter(self) -> Any:
+    def flask_limiter(self) -> Any:
+        """The Flask-Limiter ``Limiter`` we share storage with, if any."""
         if self.limiter is not None:
             return self.limiter
         return next(iter(current_app.extensions.get("limiter") or ()), None)
@@ -422,35 +361,3 @@ class RateLimits:
                 "writes them, and Retry-After, for Flask-Limiter's refusals too), or "
                 'APIKEYS_RATELIMIT_HEADERS = "none".'
             )
-
-    @staticmethod
-    def _ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
-        """The IETF draft's ``RateLimit``: what is left of every policy and when it resets."""
-        resets = outcome.resets
-        if limits.quota_index is not None:
-            resets = (month.end, *resets[1:])
-        now = time.time()
-        fields = []
-        for prefix, amount, value, reset in zip(
-            limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True
-        ):
-            seconds = reset - now
-            left = amount - value if value < amount else 0
-            fields.append(f"{prefix}{left};t={ceil(seconds) if seconds > 0 else 0}")
-        return ", ".join(fields)
-
-
-# -- Flask-Limiter integration ----------------------------------------------------------------
-
-
-def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
-    """Whether a Flask-Limiter ``Limiter`` adds its own ``X-RateLimit-*`` headers.
-
-    Its ``headers_enabled`` argument, else ``RATELIMIT_HEADERS_ENABLED`` (read by its
-    ``init_app``; tested against Flask-Limiter 4.x).
-    """
-    enabled = getattr(limiter, "_headers_enabled", None)
-    if enabled is None:
-        config = app_config if app_config is not None else current_app.config
-        enabled = config.get("RATELIMIT_HEADERS_ENABLED", False)
-    return bool(enabled)
