@@ -9,7 +9,8 @@ rate limits and usage rows all apply to the issuing key exactly as if it had bee
 
 Every token names its signing key in ``kid``; a verifier pins the algorithm of that key (never
 the one the token claims), so ``alg: none`` and HMAC-with-the-public-key forgeries cannot pass.
-PyJWT is optional (the ``jwt`` extra); without it the feature stays off.
+PyJWT is optional (the ``jwt`` extra); without it the feature stays off. The token and JWKS
+endpoints are in :mod:`flask_apikeys.oauth`.
 """
 
 from __future__ import annotations
