@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .auth import current_key
+from .decorators import public, require_any_scope, require_scopes
 from .errors import APIKeyError
 from .extension import APIKeys
 from .identity import OrganizationInfo, VerifiedKey
 from .models import APIKey, Organization
-from .scopes import public, require_any_scope, require_scopes
 from .service import CreatedKey
 from .usage import record_cost
 
-__version__ = "0.1.0.dev0"
-
 __all__ = [
+    "__version__",
     "APIKey",
     "APIKeyError",
     "APIKeys",

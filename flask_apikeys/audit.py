@@ -21,8 +21,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from flask import request
 from sqlalchemy.exc import DataError, IntegrityError
 
+from .keys import HINT_LENGTH, parse_key, redact_path
 from .models import AuditRecord, utcnow
 from .storable import optional_storable_text, storable_json, storable_text
 
@@ -211,3 +213,22 @@ class AuditTrail:
         """:func:`verify_chain` on this app's database."""
         with self._connect() as connection:
             return verify_chain(connection)
+
+
+def attempt_record(
+    error: Any, environ: dict[str, Any], address: str, presented: str | None
+) -> dict[str, Any]:
+    """An audit record for a refused authentication (prefix and hint only)."""
+    parsed = None if presented is None else parse_key(presented)
+    return build_record(
+        "auth.expired" if error.error_code == "expired_api_key" else "auth.refused",
+        ip_address=address or None,
+        user_agent=environ.get("HTTP_USER_AGENT"),
+        key_prefix=None if parsed is None else parsed.display_prefix,
+        key_hint=None if parsed is None or presented is None else presented[-HINT_LENGTH:],
+        details={
+            "code": error.error_code,
+            "method": request.method,
+            "path": redact_path(request.path)[:300],
+        },
+    )

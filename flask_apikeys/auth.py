@@ -9,29 +9,22 @@ it and pay for one verification.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from time import perf_counter
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from flask import Blueprint, Flask, Request, current_app, g, has_request_context, request
+from flask import Request, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
+from .environ import OUTCOME_ENVIRON_KEY
 from .errors import (
     APIKeyError,
     APIKeyInURL,
-    InsufficientScope,
     InvalidAPIKey,
     IPNotAllowed,
-    MissingAPIKey,
 )
+from .identity import VerifiedKey
 from .keys import looks_like_access_token, looks_like_key
 from .network import address_allowed, client_address
-from .permissions import READ_ONLY, SAFE_METHODS
-from .usage import START_ENVIRON_KEY
-
-if TYPE_CHECKING:
-    from .extension import ExtensionState
-    from .identity import VerifiedKey
+from .state import ExtensionState, get_state
 
 #: Query parameters that can only mean "here is my key"; any key-shaped value is refused too.
 URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "x_api_key"})
@@ -39,16 +32,6 @@ URL_KEY_PARAMETERS = frozenset({"api_key", "apikey", "api-key", "x-api-key", "x_
 URL_TOKEN_PARAMETERS = frozenset({"access_token"})
 AUTHORIZATION_SCHEMES = frozenset({"bearer", "api-key"})
 _NOT_YET = object()
-#: Where the outcome is memoised: per request, since ``g`` belongs to the app context, which
-#: several requests share when one is already pushed (as in tests).
-OUTCOME_ENVIRON_KEY = "flask_apikeys.outcome"
-#: Set once a request went through rate limits, quota and the failed-attempt count, so that
-#: whoever authenticates it next (a scope decorator, the admin API) does not count it twice.
-LIMITED_ENVIRON_KEY = "flask_apikeys.limited"
-
-
-def _state() -> ExtensionState:
-    return cast("ExtensionState", current_app.extensions["apikeys"])
 
 
 def get_current_key() -> VerifiedKey | None:
@@ -119,7 +102,7 @@ def refuse_blocked_address(environ: dict[str, Any], state: ExtensionState) -> No
 
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
-    return authenticate(request._get_current_object(), _state())  # type: ignore[attr-defined]
+    return authenticate(request._get_current_object(), get_state())  # type: ignore[attr-defined]
 
 
 def authenticate(
@@ -147,7 +130,7 @@ def authenticate(
             elif tokens is not None and tokens.is_token(presented):
                 outcome = tokens.verify(presented, environ)  # a JWT issued for a key
             else:
-                outcome = state.service.verify_key(presented)
+                outcome = state.service.verification.verify_key(presented)
             if outcome is not None and outcome.allowed_networks:
                 address = client_address(environ, state.settings.trusted_proxies)
                 if not address_allowed(address, outcome.allowed_networks):
@@ -163,125 +146,3 @@ def authenticate(
     if isinstance(outcome, APIKeyError):
         raise outcome
     return outcome  # type: ignore[no-any-return]
-
-
-def authenticate_and_limit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
-    """:func:`authenticate`, then rate limits and quota, and the failed-attempt count.
-
-    Once per request (see :data:`LIMITED_ENVIRON_KEY`): the hook, a scope decorator and the
-    token endpoint may all call it; only the first counts.
-    """
-    limits = state.limits
-    if limits is None:
-        current_request.environ[LIMITED_ENVIRON_KEY] = True  # there are none to apply
-        return authenticate(current_request, state)
-    return limits.authenticate(current_request)
-
-
-def admit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
-    """Everything the hook does for a request that is not public: authenticate, limit, and
-    refuse a read-only key's writes. ``None`` when no key was sent and that is allowed."""
-    key = authenticate_and_limit(current_request, state)
-    if key is None:
-        if not state.settings.allow_unauthenticated:
-            raise MissingAPIKey(
-                "Send your API key in the Authorization header (Bearer) or in X-API-Key."
-            )
-    elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
-        raise InsufficientScope(
-            f"This key is read-only: {current_request.method} is not allowed.",
-            level=READ_ONLY,
-        )
-    return key
-
-
-#: How the hook treats an endpoint (see :func:`endpoint_access`).
-SKIPPED = "skipped"  # static files, ``@public`` views, the extension's own views
-SCOPED = "scoped"  # a view with ``@require_scopes``: always authenticated and limited
-ORDINARY = "ordinary"  # authenticated unless a configured public path names it
-
-
-def endpoint_access(endpoint: str, state: ExtensionState) -> str:
-    """Whether the hook skips ``endpoint``, always checks it, or asks the public paths.
-
-    Decided by the endpoint Flask matched, never by a URL prefix: an app route under the admin
-    prefix or under ``/docs`` is the app's, and is authenticated like any other.
-    """
-    access = state.endpoint_access.get(endpoint)
-    if access is None:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        view = app.view_functions.get(endpoint)
-        if getattr(view, "_apikeys_scopes", None) is not None:
-            access = SCOPED
-        elif (
-            endpoint in state.own_endpoints
-            or getattr(view, "_apikeys_public", False)
-            or is_static_view(app, endpoint, view)
-        ):
-            access = SKIPPED
-        else:
-            access = ORDINARY
-        state.endpoint_access[endpoint] = access
-    return access
-
-
-def is_static_view(app: Flask, endpoint: str, view: Any) -> bool:
-    """Flask's own static-file views: the app's ``static`` and a blueprint's ``send_static_file``.
-
-    Not any endpoint *named* ``static``: a blueprint may have a view of that name.
-    """
-    if endpoint == "static":
-        return app.has_static_folder
-    return getattr(view, "__name__", None) == "send_static_file" and isinstance(
-        getattr(view, "__self__", None), Blueprint
-    )
-
-
-def path_is_public(path: str, state: ExtensionState) -> bool:
-    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``."""
-    if (path.rstrip("/") or "/") in state.public_exact_paths:
-        return True
-    return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
-
-
-def is_public_request(current_request: Request, state: ExtensionState) -> bool:
-    """Whether the hook leaves this request alone (see :func:`endpoint_access`).
-
-    A request that matched no route gets 404 or 405 from Flask; it is authenticated like any
-    other (so the app's routes cannot be probed without a key), except under the admin API's
-    prefix, whose routes are documented in its OpenAPI document anyway.
-    """
-    rule = current_request.url_rule
-    if rule is None:
-        prefix = state.settings.admin_url_prefix
-        path = current_request.path
-        if prefix and (path == prefix or path.startswith(prefix + "/")):
-            return True
-        return path_is_public(path, state)
-    access = endpoint_access(rule.endpoint, state)
-    if access == ORDINARY:
-        return path_is_public(current_request.path, state)
-    return access == SKIPPED
-
-
-def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
-    """The ``before_request`` hook of one app: let public requests through, authenticate the rest.
-
-    Bound to the app's state so that the hot path resolves no ``current_app`` proxy, and the one
-    hook that also notes when the request started, for the usage row. ``None`` when the
-    extension is disabled (``APIKEYS_ENABLED = False``): there is nothing to do.
-    """
-    settings = state.settings
-    if not settings.enabled:
-        return None
-    track_usage = settings.usage_tracking
-
-    def authenticate_before_request() -> None:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        if track_usage:
-            current_request.environ[START_ENVIRON_KEY] = perf_counter()
-        if current_request.method == "OPTIONS" or is_public_request(current_request, state):
-            return
-        admit(current_request, state)
-
-    return authenticate_before_request

@@ -15,13 +15,14 @@ import binascii
 import hmac
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 from urllib.parse import unquote_plus
 
 from flask import Request
 
 from .admin.access import ADMIN_SCOPE, AdminCaller
 from .auth import authenticate, extract_credential
+from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
     AuthenticationError,
@@ -30,11 +31,9 @@ from .errors import (
     OAuthError,
 )
 from .hashing import admin_key_digest
-from .tokens import CLAIMS_ENVIRON_KEY
-
-if TYPE_CHECKING:
-    from .extension import ExtensionState
-    from .identity import VerifiedKey
+from .hooks import authenticate_and_limit
+from .identity import VerifiedKey
+from .state import ExtensionState
 
 # Names of RFC 7591 authentication methods, not secrets.
 CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105
@@ -182,7 +181,7 @@ def authenticate_client(current_request: Request, state: ExtensionState) -> Clie
         raise invalid_client("The client secret is the API key, not an access token.", method)
     try:
         if state.limits is not None:
-            key = state.limits.authenticate(current_request, credentials.secret)
+            key = authenticate_and_limit(current_request, state, credentials.secret)
         else:
             key = authenticate(current_request, state, credentials.secret)
     except (AuthenticationError, AuthorizationError) as error:

@@ -27,11 +27,10 @@ from werkzeug.exceptions import (
     UnprocessableEntity,
 )
 
+from .environ import RAISED_ENVIRON_KEY
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
-#: The last error made during a request, so that its required headers (``Retry-After``,
-#: ``WWW-Authenticate``) survive an app's own ``@app.errorhandler(429)`` or ``(401)``.
-RAISED_ENVIRON_KEY = "flask_apikeys.raised"
 
 
 class APIKeyError(HTTPException):
@@ -313,11 +312,6 @@ def restore_required_headers(response: Response, environ: Mapping[str, Any]) -> 
     for name, value in raised.response_headers().items():
         if name not in response.headers:
             response.headers[name] = value
-
-
-def render_problem(error: APIKeyError) -> Response:
-    """Flask error handler: the problem document of an :class:`APIKeyError`."""
-    return error.get_response()
 
 
 class MethodNotAllowedError(APIKeyError, MethodNotAllowed):

@@ -2,88 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime
+from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, has_request_context, request
+from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import Session
 
 from . import logmask
 from .admin import make_admin_blueprint
-from .audit import AuditTrail, ChainBreak
-from .auth import make_before_request_hook
-from .cache import VerifiedKeyCache
+from .audit import ChainBreak
 from .cli import apikeys_cli
 from .config import (
-    Settings,
     load_settings,
     taken_from_environment,
     weakening_messages,
     write_defaults,
 )
-from .errors import APIKeyError, restore_required_headers
-from .hashing import KeyHasher
-from .limiting import RateLimits, key_func, limit_for_key
+from .environ import ERROR_ENVIRON_KEY
+from .errors import APIKeyError
+from .hooks import make_after_request_hook, make_before_request_hook
+from .identity import VerifiedKey
+from .limiting.flask_limiter import key_func, limit_for_key
 from .migrations import register_tables
-from .models import metadata
-from .network import client_address
+from .models import APIKey, Organization, metadata
 from .oauth import register_oauth_views
-from .service import KeyService
-from .tokens import TokenAuthority
-from .usage import ERROR_ENVIRON_KEY, UsageWriter, attempt_record, make_usage_recorder
+from .service import CreatedKey, KeyService
+from .state import EXTENSION_NAME, ExtensionState, build_state, get_state
 
 logger = logging.getLogger("flask_apikeys")
 ErrorHandler = TypeVar("ErrorHandler", bound=Callable[[APIKeyError], Any])
-
-
-@dataclass
-class ExtensionState:
-    """Everything flask-apikeys keeps for one app, in ``app.extensions["apikeys"]``."""
-
-    extension: APIKeys
-    settings: Settings
-    db: SQLAlchemy
-    hasher: KeyHasher
-    cache: VerifiedKeyCache
-    service: KeyService
-    #: ``APIKEYS_PUBLIC_PATHS`` entries matched exactly (trailing slash ignored).
-    public_exact_paths: frozenset[str]
-    #: ``/prefix/*`` entries of ``APIKEYS_PUBLIC_PATHS``, as ``"/prefix/"``.
-    public_path_prefixes: tuple[str, ...]
-    #: endpoint → how the hook treats it (:func:`~flask_apikeys.auth.endpoint_access`), filled
-    #: on first sight of each endpoint.
-    endpoint_access: dict[str, str] = field(default_factory=dict)
-    #: The extension's own endpoints (admin API, token views), which authenticate themselves.
-    own_endpoints: frozenset[str] = frozenset()
-    #: Buffered writer of usage rows and refused-attempt audit records.
-    writer: UsageWriter | None = None
-    #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
-    audit: AuditTrail | None = None
-    #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
-    limits: RateLimits | None = None
-    #: JWT access tokens (``None`` unless ``APIKEYS_JWT_ENABLED``).
-    tokens: TokenAuthority | None = None
-
-    def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
-        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
-        if self.audit is not None and self.writer is not None:
-            address = client_address(environ, self.settings.trusted_proxies)
-            self.writer.add_audit(attempt_record(error, environ, address, presented))
-
-
-def _delegate(name: str) -> Callable[..., Any]:
-    """An :class:`APIKeys` method that calls the current app's :class:`KeyService` method."""
-    method = getattr(KeyService, name)
-
-    @functools.wraps(method)
-    def call(self: APIKeys, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.service, name)(*args, **kwargs)
-
-    return call
 
 
 class APIKeys:
@@ -105,7 +55,7 @@ class APIKeys:
 
     def init_app(self, app: Flask, *, db: SQLAlchemy | None = None, limiter: Any = None) -> None:
         """Read and check the configuration, then register the hook and error handler."""
-        if "apikeys" in app.extensions:
+        if EXTENSION_NAME in app.extensions:
             raise RuntimeError(
                 "flask-apikeys is already initialised on this app. Call init_app once per app; "
                 "to change settings, change app.config before that call."
@@ -131,33 +81,10 @@ class APIKeys:
                 "APIKEYS_HASH_SECRET is not set: keys are stored as plain SHA-256. Set a secret "
                 "so that a leaked database alone cannot be used to test guessed keys."
             )
-        hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
-        cache = VerifiedKeyCache(settings.cache_ttl)
-        service = KeyService(
-            session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
-        )
-        tokens = TokenAuthority(settings, service) if settings.jwt_enabled else None
-        # Exact unless written as a prefix: "/docs" must not make an app's /docs/<id> public.
-        exact_paths = frozenset(
-            path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
-        )
-        prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
-        state = app.extensions["apikeys"] = ExtensionState(
-            extension=self,
-            settings=settings,
-            db=db,
-            hasher=hasher,
-            cache=cache,
-            service=service,
-            public_exact_paths=exact_paths,
-            public_path_prefixes=prefixes,
-            tokens=tokens,
-        )
-        self._install_usage_and_audit(app, state)
-        if settings.ratelimit_enabled:
-            state.limits = RateLimits(state, limiter or self._limiter)
-            registered = next(iter(app.extensions.get("limiter") or ()), None)
-            state.limits.check_header_settings(app.config, registered)
+        if settings.mask_keys_in_logs:
+            logmask.install()
+        state = build_state(app, self, settings, db, limiter or self._limiter)
+        app.extensions[EXTENSION_NAME] = state
         before_request = make_before_request_hook(state)
         if before_request is not None:
             app.before_request(before_request)
@@ -173,28 +100,6 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
-
-    def _install_usage_and_audit(self, app: Flask, state: ExtensionState) -> None:
-        settings, db = state.settings, state.db
-        if settings.mask_keys_in_logs:
-            logmask.install()
-
-        def connect() -> Any:
-            """A transaction on the app's engine, usable from the writer thread too."""
-            with app.app_context():
-                engine = db.engine
-            return engine.begin()
-
-        state.writer = UsageWriter(
-            connect,
-            synchronous=settings.usage_mode == "sync",
-            flush_interval=settings.usage_flush_interval,
-            batch_size=settings.usage_batch_size,
-            max_queue=settings.usage_max_queue,
-        )
-        if settings.audit:
-            state.audit = AuditTrail(connect)
-            state.service.listeners.append(state.audit.on_service_event)
 
     # -- customisation ------------------------------------------------------------------------
 
@@ -223,12 +128,7 @@ class APIKeys:
     @property
     def state(self) -> ExtensionState:
         """The current app's :class:`ExtensionState`."""
-        try:
-            return cast(ExtensionState, current_app.extensions["apikeys"])
-        except KeyError:
-            raise RuntimeError(
-                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
-            ) from None
+        return get_state()
 
     def create_all(self) -> None:
         """Create the extension's tables if they are missing (tests and quick starts).
@@ -241,20 +141,221 @@ class APIKeys:
         """Drop the extension's tables."""
         metadata.drop_all(self.state.db.engine)
 
-    create_organization = _delegate("create_organization")
-    update_organization = _delegate("update_organization")
-    update_key = _delegate("update_key")
-    get_organization = _delegate("get_organization")
-    list_organizations = _delegate("list_organizations")
-    create_key = _delegate("create_key")
-    list_keys = _delegate("list_keys")
-    get_key = _delegate("get_key")
-    revoke_key = _delegate("revoke_key")
-    rotate_key = _delegate("rotate_key")
-    verify_key = _delegate("verify_key")
-    seed = _delegate("seed")
-    usage_stats = _delegate("usage_stats")
-    monthly_usage = _delegate("monthly_usage")
+    def create_organization(
+        self,
+        name: str,
+        email: str,
+        plan: str = "free",
+        *,
+        slug: str | None = None,
+        is_active: bool = True,
+        monthly_request_limit: int | None = None,
+        rate_limit_per_minute: int | None = None,
+        max_api_keys: int | None = None,
+        actor: str | None = None,
+    ) -> Organization:
+        """Create an organization; its slug comes from the name unless given.
+
+        See :meth:`flask_apikeys.service.KeyService.create_organization`.
+        """
+        return self.service.create_organization(
+            name,
+            email,
+            plan,
+            slug=slug,
+            is_active=is_active,
+            monthly_request_limit=monthly_request_limit,
+            rate_limit_per_minute=rate_limit_per_minute,
+            max_api_keys=max_api_keys,
+            actor=actor,
+        )
+
+    def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
+        """Find an organization by object, id or slug; raise ``OrganizationNotFound``.
+
+        See :meth:`flask_apikeys.service.KeyService.get_organization`.
+        """
+        return self.service.get_organization(reference)
+
+    def list_organizations(
+        self, *, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Organization], int]:
+        """A page of organizations, oldest first, and how many there are in all.
+
+        See :meth:`flask_apikeys.service.KeyService.list_organizations`.
+        """
+        return self.service.list_organizations(limit=limit, offset=offset)
+
+    def update_organization(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> Organization:
+        """Change an organization's name, email, plan, state or limit overrides.
+
+        See :meth:`flask_apikeys.service.KeyService.update_organization`.
+        """
+        return self.service.update_organization(organization, actor=actor, **changes)
+
+    def create_key(
+        self,
+        organization: Organization | uuid.UUID | str,
+        name: str,
+        environment: str = "live",
+        scopes: Iterable[str] | str | None = None,
+        *,
+        description: str | None = None,
+        expires_in_days: int | None = None,
+        expires_at: datetime | None = None,
+        rate_limit: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        roles: Iterable[str] | str | None = None,
+        level: str | None = None,
+        allowed_networks: Iterable[str] | str | None = None,
+        granted_by: VerifiedKey | None = None,
+        actor: str | None = None,
+    ) -> CreatedKey:
+        """Create a key; the returned :class:`CreatedKey` holds the full key, this once.
+
+        See :meth:`flask_apikeys.service.KeyService.create_key`.
+        """
+        return self.service.create_key(
+            organization,
+            name,
+            environment,
+            scopes,
+            description=description,
+            expires_in_days=expires_in_days,
+            expires_at=expires_at,
+            rate_limit=rate_limit,
+            metadata=metadata,
+            roles=roles,
+            level=level,
+            allowed_networks=allowed_networks,
+            granted_by=granted_by,
+            actor=actor,
+        )
+
+    def list_keys(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        include_revoked: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[APIKey], int]:
+        """A page of an organization's keys, newest first (records only, never a secret).
+
+        See :meth:`flask_apikeys.service.KeyService.list_keys`.
+        """
+        return self.service.list_keys(
+            organization, include_revoked=include_revoked, limit=limit, offset=offset
+        )
+
+    def get_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        organization: Organization | uuid.UUID | str | None = None,
+    ) -> APIKey:
+        """A key record by id; with ``organization``, another organization's key is not found.
+
+        See :meth:`flask_apikeys.service.KeyService.get_key`.
+        """
+        return self.service.get_key(key_id, organization=organization)
+
+    def update_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
+        actor: str | None = None,
+        **changes: Any,
+    ) -> APIKey:
+        """Change a key's name, description, scopes, roles, level, rate limit or metadata.
+
+        See :meth:`flask_apikeys.service.KeyService.update_key`.
+        """
+        return self.service.update_key(
+            key_id, organization=organization, granted_by=granted_by, actor=actor, **changes
+        )
+
+    def revoke_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        reason: str | None = None,
+        revoked_by: str | None = None,
+        organization: Organization | uuid.UUID | str | None = None,
+    ) -> APIKey:
+        """Revoke a key for good; it is refused from the next request on.
+
+        See :meth:`flask_apikeys.service.KeyService.revoke_key`.
+        """
+        return self.service.revoke_key(
+            key_id, reason=reason, revoked_by=revoked_by, organization=organization
+        )
+
+    def rotate_key(
+        self,
+        key_id: uuid.UUID | str,
+        *,
+        overlap_hours: float = 24,
+        rotated_by: str | None = None,
+        organization: Organization | uuid.UUID | str | None = None,
+        granted_by: VerifiedKey | None = None,
+    ) -> CreatedKey:
+        """Replace a key with a new one that keeps its scopes, limits, metadata and lifetime.
+
+        See :meth:`flask_apikeys.service.KeyService.rotate_key`.
+        """
+        return self.service.rotate_key(
+            key_id,
+            overlap_hours=overlap_hours,
+            rotated_by=rotated_by,
+            organization=organization,
+            granted_by=granted_by,
+        )
+
+    def verify_key(self, presented: str) -> VerifiedKey:
+        """Authenticate a presented key, or raise the error that says why not.
+
+        See :meth:`flask_apikeys.service.KeyService.verify_key`.
+        """
+        return self.service.verify_key(presented)
+
+    def seed(self) -> tuple[Organization, CreatedKey | None]:
+        """Create "Default Organization" and a "Default Test Key" with scope ``*``, once.
+
+        See :meth:`flask_apikeys.service.KeyService.seed`.
+        """
+        return self.service.seed()
+
+    def usage_stats(
+        self,
+        organization: Organization | uuid.UUID | str,
+        *,
+        start: date,
+        end: date,
+        key: uuid.UUID | str | None = None,
+    ) -> dict[str, Any]:
+        """Usage between ``start`` and ``end`` (excluded): totals, by day/endpoint/status, p50/p95.
+
+        See :meth:`flask_apikeys.service.KeyService.usage_stats`.
+        """
+        return self.service.usage_stats(organization, start=start, end=end, key=key)
+
+    def monthly_usage(
+        self, organization: Organization | uuid.UUID | str, month: str
+    ) -> dict[str, Any]:
+        """Usage of one calendar month (UTC), e.g. ``"2026-01"``.
+
+        See :meth:`flask_apikeys.service.KeyService.monthly_usage`.
+        """
+        return self.service.monthly_usage(organization, month)
 
     def close(self, app: Flask | None = None) -> None:
         """Write the app's queued usage rows and audit records, stop its writer thread and
@@ -264,12 +365,7 @@ class APIKeys:
         inside its app context; calling it again does nothing. At interpreter exit it runs by
         itself. A request served after it is still recorded, written at once.
         """
-        target = app if app is not None else current_app
-        state = cast("ExtensionState | None", target.extensions.get("apikeys"))
-        if state is None:
-            raise RuntimeError(
-                "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
-            )
+        state = get_state(app)
         if state.writer is not None:
             state.writer.close()
         if state.limits is not None:
@@ -277,15 +373,11 @@ class APIKeys:
 
     def flush_usage(self) -> int:
         """Write the buffered usage rows now; return how many were written."""
-        writer = self.state.writer
-        return 0 if writer is None else writer.flush()
+        return self.state.flush_usage()
 
     def verify_audit(self) -> ChainBreak | None:
         """Check the audit trail's hash chain; ``None`` when intact, else the first break."""
-        audit = self.state.audit
-        if audit is None:
-            raise RuntimeError("The audit trail is off (APIKEYS_AUDIT = False).")
-        return audit.verify()
+        return self.state.verify_audit()
 
     def audit(self, event: str, *, actor: str | None, **fields: Any) -> None:
         """Add a record to the audit trail (e.g. an admin action with who did it)."""
@@ -296,40 +388,3 @@ class APIKeys:
     #: Flask-Limiter key function and dynamic limit (see ``docs/ratelimits.rst``).
     key_func = staticmethod(key_func)
     limit_for_key = staticmethod(limit_for_key)
-
-
-def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:
-    """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
-
-    One hook rather than one per feature: each hook costs Flask a lookup and a call on every
-    request, and each would look the request up again. It also puts back the headers of our
-    errors that an app's own error handler dropped. ``None`` when the extension is off.
-    """
-    settings = state.settings
-    if not settings.enabled:
-        return None  # no request is authenticated or counted
-    limits = state.limits
-    write_headers = None
-    if limits is not None and settings.ratelimit_headers != "none":
-        write_headers = limits.write_headers
-    record_usage = make_usage_recorder(state) if settings.usage_tracking else None
-
-    def after_request(response: Response) -> Response:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
-        if response.status_code >= 400:
-            restore_required_headers(response, environ)
-            if response.status_code == 429 and limits is not None:
-                limits.describe_other_refusal(response, environ)
-        if write_headers is not None:
-            write_headers(response, environ)
-        if record_usage is not None:
-            record_usage(response, current_request, environ)
-        return response
-
-    return after_request
-
-
-def problem_response(error: APIKeyError) -> Response:
-    """The default rendering of an error, for custom handlers that want to wrap it."""
-    return error.get_response()

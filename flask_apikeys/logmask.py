@@ -69,10 +69,6 @@ def mask_secrets(text: str) -> str:
     return masked
 
 
-#: The name this module had when it masked keys only.
-mask_keys = mask_secrets
-
-
 def mask_record(record: logging.LogRecord) -> logging.LogRecord:
     """Mask the secrets of one record in place (see the module docstring); return it."""
     try:

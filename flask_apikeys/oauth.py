@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Flask, Request, Response, jsonify, request, url_for
 
 from .client_auth import (
     CLIENT_SECRET_BASIC,
@@ -30,33 +31,31 @@ from .client_auth import (
     invalid_client,
     invalid_request,
 )
+from .decorators import public
+from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     AlreadyRevoked,
     APIKeyError,
     AuthenticationError,
     AuthorizationError,
     InsufficientScope,
+    InvalidAPIKey,
     InvalidInput,
+    MissingAPIKey,
     OAuthError,
 )
+from .hooks import authenticate_and_limit
+from .identity import VerifiedKey
 from .keys import looks_like_key
 from .revocation import TokenDenyList
-from .scopes import public
-from .tokens import CLAIMS_ENVIRON_KEY, TokenAuthority, issue_token, register_token_views
-
-if TYPE_CHECKING:
-    from .extension import ExtensionState
-    from .identity import VerifiedKey
+from .state import ExtensionState, get_state
+from .tokens import JWKS_MAX_AGE, JWKS_PATH, TokenAuthority
 
 METADATA_PATH = "/.well-known/oauth-authorization-server"
 CLIENT_CREDENTIALS = "client_credentials"
 AUTH_METHODS = [CLIENT_SECRET_BASIC, CLIENT_SECRET_POST]
 METADATA_MAX_AGE = 300
 REVOKED_REASON = "Revoked through the OAuth revocation endpoint (RFC 7009)."
-
-
-def _state() -> ExtensionState:
-    return cast("ExtensionState", current_app.extensions["apikeys"])
 
 
 # -- the token endpoint -----------------------------------------------------------------------
@@ -115,7 +114,7 @@ def token_endpoint() -> Response:
     """``POST APIKEYS_JWT_TOKEN_PATH``: the client credentials grant, or the key exchange."""
     current_request = request._get_current_object()  # type: ignore[attr-defined]
     if is_client_credentials_request(current_request):
-        return client_credentials_grant(current_request, _state())
+        return client_credentials_grant(current_request, get_state())
     return issue_token()
 
 
@@ -137,7 +136,7 @@ def _no_store(response: Response) -> Response:
 @public
 def authorization_server_metadata() -> Response:
     """``GET /.well-known/oauth-authorization-server`` (RFC 8414)."""
-    state = _state()
+    state = get_state()
     settings = state.settings
     tokens = cast(TokenAuthority, state.tokens)
     document: dict[str, Any] = {
@@ -210,7 +209,7 @@ def introspection(state: ExtensionState, client: Client, token: str) -> dict[str
 @public
 def introspect() -> Response:
     """``POST APIKEYS_INTROSPECTION_PATH``: is this key or access token active, and for what?"""
-    state = _state()
+    state = get_state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]
     token = form_parameters(current_request, "token", "token_type_hint").get("token")
     client = authenticate_client(current_request, state)
@@ -274,7 +273,7 @@ def revoke() -> Response:
     The answer is 200 whether the token was revoked, unknown, already dead, or not the
     caller's to revoke, so the endpoint tells nobody whether a credential exists.
     """
-    state = _state()
+    state = get_state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]
     token = form_parameters(current_request, "token", "token_type_hint").get("token")
     client = authenticate_client(current_request, state)
@@ -323,4 +322,70 @@ def register_oauth_views(app: Flask, state: ExtensionState) -> None:
         )
     if settings.revocation_path:
         blueprint.add_url_rule(settings.revocation_path, "revoke", revoke, methods=["POST"])
+    app.register_blueprint(blueprint)
+
+
+# -- the token views ------------------------------------------------------------------------
+
+
+def _requested_scope(current_request: Request) -> str | None:
+    """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
+    if current_request.mimetype == "application/x-www-form-urlencoded":
+        return current_request.form.get("scope")
+    raw = current_request.get_data(cache=True)
+    if not raw:
+        return None
+    body = None
+    if current_request.is_json:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
+            body = None
+    if not isinstance(body, dict):
+        raise InvalidInput('Send no body, or a JSON object such as {"scope": "a:read b:read"}.')
+    scope = body.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidInput(errors={"scope": ["a space-separated string of scopes"]})
+    return scope
+
+
+@public  # to the hook, so that read-only keys may POST here; authenticated below instead
+def issue_token() -> Response:
+    """``POST APIKEYS_JWT_TOKEN_PATH``: trade the API key sent for an access token."""
+    state = get_state()
+    current_request = request._get_current_object()  # type: ignore[attr-defined]
+    key = authenticate_and_limit(current_request, state)
+    if key is None:
+        raise MissingAPIKey("Send your API key in the Authorization header to get a token.")
+    if CLAIMS_ENVIRON_KEY in current_request.environ:
+        raise InvalidAPIKey("An access token cannot be exchanged for another: send the API key.")
+    tokens = cast(TokenAuthority, state.tokens)
+    response = jsonify(tokens.issue(key, _requested_scope(current_request)))
+    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: never cache a token
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+@public
+def jwks() -> Response:
+    """``GET /.well-known/jwks.json``: the public keys that verify this service's tokens."""
+    tokens = cast(TokenAuthority, get_state().tokens)
+    response = jsonify({"keys": tokens.public_jwks})
+    response.cache_control.public = True
+    response.cache_control.max_age = JWKS_MAX_AGE
+    return response
+
+
+def register_token_views(
+    app: Flask, tokens: TokenAuthority, token_view: Callable[[], Response] = issue_token
+) -> None:
+    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``).
+
+    ``token_view`` answers the token route: :func:`issue_token`, or the OAuth endpoint that
+    also speaks the client credentials grant (:func:`token_endpoint`).
+    """
+    blueprint = Blueprint("apikeys_tokens", __name__)
+    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
+    if tokens.public_jwks:
+        blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
     app.register_blueprint(blueprint)

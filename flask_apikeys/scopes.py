@@ -1,4 +1,4 @@
-"""Scope matching and the view decorators that demand scopes.
+"""Scope grammar and matching (pure: the view decorators are in :mod:`flask_apikeys.decorators`).
 
 A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everything,
 ``resource:*`` grants every action on that resource (and on any deeper ``resource:x:y``), and
@@ -7,21 +7,11 @@ A scope reads ``resource:action`` (``presentations:read``). ``*`` grants everyth
 
 from __future__ import annotations
 
-import functools
-import inspect
 import re
-from collections.abc import Callable, Collection, Iterable
-from typing import Any, TypeVar
+from collections.abc import Collection, Iterable
 
-from flask import current_app, request
-
-from .errors import APIKeyError, InsufficientScope, MissingAPIKey
-
-ViewFunction = TypeVar("ViewFunction", bound=Callable[..., Any])
 SCOPE_PATTERN = re.compile(r"\*|(?:\*|[A-Za-z0-9_.\-]+)(?::(?:[A-Za-z0-9_.\-]+|\*))*")
 MAX_SCOPE_LENGTH = 100
-#: How many distinct scope sets each decorated view remembers its answer for.
-MAX_REMEMBERED_SCOPE_SETS = 1024
 
 
 def validate_scope(scope: object) -> str:
@@ -78,86 +68,6 @@ def scope_covers(granted: Collection[str], scope: str) -> bool:
     ``x:*`` would grant ``x:anything``, which ``*:*`` never does. Errs toward refusing.
     """
     return any(_covers_one(held, scope) for held in granted)
-
-
-def _scope_decorator(
-    required: tuple[str, ...], *, require_all: bool
-) -> Callable[[ViewFunction], ViewFunction]:
-    for scope in required:
-        validate_scope(scope)
-    if not required:
-        raise ValueError("name at least one scope")
-    wording = "all of" if require_all else "one of"
-
-    required_set = frozenset(required)
-    check = all if require_all else any
-    #: granted scopes → whether they cover ``required``: keys share a few scope sets, and a
-    #: snapshot's set is the same object on every request, so the answer is one lookup.
-    answers: dict[frozenset[str], bool] = {}
-
-    def granted(scopes: frozenset[str]) -> bool:
-        answer = answers.get(scopes)
-        if answer is None:
-            answer = (require_all and required_set <= scopes) or check(
-                scope_grants(scopes, scope) for scope in required
-            )
-            if len(answers) >= MAX_REMEMBERED_SCOPE_SETS:
-                answers.clear()
-            answers[scopes] = answer
-        return answer
-
-    def decorator(view: ViewFunction) -> ViewFunction:
-        # Imported here: auth.py depends on this module's matching functions.
-        from .auth import LIMITED_ENVIRON_KEY, OUTCOME_ENVIRON_KEY, admit
-
-        is_async = inspect.iscoroutinefunction(view)
-
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            current_request = request._get_current_object()  # type: ignore[attr-defined]
-            if current_request.method != "OPTIONS":
-                environ = current_request.environ
-                outcome = environ.get(OUTCOME_ENVIRON_KEY)
-                if (
-                    outcome is None
-                    or isinstance(outcome, APIKeyError)
-                    or LIMITED_ENVIRON_KEY not in environ
-                ):
-                    # The hook did not run for this view (a public path or view, a wrapper that
-                    # hid the scopes from it), or refused: do all it does, limits included.
-                    state = current_app.extensions["apikeys"]
-                    outcome = admit(current_request, state) if state.settings.enabled else True
-                if outcome is None:
-                    raise MissingAPIKey("This endpoint needs an API key.")
-                if outcome is not True and not granted(outcome.scopes):
-                    raise InsufficientScope(
-                        f"This endpoint needs {wording}: {', '.join(required)}.",
-                        required_scopes=list(required),
-                    )
-            if is_async:
-                return current_app.ensure_sync(view)(*args, **kwargs)
-            return view(*args, **kwargs)
-
-        wrapper._apikeys_scopes = (wording, required)  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
-
-    return decorator
-
-
-def require_scopes(*scopes: str) -> Callable[[ViewFunction], ViewFunction]:
-    """Let the view run only for a key holding every one of ``scopes`` (401, else 403)."""
-    return _scope_decorator(scopes, require_all=True)
-
-
-def require_any_scope(*scopes: str) -> Callable[[ViewFunction], ViewFunction]:
-    """Let the view run for a key holding at least one of ``scopes`` (401, else 403)."""
-    return _scope_decorator(scopes, require_all=False)
-
-
-def public(view: ViewFunction) -> ViewFunction:
-    """Mark a view as needing no key: the hook skips it entirely."""
-    view._apikeys_public = True  # type: ignore[attr-defined]
-    return view
 
 
 def normalize_scopes(scopes: Iterable[str] | str | None) -> list[str]:

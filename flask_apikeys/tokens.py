@@ -9,7 +9,8 @@ rate limits and usage rows all apply to the issuing key exactly as if it had bee
 
 Every token names its signing key in ``kid``; a verifier pins the algorithm of that key (never
 the one the token claims), so ``alg: none`` and HMAC-with-the-public-key forgeries cannot pass.
-PyJWT is optional (the ``jwt`` extra); without it the feature stays off.
+PyJWT is optional (the ``jwt`` extra); without it the feature stays off. The token and JWKS
+endpoints are in :mod:`flask_apikeys.oauth`.
 """
 
 from __future__ import annotations
@@ -21,25 +22,20 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Request, Response, current_app, jsonify, request
-
-from .auth import authenticate_and_limit
 from .cache import MAX_CACHE_BYTES, approximate_size
 from .config import ConfigError
+from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     ExpiredToken,
     InsufficientScope,
-    InvalidAPIKey,
     InvalidInput,
     InvalidToken,
-    MissingAPIKey,
     OrganizationInactive,
 )
-from .scopes import public, scope_covers, validate_scope
+from .scopes import scope_covers, validate_scope
 
 try:
     import jwt
@@ -50,7 +46,6 @@ else:
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .extension import ExtensionState
     from .identity import VerifiedKey
     from .revocation import TokenDenyList
     from .service import KeyService
@@ -70,8 +65,6 @@ MAX_ISSUED_TOKEN_LENGTH = 8000
 #: snapshots hold before they are forgotten: each may carry hundreds of scopes.
 MAX_NARROWED_BYTES = MAX_CACHE_BYTES
 REQUIRED_CLAIMS = ["iss", "aud", "sub", "org", "scope", "iat", "exp", "jti"]
-#: Where the verified claims of the current request's token are kept (absent for keys).
-CLAIMS_ENVIRON_KEY = "flask_apikeys.token_claims"
 #: How long verifiers may cache the JWKS document; add a new key this long before it signs.
 JWKS_MAX_AGE = 300
 MAX_REMEMBERED = 10_000
@@ -339,73 +332,3 @@ class TokenAuthority:
         # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
         self._narrowed[(id(verified), scope)] = (verified, narrowed)
         return narrowed
-
-
-# -- views ------------------------------------------------------------------------------------
-
-
-def _state() -> ExtensionState:
-    return cast("ExtensionState", current_app.extensions["apikeys"])
-
-
-def _requested_scope(current_request: Request) -> str | None:
-    """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
-    if current_request.mimetype == "application/x-www-form-urlencoded":
-        return current_request.form.get("scope")
-    raw = current_request.get_data(cache=True)
-    if not raw:
-        return None
-    body = None
-    if current_request.is_json:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
-            body = None
-    if not isinstance(body, dict):
-        raise InvalidInput('Send no body, or a JSON object such as {"scope": "a:read b:read"}.')
-    scope = body.get("scope")
-    if scope is not None and not isinstance(scope, str):
-        raise InvalidInput(errors={"scope": ["a space-separated string of scopes"]})
-    return scope
-
-
-@public  # to the hook, so that read-only keys may POST here; authenticated below instead
-def issue_token() -> Response:
-    """``POST APIKEYS_JWT_TOKEN_PATH``: trade the API key sent for an access token."""
-    state = _state()
-    current_request = request._get_current_object()  # type: ignore[attr-defined]
-    key = authenticate_and_limit(current_request, state)
-    if key is None:
-        raise MissingAPIKey("Send your API key in the Authorization header to get a token.")
-    if CLAIMS_ENVIRON_KEY in current_request.environ:
-        raise InvalidAPIKey("An access token cannot be exchanged for another: send the API key.")
-    tokens = cast(TokenAuthority, state.tokens)
-    response = jsonify(tokens.issue(key, _requested_scope(current_request)))
-    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: never cache a token
-    response.headers["Pragma"] = "no-cache"
-    return response
-
-
-@public
-def jwks() -> Response:
-    """``GET /.well-known/jwks.json``: the public keys that verify this service's tokens."""
-    tokens = cast(TokenAuthority, _state().tokens)
-    response = jsonify({"keys": tokens.public_jwks})
-    response.cache_control.public = True
-    response.cache_control.max_age = JWKS_MAX_AGE
-    return response
-
-
-def register_token_views(
-    app: Flask, tokens: TokenAuthority, token_view: Callable[[], Response] = issue_token
-) -> None:
-    """Add the token route (and the JWKS route, for public keys) to ``app`` (``init_app``).
-
-    ``token_view`` answers the token route: :func:`issue_token`, or the OAuth endpoint that
-    also speaks the client credentials grant (:func:`flask_apikeys.oauth.token_endpoint`).
-    """
-    blueprint = Blueprint("apikeys_tokens", __name__)
-    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
-    if tokens.public_jwks:
-        blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
-    app.register_blueprint(blueprint)

@@ -19,7 +19,7 @@ from flask_apikeys.config import ConfigError
 from flask_apikeys.models import APIKey, AuditRecord, Organization
 
 from .factory import create_app
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 ADMIN_KEY = "bootstrap-" + "a" * 32
 TODAY = date.today()

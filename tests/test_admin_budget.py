@@ -17,7 +17,7 @@ from flask_apikeys import APIKeys
 from flask_apikeys.config import ConfigError
 
 from .factory import create_app
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 ADMIN_KEY = "bootstrap-" + "d" * 32
 

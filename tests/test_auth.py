@@ -14,17 +14,7 @@ from flask.testing import FlaskClient
 from flask_apikeys import APIKeys
 from flask_apikeys.models import APIKey
 
-PROBLEM = "application/problem+json"
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM
-    body = response.get_json(force=True)
-    assert body["status"] == status and body["code"] == code
-    assert set(body) >= {"type", "title", "status", "detail", "code"}
-    assert body["type"].endswith("#" + code)
-    return body
+from .helpers import PROBLEM, assert_problem
 
 
 @pytest.mark.parametrize(

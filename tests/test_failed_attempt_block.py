@@ -21,7 +21,7 @@ from flask_apikeys import APIKeys, current_key
 from flask_apikeys.models import AuditRecord
 
 from .factory import tampered
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 ADMIN_KEY = "bootstrap-" + "c" * 32
 BLOCKED = "203.0.113.9"

@@ -17,8 +17,8 @@ from flask_apikeys import keys
 from flask_apikeys.errors import InvalidAPIKey
 
 from .factory import create_app
+from .helpers import assert_problem
 from .servers import PostgreSQLServer
-from .test_auth import assert_problem
 
 
 @pytest.mark.postgres

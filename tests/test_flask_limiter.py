@@ -17,9 +17,9 @@ from flask_limiter import Limiter
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_apikeys import APIKeys, current_key
-from flask_apikeys.limiting import key_func, limit_for_key
+from flask_apikeys.limiting.flask_limiter import key_func, limit_for_key
 
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 
 def build(

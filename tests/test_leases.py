@@ -14,9 +14,9 @@ import redis
 import redis.sentinel
 from limits.storage import MemoryStorage, storage_from_string
 
-from flask_apikeys.counters import Counter, GiveBackCounters, Outcome
-from flask_apikeys.leases import ALLOWANCE_SHARE, MAX_LEASE, LeasedCounters
-from flask_apikeys.redis_script import caller_for
+from flask_apikeys.limiting.counters import Counter, GiveBackCounters, Outcome
+from flask_apikeys.limiting.leases import ALLOWANCE_SHARE, MAX_LEASE, LeasedCounters
+from flask_apikeys.limiting.redis_script import caller_for
 
 from .factory import create_app
 from .servers import script_calls

@@ -14,11 +14,11 @@ from flask.testing import FlaskClient
 
 from flask_apikeys import APIKeys
 from flask_apikeys.config import ConfigError
-from flask_apikeys.counters import Counter
-from flask_apikeys.policies import Month, parse_limit
+from flask_apikeys.limiting.counters import Counter
+from flask_apikeys.limiting.policies import Month, parse_limit
 
 from .factory import create_app
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 WHOAMI = "/v1/whoami"
 
@@ -207,10 +207,11 @@ def test_a_request_refused_by_one_limit_consumes_none_of_the_others(
     assert current["organization"]["r"] == 2 and current["quota"]["r"] == 997
     # Now the organization's limit refuses: the big key's own counter and the quota stay put.
     assert statuses(client, big.key, 5) == [200, 200] + [429] * 3
-    counters = app.extensions["apikeys"].limits.counters
-    label = Month.containing(time.time()).label
-    assert counters.peek(Counter(f"quota:{{{org}}}:{label}", 1000, 1))[0] == 5
-    assert counters.peek(Counter(f"apikeys:{{{org}}}:key:{big.api_key.id}:60", 5, 60))[0] == 3
+    limits = app.extensions["apikeys"].limits
+    with app.app_context():
+        taken_by_big = limits.counters_of(apikeys.verify_key(big.key))
+    assert limits.counters.peek(taken_by_big["quota"])[0] == 5
+    assert limits.counters.peek(taken_by_big["apikey"])[0] == 3
 
 
 def test_monthly_quota_refuses_with_quota_exceeded_until_next_month(

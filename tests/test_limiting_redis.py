@@ -17,12 +17,12 @@ from flask import Flask
 from limits.storage import MemoryStorage, storage_from_string
 
 from flask_apikeys import APIKeys
-from flask_apikeys.counters import Counter, Counters, GiveBackCounters, counters_for
-from flask_apikeys.policies import Month
+from flask_apikeys.limiting.counters import Counter, Counters, GiveBackCounters, counters_for
+from flask_apikeys.limiting.policies import Month
 
 from .factory import create_app
+from .helpers import assert_problem
 from .servers import RedisServer
-from .test_auth import assert_problem
 
 LIMIT = 15
 CLIENTS = 6
@@ -441,9 +441,13 @@ def test_any_storage_error_fails_open_or_closed_as_documented(
     with app.app_context():
         org = apikeys.create_organization(name="A", email="a@a.io").id
         created = apikeys.create_key(org, "k", scopes=["*"], rate_limit="3/minute")
+    limits = app.extensions["apikeys"].limits
+    with app.app_context():
+        counter = limits.counters_of(apikeys.verify_key(created.key))["apikey"]
+        stored_as = limits.counters.storage.prefixed_key(counter.key)
     client = redis_client(storage_uri)
     try:  # the key's counter holds a list: INCRBY inside the script fails (WRONGTYPE)
-        client.rpush(f"LIMITS:apikeys:{{{org}}}:key:{created.api_key.id}:60", "x")
+        client.rpush(stored_as, "x")
         response = app.test_client().get("/v1/whoami", headers={"X-API-Key": created.key})
     finally:
         client.close()

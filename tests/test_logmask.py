@@ -21,7 +21,7 @@ from flask_apikeys import APIKeys
 from flask_apikeys.models import AuditRecord
 
 from .factory import tampered
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 JWT_SECRET = "j" * 40
 ADMIN_KEY = "bootstrap-" + "e" * 32

@@ -14,7 +14,7 @@ from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput
 from flask_apikeys.network import address_allowed, client_address, parse_networks
 
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 NETWORKS = ["203.0.113.0/24", "2001:db8::/32"]
 

@@ -35,8 +35,7 @@ from werkzeug.serving import make_server
 from flask_apikeys import APIKeys
 from flask_apikeys.config import ConfigError, load_settings
 
-from .test_auth import assert_problem
-from .test_tokens import HS256, SECRET, TOKEN_PATH, Key, bearer, new_key, private_pem
+from .helpers import HS256, SECRET, TOKEN_PATH, Key, assert_problem, bearer, new_key, private_pem
 
 FORM = "application/x-www-form-urlencoded"
 INTROSPECT_PATH = "/auth/introspect"

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InsufficientScope, InvalidInput
 
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 ROLES = {
     "developer": ["outline:*", "slides:*", "presentations:*"],

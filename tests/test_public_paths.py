@@ -18,7 +18,7 @@ from flask_apikeys import APIKeys, current_key, public, require_scopes
 from flask_apikeys.config import ConfigError
 
 from .factory import tampered
-from .test_auth import assert_problem
+from .helpers import assert_problem
 
 ADMIN_KEY = "bootstrap-" + "b" * 32
 

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import jwt
 import pytest
@@ -28,31 +28,14 @@ from flask_apikeys.config import ConfigError, load_settings
 from flask_apikeys.models import APIKey, APIKeyUsage
 
 from .factory import create_app
-from .test_auth import assert_problem
+from .helpers import HS256, SECRET, TOKEN_PATH, Key, assert_problem, bearer, new_key, private_pem
 
-SECRET = "a-jwt-secret-of-at-least-32-characters!"
-HS256 = {"APIKEYS_JWT_ENABLED": True, "APIKEYS_JWT_SECRET": SECRET}
-TOKEN_PATH = "/auth/token"
 JWKS_PATH = "/.well-known/jwks.json"
-
-
-class Key(NamedTuple):
-    secret: str
-    id: uuid.UUID
-    organization_id: uuid.UUID
 
 
 @pytest.fixture
 def app_config() -> dict[str, Any]:
     return dict(HS256)
-
-
-def private_pem(private_key: Any) -> str:
-    return private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 @pytest.fixture(scope="session")
@@ -70,26 +53,10 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def new_key(app: Flask, scopes: Any = ("*",), **options: Any) -> Key:
-    """A key in organization "acme" (created on first use)."""
-    with app.app_context():
-        apikeys: APIKeys = app.extensions["apikeys"].extension
-        organizations, _ = apikeys.list_organizations()
-        organization = next((o for o in organizations if o.slug == "acme"), None)
-        if organization is None:
-            organization = apikeys.create_organization(name="Acme", email="a@acme.com", plan="pro")
-        created = apikeys.create_key(organization, "Token key", scopes=scopes, **options)
-        return Key(created.key, created.api_key.id, organization.id)
-
-
 def get_token(client: FlaskClient, key: str, **kwargs: Any) -> dict[str, Any]:
     response = client.post(TOKEN_PATH, headers={"Authorization": f"Bearer {key}"}, **kwargs)
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()  # type: ignore[no-any-return]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def assert_token_refused(response: Any, code: str = "invalid_token") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from flask import Flask
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InvalidInput
 from flask_apikeys.models import APIKey, APIKeyUsage
-from flask_apikeys.usage_insert import InsertPlan
+from flask_apikeys.usage.insert import InsertPlan
 
 from .factory import tampered
 
@@ -33,7 +33,7 @@ def usage_rows(app: Flask) -> list[Any]:
 def key_record(app: Flask, apikeys: APIKeys, key: str) -> APIKey:
     with app.app_context():
         record = apikeys.get_key(apikeys.verify_key(key).id)
-        apikeys.service.session.refresh(record)
+        apikeys.service.store.session.refresh(record)
         return record
 
 

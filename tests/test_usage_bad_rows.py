@@ -22,7 +22,7 @@ from flask_apikeys.storable import (
     storable_text,
     unstorable_reason,
 )
-from flask_apikeys.usage import UNMATCHED_ENDPOINT
+from flask_apikeys.usage.rows import UNMATCHED_ENDPOINT
 
 BAD_USER_AGENTS = ["agent\x00with-nul", "x" * 5000, "caf\xe9 \xff"]
 

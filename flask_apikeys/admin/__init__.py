@@ -13,7 +13,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
 from ..errors import MethodNotAllowedError, NotFoundError
-from .access import AdminCaller, authenticate_admin, state
+from ..state import get_state
+from .access import AdminCaller, authenticate_admin
 from .openapi import build_openapi
 from .views import OPERATIONS
 
@@ -63,7 +64,7 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
         if document is None:
             if len(documents) >= MAX_CACHED_DOCUMENTS:  # a forwarded prefix is client input
                 documents.clear()
-            plans = state().settings.plans
+            plans = get_state().settings.plans
             document = documents.setdefault(server_url, build_openapi(server_url, plans=plans))
         return jsonify(document)
 

@@ -19,19 +19,18 @@ from __future__ import annotations
 import hmac
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
-from flask import current_app, g, request
+from flask import g, request
 
 from ..auth import authenticate, extract_credential, refuse_blocked_address, refuse_key_in_url
+from ..environ import CLAIMS_ENVIRON_KEY
 from ..errors import InsufficientScope, MissingAPIKey, OrganizationNotFound
 from ..hashing import admin_key_digest
-from ..tokens import CLAIMS_ENVIRON_KEY
-
-if TYPE_CHECKING:
-    from ..extension import ExtensionState
-    from ..identity import VerifiedKey
-    from ..models import Organization
+from ..hooks import authenticate_and_limit
+from ..identity import VerifiedKey
+from ..models import Organization
+from ..state import get_state
 
 #: The scope that lets a key manage its own organization.
 ADMIN_SCOPE = "admin"
@@ -78,15 +77,11 @@ class AdminCaller:
         return self.key is None or self.key.organization.id == organization_id
 
 
-def state() -> ExtensionState:
-    return cast("ExtensionState", current_app.extensions["apikeys"])
-
-
 def authenticate_admin() -> None:
     """``before_request`` of the admin blueprint: find the caller or refuse (401/403)."""
     if request.method == "OPTIONS" or request.endpoint == "apikeys_admin.openapi":
         return
-    current = state()
+    current = get_state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]
     environ = current_request.environ
     # Before any credential is compared, the bootstrap key included.
@@ -103,7 +98,7 @@ def authenticate_admin() -> None:
     limits = current.limits
     if limits is not None:
         # Failed attempts count; the organization's limits and quota do not apply here.
-        key = limits.authenticate(current_request, enforce_limits=False)
+        key = authenticate_and_limit(current_request, current, enforce_limits=False)
     else:
         key = authenticate(current_request, current)
     if key is None:
@@ -141,7 +136,7 @@ def require_bootstrap(action: str) -> None:
 
 def managed_organization(reference: str) -> Organization:
     """The organization of the URL, if the caller may manage it; otherwise 404, as if missing."""
-    organization = state().service.get_organization(reference)
+    organization = get_state().service.get_organization(reference)
     if not caller().may_manage(organization.id):
         raise OrganizationNotFound(f"No organization {reference!r}.")
     return organization

@@ -16,6 +16,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
+from .._version import __version__
 from ..keys import ENVIRONMENTS
 from ..permissions import LEVELS
 from .schemas import ProblemSchema
@@ -64,8 +65,6 @@ def build_openapi(server_url: str, *, plans: Iterable[str] = ()) -> dict[str, An
         included, e.g. ``/internal/admin`` under a ``DispatcherMiddleware``.
     :param plans: the plan names the app knows, the only values ``plan`` accepts.
     """
-    from .. import __version__  # the package imports this module while it initialises
-
     spec = APISpec(
         title="flask-apikeys admin API",
         version=__version__,

@@ -3,8 +3,7 @@
 The hot path of every request on a cache miss, so it is written for speed: one prepared Core
 ``SELECT`` by the key's digest, joined to its organization, run on the session's connection
 (no ORM objects, no statement rebuilt per call), and the stored hash confirmed against the
-digests we looked it up by in constant time. :class:`KeyVerification` is the part of the
-service that does this; :class:`~flask_apikeys.service.KeyService` builds on it.
+digests we looked it up by in constant time.
 """
 
 from __future__ import annotations
@@ -18,15 +17,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import keys
-from .errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
-from .hashing import cache_digest
-from .identity import OrganizationInfo, VerifiedKey
-from .models import APIKey, Organization
-from .organizations import OrganizationService
-from .permissions import effective_scopes, within_plan
+from .. import keys
+from ..errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
+from ..hashing import cache_digest
+from ..identity import OrganizationInfo, VerifiedKey
+from ..models import APIKey, Organization
+from ..permissions import effective_scopes, within_plan
+from .organizations import Organizations
+from .store import Store
 
-#: What :meth:`KeyVerification.snapshot` reads of a key and of its organization.
+#: What :meth:`Verification.snapshot` reads of a key and of its organization.
 _VERIFY_KEY_FIELDS = (
     "id",
     "key_hash",
@@ -61,10 +61,8 @@ _SNAPSHOT_QUERY = sa.select(
         for name in _VERIFY_ORGANIZATION_FIELDS
     ),
 ).join(Organization, APIKey.organization_id == Organization.id)
-# Built once: SQLAlchemy then reuses their compiled form instead of deriving a cache key for a
+# Built once: SQLAlchemy then reuses its compiled form instead of deriving a cache key for a
 # fresh statement on every call (which cost more than SQLite's own work).
-_BY_DIGEST = _SNAPSHOT_QUERY.where(APIKey.key_hash == sa.bindparam("digest"))
-_BY_ANY_DIGEST = _SNAPSHOT_QUERY.where(APIKey.key_hash.in_(sa.bindparam("digests", expanding=True)))
 _BY_ID = _SNAPSHOT_QUERY.where(APIKey.id == sa.bindparam("key_id"))
 _BIND = {"mapper": APIKey}
 
@@ -82,8 +80,16 @@ def _by_digests(count: int) -> sa.Select[Any]:
     )
 
 
-class KeyVerification(OrganizationService):
+class Verification:
     """Authenticate presented keys and build the snapshots requests see."""
+
+    def __init__(self, store: Store, organizations: Organizations) -> None:
+        self.store = store
+        self.organizations = organizations
+        # Read on every request that misses the cache: one attribute away, not two.
+        self.cache = store.cache
+        self.settings = store.settings
+        self.hasher = store.hasher
 
     def verify_key(self, presented: str) -> VerifiedKey:
         """Authenticate a presented key, or raise the error that says why not.
@@ -144,15 +150,19 @@ class KeyVerification(OrganizationService):
             rehash = rehash.values(key_hash=self.hasher.hash(presented))
 
             def store_new_hash() -> None:
-                self.session.execute(rehash)
+                self.store.session.execute(rehash)
 
-            self._commit(store_new_hash)
+            self.store.commit(store_new_hash)
         return self._snapshot_of_row(row)
 
     def _snapshot_row(self, query: sa.Select[Any], parameters: dict[str, Any]) -> Any:
         """The one row ``query`` finds, or ``None``; a database failure becomes a 503."""
-        return self._read(
-            lambda: self.session.connection(bind_arguments=_BIND).execute(query, parameters).first()
+        return self.store.read(
+            lambda: (
+                self.store.session.connection(bind_arguments=_BIND)
+                .execute(query, parameters)
+                .first()
+            )
         )
 
     def _snapshot_of_row(self, row: Any) -> VerifiedKey:
@@ -168,7 +178,7 @@ class KeyVerification(OrganizationService):
         Reads only the attributes in ``_VERIFY_KEY_FIELDS`` and ``_VERIFY_ORGANIZATION_FIELDS``
         (verification passes plain rows with just those).
         """
-        plan = self.plan_of(organization)
+        plan = self.organizations.plan_of(organization)
         expires_at = api_key.expires_at
         return VerifiedKey(
             id=api_key.id,
@@ -187,7 +197,10 @@ class KeyVerification(OrganizationService):
             hint=api_key.key_hint,
             scopes=within_plan(
                 effective_scopes(
-                    api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+                    api_key.scopes or (),
+                    api_key.roles or (),
+                    api_key.level,
+                    self.store.role_definitions,
                 ),
                 plan.scopes,
             ),

@@ -16,13 +16,13 @@ from typing import Any
 
 from limits import parse_many
 
-from . import keys
-from .errors import InvalidInput
-from .models import utcnow
-from .network import parse_networks
-from .permissions import LEVELS
-from .scopes import normalize_scopes
-from .storable import MAX_INTEGER, json_problem, unstorable_reason
+from .. import keys
+from ..errors import InvalidInput
+from ..models import utcnow
+from ..network import parse_networks
+from ..permissions import LEVELS
+from ..scopes import normalize_scopes
+from ..storable import MAX_INTEGER, json_problem, unstorable_reason
 
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 SLUG_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")

@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .errors import InvalidInput
-from .models import APIKeyUsage
+from ..errors import InvalidInput
+from ..models import APIKeyUsage
 
 #: Where statistics are read from: a session, or a connection of their own.
 Reader = Session | sa.Connection

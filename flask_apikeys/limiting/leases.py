@@ -27,8 +27,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..forking import after_fork_in_child
 from .counters import Counter, Counters, Outcome
-from .forking import after_fork_in_child
 
 #: A lease takes at most this share of the smallest allowance left (1/64).
 ALLOWANCE_SHARE = 64

@@ -22,34 +22,30 @@ import logging
 import math
 import threading
 import time
-from math import ceil
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import Request, Response, current_app, request
+from flask import Request, current_app
 from limits.storage import Storage, storage_from_string
 
-from .auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
-from .cache import MAX_CACHE_BYTES, approximate_size
-from .counters import Counter, Counters, Outcome, counters_for, is_remote
-from .errors import (
+from ..cache import MAX_CACHE_BYTES, approximate_size
+from ..environ import RESULT_ENVIRON_KEY
+from ..errors import (
     APIKeyError,
-    AuthenticationError,
     BackendUnavailable,
-    MissingAPIKey,
     QuotaExceeded,
     RateLimitExceeded,
 )
+from ..network import client_address
+from .counters import Counter, Counters, Outcome, counters_for, is_remote
+from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
-from .network import client_address
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 
 if TYPE_CHECKING:
-    from .extension import ExtensionState
-    from .identity import VerifiedKey
+    from ..config import Settings
+    from ..identity import VerifiedKey
 
 logger = logging.getLogger("flask_apikeys")
-#: Where a request's limits and counters wait for the ``after_request`` hook.
-RESULT_ENVIRON_KEY = "flask_apikeys.ratelimit"
 STORAGE_WARNING_INTERVAL = 10.0
 #: Whose limit a policy is, in the words of a 429's detail (every other policy is the key's).
 POLICY_OWNERS = {
@@ -69,9 +65,8 @@ Result = tuple[KeyLimits, Outcome, Month]
 class RateLimits:
     """The rate limiting of one app, kept as ``ExtensionState.limits``."""
 
-    def __init__(self, state: ExtensionState, limiter: Any = None) -> None:
-        self.state = state
-        self.settings = settings = state.settings
+    def __init__(self, settings: Settings, limiter: Any = None) -> None:
+        self.settings = settings
         self.limiter = limiter
         self._counters: Counters | None = None
         self._owns_storage = False
@@ -84,7 +79,6 @@ class RateLimits:
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
-        self._ietf_headers = settings.ratelimit_headers == "all"
         self._headers_checked = False
 
     # -- storage ------------------------------------------------------------------------------
@@ -164,39 +158,6 @@ class RateLimits:
 
     # -- the request hook ---------------------------------------------------------------------
 
-    def authenticate(
-        self,
-        current_request: Request,
-        credential: str | None = None,
-        *,
-        enforce_limits: bool = True,
-    ) -> VerifiedKey | None:
-        """Authenticate (see :func:`~flask_apikeys.auth.authenticate`), then apply the limits.
-
-        Addresses that failed too often are refused before their credential is even looked at
-        (:func:`~flask_apikeys.auth.refuse_blocked_address`). Once per request: a second call
-        returns the first one's key and counts nothing. ``enforce_limits=False`` counts failed
-        attempts only; the admin API applies its own budget instead. ``credential`` replaces the
-        one in the headers (the OAuth endpoints' client secret).
-        """
-        environ = current_request.environ
-        if LIMITED_ENVIRON_KEY in environ:
-            return authenticate(current_request, self.state, credential)
-        environ[LIMITED_ENVIRON_KEY] = True
-        try:
-            key = authenticate(current_request, self.state, credential)
-        except AuthenticationError as error:
-            if self.settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
-                self._count_failure(client_address(environ, self.settings.trusted_proxies))
-            raise
-        if not enforce_limits:
-            return key
-        if key is not None:
-            self.enforce(key, current_request)
-        elif self.settings.allow_unauthenticated:
-            self._enforce_anonymous(current_request)
-        return key
-
     def enforce_admin(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of the key's admin API budget (``APIKEYS_ADMIN_RATE_LIMIT``).
 
@@ -241,6 +202,15 @@ class RateLimits:
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
             raise self._refusal(limits, outcome, month, now)
+
+    def counters_of(self, key: VerifiedKey) -> dict[str, Counter]:
+        """The counters a request with ``key`` takes this month, by policy name: ``quota``,
+        ``organization``, ``apikey`` (or ``apikey-<window>s`` for several windows).
+
+        For operators and tests that look at a counter without knowing how it is stored.
+        """
+        limits = self._key_limits_for(key, Month.containing(time.time()))
+        return dict(zip(limits.names, limits.counters, strict=True))
 
     def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
         """The limits of a key snapshot not seen yet: shared by every snapshot of the same
@@ -292,7 +262,8 @@ class RateLimits:
         quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
         return build_limits(policies, quota, month)
 
-    def _enforce_anonymous(self, current_request: Request) -> None:
+    def enforce_anonymous(self, current_request: Request) -> None:
+        """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
         address = client_address(current_request.environ, self.settings.trusted_proxies)
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
@@ -347,7 +318,7 @@ class RateLimits:
             policy="failed-authentication",
         )
 
-    def _count_failure(self, address: str) -> None:
+    def count_failure(self, address: str) -> None:
         """Count a failed attempt; past the limit, answer 429 and refuse the address for a while.
 
         Each process remembers refused addresses itself, so an address gets at most one more
@@ -366,70 +337,10 @@ class RateLimits:
         self.blocked[address] = max(outcome.resets)
         self.refuse_if_blocked(address)
 
-    # -- response headers ---------------------------------------------------------------------
+    # -- Flask-Limiter ------------------------------------------------------------------------
 
-    def write_headers(self, response: Response, environ: dict[str, Any]) -> None:
-        """X-RateLimit-* (and, with ``APIKEYS_RATELIMIT_HEADERS = "all"``, RateLimit and
-        RateLimit-Policy), as the request took its counters.
-
-        Called by the extension's ``after_request`` hook. X-RateLimit-* describe the limit that
-        refused the request, else the one with the least left; RateLimit lists every policy
-        (draft-ietf-httpapi-ratelimit-headers). The constant parts were built once per key
-        configuration (:class:`~flask_apikeys.policies.KeyLimits`).
-        """
-        result = environ.get(RESULT_ENVIRON_KEY)
-        if result is None:
-            return
-        limits, outcome, month = result
-        if outcome.refused is None and response.status_code == 429:
-            return  # another limiter refused it: see describe_other_refusal
-        values = outcome.values
-        amounts = limits.amounts
-        shown = outcome.refused
-        if shown is None:  # the policy with the least left
-            shown, least = 0, amounts[0] - values[0]
-            for index in range(1, len(values)):
-                left = amounts[index] - values[index]
-                if left < least:
-                    shown, least = index, left
-        if shown == limits.quota_index:  # the quota renews with the month, not its counter
-            reset = month.end
-        else:
-            reset = outcome.resets[shown]
-        # add(), not item assignment: no scan for an existing header (these are ours alone).
-        add = response.headers.add
-        add("X-RateLimit-Limit", limits.amount_texts[shown])
-        remaining = amounts[shown] - values[shown]
-        add("X-RateLimit-Remaining", str(remaining) if remaining > 0 else "0")
-        add("X-RateLimit-Reset", str(int(reset + 1)))
-        if self._ietf_headers:
-            add("RateLimit-Policy", limits.policy_header)
-            add("RateLimit", self._ratelimit_field(limits, outcome, month))
-
-    def describe_other_refusal(self, response: Response, environ: dict[str, Any]) -> None:
-        """A 429 that is not ours (Flask-Limiter's): headers for the limit that refused it.
-
-        ``X-RateLimit-*`` for that limit (not ours, which had room) and ``Retry-After``, unless
-        Flask-Limiter writes its own headers (``RATELIMIT_HEADERS_ENABLED``).
-        """
-        result = environ.get(RESULT_ENVIRON_KEY)
-        if result is not None and result[1].refused is not None:
-            return  # ours: the error carries Retry-After, write_headers the rest
-        limiter = self._flask_limiter()
-        if limiter is None or flask_limiter_writes_headers(limiter):
-            return
-        refusing = next((limit for limit in limiter.current_limits if limit.breached), None)
-        if refusing is None:
-            return
-        reset_at = int(refusing.reset_at)
-        if self.settings.ratelimit_headers != "none":
-            response.headers["X-RateLimit-Limit"] = str(refusing.limit.amount)
-            response.headers["X-RateLimit-Remaining"] = "0"
-            response.headers["X-RateLimit-Reset"] = str(reset_at)
-        if "Retry-After" not in response.headers:
-            response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
-
-    def _flask_limiter(self) -> Any:
+    def flask_limiter(self) -> Any:
+        """The Flask-Limiter ``Limiter`` we share storage with, if any."""
         if self.limiter is not None:
             return self.limiter
         return next(iter(current_app.extensions.get("limiter") or ()), None)
@@ -450,71 +361,3 @@ class RateLimits:
                 "writes them, and Retry-After, for Flask-Limiter's refusals too), or "
                 'APIKEYS_RATELIMIT_HEADERS = "none".'
             )
-
-    @staticmethod
-    def _ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
-        """The IETF draft's ``RateLimit``: what is left of every policy and when it resets."""
-        resets = outcome.resets
-        if limits.quota_index is not None:
-            resets = (month.end, *resets[1:])
-        now = time.time()
-        fields = []
-        for prefix, amount, value, reset in zip(
-            limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True
-        ):
-            seconds = reset - now
-            left = amount - value if value < amount else 0
-            fields.append(f"{prefix}{left};t={ceil(seconds) if seconds > 0 else 0}")
-        return ", ".join(fields)
-
-
-# -- Flask-Limiter integration ----------------------------------------------------------------
-
-
-def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
-    """Whether a Flask-Limiter ``Limiter`` adds its own ``X-RateLimit-*`` headers.
-
-    Its ``headers_enabled`` argument, else ``RATELIMIT_HEADERS_ENABLED`` (read by its
-    ``init_app``; tested against Flask-Limiter 4.x).
-    """
-    enabled = getattr(limiter, "_headers_enabled", None)
-    if enabled is None:
-        config = app_config if app_config is not None else current_app.config
-        enabled = config.get("RATELIMIT_HEADERS_ENABLED", False)
-    return bool(enabled)
-
-
-def _current_key() -> VerifiedKey | None:
-    try:
-        return authenticate_request()
-    except APIKeyError:
-        return None
-
-
-def key_func() -> str:
-    """A Flask-Limiter key function: ``"apikey:<key id>"``, else the client's address.
-
-    Verifies the key itself (once per request, shared with our hook), because Flask-Limiter's
-    ``before_request`` may run before ours. Never returns the key: only its id::
-
-        limiter = Limiter(key_func=apikeys.key_func, app=app)
-    """
-    state = current_app.extensions.get("apikeys")
-    if state is None:
-        return request.remote_addr or "127.0.0.1"
-    key = _current_key() if state.settings.enabled else None
-    if key is not None:
-        return f"apikey:{key.id}"
-    return client_address(request.environ, state.settings.trusted_proxies)
-
-
-def limit_for_key() -> str:
-    """A Flask-Limiter dynamic limit: the current key's effective limit string.
-
-    ``@limiter.limit(apikeys.limit_for_key, key_func=apikeys.key_func)``; requests without a
-    key get ``APIKEYS_DEFAULT_RATE_LIMIT``.
-    """
-    state = cast("ExtensionState", current_app.extensions["apikeys"])
-    default = state.settings.default_rate_limit
-    key = _current_key() if state.settings.enabled else None
-    return default if key is None else key_limit(key, default)

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from .forking import after_fork_in_child
+from ..forking import after_fork_in_child
 
 try:  # the redis extra; without it there is no Redis storage to call
     import redis

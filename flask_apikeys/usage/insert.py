@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .models import APIKeyUsage
+from ..models import APIKeyUsage
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 USAGE_FIELDS = (

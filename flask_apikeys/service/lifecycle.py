@@ -1,8 +1,8 @@
-"""Every business rule about keys, shared by the hook, the CLI and the admin API.
+"""A key's life: created (shown once), listed, changed, revoked for good, rotated, seeded.
 
-One :class:`KeyService` exists per app (in ``app.extensions["apikeys"]``). Methods validate all
-of their input before writing anything, commit on success and roll back on failure, so a refused
-call leaves the database as it was. Errors are the classes of :mod:`flask_apikeys.errors`.
+Methods validate all of their input before writing anything and commit through the
+:class:`~.store.Store`, so a refused call leaves the database as it was. What a key may be
+given is decided by :class:`~.grants.Grants` (nobody gets more than they hold).
 """
 
 from __future__ import annotations
@@ -10,30 +10,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
-from . import keys, stats, validation
-from .config import parse_roles as config_roles
-from .errors import (
+from .. import keys
+from ..config import parse_roles as config_roles
+from ..errors import (
     AlreadyRevoked,
     AlreadyRotated,
     APIKeyNotFound,
     ExpiredAPIKey,
-    InsufficientScope,
     InvalidInput,
-    KeyLimitReached,
 )
-from .identity import VerifiedKey
-from .models import APIKey, Organization, utcnow
-from .network import networks_beyond
-from .organizations import as_uuid
-from .permissions import effective_scopes, scopes_beyond, within_plan
-from .policies import per_minute, requests_per_minute_allowed
-from .storable import unstorable_reason
-from .verification import KeyVerification
+from ..identity import VerifiedKey
+from ..models import APIKey, Organization, utcnow
+from ..storable import unstorable_reason
+from . import validation
+from .grants import Grants
+from .organizations import Organizations, as_uuid
+from .store import Store
 
 DEFAULT_ORGANIZATION_SLUG = "default"
 DEFAULT_KEY_NAME = "Default Test Key"
@@ -60,10 +57,13 @@ class CreatedKey:
         return f"<CreatedKey {self.api_key.key_prefix}…{self.api_key.key_hint}>"
 
 
-class KeyService(KeyVerification):
-    """Organizations and keys: create, read, update, revoke, rotate and verify."""
+class KeyLifecycle:
+    """Keys from creation to revocation: create, list, read, update, revoke, rotate, seed."""
 
-    # -- keys ---------------------------------------------------------------------------------
+    def __init__(self, store: Store, organizations: Organizations, grants: Grants) -> None:
+        self.store = store
+        self.organizations = organizations
+        self.grants = grants
 
     def create_key(
         self,
@@ -93,7 +93,7 @@ class KeyService(KeyVerification):
             revoked key, or one replaced in a rotation, grants nothing. ``None`` (the CLI, the
             bootstrap key, Python code) is trusted.
         """
-        organization = self.get_organization(organization)
+        organization = self.organizations.get_organization(organization)
         given: dict[str, Any] = {
             "name": name,
             "environment": environment,
@@ -112,9 +112,9 @@ class KeyService(KeyVerification):
         else:
             given["expires_at"] = expires_at
         values = self._key_columns(validation.check_fields(given, self._key_checkers()))
-        self._refuse_escalation(organization, values, granted_by)
+        self.grants.refuse_escalation(organization, values, granted_by)
         created = self._insert_key(organization, values)
-        self._notify("key.created", api_key=created.api_key, actor=actor)
+        self.store.notify("key.created", api_key=created.api_key, actor=actor)
         return created
 
     def list_keys(
@@ -126,12 +126,12 @@ class KeyService(KeyVerification):
         offset: int = 0,
     ) -> tuple[list[APIKey], int]:
         """A page of an organization's keys, newest first (records only, never a secret)."""
-        organization = self.get_organization(organization)
+        organization = self.organizations.get_organization(organization)
         query = sa.select(APIKey).where(APIKey.organization_id == organization.id)
         if not include_revoked:
             query = query.where(APIKey.revoked_at.is_(None))
         query = query.order_by(APIKey.created_at.desc(), APIKey.id)
-        return self._page(query, APIKey, limit, offset)
+        return self.store.page(query, limit, offset)
 
     def get_key(
         self,
@@ -143,9 +143,9 @@ class KeyService(KeyVerification):
         identifier = as_uuid(key_id)
         api_key = None
         if identifier is not None:
-            api_key = self._read(lambda: self.session.get(APIKey, identifier))
+            api_key = self.store.read(lambda: self.store.session.get(APIKey, identifier))
         if api_key is not None and organization is not None:
-            if api_key.organization_id != self.get_organization(organization).id:
+            if api_key.organization_id != self.organizations.get_organization(organization).id:
                 api_key = None
         if api_key is None:
             raise APIKeyNotFound(f"No API key {str(key_id)!r}.")
@@ -173,16 +173,16 @@ class KeyService(KeyVerification):
             checkers.pop(fixed)
         values = self._key_columns(validation.check_fields(changes, checkers))
         current = {field: getattr(api_key, field) for field in GRANTED_FIELDS}
-        self._refuse_escalation(api_key.organization, {**current, **values}, granted_by)
+        self.grants.refuse_escalation(api_key.organization, {**current, **values}, granted_by)
         changed = sorted(
             field for field, value in values.items() if getattr(api_key, field) != value
         )
         for field in changed:
             setattr(api_key, field, values[field])
-        self._commit(lambda: None, api_key)
-        self.cache.forget_key(api_key.id)
+        self.store.commit(lambda: None, api_key)
+        self.store.cache.forget_key(api_key.id)
         if changed:
-            self._notify("key.updated", api_key=api_key, actor=actor, changes=changed)
+            self.store.notify("key.updated", api_key=api_key, actor=actor, changes=changed)
         return api_key
 
     def define_role(self, name: str, scopes: Iterable[str]) -> None:
@@ -193,8 +193,8 @@ class KeyService(KeyVerification):
         checked = validation.check_fields(
             {"roles": {name: scopes}}, {"roles": lambda value: config_roles(value)}
         )["roles"]
-        self.role_definitions.update(checked)
-        self.cache.clear()
+        self.store.role_definitions.update(checked)
+        self.store.cache.clear()
 
     def revoke_key(
         self,
@@ -232,12 +232,12 @@ class KeyService(KeyVerification):
         )
 
         def revoke() -> None:
-            if self.session.execute(revocation).rowcount != 1:  # type: ignore[attr-defined]
+            if self.store.session.execute(revocation).rowcount != 1:  # type: ignore[attr-defined]
                 raise AlreadyRevoked("The key was revoked by another request just now.")
 
-        self._commit(revoke, api_key)
-        self.cache.forget_key(api_key.id)
-        self._notify("key.revoked", api_key=api_key, actor=revoked_by, reason=reason)
+        self.store.commit(revoke, api_key)
+        self.store.cache.forget_key(api_key.id)
+        self.store.notify("key.revoked", api_key=api_key, actor=revoked_by, reason=reason)
         return api_key
 
     def rotate_key(
@@ -290,14 +290,14 @@ class KeyService(KeyVerification):
             "key_metadata": dict(old.key_metadata or {}),
             "expires_at": None if lifetime is None else now + lifetime,
         }
-        self._refuse_escalation(old.organization, values, granted_by)
+        self.grants.refuse_escalation(old.organization, values, granted_by)
         overlap_end = now + timedelta(hours=overlap_hours)
         old_expires_at = old.expires_at
         if old_expires_at is None or overlap_end < old_expires_at:
             old_expires_at = overlap_end
         created = self._insert_key(old.organization, values, replacing=(old, old_expires_at))
-        self.cache.forget_key(old.id)
-        self._notify(
+        self.store.cache.forget_key(old.id)
+        self.store.notify(
             "key.rotated",
             api_key=created.api_key,
             previous=old,
@@ -312,13 +312,13 @@ class KeyService(KeyVerification):
         Returns the organization and the new key, or ``None`` for the key when one already
         exists (its secret cannot be shown again; rotate it to get a new one).
         """
-        organization = self._find_organization_by_slug(DEFAULT_ORGANIZATION_SLUG)
+        organization = self.organizations.find_by_slug(DEFAULT_ORGANIZATION_SLUG)
         if organization is None:
-            organization = self.create_organization(
+            organization = self.organizations.create_organization(
                 "Default Organization", "admin@example.com", "free", slug=DEFAULT_ORGANIZATION_SLUG
             )
-        existing = self._read(
-            lambda: self.session.scalars(
+        existing = self.store.read(
+            lambda: self.store.session.scalars(
                 sa.select(APIKey).where(
                     APIKey.organization_id == organization.id,
                     APIKey.name == DEFAULT_KEY_NAME,
@@ -331,41 +331,6 @@ class KeyService(KeyVerification):
         return organization, self.create_key(
             organization, DEFAULT_KEY_NAME, "test", ["*"], actor="seed"
         )
-
-    # -- usage ---------------------------------------------------------------------------------
-
-    def usage_stats(
-        self,
-        organization: Organization | uuid.UUID | str,
-        *,
-        start: date,
-        end: date,
-        key: uuid.UUID | str | None = None,
-    ) -> dict[str, Any]:
-        """Usage between ``start`` and ``end`` (excluded): totals, by day/endpoint/status, p50/p95.
-
-        With ``key``, only that key's (it must belong to the organization).
-        """
-        organization = self.get_organization(organization)
-        key_id = None if key is None else self.get_key(key, organization=organization).id
-
-        def read_now() -> dict[str, Any]:
-            # On a connection of its own: the session's transaction may have begun before the
-            # usage writer's last commit, and under REPEATABLE READ (MySQL, MariaDB) it would
-            # not see those rows.
-            with self.session.get_bind().engine.connect() as connection:
-                return stats.usage_stats(
-                    connection, organization.id, start=start, end=end, api_key_id=key_id
-                )
-
-        return self._read(read_now)
-
-    def monthly_usage(
-        self, organization: Organization | uuid.UUID | str, month: str
-    ) -> dict[str, Any]:
-        """Usage of one calendar month (UTC), e.g. ``"2026-01"``."""
-        start, end = stats.month_bounds(month)
-        return {"month": month, **self.usage_stats(organization, start=start, end=end)}
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -382,7 +347,7 @@ class KeyService(KeyVerification):
         checked after the write, counting every key that still authenticates (keys inside a
         rotation overlap too): the database, not a check before the write, keeps the limit.
         """
-        full_key = keys.generate_key(self.settings.key_prefix, values["environment"])
+        full_key = keys.generate_key(self.store.settings.key_prefix, values["environment"])
         parsed = keys.parse_key(full_key)
         if parsed is None:  # pragma: no cover - a key we just generated always parses
             raise RuntimeError("generated a key that does not parse; this is a bug")
@@ -390,19 +355,19 @@ class KeyService(KeyVerification):
             id=uuid.uuid4(),
             organization_id=organization.id,
             key_prefix=parsed.display_prefix,
-            key_hash=self.hasher.hash(full_key),
+            key_hash=self.store.hasher.hash(full_key),
             key_hint=keys.key_hint(full_key),
             **values,
         )
 
         def write() -> None:
-            self._lock_organization(organization)
-            self.session.add(api_key)
-            self.session.flush()
+            self.organizations.lock(organization)
+            self.store.session.add(api_key)
+            self.store.session.flush()
             if replacing is not None:
                 old, old_expires_at = replacing
                 # Conditional: of two rotations of one key at once, one finds it unrotated.
-                replaced = self.session.execute(
+                replaced = self.store.session.execute(
                     sa.update(APIKey)
                     .where(
                         APIKey.id == old.id,
@@ -417,55 +382,13 @@ class KeyService(KeyVerification):
                     raise AlreadyRotated(
                         f"Key {old.id} was rotated or revoked by another request just now."
                     )
-            self._check_key_count(organization)
+            self.organizations.check_key_count(organization)
 
-        self._commit(write, api_key, *([replacing[0]] if replacing is not None else []))
+        self.store.commit(write, api_key, *([replacing[0]] if replacing is not None else []))
         return CreatedKey(key=full_key, api_key=api_key)
 
-    def _lock_organization(self, organization: Organization) -> None:
-        """Take the organization's row lock for the rest of the transaction.
-
-        An UPDATE that changes nothing: on PostgreSQL it locks the row (as SELECT ... FOR
-        UPDATE would); on SQLite it opens the write transaction at once, so no other writer
-        can commit between the count and the insert.
-        """
-        self.session.execute(
-            sa.update(Organization)
-            .where(Organization.id == organization.id)
-            .values(updated_at=Organization.updated_at)
-            .execution_options(synchronize_session=False)
-        )
-
-    def authenticating_key_count(self, organization: Organization) -> int:
-        """How many of the organization's keys authenticate now (rotation overlaps included)."""
-        now = utcnow()
-        return int(
-            self.session.scalar(
-                sa.select(sa.func.count(APIKey.id)).where(
-                    APIKey.organization_id == organization.id,
-                    APIKey.revoked_at.is_(None),
-                    APIKey.is_active.is_(True),
-                    sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
-                )
-            )
-            or 0
-        )
-
-    def _check_key_count(self, organization: Organization) -> None:
-        """Raise if the organization now has more authenticating keys than its plan allows."""
-        maximum = self.plan_of(organization).max_keys
-        if maximum is None:
-            return
-        active = self.authenticating_key_count(organization)
-        if active > maximum:
-            raise KeyLimitReached(
-                f"Organization {organization.slug!r}: plan {organization.plan!r} allows {maximum} "
-                "working keys, keys inside a rotation overlap included, and this would make "
-                f"{active}. Revoke a key, or rotate with overlap_hours=0."
-            )
-
     def _key_checkers(self) -> dict[str, validation.Checker]:
-        return validation.key_checkers(self.role_definitions)
+        return validation.key_checkers(self.store.role_definitions)
 
     @staticmethod
     def _key_columns(values: dict[str, Any]) -> dict[str, Any]:
@@ -481,75 +404,3 @@ class KeyService(KeyVerification):
     def _already_revoked(api_key: APIKey) -> AlreadyRevoked:
         revoked_at = api_key.revoked_at.isoformat() if api_key.revoked_at else "an earlier time"
         return AlreadyRevoked(f"Key {api_key.id} was revoked at {revoked_at}; revocation is final.")
-
-    def _refuse_escalation(
-        self, organization: Organization, values: dict[str, Any], granted_by: VerifiedKey | None
-    ) -> None:
-        """Nobody gets more than they hold: refuse (403) a resulting key beyond its plan's
-        scopes, or beyond anything its granter holds (see :meth:`create_key`)."""
-        requested = effective_scopes(
-            values.get("scopes") or (),
-            values.get("roles") or (),
-            values.get("level"),
-            self.role_definitions,
-        )
-        plan_scopes = self.plan_of(organization).scopes
-        beyond_plan = [] if plan_scopes is None else scopes_beyond(plan_scopes, requested)
-        if beyond_plan:
-            raise InsufficientScope(
-                f"Plan {organization.plan!r} does not allow: {', '.join(beyond_plan)}.",
-                beyond=beyond_plan,
-            )
-        if granted_by is None:
-            return
-        # The granter's row as it is now, not its cached snapshot: a key revoked, narrowed or
-        # rotated a moment ago (in another process too) grants no more than it has left.
-        granter = self._read(
-            lambda: self.session.get(APIKey, granted_by.id, populate_existing=True)
-        )
-        if granter is None or granter.revoked_at is not None or not granter.is_active:
-            raise InsufficientScope("A revoked key cannot grant anything.")
-        if granter.replaced_by_id is not None:
-            raise InsufficientScope(
-                "A key replaced in a rotation works only until its overlap ends: it may not "
-                "create, rotate or change keys. Use the key that replaced it."
-            )
-        held_now = effective_scopes(
-            granter.scopes or (), granter.roles or (), granter.level, self.role_definitions
-        )
-        beyond = sorted(
-            set(scopes_beyond(granted_by.scopes, requested))
-            | set(scopes_beyond(within_plan(held_now, plan_scopes), requested))
-        )
-        if beyond:
-            raise InsufficientScope(
-                f"A key cannot grant what it does not have: {', '.join(beyond)}.", beyond=beyond
-            )
-        expires_at = values.get("expires_at")
-        if granter.expires_at is not None and (
-            expires_at is None or expires_at > granter.expires_at
-        ):
-            raise InsufficientScope(
-                "A key that expires cannot make or keep a key that outlives it "
-                f"(it expires at {granter.expires_at.isoformat()}); "
-                "an operator renews such keys with the CLI or the bootstrap key."
-            )
-        organization_limit = per_minute(
-            self.plan_of(organization).requests_per_minute, self.settings.default_rate_limit
-        )
-        granted_limit = values.get("custom_rate_limit") or organization_limit
-        held_limit = granter.custom_rate_limit or organization_limit
-        if requests_per_minute_allowed(granted_limit) > requests_per_minute_allowed(held_limit):
-            raise InsufficientScope(
-                f"A key cannot grant a rate limit above its own ({held_limit}): "
-                f"{granted_limit} allows more requests a minute."
-            )
-        networks = networks_beyond(
-            granter.allowed_networks or (), values.get("allowed_networks") or ()
-        )
-        if networks:
-            raise InsufficientScope(
-                "A key cannot grant networks outside its own allowed_networks: "
-                f"{', '.join(networks)}.",
-                beyond_networks=networks,
-            )

@@ -1,38 +1,23 @@
-"""Organizations, and the transaction plumbing every service method shares.
-
-:class:`OrganizationService` is the base of :class:`~flask_apikeys.service.KeyService`: it owns
-the session, the read/commit helpers that turn database failures into 503s and roll back
-refused changes, the event listeners (the audit trail), and the organization methods.
-"""
+"""Organizations: create, read, update, and their effective limits (plan and overrides)."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
 
+from ..config import Plan
+from ..errors import InvalidInput, KeyLimitReached, OrganizationNotFound
+from ..limiting.policies import requests_per_minute_allowed
+from ..models import APIKey, Organization, utcnow
+from ..permissions import effective_scopes, scopes_beyond
 from . import validation
-from .cache import VerifiedKeyCache
-from .config import Plan, Settings
-from .errors import BackendUnavailable, InvalidInput, OrganizationNotFound
-from .hashing import KeyHasher
-from .models import APIKey, Organization, utcnow
-from .permissions import effective_scopes, scopes_beyond
-from .policies import requests_per_minute_allowed
-from .storable import MAX_INTEGER
+from .store import Store
 
-Result = TypeVar("Result")
 #: Organization fields that change what its keys may hold: a change is checked for excess.
 PLAN_FIELDS = frozenset({"plan", "rate_limit_per_minute", "max_api_keys"})
-#: Refusals of a *value* (by the database, or by the driver while binding it): the caller's
-#: input is at fault, so a 422, not the 503 of a database that cannot be reached. Validation
-#: refuses such values first; this is the net under it.
-UNSTORABLE_ERRORS = (DataError, UnicodeError, OverflowError)
 
 
 def slugify(name: str) -> str:
@@ -40,31 +25,11 @@ def slugify(name: str) -> str:
     return "-".join(re.findall(r"[a-z0-9]+", name.lower()))[:100] or "org"
 
 
-class OrganizationService:
+class Organizations:
     """Organizations: create, read, update, and their effective limits."""
 
-    def __init__(
-        self,
-        *,
-        session: Callable[[], Session],
-        settings: Settings,
-        hasher: KeyHasher,
-        cache: VerifiedKeyCache,
-    ) -> None:
-        self._session = session
-        self.settings = settings
-        self.hasher = hasher
-        self.cache = cache
-        #: Role name → scopes; starts from ``APIKEYS_ROLES``, changed by :meth:`define_role`.
-        self.role_definitions: dict[str, tuple[str, ...]] = dict(settings.roles)
-        #: Called with ``(event, **details)`` after each change; the audit trail plugs in here.
-        self.listeners: list[Callable[..., None]] = []
-
-    @property
-    def session(self) -> Session:
-        return self._session()
-
-    # -- organizations ------------------------------------------------------------------------
+    def __init__(self, store: Store) -> None:
+        self.store = store
 
     def create_organization(
         self,
@@ -89,20 +54,20 @@ class OrganizationService:
             "rate_limit_per_minute": rate_limit_per_minute,
             "max_api_keys": max_api_keys,
         }
-        checkers = validation.organization_checkers(self.settings.plans)
+        checkers = validation.organization_checkers(self.store.settings.plans)
         if slug is not None:
             given["slug"] = slug
             checkers["slug"] = validation.slug
         values = validation.check_fields(given, checkers)
         slug = values.pop("slug", None)
         if slug is not None:
-            if self._find_organization_by_slug(slug) is not None:
+            if self.find_by_slug(slug) is not None:
                 raise InvalidInput(errors={"slug": [f"{slug!r} is already taken"]})
         else:
             slug = self._free_slug(slugify(values["name"]))
         organization = Organization(slug=slug, **values)
-        self._commit(lambda: self.session.add(organization), organization)
-        self._notify("organization.created", organization=organization, actor=actor)
+        self.store.commit(lambda: self.store.session.add(organization), organization)
+        self.store.notify("organization.created", organization=organization, actor=actor)
         return organization
 
     def update_organization(
@@ -115,20 +80,20 @@ class OrganizationService:
         """Change an organization's name, email, plan, state or limit overrides."""
         organization = self.get_organization(organization)
         values = validation.check_fields(
-            changes, validation.organization_checkers(self.settings.plans)
+            changes, validation.organization_checkers(self.store.settings.plans)
         )
         changed = {
             field: value for field, value in values.items() if getattr(organization, field) != value
         }
         for field, value in changed.items():
             setattr(organization, field, value)
-        self._commit(lambda: None, organization)
-        self.cache.forget_organization(organization.id)
+        self.store.commit(lambda: None, organization)
+        self.store.cache.forget_organization(organization.id)
         if changed:
             flagged: dict[str, Any] = {}
             if PLAN_FIELDS & changed.keys():
                 flagged = {"plan_excess": self.plan_excess(organization)}
-            self._notify(
+            self.store.notify(
                 "organization.updated",
                 organization=organization,
                 actor=actor,
@@ -148,9 +113,9 @@ class OrganizationService:
         organization = self.get_organization(organization)
         plan = self.plan_of(organization)
         now = utcnow()
-        working = self._read(
+        working = self.store.read(
             lambda: list(
-                self.session.scalars(
+                self.store.session.scalars(
                     sa.select(APIKey)
                     .where(
                         APIKey.organization_id == organization.id,
@@ -168,7 +133,10 @@ class OrganizationService:
         flagged_keys = []
         for api_key in working:
             held = effective_scopes(
-                api_key.scopes or (), api_key.roles or (), api_key.level, self.role_definitions
+                api_key.scopes or (),
+                api_key.roles or (),
+                api_key.level,
+                self.store.role_definitions,
             )
             scopes = [] if plan.scopes is None else scopes_beyond(plan.scopes, held)
             rate_limit = api_key.custom_rate_limit
@@ -194,17 +162,17 @@ class OrganizationService:
     def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
         """Find an organization by object, id or slug; raise ``OrganizationNotFound``."""
         if isinstance(reference, Organization):
-            if reference in self.session:
+            if reference in self.store.session:
                 return reference
             identity = sa.inspect(reference).identity  # an object from an earlier session
             reference = identity[0] if identity else reference.id
         organization = None
         identifier = as_uuid(reference)
         if identifier is not None:
-            organization = self._read(lambda: self.session.get(Organization, identifier))
+            organization = self.store.read(lambda: self.store.session.get(Organization, identifier))
         elif isinstance(reference, str) and validation.SLUG_PATTERN.fullmatch(reference):
             # Only what can be a slug reaches the database: a URL's text may hold anything.
-            organization = self._find_organization_by_slug(reference)
+            organization = self.find_by_slug(reference)
         if organization is None:
             raise OrganizationNotFound(f"No organization {str(reference)!r}.")
         return organization
@@ -214,11 +182,11 @@ class OrganizationService:
     ) -> tuple[list[Organization], int]:
         """A page of organizations, oldest first, and how many there are in all."""
         query = sa.select(Organization).order_by(Organization.created_at, Organization.id)
-        return self._page(query, Organization, limit, offset)
+        return self.store.page(query, limit, offset)
 
     def plan_of(self, organization: Organization) -> Plan:
         """The organization's effective limits: its overrides, else its plan's."""
-        plan = self.settings.plans.get(organization.plan) or Plan(
+        plan = self.store.settings.plans.get(organization.plan) or Plan(
             organization.plan, None, None, None
         )
 
@@ -233,16 +201,59 @@ class OrganizationService:
             scopes=plan.scopes,
         )
 
+    def lock(self, organization: Organization) -> None:
+        """Take the organization's row lock for the rest of the transaction.
+
+        An UPDATE that changes nothing: on PostgreSQL it locks the row (as SELECT ... FOR
+        UPDATE would); on SQLite it opens the write transaction at once, so no other writer
+        can commit between the count and the insert.
+        """
+        self.store.session.execute(
+            sa.update(Organization)
+            .where(Organization.id == organization.id)
+            .values(updated_at=Organization.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+
+    def authenticating_key_count(self, organization: Organization) -> int:
+        """How many of the organization's keys authenticate now (rotation overlaps included)."""
+        now = utcnow()
+        return int(
+            self.store.session.scalar(
+                sa.select(sa.func.count(APIKey.id)).where(
+                    APIKey.organization_id == organization.id,
+                    APIKey.revoked_at.is_(None),
+                    APIKey.is_active.is_(True),
+                    sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
+                )
+            )
+            or 0
+        )
+
+    def check_key_count(self, organization: Organization) -> None:
+        """Raise if the organization now has more authenticating keys than its plan allows."""
+        maximum = self.plan_of(organization).max_keys
+        if maximum is None:
+            return
+        active = self.authenticating_key_count(organization)
+        if active > maximum:
+            raise KeyLimitReached(
+                f"Organization {organization.slug!r}: plan {organization.plan!r} allows {maximum} "
+                "working keys, keys inside a rotation overlap included, and this would make "
+                f"{active}. Revoke a key, or rotate with overlap_hours=0."
+            )
+
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _find_organization_by_slug(self, slug: str) -> Organization | None:
+    def find_by_slug(self, slug: str) -> Organization | None:
+        """The organization with this slug, or ``None``."""
         query = sa.select(Organization).where(Organization.slug == slug)
-        return self._read(lambda: self.session.scalars(query).first())
+        return self.store.read(lambda: self.store.session.scalars(query).first())
 
     def _free_slug(self, base: str) -> str:
         taken = set(
-            self._read(
-                lambda: self.session.scalars(
+            self.store.read(
+                lambda: self.store.session.scalars(
                     sa.select(Organization.slug).where(
                         sa.or_(Organization.slug == base, Organization.slug.like(f"{base}-%"))
                     )
@@ -252,64 +263,6 @@ class OrganizationService:
         if base not in taken:
             return base
         return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
-
-    def _page(
-        self, query: sa.Select[Any], model: type, limit: int, offset: int
-    ) -> tuple[list[Any], int]:
-        if not (1 <= limit <= 500) or not 0 <= offset <= MAX_INTEGER:
-            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": [f"0 to {MAX_INTEGER}"]})
-        total_query = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
-        items = self._read(lambda: list(self.session.scalars(query.limit(limit).offset(offset))))
-        total = self._read(lambda: self.session.scalar(total_query)) or 0
-        return items, total
-
-    def _read(self, operation: Callable[[], Result]) -> Result:
-        """Run a query; a database that cannot be reached becomes a 503, never a pass."""
-        try:
-            return operation()
-        except UNSTORABLE_ERRORS as error:
-            self.session.rollback()
-            raise InvalidInput(
-                "The database cannot take a value of this request; nothing was read."
-            ) from error
-        except SQLAlchemyError as error:
-            self.session.rollback()
-            raise BackendUnavailable("The key database could not be reached; try again.") from error
-
-    def _commit(self, operation: Callable[[], None], *refresh: object) -> None:
-        """Run ``operation`` and commit, or roll everything back and re-raise.
-
-        The ``refresh`` objects are reloaded after the commit so that callers can read them
-        after the app context (and its session) has ended.
-        """
-        try:
-            operation()
-            self.session.commit()
-            for instance in refresh:
-                self.session.refresh(instance)
-        except IntegrityError as error:
-            self.session.rollback()
-            raise InvalidInput(
-                "The change conflicts with existing data; nothing was saved."
-            ) from error
-        except UNSTORABLE_ERRORS as error:
-            # A value the database refuses is the input's fault, never an outage (not a 503).
-            self.session.rollback()
-            raise InvalidInput(
-                "The database cannot store a value of this change; nothing was saved."
-            ) from error
-        except SQLAlchemyError as error:
-            self.session.rollback()
-            raise BackendUnavailable(
-                "The key database refused the change; nothing was saved."
-            ) from error
-        except BaseException:
-            self.session.rollback()
-            raise
-
-    def _notify(self, event: str, **details: Any) -> None:
-        for listener in self.listeners:
-            listener(event, **details)
 
 
 def as_uuid(value: object) -> uuid.UUID | None:

@@ -18,7 +18,7 @@ from limits import parse_many
 from .counters import Counter
 
 if TYPE_CHECKING:
-    from .identity import VerifiedKey
+    from ..identity import VerifiedKey
 
 #: A quota counter outlives its month by this much, so a late request never restarts it.
 QUOTA_GRACE_SECONDS = 86_400

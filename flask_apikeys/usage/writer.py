@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import time
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
@@ -30,29 +29,15 @@ from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Response, request
 
-from .audit import append as append_audit
-from .audit import build_record
-from .forking import after_fork_in_child
-from .keys import redact_path
-from .models import APIKey
-from .network import client_address
-from .storable import MAX_INTEGER, ROW_ERRORS, storable_text
-from .usage_insert import InsertPlan
+from ..audit import append as append_audit
+from ..forking import after_fork_in_child
+from ..models import APIKey
+from ..storable import ROW_ERRORS
+from .insert import InsertPlan
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
-START_ENVIRON_KEY = "flask_apikeys.started"
-ERROR_ENVIRON_KEY = "flask_apikeys.error"
-TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
-COST_ENVIRON_KEY = "flask_apikeys.cost"
-#: What a usage row names as its endpoint when no URL rule matched (a 404, a 405).
-UNMATCHED_ENDPOINT = "[unmatched]"
-#: The largest status code the ``SMALLINT`` column takes.
-MAX_STATUS = 32767
-#: The largest cost ``NUMERIC(12, 6)`` takes.
-MAX_COST = 999_999.999999
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
 _last_used = keys_table.c.last_used_at
@@ -73,35 +58,6 @@ _ADD_REQUESTS = (
         last_request_at=sa.bindparam("seen"),
     )
 )
-
-
-def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
-    """Attach tokens and cost to the current request's usage row (call it from a view)."""
-    environ = request.environ
-    if tokens is not None:
-        environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
-    if cost_usd is not None:
-        environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
-
-
-def _storable_tokens(tokens: Any) -> int | None:
-    """The tokens of :func:`record_cost`, or ``None`` when ``INTEGER`` cannot hold them."""
-    if tokens is None:
-        return None
-    if isinstance(tokens, int) and -MAX_INTEGER <= tokens <= MAX_INTEGER:
-        return tokens
-    logger.warning("flask-apikeys recorded no tokens for a request: %r is out of range", tokens)
-    return None
-
-
-def _storable_cost(cost: Any) -> float | None:
-    """The cost of :func:`record_cost`, or ``None`` when it is not a number the column holds."""
-    if cost is None:
-        return None
-    if isinstance(cost, float) and -MAX_COST <= cost <= MAX_COST:  # False for NaN
-        return cost
-    logger.warning("flask-apikeys recorded no cost for a request: %r is out of range", cost)
-    return None
 
 
 class UsageWriter:
@@ -296,75 +252,3 @@ class UsageWriter:
             self.flush()
         except Exception:  # noqa: BLE001 - at exit there is no one left to raise to
             logger.exception("flask-apikeys could not write its last usage rows")
-
-
-def make_usage_recorder(state: Any) -> Callable[[Response, Any, dict[str, Any]], None]:
-    """What the extension's ``after_request`` hook calls with the response, the request and its
-    environ: queue a row for every request that a key authenticated."""
-    from .auth import OUTCOME_ENVIRON_KEY
-    from .identity import VerifiedKey
-
-    add_usage = state.writer.add_usage
-    trusted_proxies = state.settings.trusted_proxies
-
-    def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
-        """Queue the finished request's row (its timestamp stays a float until written).
-
-        One function, not a chain of helpers: it runs on every authenticated request.
-        """
-        key = environ.get(OUTCOME_ENVIRON_KEY)
-        if not isinstance(key, VerifiedKey):
-            return
-        started = environ.get(START_ENVIRON_KEY)
-        elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
-        rule = current_request.url_rule
-        # The rule, never the raw path: a path is the client's text (of any length, with
-        # %00 in it), and a 404 path is not an endpoint of the app.
-        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
-        error = environ.get(ERROR_ENVIRON_KEY)
-        user_agent = environ.get("HTTP_USER_AGENT")
-        if trusted_proxies:
-            address = client_address(environ, trusted_proxies)
-        else:
-            address = environ.get("REMOTE_ADDR") or ""
-        status = response.status_code
-        add_usage(
-            (
-                key.id,
-                key.organization.id,
-                time.time(),
-                storable_text(endpoint, 300),
-                storable_text(current_request.method, 10),
-                status if 0 <= status <= MAX_STATUS else 0,
-                round(elapsed_ms, 3),
-                _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
-                _storable_cost(environ.get(COST_ENVIRON_KEY)),
-                storable_text(address, 45) or None,
-                None if user_agent is None else storable_text(user_agent, 300),
-                None if error is None else storable_text(str(error.detail), 500),
-                None if error is None else storable_text(error.error_code, 50),
-            )
-        )
-
-    return record_usage
-
-
-def attempt_record(
-    error: Any, environ: dict[str, Any], address: str, presented: str | None
-) -> dict[str, Any]:
-    """An audit record for a refused authentication (prefix and hint only)."""
-    from .keys import HINT_LENGTH, parse_key
-
-    parsed = None if presented is None else parse_key(presented)
-    return build_record(
-        "auth.expired" if error.error_code == "expired_api_key" else "auth.refused",
-        ip_address=address or None,
-        user_agent=environ.get("HTTP_USER_AGENT"),
-        key_prefix=None if parsed is None else parsed.display_prefix,
-        key_hint=None if parsed is None or presented is None else presented[-HINT_LENGTH:],
-        details={
-            "code": error.error_code,
-            "method": request.method,
-            "path": redact_path(request.path)[:300],
-        },
-    )

@@ -1,0 +1,220 @@
+"""The per-request pipeline of an app, in the order it runs.
+
+``before_request`` (:func:`make_before_request_hook`):
+
+1. public? — static files, ``@public`` views, the extension's own views and the configured
+   public paths are left alone (:func:`is_public_request`, decided by endpoint, not URL);
+2. authenticate — the credential is verified once per request
+   (:func:`flask_apikeys.auth.authenticate`);
+3. limits — failed-attempt block, quota, organization and key rate limits
+   (:class:`flask_apikeys.limiting.RateLimits`), in :func:`authenticate_and_limit`;
+4. read-only — a read-only key may only read (:func:`admit`).
+
+``after_request`` (:func:`make_after_request_hook`): the rate-limit headers, then the usage row
+(:mod:`flask_apikeys.usage.rows`). The scope decorators run steps 2-4 themselves when the hook
+did not (:mod:`flask_apikeys.decorators`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from time import perf_counter
+from typing import Any
+
+from flask import Blueprint, Flask, Request, Response, current_app, request
+
+from .auth import authenticate
+from .environ import LIMITED_ENVIRON_KEY, START_ENVIRON_KEY
+from .errors import AuthenticationError, InsufficientScope, MissingAPIKey, restore_required_headers
+from .identity import VerifiedKey
+from .limiting import headers
+from .network import client_address
+from .permissions import READ_ONLY, SAFE_METHODS
+from .state import ExtensionState
+from .usage.rows import make_usage_recorder
+
+
+def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
+    """The ``before_request`` hook of one app: let public requests through, authenticate the rest.
+
+    Bound to the app's state so that the hot path resolves no ``current_app`` proxy, and the one
+    hook that also notes when the request started, for the usage row. ``None`` when the
+    extension is disabled (``APIKEYS_ENABLED = False``): there is nothing to do.
+    """
+    settings = state.settings
+    if not settings.enabled:
+        return None
+    track_usage = settings.usage_tracking
+
+    def authenticate_before_request() -> None:
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        if track_usage:
+            current_request.environ[START_ENVIRON_KEY] = perf_counter()
+        if current_request.method == "OPTIONS" or is_public_request(current_request, state):
+            return
+        admit(current_request, state)
+
+    return authenticate_before_request
+
+
+def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:
+    """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
+
+    One hook rather than one per feature: each hook costs Flask a lookup and a call on every
+    request, and each would look the request up again. It also puts back the headers of our
+    errors that an app's own error handler dropped. ``None`` when the extension is off.
+    """
+    settings = state.settings
+    if not settings.enabled:
+        return None  # no request is authenticated or counted
+    limits = state.limits
+    limit_headers = settings.ratelimit_headers != "none"
+    write_headers = None
+    if limits is not None and limit_headers:
+        write_headers = partial(headers.write_headers, ietf=settings.ratelimit_headers == "all")
+    record_usage = None
+    if settings.usage_tracking and state.writer is not None:
+        record_usage = make_usage_recorder(state.writer, settings.trusted_proxies)
+
+    def after_request(response: Response) -> Response:
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current_request.environ
+        if response.status_code >= 400:
+            restore_required_headers(response, environ)
+            if response.status_code == 429 and limits is not None:
+                headers.describe_other_refusal(
+                    response, environ, limits.flask_limiter(), limit_headers=limit_headers
+                )
+        if write_headers is not None:
+            write_headers(response, environ)
+        if record_usage is not None:
+            record_usage(response, current_request, environ)
+        return response
+
+    return after_request
+
+
+#: How the hook treats an endpoint (see :func:`endpoint_access`).
+SKIPPED = "skipped"  # static files, ``@public`` views, the extension's own views
+SCOPED = "scoped"  # a view with ``@require_scopes``: always authenticated and limited
+ORDINARY = "ordinary"  # authenticated unless a configured public path names it
+
+
+def endpoint_access(endpoint: str, state: ExtensionState) -> str:
+    """Whether the hook skips ``endpoint``, always checks it, or asks the public paths.
+
+    Decided by the endpoint Flask matched, never by a URL prefix: an app route under the admin
+    prefix or under ``/docs`` is the app's, and is authenticated like any other.
+    """
+    access = state.endpoint_access.get(endpoint)
+    if access is None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        view = app.view_functions.get(endpoint)
+        if getattr(view, "_apikeys_scopes", None) is not None:
+            access = SCOPED
+        elif (
+            endpoint in state.own_endpoints
+            or getattr(view, "_apikeys_public", False)
+            or is_static_view(app, endpoint, view)
+        ):
+            access = SKIPPED
+        else:
+            access = ORDINARY
+        state.endpoint_access[endpoint] = access
+    return access
+
+
+def is_static_view(app: Flask, endpoint: str, view: Any) -> bool:
+    """Flask's own static-file views: the app's ``static`` and a blueprint's ``send_static_file``.
+
+    Not any endpoint *named* ``static``: a blueprint may have a view of that name.
+    """
+    if endpoint == "static":
+        return app.has_static_folder
+    return getattr(view, "__name__", None) == "send_static_file" and isinstance(
+        getattr(view, "__self__", None), Blueprint
+    )
+
+
+def path_is_public(path: str, state: ExtensionState) -> bool:
+    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``."""
+    if (path.rstrip("/") or "/") in state.public_exact_paths:
+        return True
+    return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
+
+
+def is_public_request(current_request: Request, state: ExtensionState) -> bool:
+    """Whether the hook leaves this request alone (see :func:`endpoint_access`).
+
+    A request that matched no route gets 404 or 405 from Flask; it is authenticated like any
+    other (so the app's routes cannot be probed without a key), except under the admin API's
+    prefix, whose routes are documented in its OpenAPI document anyway.
+    """
+    rule = current_request.url_rule
+    if rule is None:
+        prefix = state.settings.admin_url_prefix
+        path = current_request.path
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            return True
+        return path_is_public(path, state)
+    access = endpoint_access(rule.endpoint, state)
+    if access == ORDINARY:
+        return path_is_public(current_request.path, state)
+    return access == SKIPPED
+
+
+def admit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
+    """Everything the hook does for a request that is not public: authenticate, limit, and
+    refuse a read-only key's writes. ``None`` when no key was sent and that is allowed."""
+    key = authenticate_and_limit(current_request, state)
+    if key is None:
+        if not state.settings.allow_unauthenticated:
+            raise MissingAPIKey(
+                "Send your API key in the Authorization header (Bearer) or in X-API-Key."
+            )
+    elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
+        raise InsufficientScope(
+            f"This key is read-only: {current_request.method} is not allowed.",
+            level=READ_ONLY,
+        )
+    return key
+
+
+def authenticate_and_limit(
+    current_request: Request,
+    state: ExtensionState,
+    credential: str | None = None,
+    *,
+    enforce_limits: bool = True,
+) -> VerifiedKey | None:
+    """:func:`~flask_apikeys.auth.authenticate`, then the rate limits and quota; a failed
+    attempt counts toward the address's block instead.
+
+    Once per request (see :data:`~flask_apikeys.environ.LIMITED_ENVIRON_KEY`): the hook, a
+    scope decorator and the token endpoint may all call it; only the first counts, later calls
+    return the first one's key. Addresses that failed too often are refused before their
+    credential is even looked at (:func:`~flask_apikeys.auth.refuse_blocked_address`).
+    ``enforce_limits=False`` counts failed attempts only: the admin API applies its own budget
+    instead. ``credential`` replaces the one in the headers (the OAuth client secret).
+    """
+    environ = current_request.environ
+    limits = state.limits
+    if limits is None or LIMITED_ENVIRON_KEY in environ:
+        environ[LIMITED_ENVIRON_KEY] = True
+        return authenticate(current_request, state, credential)
+    environ[LIMITED_ENVIRON_KEY] = True
+    settings = state.settings
+    try:
+        key = authenticate(current_request, state, credential)
+    except AuthenticationError as error:
+        if settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
+            limits.count_failure(client_address(environ, settings.trusted_proxies))
+        raise
+    if not enforce_limits:
+        return key
+    if key is not None:
+        limits.enforce(key, current_request)
+    elif settings.allow_unauthenticated:
+        limits.enforce_anonymous(current_request)
+    return key

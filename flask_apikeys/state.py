@@ -1,0 +1,134 @@
+"""What flask-apikeys keeps for one app (``app.extensions["apikeys"]``), and its one accessor.
+
+It sits above the parts it holds (service, limits, writer, audit trail, tokens) and below
+everything that serves a request (:mod:`~flask_apikeys.auth`, :mod:`~flask_apikeys.hooks`,
+the admin API, the OAuth views, the CLI), which reach the state through :func:`get_state`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Session
+
+from .audit import AuditTrail, ChainBreak, attempt_record
+from .cache import VerifiedKeyCache
+from .config import Settings
+from .errors import APIKeyError
+from .hashing import KeyHasher
+from .limiting.rate_limits import RateLimits
+from .network import client_address
+from .service import KeyService
+from .tokens import TokenAuthority
+from .usage.writer import UsageWriter
+
+EXTENSION_NAME = "apikeys"
+
+
+@dataclass
+class ExtensionState:
+    """Everything flask-apikeys keeps for one app, in ``app.extensions["apikeys"]``."""
+
+    #: The :class:`~flask_apikeys.APIKeys` object that initialised the app.
+    extension: object
+    settings: Settings
+    db: SQLAlchemy
+    hasher: KeyHasher
+    cache: VerifiedKeyCache
+    service: KeyService
+    #: ``APIKEYS_PUBLIC_PATHS`` entries matched exactly (trailing slash ignored).
+    public_exact_paths: frozenset[str]
+    #: ``/prefix/*`` entries of ``APIKEYS_PUBLIC_PATHS``, as ``"/prefix/"``.
+    public_path_prefixes: tuple[str, ...]
+    #: endpoint → how the hook treats it (:func:`~flask_apikeys.hooks.endpoint_access`),
+    #: filled on first sight of each endpoint.
+    endpoint_access: dict[str, str] = field(default_factory=dict)
+    #: The extension's own endpoints (admin API, token views), which authenticate themselves.
+    own_endpoints: frozenset[str] = frozenset()
+    #: Buffered writer of usage rows and refused-attempt audit records.
+    writer: UsageWriter | None = None
+    #: The audit trail (``None`` when ``APIKEYS_AUDIT`` is off).
+    audit: AuditTrail | None = None
+    #: Rate limits and quotas (``None`` when ``APIKEYS_RATELIMIT_ENABLED`` is off).
+    limits: RateLimits | None = None
+    #: JWT access tokens (``None`` unless ``APIKEYS_JWT_ENABLED``).
+    tokens: TokenAuthority | None = None
+
+    def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
+        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
+        if self.audit is not None and self.writer is not None:
+            address = client_address(environ, self.settings.trusted_proxies)
+            self.writer.add_audit(attempt_record(error, environ, address, presented))
+
+    def flush_usage(self) -> int:
+        """Write the buffered usage rows now; return how many were written."""
+        return 0 if self.writer is None else self.writer.flush()
+
+    def verify_audit(self) -> ChainBreak | None:
+        """Check the audit trail's hash chain; ``None`` when intact, else the first break."""
+        if self.audit is None:
+            raise RuntimeError("The audit trail is off (APIKEYS_AUDIT = False).")
+        return self.audit.verify()
+
+
+def get_state(app: Flask | None = None) -> ExtensionState:
+    """The state of ``app`` (by default the current app), or a ``RuntimeError`` saying why not."""
+    target = current_app if app is None else app
+    try:
+        return cast(ExtensionState, target.extensions[EXTENSION_NAME])
+    except KeyError:
+        raise RuntimeError(
+            "flask-apikeys is not initialised on this app: call apikeys.init_app(app)."
+        ) from None
+
+
+def build_state(
+    app: Flask, extension: object, settings: Settings, db: SQLAlchemy, limiter: Any
+) -> ExtensionState:
+    """The parts of one app, built from its settings (``init_app``)."""
+    hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
+    cache = VerifiedKeyCache(settings.cache_ttl)
+    service = KeyService(
+        session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
+    )
+    # Exact unless written as a prefix: "/docs" must not make an app's /docs/<id> public.
+    exact_paths = frozenset(
+        path.rstrip("/") or "/" for path in settings.public_paths if not path.endswith("/*")
+    )
+    prefixes = tuple(path[:-1] for path in settings.public_paths if path.endswith("/*"))
+
+    def connect() -> Any:
+        """A transaction on the app's engine, usable from the writer thread too."""
+        with app.app_context():
+            engine = db.engine
+        return engine.begin()
+
+    state = ExtensionState(
+        extension=extension,
+        settings=settings,
+        db=db,
+        hasher=hasher,
+        cache=cache,
+        service=service,
+        public_exact_paths=exact_paths,
+        public_path_prefixes=prefixes,
+        tokens=TokenAuthority(settings, service) if settings.jwt_enabled else None,
+        writer=UsageWriter(
+            connect,
+            synchronous=settings.usage_mode == "sync",
+            flush_interval=settings.usage_flush_interval,
+            batch_size=settings.usage_batch_size,
+            max_queue=settings.usage_max_queue,
+        ),
+    )
+    if settings.audit:
+        state.audit = AuditTrail(connect)
+        service.listeners.append(state.audit.on_service_event)
+    if settings.ratelimit_enabled:
+        state.limits = RateLimits(settings, limiter)
+        registered = next(iter(app.extensions.get("limiter") or ()), None)
+        state.limits.check_header_settings(app.config, registered)
+    return state

@@ -1,0 +1,113 @@
+"""The usage row: what the ``after_request`` hook captures of each authenticated request, and
+:func:`record_cost`, which a view calls to add its tokens and cost to it.
+
+Every value taken from the request is made storable here, when it is captured, so that the
+writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Response, request
+
+from ..environ import (
+    COST_ENVIRON_KEY,
+    ERROR_ENVIRON_KEY,
+    OUTCOME_ENVIRON_KEY,
+    START_ENVIRON_KEY,
+    TOKENS_ENVIRON_KEY,
+)
+from ..identity import VerifiedKey
+from ..network import client_address
+from ..storable import MAX_INTEGER, storable_text
+from .writer import UsageWriter
+
+logger = logging.getLogger("flask_apikeys.usage")
+#: What a usage row names as its endpoint when no URL rule matched (a 404, a 405).
+UNMATCHED_ENDPOINT = "[unmatched]"
+#: The largest status code the ``SMALLINT`` column takes.
+MAX_STATUS = 32767
+#: The largest cost ``NUMERIC(12, 6)`` takes.
+MAX_COST = 999_999.999999
+
+
+def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
+    """Attach tokens and cost to the current request's usage row (call it from a view)."""
+    environ = request.environ
+    if tokens is not None:
+        environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
+    if cost_usd is not None:
+        environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
+
+
+def _storable_tokens(tokens: Any) -> int | None:
+    """The tokens of :func:`record_cost`, or ``None`` when ``INTEGER`` cannot hold them."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, int) and -MAX_INTEGER <= tokens <= MAX_INTEGER:
+        return tokens
+    logger.warning("flask-apikeys recorded no tokens for a request: %r is out of range", tokens)
+    return None
+
+
+def _storable_cost(cost: Any) -> float | None:
+    """The cost of :func:`record_cost`, or ``None`` when it is not a number the column holds."""
+    if cost is None:
+        return None
+    if isinstance(cost, float) and -MAX_COST <= cost <= MAX_COST:  # False for NaN
+        return cost
+    logger.warning("flask-apikeys recorded no cost for a request: %r is out of range", cost)
+    return None
+
+
+def make_usage_recorder(
+    writer: UsageWriter, trusted_proxies: Any
+) -> Callable[[Response, Any, dict[str, Any]], None]:
+    """What the extension's ``after_request`` hook calls with the response, the request and its
+    environ: queue a row for every request that a key authenticated."""
+    add_usage = writer.add_usage
+
+    def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
+        """Queue the finished request's row (its timestamp stays a float until written).
+
+        One function, not a chain of helpers: it runs on every authenticated request.
+        """
+        key = environ.get(OUTCOME_ENVIRON_KEY)
+        if not isinstance(key, VerifiedKey):
+            return
+        started = environ.get(START_ENVIRON_KEY)
+        elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        rule = current_request.url_rule
+        # The rule, never the raw path: a path is the client's text (of any length, with
+        # %00 in it), and a 404 path is not an endpoint of the app.
+        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+        error = environ.get(ERROR_ENVIRON_KEY)
+        user_agent = environ.get("HTTP_USER_AGENT")
+        if trusted_proxies:
+            address = client_address(environ, trusted_proxies)
+        else:
+            address = environ.get("REMOTE_ADDR") or ""
+        status = response.status_code
+        add_usage(
+            (
+                key.id,
+                key.organization.id,
+                time.time(),
+                storable_text(endpoint, 300),
+                storable_text(current_request.method, 10),
+                status if 0 <= status <= MAX_STATUS else 0,
+                round(elapsed_ms, 3),
+                _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
+                _storable_cost(environ.get(COST_ENVIRON_KEY)),
+                storable_text(address, 45) or None,
+                None if user_agent is None else storable_text(user_agent, 300),
+                None if error is None else storable_text(str(error.detail), 500),
+                None if error is None else storable_text(error.error_code, 50),
+            )
+        )
+
+    return record_usage
