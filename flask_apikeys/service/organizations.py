@@ -218,17 +218,20 @@ class Organizations:
     def authenticating_key_count(self, organization: Organization) -> int:
         """How many of the organization's keys authenticate now (rotation overlaps included)."""
         now = utcnow()
-        return int(
-            self.store.session.scalar(
-                sa.select(sa.func.count(APIKey.id)).where(
-                    APIKey.organization_id == organization.id,
-                    APIKey.revoked_at.is_(None),
-                    APIKey.is_active.is_(True),
-                    sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
-                )
-            )
-            or 0
+        authenticating = (
+            APIKey.organization_id == organization.id,
+            APIKey.revoked_at.is_(None),
+            APIKey.is_active.is_(True),
+            sa.or_(APIKey.expires_at.is_(None), APIKey.expires_at > now),
         )
+        session = self.store.session
+        if session.connection().dialect.name in {"mysql", "mariadb"}:
+            # Under MySQL's REPEATABLE READ a plain SELECT reads the snapshot the transaction
+            # took at its first read, before the lock; a locking read sees what other
+            # transactions committed since. (PostgreSQL refuses FOR SHARE with an aggregate.)
+            locked = sa.select(APIKey.id).where(*authenticating).with_for_update(read=True)
+            return len(session.scalars(locked).all())
+        return int(session.scalar(sa.select(sa.func.count(APIKey.id)).where(*authenticating)) or 0)
 
     def check_key_count(self, organization: Organization) -> None:
         """Raise if the organization now has more authenticating keys than its plan allows."""
