@@ -12,7 +12,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from . import logmask
+from . import logmask, signals
 from .admin import make_admin_blueprint
 from .audit import AuditTrail, ChainBreak
 from .auth import make_before_request_hook
@@ -69,10 +69,13 @@ class ExtensionState:
     tokens: TokenAuthority | None = None
 
     def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
-        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
+        """Queue an audit record for a refused key and send :data:`~.signals.credential_refused`
+        (called by the hook; prefix and hint only)."""
         if self.audit is not None and self.writer is not None:
             address = client_address(environ, self.settings.trusted_proxies)
             self.writer.add_audit(attempt_record(error, environ, address, presented))
+        if signals.credential_refused.receivers:
+            signals.send_credential_refusal(error, environ, presented, self.settings)
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -194,7 +197,7 @@ class APIKeys:
         )
         if settings.audit:
             state.audit = AuditTrail(connect)
-            state.service.listeners.append(state.audit.on_service_event)
+            state.audit.subscribe(app)
 
     # -- customisation ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 :class:`OrganizationService` is the base of :class:`~flask_apikeys.service.KeyService`: it owns
 the session, the read/commit helpers that turn database failures into 503s and roll back
-refused changes, the event listeners (the audit trail), and the organization methods.
+refused changes, the event signals (:mod:`~flask_apikeys.signals`), and the organization
+methods.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from . import validation
+from . import signals, validation
 from .cache import VerifiedKeyCache
 from .config import Plan, Settings
 from .errors import BackendUnavailable, InvalidInput, OrganizationNotFound
@@ -57,8 +58,6 @@ class OrganizationService:
         self.cache = cache
         #: Role name → scopes; starts from ``APIKEYS_ROLES``, changed by :meth:`define_role`.
         self.role_definitions: dict[str, tuple[str, ...]] = dict(settings.roles)
-        #: Called with ``(event, **details)`` after each change; the audit trail plugs in here.
-        self.listeners: list[Callable[..., None]] = []
 
     @property
     def session(self) -> Session:
@@ -308,8 +307,8 @@ class OrganizationService:
             raise
 
     def _notify(self, event: str, **details: Any) -> None:
-        for listener in self.listeners:
-            listener(event, **details)
+        """Send the event's signal (:mod:`flask_apikeys.signals`); the audit trail hears it."""
+        signals.send_service_event(event, **details)
 
 
 def as_uuid(value: object) -> uuid.UUID | None:
