@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, Response, current_app, request
 from limits.storage import Storage, storage_from_string
 
+from . import signals
 from .auth import LIMITED_ENVIRON_KEY, authenticate, authenticate_request
 from .cache import MAX_CACHE_BYTES, approximate_size
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
-from . import signals
 from .errors import (
     APIKeyError,
     AuthenticationError,
