@@ -44,6 +44,9 @@ credential_refused = _signals.signal("credential-refused")
 rate_limit_refused = _signals.signal("rate-limit-refused")
 #: The organization's monthly quota answered 429 (``error``: the ``QuotaExceeded``).
 quota_refused = _signals.signal("quota-refused")
+#: A usage writer wrote rows (sender: the :class:`~flask_apikeys.usage.UsageWriter`; ``count``
+#: written, ``dropped``: refused by the database, or past ``APIKEYS_USAGE_MAX_QUEUE``).
+usage_rows_written = _signals.signal("usage-rows-written")
 
 #: The service's event names (as the audit trail records them) and their signals.
 SERVICE_EVENTS = {

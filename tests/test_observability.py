@@ -1,0 +1,369 @@
+"""Signals, Prometheus metrics, the log context filter, the alert rules and the dashboard."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from flask_apikeys import APIKeys, signals
+from flask_apikeys.keys import VISIBLE_SECRET_CHARACTERS
+from flask_apikeys.logcontext import APIKeyLogContext
+from flask_apikeys.metrics import METRIC_NAMES, APIKeysMetrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every signal sent during the test, with its name and arguments (the sender aside)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    connected = []
+    for name in (
+        "key_created",
+        "key_updated",
+        "key_revoked",
+        "key_rotated",
+        "organization_created",
+        "organization_updated",
+        "request_authenticated",
+        "credential_refused",
+        "rate_limit_refused",
+        "quota_refused",
+    ):
+
+        def receive(sender: Any, _name: str = name, **details: Any) -> None:
+            events.append((_name, details))
+
+        signal = getattr(signals, name)
+        signal.connect(receive, weak=False)
+        connected.append((signal, receive))
+    yield events
+    for signal, receive in connected:
+        signal.disconnect(receive)
+
+
+def names(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    return [name for name, _ in events]
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+
+def test_key_and_organization_events_are_signals_and_still_audited(
+    app: Flask, apikeys: APIKeys, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    with app.app_context():
+        organization = apikeys.create_organization(name="Beta", email="ops@beta.test")
+        apikeys.update_organization(organization.id, plan="pro", actor="ops")
+        created = apikeys.create_key(organization, "k", scopes=["*"], actor="ops")
+        apikeys.update_key(created.api_key.id, name="renamed", actor="ops")
+        rotated = apikeys.rotate_key(created.api_key.id)
+        apikeys.revoke_key(rotated.api_key.id, reason="done", revoked_by="ops")
+        assert received[4][1]["previous"].id == created.api_key.id
+        assert apikeys.flush_usage() == 0
+        rows = app.extensions["sqlalchemy"].session.execute(
+            __import__("sqlalchemy").text("SELECT event FROM api_key_audit_log ORDER BY id")
+        )
+        audited = [row[0] for row in rows]
+    assert names(received) == [
+        "organization_created",
+        "organization_updated",
+        "key_created",
+        "key_updated",
+        "key_rotated",
+        "key_revoked",
+    ]
+    assert audited == [
+        "organization.created",
+        "organization.updated",
+        "key.created",
+        "key.updated",
+        "key.rotated",
+        "key.revoked",
+    ]
+    assert apikeys.verify_audit() is None
+
+
+def test_signals_are_sent_with_the_app_and_a_receiver_for_another_app_hears_nothing(
+    app: Flask, apikeys: APIKeys, make_app: Any
+) -> None:
+    other = make_app()
+    heard: list[Flask] = []
+    with signals.organization_created.connected_to(lambda sender, **_: heard.append(sender), other):
+        with app.app_context():
+            apikeys.create_organization(name="Gamma", email="g@g.test")
+        assert heard == []
+        with other.app_context():
+            other.extensions["apikeys"].extension.create_organization(name="D", email="d@d.test")
+    assert heard == [other]
+
+
+def test_authenticated_request_and_refused_credential_send_signals_without_the_key(
+    app: Flask,
+    apikeys: APIKeys,
+    client: FlaskClient,
+    make_key: Any,
+    received: list[tuple[str, dict[str, Any]]],
+) -> None:
+    key, wrong = make_key(), make_key()
+    with app.app_context():
+        apikeys.revoke_key(apikeys.verify_key(wrong).id, reason="test")
+    assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    assert client.get("/v1/whoami", headers={"X-API-Key": wrong}).status_code == 401
+    del received[: names(received).index("request_authenticated")]  # the key's creation
+    assert names(received) == ["request_authenticated", "credential_refused"]
+    authenticated = received[0][1]
+    assert authenticated["key"].hint == key[-4:]
+    assert 0 <= authenticated["seconds"] < 5
+    refusal = received[1][1]
+    assert refusal["code"] == "revoked_api_key"
+    assert refusal["key_prefix"] == wrong[: len("pk_live_") + VISIBLE_SECRET_CHARACTERS]
+    assert refusal["key_hint"] == wrong[-4:]
+    assert refusal["address"] == "127.0.0.1"
+    assert key not in repr(received) and wrong not in repr(received)
+
+
+@pytest.mark.parametrize(
+    ("org_limits", "expected"),
+    [
+        ({"rate_limit_per_minute": 2}, "rate_limit_refused"),
+        ({"monthly_request_limit": 2}, "quota_refused"),
+    ],
+)
+def test_limit_refusals_send_their_signal(
+    app: Flask,
+    apikeys: APIKeys,
+    client: FlaskClient,
+    received: list[tuple[str, dict[str, Any]]],
+    org_limits: dict[str, int],
+    expected: str,
+) -> None:
+    with app.app_context():
+        organization = apikeys.create_organization(name="L", email="l@l.test", **org_limits)
+        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+    statuses = [client.get("/v1/whoami", headers={"X-API-Key": key}).status_code for _ in "abc"]
+    assert statuses == [200, 200, 429]
+    refusals = [details for name, details in received if name == expected]
+    assert len(refusals) == 1
+    assert refusals[0]["error"].code == 429
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    bodies: list[dict[str, Any]] = []
+    arrived = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server name
+        length = int(self.headers["Content-Length"])
+        type(self).bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+        type(self).arrived.set()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_the_documented_webhook_example_posts_refusals_to_a_real_http_server(
+    app: Flask, apikeys: APIKeys, client: FlaskClient, make_key: Any
+) -> None:
+    path = ROOT / "docs" / "examples" / "refusal_webhook.py"
+    spec = importlib.util.spec_from_file_location("refusal_webhook", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    server = HTTPServer(("127.0.0.1", 0), _Webhook)
+    _Webhook.bodies, _Webhook.arrived = [], threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pending = example.forward_refusals(app, f"http://127.0.0.1:{server.server_port}/hook")
+        forged = make_key()
+        with app.app_context():
+            apikeys.revoke_key(apikeys.verify_key(forged).id, reason="leaked")
+        assert client.get("/v1/whoami", headers={"X-API-Key": forged}).status_code == 401
+        pending.join()
+        assert _Webhook.arrived.wait(5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Webhook.bodies == [
+        {
+            "code": "revoked_api_key",
+            "key_prefix": forged[: len("pk_live_") + VISIBLE_SECRET_CHARACTERS],
+            "key_hint": forged[-4:],
+            "address": "127.0.0.1",
+        }
+    ]
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def scrape(client: FlaskClient, key: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = client.get("/apikeys/metrics", headers={"X-API-Key": key})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def test_metrics_count_requests_refusals_quota_cost_and_cache(
+    app: Flask, apikeys: APIKeys, client: FlaskClient
+) -> None:
+    app.config["APIKEYS_COST_TABLE"] = {}
+    APIKeysMetrics(app)
+    with app.app_context():
+        organization = apikeys.create_organization(
+            name="M", email="m@m.test", monthly_request_limit=100
+        )
+        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+        reader = apikeys.create_key(organization, "metrics", scopes=["apikeys:metrics"]).key
+        org = str(organization.id)
+    for _ in range(3):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    assert client.post("/v1/generate/slides", headers={"X-API-Key": key}).status_code == 200
+    assert client.get("/nowhere", headers={"X-API-Key": key}).status_code == 404
+    assert client.get("/v1/whoami", headers={"X-API-Key": key + "x"}).status_code == 401
+    samples = scrape(client, reader)
+    requests = {
+        labels: value
+        for (name, labels), value in samples.items()
+        if name == "apikeys_requests_total"
+    }
+    assert requests == {
+        (("endpoint", "/v1/whoami"), ("organization", org), ("status_class", "2xx")): 3.0,
+        (("endpoint", "/v1/generate/slides"), ("organization", org), ("status_class", "2xx")): 1.0,
+        (("endpoint", "[unmatched]"), ("organization", org), ("status_class", "4xx")): 1.0,
+    }
+    assert samples[("apikeys_credential_refusals_total", (("code", "invalid_api_key"),))] == 1
+    assert samples[("apikeys_cost_usd_total", (("organization", org),))] == pytest.approx(0.0125)
+    # 5 requests took from the quota; the scrape's own is counted after its response
+    assert samples[("apikeys_quota_used_requests", (("organization", org),))] == 5
+    assert samples[("apikeys_quota_limit_requests", (("organization", org),))] == 100
+    assert samples[("apikeys_verification_seconds_count", ())] == 6
+    hits = samples[("apikeys_key_cache_hits_total", ())]
+    misses = samples[("apikeys_key_cache_misses_total", ())]
+    assert misses >= 2 and hits >= 3
+    with app.app_context():
+        written = apikeys.flush_usage()
+    assert written == 6
+    after = scrape(client, reader)
+    assert after[("apikeys_usage_rows_written_total", ())] == 6
+    assert after[("apikeys_usage_rows_dropped_total", ())] == 0
+    assert not any(key in str(name) + str(labels) for name, labels in after)
+
+
+def test_metrics_need_the_metrics_scope(app: Flask, client: FlaskClient, make_key: Any) -> None:
+    APIKeysMetrics(app)
+    assert client.get("/apikeys/metrics").status_code == 401
+    other = make_key(scopes=["presentations:read"])
+    assert client.get("/apikeys/metrics", headers={"X-API-Key": other}).status_code == 403
+
+
+def test_rate_limit_refusals_are_counted_by_organization_and_policy(
+    app: Flask, apikeys: APIKeys, client: FlaskClient
+) -> None:
+    APIKeysMetrics(app)
+    with app.app_context():
+        organization = apikeys.create_organization(name="R", email="r@r.test")
+        key = apikeys.create_key(organization, "k", scopes=["*"], rate_limit="1/minute")
+        reader = apikeys.create_key(organization, "m", scopes=["apikeys:metrics"]).key
+        labels = (("organization", str(organization.id)), ("policy", "apikey"))
+    for _ in range(3):
+        client.get("/v1/whoami", headers={"X-API-Key": key.key})
+    samples = scrape(client, reader)
+    assert samples[("apikeys_rate_limit_refusals_total", labels)] == 2
+
+
+def test_key_id_is_a_label_only_when_asked(app: Flask, client: FlaskClient, make_key: Any) -> None:
+    app.config["APIKEYS_METRICS_KEY_ID_LABEL"] = True
+    APIKeysMetrics(app)
+    key = make_key()
+    client.get("/v1/whoami", headers={"X-API-Key": key})
+    samples = scrape(client, key)
+    labelled = [dict(labels) for name, labels in samples if name == "apikeys_requests_total"]
+    assert all("key_id" in labels for labels in labelled) and labelled
+
+
+# -- log context --------------------------------------------------------------------------------
+
+
+def test_log_records_made_during_a_request_carry_the_key_context(
+    app: Flask, client: FlaskClient, make_key: Any
+) -> None:
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.addFilter(APIKeyLogContext())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(organization_id)s %(api_key_id)s %(key_hint)s %(request_id)s %(message)s"
+        )
+    )
+    app.logger.addHandler(handler)
+
+    @app.get("/v1/logs")
+    def log_something() -> str:
+        app.logger.warning("inside the view")
+        return "ok"
+
+    key = make_key()
+    try:
+        client.get("/v1/logs", headers={"X-API-Key": key, "X-Request-ID": "req-42"})
+        client.get("/v1/logs", headers={"X-API-Key": key})
+        # pytest-flask keeps a test request context pushed: log from a thread without one
+        outside_thread = threading.Thread(target=app.logger.warning, args=("outside any request",))
+        outside_thread.start()
+        outside_thread.join()
+    finally:
+        app.logger.removeHandler(handler)
+    with app.app_context():
+        verified = app.extensions["apikeys"].extension.verify_key(key)
+    first, second, outside = lines
+    assert first == f"{verified.organization.id} {verified.id} {key[-4:]} req-42 inside the view"
+    assert re.fullmatch(rf"\S+ {verified.id} {key[-4:]} [0-9a-f]{{32}} inside the view", second)
+    assert outside == "- - - - outside any request"
+    assert key not in "".join(lines)
+
+
+# -- alert rules and dashboard ------------------------------------------------------------------
+
+
+def test_every_dashboard_expression_uses_only_exported_metric_names(
+    app: Flask, client: FlaskClient, make_key: Any
+) -> None:
+    APIKeysMetrics(app)
+    key = make_key()
+    client.get("/v1/whoami", headers={"X-API-Key": key})
+    exported = {name for name, _ in scrape(client, key)}
+    dashboard = json.loads(
+        (ROOT / "flask_apikeys" / "observability" / "dashboard.json").read_text()
+    )
+    expressions = [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    assert expressions
+    used = set()
+    for expression in expressions:
+        used |= set(re.findall(r"\bapikeys_[a-z_]+\b", expression))
+    assert used and used <= exported, used - exported
+    assert {name.removesuffix("_total") for name in METRIC_NAMES} <= {
+        name.removesuffix("_total").removesuffix("_count") for name in exported | set(METRIC_NAMES)
+    }
