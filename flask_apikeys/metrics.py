@@ -49,6 +49,7 @@ METRIC_NAMES = (
     "apikeys_usage_rows_dropped_total",
     "apikeys_cost_usd_total",
 )
+MAX_REMEMBERED_ORGANIZATIONS = 100_000
 DEFAULT_PATH = "/apikeys/metrics"
 DEFAULT_SCOPE = "apikeys:metrics"
 #: Seconds: a cached key verifies in microseconds, a cache miss costs a database read.
@@ -144,12 +145,14 @@ class _Recorder:
             "Requests refused because the organization's monthly quota was used up.",
             ["organization"],
         )
+        # The shared counter only grows within a month: the largest value any worker saw is
+        # the latest (the last worker to finish a request may have taken an earlier unit).
         self.quota_used = Gauge(
             "apikeys_quota_used_requests",
-            "Requests taken from the organization's monthly quota so far this month.",
-            ["organization"],
+            "Requests taken from the organization's monthly quota in the month (UTC, YYYY-MM).",
+            ["organization", "month"],
             registry=registry,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="max",
         )
         self.quota_limit = Gauge(
             "apikeys_quota_limit_requests",
@@ -189,6 +192,7 @@ class _Recorder:
             ["organization"],
         )
         self._cache_seen = (0, 0)
+        self._quota_months: dict[str, str] = {}
 
     # -- receivers ----------------------------------------------------------------------------
 
@@ -216,11 +220,23 @@ class _Recorder:
             self.cost.labels(organization).inc(cost)
         result = request.environ.get(RESULT_ENVIRON_KEY)
         if result is not None:
-            limits, outcome, _month = result
+            limits, outcome, month = result
             index = limits.quota_index
             if index is not None:
-                self.quota_used.labels(organization).set(outcome.values[index])
+                self._set_quota(organization, month.label, outcome.values[index])
                 self.quota_limit.labels(organization).set(limits.counters[index].limit)
+
+    def _set_quota(self, organization: str, month: str, used: int) -> None:
+        """Set the month's figure; a month just ended drops to 0 in this process, so that
+        alerts on the largest figure see only the current month."""
+        previous = self._quota_months.get(organization)
+        if previous != month:
+            if previous is not None:
+                self.quota_used.labels(organization, previous).set(0)
+            if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._quota_months.clear()
+            self._quota_months[organization] = month
+        self.quota_used.labels(organization, month).set(used)
 
     def on_credential_refused(self, sender: Flask, *, code: str, **_: Any) -> None:
         self.credential_refusals.labels(code).inc()

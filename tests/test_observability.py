@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -23,6 +24,7 @@ from flask_apikeys.logcontext import APIKeyLogContext
 from flask_apikeys.metrics import METRIC_NAMES, APIKeysMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
+OBSERVABILITY = ROOT / "flask_apikeys" / "observability"
 
 
 @pytest.fixture
@@ -251,7 +253,8 @@ def test_metrics_count_requests_refusals_quota_cost_and_cache(
     assert samples[("apikeys_credential_refusals_total", (("code", "invalid_api_key"),))] == 1
     assert samples[("apikeys_cost_usd_total", (("organization", org),))] == pytest.approx(0.0125)
     # 5 requests took from the quota; the scrape's own is counted after its response
-    assert samples[("apikeys_quota_used_requests", (("organization", org),))] == 5
+    month = (("month", time.strftime("%Y-%m", time.gmtime())), ("organization", org))
+    assert samples[("apikeys_quota_used_requests", month)] == 5
     assert samples[("apikeys_quota_limit_requests", (("organization", org),))] == 100
     assert samples[("apikeys_verification_seconds_count", ())] == 6
     hits = samples[("apikeys_key_cache_hits_total", ())]
