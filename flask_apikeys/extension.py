@@ -12,7 +12,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
-from . import logmask, signals
+from . import cost, logmask, signals
 from .admin import make_admin_blueprint
 from .audit import AuditTrail, ChainBreak
 from .auth import make_before_request_hook
@@ -176,6 +176,7 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
+        cost.install(app, app.config.get("APIKEYS_COST_TABLE"))  # after our after_request hook
 
     def _install_usage_and_audit(self, app: Flask, state: ExtensionState) -> None:
         settings, db = state.settings, state.db

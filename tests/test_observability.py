@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -76,7 +77,7 @@ def test_key_and_organization_events_are_signals_and_still_audited(
         assert received[4][1]["previous"].id == created.api_key.id
         assert apikeys.flush_usage() == 0
         rows = app.extensions["sqlalchemy"].session.execute(
-            __import__("sqlalchemy").text("SELECT event FROM api_key_audit_log ORDER BY id")
+            sa.text("SELECT event FROM api_key_audit_log ORDER BY id")
         )
         audited = [row[0] for row in rows]
     assert names(received) == [
@@ -370,3 +371,53 @@ def test_every_dashboard_expression_uses_only_exported_metric_names(
     assert {name.removesuffix("_total") for name in METRIC_NAMES} <= {
         name.removesuffix("_total").removesuffix("_count") for name in exported | set(METRIC_NAMES)
     }
+
+
+# -- cost from configuration --------------------------------------------------------------------
+
+
+COST_TABLE = {
+    "/v1/generate/slides": {"request": 0.01, "per_1k_tokens": 0.5},
+    "list_presentations": {"request": 0.001},
+    "*": {"request": 0.0001},
+}
+
+
+def test_cost_table_prices_every_request_into_the_usage_row_and_the_metric(
+    make_app: Any,
+) -> None:
+    app = make_app(APIKEYS_COST_TABLE=COST_TABLE, APIKEYS_USAGE_MODE="sync")
+    APIKeysMetrics(app)
+    apikeys = app.extensions["apikeys"].extension
+    with app.app_context():
+        organization = apikeys.create_organization(name="C", email="c@c.test")
+        org = str(organization.id)
+        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+    client = app.test_client()
+    headers = {"X-API-Key": key}
+    # the view records 1200 tokens and 0.0125 USD itself: 0.01 + 1.2 * 0.5 + 0.0125
+    assert client.post("/v1/generate/slides", headers=headers).status_code == 200
+    assert client.get("/v1/presentations", headers=headers).status_code == 200  # by endpoint
+    assert client.get("/v1/whoami", headers=headers).status_code == 200  # "*"
+    assert client.get("/nowhere", headers=headers).status_code == 404  # not charged
+    with app.app_context():
+        costs = dict(
+            app.extensions["sqlalchemy"]
+            .session.execute(sa.text("SELECT endpoint, cost_usd FROM api_key_usage"))
+            .all()
+        )
+    assert costs["/v1/generate/slides"] == pytest.approx(0.6225)
+    assert costs["/v1/presentations"] == pytest.approx(0.001)
+    assert costs["/v1/whoami"] == pytest.approx(0.0001)
+    assert costs["[unmatched]"] is None
+    samples = scrape(client, key)
+    assert samples[("apikeys_cost_usd_total", (("organization", org),))] == pytest.approx(0.6236)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [["/v1"], {"/v1": 3}, {"/v1": {}}, {"/v1": {"request": -1}}, {"/v1": {"per_call": 1}}],
+)
+def test_a_wrong_cost_table_is_refused_at_start_up(make_app: Any, table: Any) -> None:
+    with pytest.raises(RuntimeError, match="APIKEYS_COST_TABLE"):
+        make_app(APIKEYS_COST_TABLE=table)

@@ -1,0 +1,83 @@
+"""Cost computed from configuration: ``APIKEYS_COST_TABLE`` prices each request of a key.
+
+::
+
+    APIKEYS_COST_TABLE = {
+        "/v1/generate/slides": {"request": 0.002, "per_1k_tokens": 0.01},
+        "*": {"request": 0.0001},
+    }
+
+An entry is found by the request's URL rule, then its endpoint name, then ``"*"``. Its
+``request`` price is charged once, and ``per_1k_tokens`` for the tokens a view recorded with
+:func:`~flask_apikeys.usage.record_cost`; a view's own ``cost_usd`` is added on top. Only
+responses below 400 are charged. The result is the usage row's cost (so ``usage_stats`` and
+the admin API sum it) and the ``apikeys_cost_usd_total`` metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, request
+
+from .auth import get_current_key
+from .usage import COST_ENVIRON_KEY, TOKENS_ENVIRON_KEY
+
+PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
+DEFAULT_ENTRY = "*"
+
+
+def check_cost_table(table: Any) -> dict[str, dict[str, float]]:
+    """The table with its prices as floats; ``RuntimeError`` naming the entry that is wrong."""
+    if not isinstance(table, Mapping):
+        raise RuntimeError(
+            "APIKEYS_COST_TABLE must map a URL rule, an endpoint or '*' to its prices, e.g. "
+            '{"/v1/generate": {"request": 0.002, "per_1k_tokens": 0.01}}.'
+        )
+    checked: dict[str, dict[str, float]] = {}
+    for entry, prices in table.items():
+        if not isinstance(prices, Mapping) or not prices or set(prices) - PRICE_FIELDS:
+            raise RuntimeError(
+                f"APIKEYS_COST_TABLE[{entry!r}] must be a mapping with 'request' and/or "
+                "'per_1k_tokens' prices in USD."
+            )
+        checked[str(entry)] = {}
+        for field, price in prices.items():
+            if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
+                raise RuntimeError(
+                    f"APIKEYS_COST_TABLE[{entry!r}][{field!r}] must be a number >= 0, "
+                    f"not {price!r}."
+                )
+            checked[str(entry)][field] = float(price)
+    return checked
+
+
+def install(app: Flask, table: Any) -> None:
+    """Price each authenticated request of ``app`` from ``table`` (nothing when it is empty).
+
+    Registered after the extension's own ``after_request`` hook, so it runs before it (Flask
+    runs them in reverse) and the usage row carries the cost.
+    """
+    if not table:
+        return
+    prices = check_cost_table(table)
+
+    def price_request(response: Response) -> Response:
+        if response.status_code >= 400 or get_current_key() is None:
+            return response
+        rule = request.url_rule
+        entry = (
+            (rule is not None and prices.get(rule.rule))
+            or prices.get(request.endpoint or "")
+            or prices.get(DEFAULT_ENTRY)
+        )
+        if entry:
+            environ = request.environ
+            tokens = environ.get(TOKENS_ENVIRON_KEY) or 0
+            cost = entry.get("request", 0.0) + tokens / 1000 * entry.get("per_1k_tokens", 0.0)
+            if cost:
+                environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + cost
+        return response
+
+    app.after_request(price_request)
