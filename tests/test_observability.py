@@ -350,27 +350,61 @@ def test_log_records_made_during_a_request_carry_the_key_context(
 # -- alert rules and dashboard ------------------------------------------------------------------
 
 
-def test_every_dashboard_expression_uses_only_exported_metric_names(
-    app: Flask, client: FlaskClient, make_key: Any
-) -> None:
+@pytest.fixture
+def exported(make_app: Any) -> dict[str, set[frozenset[str]]]:
+    """Every exported metric name with the label names it has, from a real scrape of an app
+    that made each metric count something."""
+    app = make_app(APIKEYS_COST_TABLE={"*": {"request": 0.001}})
     APIKeysMetrics(app)
-    key = make_key()
-    client.get("/v1/whoami", headers={"X-API-Key": key})
-    exported = {name for name, _ in scrape(client, key)}
-    dashboard = json.loads(
-        (ROOT / "flask_apikeys" / "observability" / "dashboard.json").read_text()
-    )
+    apikeys = app.extensions["apikeys"].extension
+    with app.app_context():
+        limited = apikeys.create_organization(name="L", email="l@l.test", monthly_request_limit=1)
+        quota_key = apikeys.create_key(limited, "q", scopes=["*"]).key
+        open_organization = apikeys.create_organization(name="O", email="o@o.test")
+        rate_key = apikeys.create_key(open_organization, "r", scopes=["*"], rate_limit="1/minute")
+        reader = apikeys.create_key(open_organization, "m", scopes=["apikeys:metrics"]).key
+    client = app.test_client()
+    statuses = [
+        client.get("/v1/whoami", headers={"X-API-Key": credential}).status_code
+        for credential in (quota_key, quota_key, rate_key.key, rate_key.key, reader + "x")
+    ]
+    assert statuses == [200, 429, 200, 429, 401]
+    with app.app_context():
+        apikeys.flush_usage()
+    response = client.get("/apikeys/metrics", headers={"X-API-Key": reader})
+    names: dict[str, set[frozenset[str]]] = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for sample in family.samples:
+            names.setdefault(sample.name, set()).add(frozenset(sample.labels))
+    return names
+
+
+def metric_names_in(expression: str) -> set[str]:
+    return set(re.findall(r"\bapikeys_[a-z_]+\b", expression))
+
+
+def test_every_metric_is_exported_once_each_has_counted(
+    exported: dict[str, set[frozenset[str]]],
+) -> None:
+    histogram = "apikeys_verification_seconds"
+    assert {f"{histogram}_bucket", f"{histogram}_count", f"{histogram}_sum"} <= exported.keys()
+    assert set(METRIC_NAMES) - {histogram} <= exported.keys()
+
+
+def test_every_dashboard_expression_uses_only_exported_metric_names(
+    exported: dict[str, set[frozenset[str]]],
+) -> None:
+    dashboard = json.loads((OBSERVABILITY / "dashboard.json").read_text())
     expressions = [
         target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
     ]
-    assert expressions
-    used = set()
+    assert len(expressions) >= 12
+    used = set().union(*map(metric_names_in, expressions))
+    assert used <= exported.keys(), used - exported.keys()
+    labels = set().union(*(set(label_set) for name in used for label_set in exported[name]))
     for expression in expressions:
-        used |= set(re.findall(r"\bapikeys_[a-z_]+\b", expression))
-    assert used and used <= exported, used - exported
-    assert {name.removesuffix("_total") for name in METRIC_NAMES} <= {
-        name.removesuffix("_total").removesuffix("_count") for name in exported | set(METRIC_NAMES)
-    }
+        for grouped in re.findall(r"by \(([^)]*)\)", expression):
+            assert {label.strip() for label in grouped.split(",")} <= labels | {"le"}
 
 
 # -- cost from configuration --------------------------------------------------------------------
