@@ -455,3 +455,27 @@ def test_cost_table_prices_every_request_into_the_usage_row_and_the_metric(
 def test_a_wrong_cost_table_is_refused_at_start_up(make_app: Any, table: Any) -> None:
     with pytest.raises(RuntimeError, match="APIKEYS_COST_TABLE"):
         make_app(APIKEYS_COST_TABLE=table)
+
+
+# -- the docs page ------------------------------------------------------------------------------
+
+
+def test_the_observability_page_runs_as_written(tmp_path: Path) -> None:
+    """Its Python blocks, in order, in one namespace (as a reader pasting them would)."""
+    import docutils.core
+    import docutils.nodes
+
+    source = (ROOT / "docs" / "observability.rst").read_text()
+    document = docutils.core.publish_doctree(
+        source, settings_overrides={"report_level": 5, "halt_level": 5}
+    )
+    blocks = [
+        node.astext()
+        for node in document.findall(docutils.nodes.literal_block)
+        if "python" in node.get("classes", []) and "literalinclude" not in node.get("source", "")
+    ]
+    assert len(blocks) >= 7
+    namespace: dict[str, Any] = {"__name__": "docs_observability"}
+    for block in blocks:
+        exec(compile(block, "<docs/observability.rst>", "exec"), namespace)  # noqa: S102
+    namespace["apikeys"].close(namespace["app"])
