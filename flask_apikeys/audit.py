@@ -189,8 +189,12 @@ class AuditTrail:
 
     def subscribe(self, app: Any) -> None:
         """Record ``app``'s key and organization events: connect to their signals."""
-        for event, signal in SERVICE_EVENTS.items():
-            signal.connect(functools.partial(self.on_service_event, event), app, weak=False)
+        # Held here and connected weakly: the receivers go when the app (and this trail) go.
+        self._receivers = [
+            functools.partial(self.on_service_event, event) for event in SERVICE_EVENTS
+        ]
+        for receiver, signal in zip(self._receivers, SERVICE_EVENTS.values(), strict=True):
+            signal.connect(receiver, app)
 
     def on_service_event(self, event: str, sender: Any = None, **details: Any) -> None:
         """Receiver of the key and organization signals (:mod:`flask_apikeys.signals`)."""

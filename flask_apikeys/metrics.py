@@ -14,6 +14,7 @@ adds up all of them (prometheus_client's multiprocess mode).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, cast
 
 from flask import Flask, Response, current_app, request, request_finished
@@ -82,13 +83,13 @@ class APIKeysMetrics:
         registry = registry or self._registry or CollectorRegistry()
         recorder = _Recorder(registry, state, bool(app.config["APIKEYS_METRICS_KEY_ID_LABEL"]))
         app.extensions["apikeys_metrics"] = recorder
-        request_finished.connect(recorder.on_request_finished, app, weak=False)
-        signals.request_authenticated.connect(recorder.on_authenticated, app, weak=False)
-        signals.credential_refused.connect(recorder.on_credential_refused, app, weak=False)
-        signals.rate_limit_refused.connect(recorder.on_rate_limit_refused, app, weak=False)
-        signals.quota_refused.connect(recorder.on_quota_refused, app, weak=False)
+        request_finished.connect(recorder.on_request_finished, app)
+        signals.request_authenticated.connect(recorder.on_authenticated, app)
+        signals.credential_refused.connect(recorder.on_credential_refused, app)
+        signals.rate_limit_refused.connect(recorder.on_rate_limit_refused, app)
+        signals.quota_refused.connect(recorder.on_quota_refused, app)
         if state.writer is not None:
-            signals.usage_rows_written.connect(recorder.on_rows_written, state.writer, weak=False)
+            signals.usage_rows_written.connect(recorder.on_rows_written, state.writer)
         path = app.config["APIKEYS_METRICS_PATH"]
         if path:
             view = require_scopes(app.config["APIKEYS_METRICS_SCOPE"])(serve_metrics)
@@ -192,6 +193,7 @@ class _Recorder:
             ["organization"],
         )
         self._cache_seen = (0, 0)
+        self._cache_lock = threading.Lock()
         self._quota_months: dict[str, str] = {}
 
     # -- receivers ----------------------------------------------------------------------------
@@ -260,10 +262,11 @@ class _Recorder:
     def _sync_cache_counts(self) -> None:
         """Add the cache's hits and misses since the last request (it counts in plain ints)."""
         cache = self.state.cache
-        hits, misses = cache.hits, cache.misses
-        seen_hits, seen_misses = self._cache_seen
+        with self._cache_lock:  # two threads must not both add the same lookups
+            hits, misses = cache.hits, cache.misses
+            seen_hits, seen_misses = self._cache_seen
+            self._cache_seen = (hits, misses)
         if hits > seen_hits:
             self.cache_hits.inc(hits - seen_hits)
         if misses > seen_misses:
             self.cache_misses.inc(misses - seen_misses)
-        self._cache_seen = (hits, misses)

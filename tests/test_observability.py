@@ -479,3 +479,22 @@ def test_the_observability_page_runs_as_written(tmp_path: Path) -> None:
     for block in blocks:
         exec(compile(block, "<docs/observability.rst>", "exec"), namespace)  # noqa: S102
     namespace["apikeys"].close(namespace["app"])
+
+
+def test_a_dropped_app_is_collected_with_its_audit_and_metrics_receivers(make_app: Any) -> None:
+    """Receivers are held by the app's state, not by the signals: an app factory run a thousand
+    times (tests) does not keep a thousand apps alive."""
+    import gc
+    import weakref
+
+    from .factory import create_app
+
+    app, db, apikeys = create_app("sqlite://")
+    APIKeysMetrics(app)
+    dropped = weakref.ref(app)
+    receivers_before = len(signals.key_created.receivers)
+    apikeys.close(app)
+    del app, db, apikeys
+    gc.collect()
+    assert dropped() is None
+    assert len(signals.key_created.receivers) == receivers_before - 1
