@@ -321,11 +321,15 @@ def test_log_records_made_during_a_request_carry_the_key_context(
             "%(organization_id)s %(api_key_id)s %(key_hint)s %(request_id)s %(message)s"
         )
     )
-    app.logger.addHandler(handler)
+    # A logger of its own: an earlier test's logging.config (Alembic's env.py) may have
+    # disabled the loggers that existed then.
+    logger = logging.getLogger(f"test_log_context.{id(handler)}")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
 
     @app.get("/v1/logs")
     def log_something() -> str:
-        app.logger.warning("inside the view")
+        logger.warning("inside the view")
         return "ok"
 
     key = make_key()
@@ -333,11 +337,11 @@ def test_log_records_made_during_a_request_carry_the_key_context(
         client.get("/v1/logs", headers={"X-API-Key": key, "X-Request-ID": "req-42"})
         client.get("/v1/logs", headers={"X-API-Key": key})
         # pytest-flask keeps a test request context pushed: log from a thread without one
-        outside_thread = threading.Thread(target=app.logger.warning, args=("outside any request",))
+        outside_thread = threading.Thread(target=logger.warning, args=("outside any request",))
         outside_thread.start()
         outside_thread.join()
     finally:
-        app.logger.removeHandler(handler)
+        logger.removeHandler(handler)
     with app.app_context():
         verified = app.extensions["apikeys"].extension.verify_key(key)
     first, second, outside = lines
