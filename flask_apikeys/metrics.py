@@ -195,6 +195,8 @@ class _Recorder:
         self._cache_seen = (0, 0)
         self._cache_lock = threading.Lock()
         self._quota_months: dict[str, str] = {}
+        self._request_children: dict[tuple[Any, ...], Any] = {}
+        self._quota_children: dict[tuple[Any, str], tuple[Any, Any]] = {}
 
     # -- receivers ----------------------------------------------------------------------------
 
@@ -210,27 +212,42 @@ class _Recorder:
         key = get_current_key()
         if key is None:
             return
-        organization = str(key.organization.id)
+        environ = request.environ
         rule = request.url_rule
-        labels = [organization, UNMATCHED_ENDPOINT if rule is None else rule.rule]
-        labels.append(status_class(response.status_code))
-        if self.key_id_label:
-            labels.append(str(key.id))
-        self.requests.labels(*labels).inc()
-        cost = request.environ.get(COST_ENVIRON_KEY)
+        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+        status = response.status_code
+        # The labelled children, found by the raw values: labels() validates and formats its
+        # arguments on every call, which costs more than the increment itself.
+        found = (key.organization.id, endpoint, status, key.id if self.key_id_label else None)
+        child = self._request_children.get(found)
+        if child is None:
+            labels = [str(key.organization.id), endpoint, status_class(status)]
+            if self.key_id_label:
+                labels.append(str(key.id))
+            if len(self._request_children) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._request_children.clear()
+            child = self._request_children[found] = self.requests.labels(*labels)
+        child.inc()
+        cost = environ.get(COST_ENVIRON_KEY)
         if isinstance(cost, float) and cost > 0:
-            self.cost.labels(organization).inc(cost)
-        result = request.environ.get(RESULT_ENVIRON_KEY)
+            self.cost.labels(str(key.organization.id)).inc(cost)
+        result = environ.get(RESULT_ENVIRON_KEY)
         if result is not None:
             limits, outcome, month = result
             index = limits.quota_index
             if index is not None:
-                self._set_quota(organization, month.label, outcome.values[index])
-                self.quota_limit.labels(organization).set(limits.counters[index].limit)
+                quota = self._quota_children.get((key.organization.id, month.label))
+                if quota is None:
+                    quota = self._quota_children_for(str(key.organization.id), month.label)
+                    if len(self._quota_children) >= MAX_REMEMBERED_ORGANIZATIONS:
+                        self._quota_children.clear()
+                    self._quota_children[(key.organization.id, month.label)] = quota
+                quota[0].set(outcome.values[index])
+                quota[1].set(limits.counters[index].limit)
 
-    def _set_quota(self, organization: str, month: str, used: int) -> None:
-        """Set the month's figure; a month just ended drops to 0 in this process, so that
-        alerts on the largest figure see only the current month."""
+    def _quota_children_for(self, organization: str, month: str) -> tuple[Any, Any]:
+        """The month's used and limit gauges; a month just ended drops to 0 in this process,
+        so that alerts on the largest figure see only the current month."""
         previous = self._quota_months.get(organization)
         if previous != month:
             if previous is not None:
@@ -238,7 +255,7 @@ class _Recorder:
             if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
                 self._quota_months.clear()
             self._quota_months[organization] = month
-        self.quota_used.labels(organization, month).set(used)
+        return self.quota_used.labels(organization, month), self.quota_limit.labels(organization)
 
     def on_credential_refused(self, sender: Flask, *, code: str, **_: Any) -> None:
         self.credential_refusals.labels(code).inc()

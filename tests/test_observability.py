@@ -496,6 +496,7 @@ def test_a_dropped_app_is_collected_with_its_audit_and_metrics_receivers(make_ap
     app, db, apikeys = create_app("sqlite://")
     APIKeysMetrics(app)
     dropped = weakref.ref(app)
+    gc.collect()  # earlier tests' apps first
     receivers_before = len(signals.key_created.receivers)
     apikeys.close(app)
     del app, db, apikeys
