@@ -48,6 +48,9 @@ DEFAULT_PLANS: dict[str, dict[str, int | None]] = {
 DEFAULT_PUBLIC_PATHS = ("/health", "/docs", "/openapi.json")
 
 
+COST_PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
+
+
 class ConfigError(RuntimeError):
     """A configuration value is wrong; the message names the key and what it accepts."""
 
@@ -329,6 +332,27 @@ def _parse_optional_path(value: Any) -> str | None:
     return path
 
 
+def parse_cost_table(table: Any) -> dict[str, dict[str, float]]:
+    """``APIKEYS_COST_TABLE`` with its prices as floats; ``ValueError`` naming a wrong entry."""
+    if not isinstance(table, Mapping):
+        raise ValueError(
+            "expected a mapping of URL rule, endpoint or '*' to prices, e.g. "
+            '{"/v1/generate": {"request": 0.002, "per_1k_tokens": 0.01}}'
+        )
+    checked: dict[str, dict[str, float]] = {}
+    for entry, prices in table.items():
+        if not isinstance(prices, Mapping) or not prices or set(prices) - COST_PRICE_FIELDS:
+            raise ValueError(
+                f"{entry!r} must map 'request' and/or 'per_1k_tokens' to a price in USD"
+            )
+        checked[str(entry)] = {}
+        for name, price in prices.items():
+            if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
+                raise ValueError(f"{entry!r}: {name!r} must be a number >= 0, not {price!r}")
+            checked[str(entry)][name] = float(price)
+    return checked
+
+
 def _parse_scope(value: Any) -> str:
     scopes = normalize_scopes([value] if isinstance(value, str) else value)
     if len(scopes) != 1:
@@ -579,6 +603,32 @@ OPTIONS: tuple[Option, ...] = (
         _parse_optional_path,
         "where a key, or an access token, is revoked by its holder or an admin (RFC 7009, "
         "POST; empty: not mounted)",
+    ),
+    # -- observability (docs/observability.rst) --
+    Option(
+        "APIKEYS_COST_TABLE",
+        {},
+        lambda value: parse_cost_table(_parse_json_if_text(value)),
+        "prices in USD by URL rule, endpoint or ``*``: ``request`` and/or ``per_1k_tokens``; "
+        "every authenticated request below 400 is priced into its usage row",
+    ),
+    Option(
+        "APIKEYS_METRICS_PATH",
+        "/apikeys/metrics",
+        _parse_optional_path,
+        "where APIKeysMetrics serves the Prometheus metrics (empty: not mounted)",
+    ),
+    Option(
+        "APIKEYS_METRICS_SCOPE",
+        "apikeys:metrics",
+        _parse_scope,
+        "the scope a key needs to read the metrics",
+    ),
+    Option(
+        "APIKEYS_METRICS_KEY_ID_LABEL",
+        False,
+        _parse_bool,
+        "add the key id as a label of apikeys_requests_total (one series per key)",
     ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}

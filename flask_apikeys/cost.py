@@ -16,52 +16,23 @@ the admin API sum it) and the ``apikeys_cost_usd_total`` metric.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from flask import Flask, Response, request
 
 from .auth import get_current_key
 from .usage import COST_ENVIRON_KEY, TOKENS_ENVIRON_KEY
 
-PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
 DEFAULT_ENTRY = "*"
 
 
-def check_cost_table(table: Any) -> dict[str, dict[str, float]]:
-    """The table with its prices as floats; ``RuntimeError`` naming the entry that is wrong."""
-    if not isinstance(table, Mapping):
-        raise RuntimeError(
-            "APIKEYS_COST_TABLE must map a URL rule, an endpoint or '*' to its prices, e.g. "
-            '{"/v1/generate": {"request": 0.002, "per_1k_tokens": 0.01}}.'
-        )
-    checked: dict[str, dict[str, float]] = {}
-    for entry, prices in table.items():
-        if not isinstance(prices, Mapping) or not prices or set(prices) - PRICE_FIELDS:
-            raise RuntimeError(
-                f"APIKEYS_COST_TABLE[{entry!r}] must be a mapping with 'request' and/or "
-                "'per_1k_tokens' prices in USD."
-            )
-        checked[str(entry)] = {}
-        for field, price in prices.items():
-            if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
-                raise RuntimeError(
-                    f"APIKEYS_COST_TABLE[{entry!r}][{field!r}] must be a number >= 0, "
-                    f"not {price!r}."
-                )
-            checked[str(entry)][field] = float(price)
-    return checked
-
-
-def install(app: Flask, table: Any) -> None:
-    """Price each authenticated request of ``app`` from ``table`` (nothing when it is empty).
+def install(app: Flask, prices: dict[str, dict[str, float]]) -> None:
+    """Price each authenticated request of ``app`` (nothing when ``prices`` is empty); the
+    table was read and checked with the other settings (:func:`~.config.parse_cost_table`).
 
     Registered after the extension's own ``after_request`` hook, so it runs before it (Flask
     runs them in reverse) and the usage row carries the cost.
     """
-    if not table:
+    if not prices:
         return
-    prices = check_cost_table(table)
 
     def price_request(response: Response) -> Response:
         if response.status_code >= 400 or get_current_key() is None:

@@ -176,7 +176,7 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
-        cost.install(app, app.config.get("APIKEYS_COST_TABLE"))  # after our after_request hook
+        cost.install(app, settings.raw["APIKEYS_COST_TABLE"])  # after our after_request hook
 
     def _install_usage_and_audit(self, app: Flask, state: ExtensionState) -> None:
         settings, db = state.settings, state.db

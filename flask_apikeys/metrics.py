@@ -51,8 +51,6 @@ METRIC_NAMES = (
     "apikeys_cost_usd_total",
 )
 MAX_REMEMBERED_ORGANIZATIONS = 100_000
-DEFAULT_PATH = "/apikeys/metrics"
-DEFAULT_SCOPE = "apikeys:metrics"
 #: Seconds: a cached key verifies in microseconds, a cache miss costs a database read.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
@@ -77,11 +75,9 @@ class APIKeysMetrics:
             raise RuntimeError("Call APIKeys.init_app(app) before APIKeysMetrics.init_app(app).")
         if "apikeys_metrics" in app.extensions:
             raise RuntimeError("APIKeysMetrics is already initialised on this app.")
-        app.config.setdefault("APIKEYS_METRICS_PATH", DEFAULT_PATH)
-        app.config.setdefault("APIKEYS_METRICS_SCOPE", DEFAULT_SCOPE)
-        app.config.setdefault("APIKEYS_METRICS_KEY_ID_LABEL", False)
+        options = state.settings.raw  # read and checked by APIKeys.init_app
         registry = registry or self._registry or CollectorRegistry()
-        recorder = _Recorder(registry, state, bool(app.config["APIKEYS_METRICS_KEY_ID_LABEL"]))
+        recorder = _Recorder(registry, state, options["APIKEYS_METRICS_KEY_ID_LABEL"])
         app.extensions["apikeys_metrics"] = recorder
         request_finished.connect(recorder.on_request_finished, app)
         signals.request_authenticated.connect(recorder.on_authenticated, app)
@@ -90,9 +86,9 @@ class APIKeysMetrics:
         signals.quota_refused.connect(recorder.on_quota_refused, app)
         if state.writer is not None:
             signals.usage_rows_written.connect(recorder.on_rows_written, state.writer)
-        path = app.config["APIKEYS_METRICS_PATH"]
+        path = options["APIKEYS_METRICS_PATH"]
         if path:
-            view = require_scopes(app.config["APIKEYS_METRICS_SCOPE"])(serve_metrics)
+            view = require_scopes(options["APIKEYS_METRICS_SCOPE"])(serve_metrics)
             app.add_url_rule(path, "apikeys_metrics", view)
 
 

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_apikeys import APIKeys, signals
+from flask_apikeys.config import ConfigError
 from flask_apikeys.keys import VISIBLE_SECRET_CHARACTERS
 from flask_apikeys.logcontext import APIKeyLogContext
 from flask_apikeys.metrics import METRIC_NAMES, APIKeysMetrics
@@ -226,7 +227,6 @@ def scrape(client: FlaskClient, key: str) -> dict[tuple[str, tuple[tuple[str, st
 def test_metrics_count_requests_refusals_quota_cost_and_cache(
     app: Flask, apikeys: APIKeys, client: FlaskClient
 ) -> None:
-    app.config["APIKEYS_COST_TABLE"] = {}
     APIKeysMetrics(app)
     with app.app_context():
         organization = apikeys.create_organization(
@@ -292,10 +292,14 @@ def test_rate_limit_refusals_are_counted_by_organization_and_policy(
     assert samples[("apikeys_rate_limit_refusals_total", labels)] == 2
 
 
-def test_key_id_is_a_label_only_when_asked(app: Flask, client: FlaskClient, make_key: Any) -> None:
-    app.config["APIKEYS_METRICS_KEY_ID_LABEL"] = True
+def test_key_id_is_a_label_only_when_asked(make_app: Any) -> None:
+    app = make_app(APIKEYS_METRICS_KEY_ID_LABEL=True)
     APIKeysMetrics(app)
-    key = make_key()
+    apikeys = app.extensions["apikeys"].extension
+    with app.app_context():
+        organization = apikeys.create_organization(name="K", email="k@k.test")
+        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+    client = app.test_client()
     client.get("/v1/whoami", headers={"X-API-Key": key})
     samples = scrape(client, key)
     labelled = [dict(labels) for name, labels in samples if name == "apikeys_requests_total"]
@@ -457,7 +461,7 @@ def test_cost_table_prices_every_request_into_the_usage_row_and_the_metric(
     [["/v1"], {"/v1": 3}, {"/v1": {}}, {"/v1": {"request": -1}}, {"/v1": {"per_call": 1}}],
 )
 def test_a_wrong_cost_table_is_refused_at_start_up(make_app: Any, table: Any) -> None:
-    with pytest.raises(RuntimeError, match="APIKEYS_COST_TABLE"):
+    with pytest.raises(ConfigError, match="APIKEYS_COST_TABLE is invalid"):
         make_app(APIKEYS_COST_TABLE=table)
 
 
@@ -503,3 +507,21 @@ def test_a_dropped_app_is_collected_with_its_audit_and_metrics_receivers(make_ap
     gc.collect()
     assert dropped() is None
     assert len(signals.key_created.receivers) == receivers_before - 1
+
+
+def test_the_cost_table_and_metrics_settings_come_from_the_environment_too(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("APIKEYS_COST_TABLE", '{"*": {"request": 0.5}}')
+    monkeypatch.setenv("APIKEYS_METRICS_PATH", "/internal/metrics")
+    app = make_app(APIKEYS_USAGE_MODE="sync")
+    APIKeysMetrics(app)
+    apikeys = app.extensions["apikeys"].extension
+    with app.app_context():
+        organization = apikeys.create_organization(name="E", email="e@e.test")
+        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+        org = organization.id
+    client = app.test_client()
+    client.get("/v1/whoami", headers={"X-API-Key": key})
+    scraped = client.get("/internal/metrics", headers={"X-API-Key": key}).get_data(as_text=True)
+    assert f'apikeys_cost_usd_total{{organization="{org}"}} 0.5' in scraped
