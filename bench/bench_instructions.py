@@ -16,6 +16,7 @@ Variants (as in bench_inproc.py; every request carries the same Authorization he
   limits      auth + rate limits (memory) and their X-RateLimit-* headers
   protected   everything on by default, buffered usage included: rows are held until one
               flush inside the measured loop, so the writer's work is counted too
+  metrics     protected + the Prometheus metrics (needs flask-apikeys[metrics])
 
 Instructions are not time: a cache miss or a system call costs more than its instructions
 say. They answer "how much work does the extension add", reproducibly.
@@ -42,6 +43,8 @@ CONFIG = {
     "limits": {"APIKEYS_USAGE_TRACKING": False},
     # Hold every row until the flush inside the measured loop (callgrind counts one thread).
     "protected": {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_USAGE_BATCH_SIZE": 10**6},
+    # protected + the Prometheus metrics (flask_apikeys.metrics) subscribed to the signals
+    "metrics": {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_USAGE_BATCH_SIZE": 10**6},
 }
 
 
@@ -62,6 +65,10 @@ def run_variant(variant: str, n: int) -> None:
         key = "pk_live_" + "x" * 46  # ignored, but the same bytes on the wire
     else:
         app, apikeys = protected_app(f"bench_{variant}", database_url, **CONFIG[variant])
+        if variant == "metrics":
+            from flask_apikeys.metrics import APIKeysMetrics
+
+            APIKeysMetrics(app)
         key = bench_keys(app, apikeys)[0]
         writer = app.extensions["apikeys"].writer
         flush = writer.flush if writer is not None else None

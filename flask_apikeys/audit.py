@@ -11,6 +11,7 @@ edited, inserted or deleted. Only a key's prefix and hint are ever recorded, nev
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from .keys import HINT_LENGTH, parse_key, redact_path
 from .models import AuditRecord, utcnow
+from .signals import SERVICE_EVENTS
 from .storable import optional_storable_text, storable_json, storable_text
 
 logger = logging.getLogger("flask_apikeys.audit")
@@ -178,7 +180,7 @@ def verify_chain(connection: Any) -> ChainBreak | None:
 
 
 class AuditTrail:
-    """Writes one app's audit records; subscribed to the service's events by ``init_app``."""
+    """Writes one app's audit records; subscribed to the service's signals by ``init_app``."""
 
     def __init__(self, connection_factory: Callable[[], Any]) -> None:
         self._connect = connection_factory
@@ -187,8 +189,17 @@ class AuditTrail:
         """Append one record now (admin actions, key events)."""
         append(self._connect, [build_record(event, **fields)])
 
-    def on_service_event(self, event: str, **details: Any) -> None:
-        """Listener for :attr:`KeyService.listeners`: key and organization changes."""
+    def subscribe(self, app: Any) -> None:
+        """Record ``app``'s key and organization events: connect to their signals."""
+        # Held here and connected weakly: the receivers go when the app (and this trail) go.
+        self._receivers = [
+            functools.partial(self.on_service_event, event) for event in SERVICE_EVENTS
+        ]
+        for receiver, signal in zip(self._receivers, SERVICE_EVENTS.values(), strict=True):
+            signal.connect(receiver, app)
+
+    def on_service_event(self, event: str, sender: Any = None, **details: Any) -> None:
+        """Receiver of the key and organization signals (:mod:`flask_apikeys.signals`)."""
         api_key = details.pop("api_key", None)
         organization = details.pop("organization", None)
         previous = details.pop("previous", None)

@@ -9,11 +9,13 @@ it and pay for one verification.
 from __future__ import annotations
 
 import hmac
+from time import perf_counter
 from typing import Any, cast
 
 from flask import Request, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
+from . import signals
 from .environ import OUTCOME_ENVIRON_KEY
 from .errors import (
     APIKeyError,
@@ -120,6 +122,7 @@ def authenticate(
     if outcome is _NOT_YET or (outcome is None and credential is not None):
         presented = None
         tokens = state.tokens
+        verification_started = perf_counter()
         try:
             refuse_blocked_address(environ, state)
             if current_request.query_string:
@@ -140,6 +143,8 @@ def authenticate(
             if presented is not None:
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
+        if signals.request_authenticated.receivers and outcome is not None:
+            signals.send_authenticated(outcome, perf_counter() - verification_started)
         # On the app context's object itself: setting through the ``g`` proxy costs more.
         app_globals = g._get_current_object()
         app_globals._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome

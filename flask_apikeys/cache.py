@@ -56,6 +56,9 @@ class VerifiedKeyCache:
         self.max_bytes = max_bytes
         #: The :func:`approximate_size` of the entries held, summed.
         self.size = 0
+        #: Lookups that found a fresh snapshot, and those that did not (for the metrics;
+        #: unlocked, so two threads at once may lose a count).
+        self.hits = self.misses = 0
         self._entries: dict[bytes, tuple[float, VerifiedKey, int]] = {}
         self._lock = threading.Lock()
 
@@ -63,13 +66,16 @@ class VerifiedKeyCache:
         """The snapshot for ``digest`` if it was stored less than the TTL ago."""
         entry = self._entries.get(digest)
         if entry is None:
+            self.misses += 1
             return None
         stored_at, key, _ = entry
         if time.monotonic() - stored_at >= self.ttl_seconds:
+            self.misses += 1
             with self._lock:
                 if self._entries.pop(digest, None) is not None:
                     self.size -= entry[2]
             return None
+        self.hits += 1
         return key
 
     def put(self, digest: bytes, key: VerifiedKey) -> None:

@@ -378,6 +378,32 @@ class Settings:
         "where a key, or an access token, is revoked by its holder or an admin (RFC 7009, "
         "POST; empty: not mounted)",
     )
+    # -- observability (docs/observability.rst) --
+    cost_table: dict[str, dict[str, float]] = option(
+        "APIKEYS_COST_TABLE",
+        {},
+        parse.cost_table,
+        "prices in USD by URL rule, endpoint or ``*``: ``request`` and/or ``per_1k_tokens``; "
+        "every authenticated request below 400 is priced into its usage row",
+    )
+    metrics_path: str | None = option(
+        "APIKEYS_METRICS_PATH",
+        "/apikeys/metrics",
+        parse.optional(parse.path, empty="not mounted"),
+        "where APIKeysMetrics serves the Prometheus metrics (empty: not mounted)",
+    )
+    metrics_scope: str = option(
+        "APIKEYS_METRICS_SCOPE",
+        "apikeys:metrics",
+        parse.scope,
+        "the scope a key needs to read the metrics",
+    )
+    metrics_key_id_label: bool = option(
+        "APIKEYS_METRICS_KEY_ID_LABEL",
+        False,
+        parse.boolean,
+        "add the key id as a label of apikeys_requests_total (one series per key)",
+    )
 
 
 #: Every option, in the order of :class:`Settings` (and of the configuration page).

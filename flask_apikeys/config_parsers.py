@@ -30,6 +30,8 @@ ROLE_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,49}")
 BARE_NUMBER = re.compile(r"[0-9]+")
 HEADER_FAMILIES = ("x-ratelimit", "all", "none")
 PLAN_LIMITS = ("requests_per_minute", "monthly_requests", "max_keys")
+#: What an ``APIKEYS_COST_TABLE`` entry may price.
+COST_PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,28 @@ def public_paths(value: Any) -> tuple[str, ...]:
                 f"{path!r}: '*' is only accepted as the last part of a prefix such as /static/*"
             )
     return paths
+
+
+def cost_table(value: Any) -> dict[str, dict[str, float]]:
+    """``APIKEYS_COST_TABLE`` with its prices as floats; ``ValueError`` naming a wrong entry."""
+    table = json_if_text(value)
+    if not isinstance(table, Mapping):
+        raise ValueError(
+            "expected a mapping of URL rule, endpoint or '*' to prices, e.g. "
+            '{"/v1/generate": {"request": 0.002, "per_1k_tokens": 0.01}}'
+        )
+    checked: dict[str, dict[str, float]] = {}
+    for entry, prices in table.items():
+        if not isinstance(prices, Mapping) or not prices or set(prices) - COST_PRICE_FIELDS:
+            raise ValueError(
+                f"{entry!r} must map 'request' and/or 'per_1k_tokens' to a price in USD"
+            )
+        checked[str(entry)] = {}
+        for name, price in prices.items():
+            if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
+                raise ValueError(f"{entry!r}: {name!r} must be a number >= 0, not {price!r}")
+            checked[str(entry)][name] = float(price)
+    return checked
 
 
 def plans(value: Any) -> dict[str, Plan]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 
-from . import logmask
+from . import cost, logmask
 from .admin import make_admin_blueprint
 from .audit import ChainBreak
 from .cli import apikeys_cli
@@ -100,6 +100,7 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
+        cost.install(app, settings.cost_table)  # after our after_request hook
 
     # -- customisation ------------------------------------------------------------------------
 

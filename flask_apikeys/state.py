@@ -14,6 +14,7 @@ from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
+from . import signals
 from .audit import AuditTrail, ChainBreak, attempt_record
 from .cache import VerifiedKeyCache
 from .config import Settings
@@ -58,10 +59,13 @@ class ExtensionState:
     tokens: TokenAuthority | None = None
 
     def record_refusal(self, error: APIKeyError, environ: dict[str, Any], presented: str) -> None:
-        """Queue an audit record for a refused key (called by the hook; prefix and hint only)."""
+        """Queue an audit record for a refused key and send :data:`~.signals.credential_refused`
+        (called by the hook; prefix and hint only)."""
         if self.audit is not None and self.writer is not None:
             address = client_address(environ, self.settings.trusted_proxies)
             self.writer.add_audit(attempt_record(error, environ, address, presented))
+        if signals.credential_refused.receivers:
+            signals.send_credential_refusal(error, environ, presented, self.settings)
 
     def flush_usage(self) -> int:
         """Write the buffered usage rows now; return how many were written."""
@@ -126,7 +130,7 @@ def build_state(
     )
     if settings.audit:
         state.audit = AuditTrail(connect)
-        service.listeners.append(state.audit.on_service_event)
+        state.audit.subscribe(app)
     if settings.ratelimit_enabled:
         state.limits = RateLimits(settings, limiter)
         registered = next(iter(app.extensions.get("limiter") or ()), None)

@@ -14,10 +14,13 @@ import os
 from flask import Response
 
 from flask_apikeys import current_key
+from flask_apikeys.metrics import APIKeysMetrics
 
 from .factory import create_app
 
 app, db, apikeys = create_app(os.environ["TEST_DATABASE_URL"])
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    APIKeysMetrics(app)  # tests/test_metrics_gunicorn.py
 
 
 @app.after_request

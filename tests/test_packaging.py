@@ -70,6 +70,8 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
     wheel, _ = build(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "flask_apikeys/py.typed" in names
+    assert "flask_apikeys/observability/alerts.yml" in names
+    assert "flask_apikeys/observability/dashboard.json" in names
     assert not any(name.startswith(("tests/", "example_app/", "docs/")) for name in names)
 
     python = venv_seeing_the_runners_packages(tmp_path / "venv")

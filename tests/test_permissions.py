@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import InsufficientScope, InvalidInput
+from flask_apikeys.signals import key_updated
 
 from .helpers import assert_problem
 
@@ -151,13 +152,16 @@ class TestPlanScopes:
                 apikeys.create_key(organization, "too much", roles=["developer"])
 
 
-def test_update_key_changes_scopes_roles_and_level_and_tells_listeners(
+def test_update_key_changes_scopes_roles_and_level_and_sends_key_updated(
     app: Flask, apikeys: APIKeys, client: FlaskClient, make_key: Callable[..., str]
 ) -> None:
     key = make_key(scopes=["presentations:read"])
     events: list[tuple[str, dict[str, Any]]] = []
-    with app.app_context():
-        apikeys.service.listeners.append(lambda event, **details: events.append((event, details)))
+
+    def receive(sender: Flask, **details: Any) -> None:
+        events.append(("key.updated", details))
+
+    with app.app_context(), key_updated.connected_to(receive, app):
         key_id = apikeys.verify_key(key).id
         apikeys.update_key(key_id, scopes=[], roles=["developer"], level="read-only", actor="ops")
     scopes = client.get("/v1/items", headers={"X-API-Key": key}).get_json()["scopes"]

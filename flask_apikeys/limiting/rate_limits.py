@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, current_app
 from limits.storage import Storage, storage_from_string
 
+from .. import signals
 from ..cache import MAX_CACHE_BYTES, approximate_size
 from ..environ import RESULT_ENVIRON_KEY
 from ..errors import (
@@ -283,16 +284,17 @@ class RateLimits:
         index = cast(int, outcome.refused)
         counter = limits.counters[index]
         if index == limits.quota_index:
-            return QuotaExceeded(
+            quota_error = QuotaExceeded(
                 f"The organization's monthly quota of {counter.limit} requests is used up; it "
                 "renews on the first day of next month (UTC).",
                 retry_after=math.ceil(month.end - now),
                 limit=counter.limit,
                 period=month.label,
             )
+            return signals.send_limit_refusal(quota_error)
         retry_after = math.ceil(outcome.resets[index] - now)
         whose = POLICY_OWNERS.get(limits.names[index], "key's")
-        return RateLimitExceeded(
+        rate_error = RateLimitExceeded(
             f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
             f"is reached; retry in {max(1, retry_after)} s.",
             retry_after=retry_after,
@@ -300,6 +302,7 @@ class RateLimits:
             limit=counter.limit,
             window_seconds=counter.window_seconds,
         )
+        return signals.send_limit_refusal(rate_error)
 
     # -- failed authentication ----------------------------------------------------------------
 
@@ -312,10 +315,12 @@ class RateLimits:
         if now >= until:
             self.blocked.pop(address, None)
             return
-        raise RateLimitExceeded(
-            "Too many failed authentication attempts from this address; retry later.",
-            retry_after=math.ceil(until - now),
-            policy="failed-authentication",
+        raise signals.send_limit_refusal(
+            RateLimitExceeded(
+                "Too many failed authentication attempts from this address; retry later.",
+                retry_after=math.ceil(until - now),
+                policy="failed-authentication",
+            )
         )
 
     def count_failure(self, address: str) -> None:

@@ -53,11 +53,6 @@ class KeyService:
         self.reports = UsageReports(self.store, self.organizations, self.keys)
 
     @property
-    def listeners(self) -> list[Callable[..., None]]:
-        """Called with ``(event, **details)`` after each change; the audit trail plugs in here."""
-        return self.store.listeners
-
-    @property
     def role_definitions(self) -> dict[str, tuple[str, ...]]:
         """Role name → scopes: ``APIKEYS_ROLES``, as :meth:`define_role` changed them."""
         return self.store.role_definitions

@@ -1,4 +1,4 @@
-"""What every part of the service layer shares: the session, reads and commits, pages, events.
+"""What every part of the service layer shares: the session, reads and commits, pages, signals.
 
 Reads turn a database that cannot be reached into a 503 and a value it refuses into a 422;
 commits are all or nothing (a refused change rolls back as a whole). The settings, the hasher,
@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from .. import signals
 from ..cache import VerifiedKeyCache
 from ..config import Settings
 from ..errors import BackendUnavailable, InvalidInput
@@ -46,8 +47,6 @@ class Store:
         self.cache = cache
         #: Role name → scopes; starts from ``APIKEYS_ROLES``, changed by ``define_role``.
         self.role_definitions: dict[str, tuple[str, ...]] = dict(settings.roles)
-        #: Called with ``(event, **details)`` after each change; the audit trail plugs in here.
-        self.listeners: list[Callable[..., None]] = []
 
     @property
     def session(self) -> Session:
@@ -108,6 +107,6 @@ class Store:
         return items, total
 
     def notify(self, event: str, **details: Any) -> None:
-        """Tell the listeners (the audit trail, an app's own) what just changed."""
-        for listener in self.listeners:
-            listener(event, **details)
+        """Send the event's signal (:mod:`flask_apikeys.signals`): the audit trail, an app's
+        own receivers hear what just changed."""
+        signals.send_service_event(event, **details)

@@ -30,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import signals
 from ..audit import append as append_audit
 from ..forking import after_fork_in_child
 from ..models import APIKey
@@ -107,6 +108,11 @@ class UsageWriter:
         usage.append(row)
         if self._thread is None or self.synchronous or len(usage) >= self.batch_size:
             self._after_add(len(usage))
+
+    @property
+    def queued(self) -> int:
+        """Usage rows waiting to be written."""
+        return len(self._usage)
 
     def add_audit(self, record: dict[str, Any]) -> None:
         self._audit.append(record)
@@ -192,6 +198,7 @@ class UsageWriter:
                 self._requeue(left, self._usage)
                 raise
             written += len(batch)
+        signals.usage_rows_written.send(self, count=written, dropped=dropped)
         if dropped:
             logger.warning(
                 "flask-apikeys dropped %d usage rows the database refused "
@@ -204,6 +211,8 @@ class UsageWriter:
         queue.extendleft(reversed(items))
         excess = len(queue) - self.max_queue
         if excess > 0:
+            if queue is self._usage:
+                signals.usage_rows_written.send(self, count=0, dropped=excess)
             for _ in range(excess):
                 queue.pop()
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)

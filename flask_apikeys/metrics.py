@@ -1,0 +1,285 @@
+"""Prometheus metrics for flask-apikeys (the ``flask-apikeys[metrics]`` extra).
+
+:class:`APIKeysMetrics` subscribes to the signals of :mod:`flask_apikeys.signals` and to
+Flask's ``request_finished``, like any receiver, and serves the metrics on a route that only
+keys with the ``apikeys:metrics`` scope may read. Labels are bounded by design: the
+organization id, the status class, the endpoint as its URL rule, a reason code; the key id only
+when ``APIKEYS_METRICS_KEY_ID_LABEL`` asks; never a raw path, and never a key.
+
+Under gunicorn (or any pre-fork server) set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
+before the server starts: each worker writes its values there, and a scrape of any worker
+adds up all of them (prometheus_client's multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, cast
+
+from flask import Flask, Response, current_app, request, request_finished
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from . import signals
+from .auth import get_current_key
+from .decorators import require_scopes
+from .environ import COST_ENVIRON_KEY, RESULT_ENVIRON_KEY
+from .usage.rows import UNMATCHED_ENDPOINT
+
+#: Every metric name this module exports (the dashboard and the alert rules use only these).
+METRIC_NAMES = (
+    "apikeys_requests_total",
+    "apikeys_credential_refusals_total",
+    "apikeys_rate_limit_refusals_total",
+    "apikeys_quota_refusals_total",
+    "apikeys_quota_used_requests",
+    "apikeys_quota_limit_requests",
+    "apikeys_verification_seconds",
+    "apikeys_key_cache_hits_total",
+    "apikeys_key_cache_misses_total",
+    "apikeys_usage_queue_rows",
+    "apikeys_usage_rows_written_total",
+    "apikeys_usage_rows_dropped_total",
+    "apikeys_cost_usd_total",
+)
+MAX_REMEMBERED_ORGANIZATIONS = 100_000
+#: Seconds: a cached key verifies in microseconds, a cache miss costs a database read.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class APIKeysMetrics:
+    """Prometheus metrics of one app; call after ``APIKeys.init_app``.
+
+    :param app: the app, or ``None`` to call :meth:`init_app` later.
+    :param registry: where the metrics are registered; a registry of their own by default
+        (pass ``prometheus_client.REGISTRY`` to serve them with your other metrics).
+    """
+
+    def __init__(self, app: Flask | None = None, *, registry: CollectorRegistry | None = None):
+        self._registry = registry
+        if app is not None:
+            self.init_app(app, registry=registry)
+
+    def init_app(self, app: Flask, *, registry: CollectorRegistry | None = None) -> None:
+        """Create the metrics, subscribe to the signals and register the metrics route."""
+        state = app.extensions.get("apikeys")
+        if state is None:
+            raise RuntimeError("Call APIKeys.init_app(app) before APIKeysMetrics.init_app(app).")
+        if "apikeys_metrics" in app.extensions:
+            raise RuntimeError("APIKeysMetrics is already initialised on this app.")
+        settings = state.settings  # read and checked by APIKeys.init_app
+        registry = registry or self._registry or CollectorRegistry()
+        recorder = _Recorder(registry, state, settings.metrics_key_id_label)
+        app.extensions["apikeys_metrics"] = recorder
+        request_finished.connect(recorder.on_request_finished, app)
+        signals.request_authenticated.connect(recorder.on_authenticated, app)
+        signals.credential_refused.connect(recorder.on_credential_refused, app)
+        signals.rate_limit_refused.connect(recorder.on_rate_limit_refused, app)
+        signals.quota_refused.connect(recorder.on_quota_refused, app)
+        if state.writer is not None:
+            signals.usage_rows_written.connect(recorder.on_rows_written, state.writer)
+        path = settings.metrics_path
+        if path:
+            view = require_scopes(settings.metrics_scope)(serve_metrics)
+            app.add_url_rule(path, "apikeys_metrics", view)
+
+
+def serve_metrics() -> Response:
+    """The metrics in Prometheus' text format; all workers' under multiprocess mode."""
+    recorder = cast(_Recorder, current_app.extensions["apikeys_metrics"])
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = recorder.registry
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def status_class(status: int) -> str:
+    """``"2xx"`` for 204: five values, whatever a view answers."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+class _Recorder:
+    """The metric objects of one app and the receivers that update them."""
+
+    def __init__(self, registry: CollectorRegistry, state: Any, key_id_label: bool) -> None:
+        self.registry = registry
+        self.state = state
+        self.key_id_label = key_id_label
+        request_labels = ["organization", "endpoint", "status_class"]
+        if key_id_label:
+            request_labels.append("key_id")
+
+        def counter(name: str, text: str, labels: list[str] | tuple[str, ...] = ()) -> Counter:
+            return Counter(name.removesuffix("_total"), text, labels, registry=registry)
+
+        self.requests = counter(
+            "apikeys_requests_total",
+            "Requests authenticated by a key, by organization, endpoint and status class.",
+            request_labels,
+        )
+        self.credential_refusals = counter(
+            "apikeys_credential_refusals_total",
+            "Presented keys or tokens refused, by reason code.",
+            ["code"],
+        )
+        self.rate_limit_refusals = counter(
+            "apikeys_rate_limit_refusals_total",
+            "Requests refused by a rate limit (429), by organization and policy.",
+            ["organization", "policy"],
+        )
+        self.quota_refusals = counter(
+            "apikeys_quota_refusals_total",
+            "Requests refused because the organization's monthly quota was used up.",
+            ["organization"],
+        )
+        # The shared counter only grows within a month: the largest value any worker saw is
+        # the latest (the last worker to finish a request may have taken an earlier unit).
+        self.quota_used = Gauge(
+            "apikeys_quota_used_requests",
+            "Requests taken from the organization's monthly quota in the month (UTC, YYYY-MM).",
+            ["organization", "month"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self.quota_limit = Gauge(
+            "apikeys_quota_limit_requests",
+            "The organization's monthly quota.",
+            ["organization"],
+            registry=registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.verification = Histogram(
+            "apikeys_verification_seconds",
+            "Time to verify a presented key or token that was accepted.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.cache_hits = counter(
+            "apikeys_key_cache_hits_total", "Verified-key cache lookups that found the key."
+        )
+        self.cache_misses = counter(
+            "apikeys_key_cache_misses_total", "Verified-key cache lookups that did not."
+        )
+        self.queue_depth = Gauge(
+            "apikeys_usage_queue_rows",
+            "Usage rows queued in a process, not written yet.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.rows_written = counter(
+            "apikeys_usage_rows_written_total", "Usage rows written to the database."
+        )
+        self.rows_dropped = counter(
+            "apikeys_usage_rows_dropped_total",
+            "Usage rows dropped: refused by the database or past APIKEYS_USAGE_MAX_QUEUE.",
+        )
+        self.cost = counter(
+            "apikeys_cost_usd_total",
+            "Cost of the organization's requests in USD (record_cost and APIKEYS_COST_TABLE).",
+            ["organization"],
+        )
+        self._cache_seen = (0, 0)
+        self._cache_lock = threading.Lock()
+        self._quota_months: dict[str, str] = {}
+        self._request_children: dict[tuple[Any, ...], Any] = {}
+        self._quota_children: dict[tuple[Any, str], tuple[Any, Any]] = {}
+
+    # -- receivers ----------------------------------------------------------------------------
+
+    def on_authenticated(self, sender: Flask, *, key: Any, seconds: float) -> None:
+        self.verification.observe(seconds)
+
+    def on_request_finished(self, sender: Flask, *, response: Response, **_: Any) -> None:
+        """Count the finished request of a key; bring the cache and queue figures up to date."""
+        self._sync_cache_counts()
+        writer = self.state.writer
+        if writer is not None:
+            self.queue_depth.set(writer.queued)
+        key = get_current_key()
+        if key is None:
+            return
+        environ = request.environ
+        rule = request.url_rule
+        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+        status = response.status_code
+        # The labelled children, found by the raw values: labels() validates and formats its
+        # arguments on every call, which costs more than the increment itself.
+        found = (key.organization.id, endpoint, status, key.id if self.key_id_label else None)
+        child = self._request_children.get(found)
+        if child is None:
+            labels = [str(key.organization.id), endpoint, status_class(status)]
+            if self.key_id_label:
+                labels.append(str(key.id))
+            if len(self._request_children) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._request_children.clear()
+            child = self._request_children[found] = self.requests.labels(*labels)
+        child.inc()
+        cost = environ.get(COST_ENVIRON_KEY)
+        if isinstance(cost, float) and cost > 0:
+            self.cost.labels(str(key.organization.id)).inc(cost)
+        result = environ.get(RESULT_ENVIRON_KEY)
+        if result is not None:
+            limits, outcome, month = result
+            index = limits.quota_index
+            if index is not None:
+                quota = self._quota_children.get((key.organization.id, month.label))
+                if quota is None:
+                    quota = self._quota_children_for(str(key.organization.id), month.label)
+                    if len(self._quota_children) >= MAX_REMEMBERED_ORGANIZATIONS:
+                        self._quota_children.clear()
+                    self._quota_children[(key.organization.id, month.label)] = quota
+                quota[0].set(outcome.values[index])
+                quota[1].set(limits.counters[index].limit)
+
+    def _quota_children_for(self, organization: str, month: str) -> tuple[Any, Any]:
+        """The month's used and limit gauges; a month just ended drops to 0 in this process,
+        so that alerts on the largest figure see only the current month."""
+        previous = self._quota_months.get(organization)
+        if previous != month:
+            if previous is not None:
+                self.quota_used.labels(organization, previous).set(0)
+            if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._quota_months.clear()
+            self._quota_months[organization] = month
+        return self.quota_used.labels(organization, month), self.quota_limit.labels(organization)
+
+    def on_credential_refused(self, sender: Flask, *, code: str, **_: Any) -> None:
+        self.credential_refusals.labels(code).inc()
+
+    def on_rate_limit_refused(self, sender: Flask, *, error: Any) -> None:
+        key = get_current_key()
+        organization = "" if key is None else str(key.organization.id)
+        policy = str(getattr(error, "extra", {}).get("policy", "") or "")
+        self.rate_limit_refusals.labels(organization, policy).inc()
+
+    def on_quota_refused(self, sender: Flask, *, error: Any) -> None:
+        key = get_current_key()
+        self.quota_refusals.labels("" if key is None else str(key.organization.id)).inc()
+
+    def on_rows_written(self, sender: Any, *, count: int, dropped: int) -> None:
+        if count:
+            self.rows_written.inc(count)
+        if dropped:
+            self.rows_dropped.inc(dropped)
+
+    def _sync_cache_counts(self) -> None:
+        """Add the cache's hits and misses since the last request (it counts in plain ints)."""
+        cache = self.state.cache
+        with self._cache_lock:  # two threads must not both add the same lookups
+            hits, misses = cache.hits, cache.misses
+            seen_hits, seen_misses = self._cache_seen
+            self._cache_seen = (hits, misses)
+        if hits > seen_hits:
+            self.cache_hits.inc(hits - seen_hits)
+        if misses > seen_misses:
+            self.cache_misses.inc(misses - seen_misses)
