@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import Request, current_app
 from limits.storage import Storage, storage_from_string
 
+from ..boundedcache import BoundedCache
 from ..cache import MAX_CACHE_BYTES, approximate_size
 from ..environ import RESULT_ENVIRON_KEY
 from ..errors import (
@@ -71,9 +72,12 @@ class RateLimits:
         self._counters: Counters | None = None
         self._owns_storage = False
         self._lock = threading.Lock()
-        self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
-        self._by_snapshot: dict[int, tuple[VerifiedKey, Month, KeyLimits]] = {}
-        self._snapshots_size = 0
+        self._key_limits: BoundedCache[tuple[Any, ...], KeyLimits] = BoundedCache(MAX_REMEMBERED)
+        # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
+        # too) that the caches of snapshots have already let go of.
+        self._by_snapshot: BoundedCache[int, tuple[VerifiedKey, Month, KeyLimits]] = BoundedCache(
+            MAX_REMEMBERED, MAX_CACHE_BYTES
+        )
         self._month = Month.containing(time.time())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
         #: client address → until when it is refused without verifying its key.
@@ -226,22 +230,10 @@ class RateLimits:
         )
         limits = self._key_limits.get(configuration)
         if limits is None:
-            limits = self._key_limits_for(key, month)
-            if len(self._key_limits) >= MAX_REMEMBERED:
-                self._key_limits.clear()
-            self._key_limits[configuration] = limits
-        # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
-        # too) that the caches of snapshots have already let go of.
-        size = approximate_size(key)
-        if (
-            len(self._by_snapshot) >= MAX_REMEMBERED
-            or self._snapshots_size + size > MAX_CACHE_BYTES
-        ):
-            self._by_snapshot.clear()
-            self._snapshots_size = 0
-        self._snapshots_size += size
-        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
-        self._by_snapshot[id(key)] = (key, month, limits)
+            limits = self._key_limits.put(configuration, self._key_limits_for(key, month))
+        # A snapshot is not hashable (its metadata is a dict), so it is found by identity: it
+        # is kept in the entry, so its id() cannot be reused while the entry is there.
+        self._by_snapshot.put(id(key), (key, month, limits), approximate_size(key))
         return limits
 
     def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -106,8 +107,9 @@ class InsertPlan:
         )
         self.time_processor = time_processor
         #: (rows, columns present) → the statement's SQL and, for named parameters, their names.
-        self._statements: dict[tuple[int, tuple[bool, ...]], tuple[str, tuple[str, ...] | None]]
-        self._statements = {}
+        self._statements: BoundedCache[
+            tuple[int, tuple[bool, ...]], tuple[str, tuple[str, ...] | None]
+        ] = BoundedCache(MAX_STATEMENTS)
         self.method = "executemany"
         if dialect.name == "sqlite":
             self.method = "values"
@@ -125,8 +127,6 @@ class InsertPlan:
         its parameter names (``None``: positional)."""
         statement = self._statements.get((rows, present))
         if statement is None:
-            if len(self._statements) >= MAX_STATEMENTS:
-                self._statements.clear()
             fields = tuple(compress(USAGE_FIELDS, present))
             placeholder = dict.fromkeys(fields)
             compiled = (
@@ -136,9 +136,8 @@ class InsertPlan:
             positions = compiled.positiontup
             if positions is not None and tuple(positions) != names:
                 raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
-            statement = self._statements[rows, present] = (
-                compiled.string,
-                names if positions is None else None,
+            statement = self._statements.put(
+                (rows, present), (compiled.string, names if positions is None else None)
             )
         return statement
 
