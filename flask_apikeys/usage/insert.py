@@ -216,14 +216,11 @@ class InsertPlan:
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
         convert_id = self.id_processor
         if convert_id is not None:
-            # A batch holds few distinct ids, each the same object in every row (the
-            # snapshot's): convert each once. id() is safe as a key: the rows keep the objects
-            # alive, and it avoids the UUID's Python-level __hash__ per row.
+            # A batch holds few distinct ids: convert each once.
             for index in ID_COLUMNS:
                 column = columns[index]
-                distinct = dict(zip(map(id, column), column, strict=True))
-                converted = {key: convert_id(value) for key, value in distinct.items()}
-                columns[index] = list(map(converted.__getitem__, map(id, column)))
+                converted = {value: convert_id(value) for value in set(column)}
+                columns[index] = list(map(converted.__getitem__, column))
         columns[TIMESTAMP_COLUMN] = self._timestamps(columns[TIMESTAMP_COLUMN])
         for index, convert in self.processors:
             columns[index] = list(map(convert, columns[index]))
