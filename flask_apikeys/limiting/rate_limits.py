@@ -10,9 +10,9 @@ the counters themselves. Every authenticated request takes one unit from, in thi
 3. the key's own limit: its custom rate limit, else the organization's per-minute limit, else
    ``APIKEYS_DEFAULT_RATE_LIMIT``.
 
-All of them or none (:mod:`flask_apikeys.counters`), so a refused request consumes nothing. Keys
-are resolved from the cached key snapshot, so a change reaches this process at once and other
-processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
+All of them or none (:mod:`flask_apikeys.limiting.counters`), so a refused request consumes
+nothing. Keys are resolved from the cached key snapshot, so a change reaches this process at once
+and other processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
 :func:`limit_for_key` on top.
 """
 
