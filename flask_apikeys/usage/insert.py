@@ -128,11 +128,17 @@ class InsertPlan:
         statement = self._statements.get((rows, present))
         if statement is None:
             fields = tuple(compress(USAGE_FIELDS, present))
-            placeholder = dict.fromkeys(fields)
-            compiled = (
-                sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
-            )
-            names = tuple(f"{name}_m{row}" for row in range(rows) for name in fields)
+            # Parameters named here, row after row, so the values are bound by names we chose.
+            names = tuple(f"{name}_{row}" for row in range(rows) for name in fields)
+            placeholders: list[dict[str, Any]] = [
+                {name: sa.bindparam(f"{name}_{row}") for name in fields} for row in range(rows)
+            ]
+            # One row as a single VALUES: dialects without multi-row VALUES (Oracle) run it
+            # once per row (``executemany``).
+            values = placeholders[0] if rows == 1 else placeholders
+            compiled = sa.insert(usage_table).values(values).compile(dialect=self.dialect)
+            # A positional paramstyle binds in the order the compiler lists (``positiontup``,
+            # public): the values are flattened row after row, so that must be this order.
             positions = compiled.positiontup
             if positions is not None and tuple(positions) != names:
                 raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
