@@ -75,7 +75,7 @@ class TokenDenyList:
         if remaining <= 0:
             return  # already refused by its exp
         storage = self._resolve()
-        self._not_revoked.pop(jti)
+        self._not_revoked.pop(jti, None)
         if storage is None:
             with self._lock:
                 # Live entries are never dropped (that would un-revoke a token): the list is

@@ -32,7 +32,7 @@ def test_pop_and_clear_forget_entries() -> None:
     cache: BoundedCache[str, int] = BoundedCache(max_entries=10, max_bytes=100)
     cache.put("x", 1, size=10)
     assert cache.pop("x") == 1
-    assert cache.pop("x") is None
+    assert cache.pop("x", None) is None
     cache.put("y", 2, size=10)
     cache.clear()
     assert len(cache) == 0
