@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from flask import current_app, request
 
+from .boundedcache import BoundedCache
 from .environ import LIMITED_ENVIRON_KEY, OUTCOME_ENVIRON_KEY
 from .errors import APIKeyError, InsufficientScope, MissingAPIKey
 from .hooks import admit
@@ -38,7 +39,7 @@ def _scope_decorator(
     check = all if require_all else any
     #: granted scopes → whether they cover ``required``: keys share a few scope sets, and a
     #: snapshot's set is the same object on every request, so the answer is one lookup.
-    answers: dict[frozenset[str], bool] = {}
+    answers: BoundedCache[frozenset[str], bool] = BoundedCache(MAX_REMEMBERED_SCOPE_SETS)
 
     def granted(scopes: frozenset[str]) -> bool:
         answer = answers.get(scopes)
@@ -46,9 +47,7 @@ def _scope_decorator(
             answer = (require_all and required_set <= scopes) or check(
                 scope_grants(scopes, scope) for scope in required
             )
-            if len(answers) >= MAX_REMEMBERED_SCOPE_SETS:
-                answers.clear()
-            answers[scopes] = answer
+            answers.put(scopes, answer)
         return answer
 
     def decorator(view: ViewFunction) -> ViewFunction:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .boundedcache import BoundedCache
 from .errors import BackendUnavailable
 
 logger = logging.getLogger("flask_apikeys")
@@ -58,7 +59,7 @@ class TokenDenyList:
         #: jti → until when (POSIX time) it is revoked, when no storage is shared.
         self._local: dict[str, float] = {}
         #: jti → until when (monotonic) "not revoked" is trusted.
-        self._not_revoked: dict[str, float] = {}
+        self._not_revoked: BoundedCache[str, float] = BoundedCache(MAX_REMEMBERED)
 
     def _resolve(self) -> Any:
         if not self._resolved:
@@ -116,9 +117,7 @@ class TokenDenyList:
                 )
                 return False
         if not revoked and self.answer_ttl > 0:
-            if len(self._not_revoked) >= MAX_REMEMBERED:
-                self._not_revoked.clear()
-            self._not_revoked[jti] = now + self.answer_ttl
+            self._not_revoked.put(jti, now + self.answer_ttl)
         return revoked
 
     def _sweep(self) -> None:

@@ -7,7 +7,7 @@ request contributes to a usage row or an audit record goes through these functio
 captured, and one bad request can never make a batch that the database refuses.
 
 Input that a caller *asks* to store (names, scopes, metadata) is refused instead, with a 422:
-see :func:`unstorable_reason` and :mod:`flask_apikeys.validation`.
+see :func:`unstorable_reason` and :mod:`flask_apikeys.service.validation`.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .boundedcache import BoundedCache
 from .cache import MAX_CACHE_BYTES, approximate_size
 from .config import ConfigError
 from .environ import CLAIMS_ENVIRON_KEY
@@ -191,10 +192,10 @@ class TokenAuthority:
         self.deny_list: TokenDenyList | None = None
         #: (id of a key snapshot, scope claim) → (that snapshot, its narrowed copy), so a busy
         #: token yields the same object each time (the rate limiter caches per snapshot).
-        self._narrowed: dict[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = {}
-        #: The :func:`~flask_apikeys.cache.approximate_size` of ``_narrowed``, summed: it is
-        #: bounded by memory too, since a client can mint a token per subset of its scopes.
-        self.narrowed_size = 0
+        #: Bounded by memory too, since a client can mint a token per subset of its scopes.
+        self._narrowed: BoundedCache[tuple[int, str], tuple[VerifiedKey, VerifiedKey]] = (
+            BoundedCache(MAX_REMEMBERED, MAX_NARROWED_BYTES)
+        )
 
     # -- issuing ------------------------------------------------------------------------------
 
@@ -325,10 +326,7 @@ class TokenAuthority:
         narrowed = replace(verified, scopes=scopes)
         # The entry keeps the claim and the narrowed copy (the snapshot is the key cache's).
         size = approximate_size(narrowed) + sys.getsizeof(scope)
-        if len(self._narrowed) >= MAX_REMEMBERED or self.narrowed_size + size > MAX_NARROWED_BYTES:
-            self._narrowed.clear()
-            self.narrowed_size = 0
-        self.narrowed_size += size
-        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
-        self._narrowed[(id(verified), scope)] = (verified, narrowed)
+        # A snapshot is not hashable (its metadata is a dict), so it is found by identity: it
+        # is kept in the entry, so its id() cannot be reused while the entry is there.
+        self._narrowed.put((id(verified), scope), (verified, narrowed), size)
         return narrowed

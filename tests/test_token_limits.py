@@ -104,10 +104,10 @@ def test_narrowed_token_snapshots_are_bounded_by_memory(
     app: Flask, apikeys: APIKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget = 2 * 1024 * 1024
-    monkeypatch.setattr(tokens, "MAX_NARROWED_BYTES", budget, raising=False)
     scopes = many_scopes(150)
     key = new_key(app, apikeys, scopes)
     authority = app.extensions["apikeys"].tokens
+    monkeypatch.setattr(authority._narrowed, "max_bytes", budget)
     with app.app_context():
         verified = apikeys.verify_key(key)
         # 600 tokens for 600 different subsets of the key's scopes (two left out of each).
@@ -127,7 +127,7 @@ def test_narrowed_token_snapshots_are_bounded_by_memory(
         retained = retained_bytes(verify_all)
     # Unbounded, 600 narrowed snapshots of ~150 scopes keep well over 5 MB alive.
     assert retained < budget * 1.5, retained
-    assert authority.narrowed_size <= budget
+    assert authority._narrowed.size <= budget
 
 
 def test_the_key_cache_is_bounded_by_memory(app: Flask, apikeys: APIKeys) -> None:

@@ -162,7 +162,7 @@ def test_costs_the_columns_cannot_hold_are_left_out_not_a_failed_request(
 
 
 def queued_row(key_id: uuid.UUID, organization_id: uuid.UUID, **changes: Any) -> tuple[Any, ...]:
-    """A usage row as the writer queues it (the order of ``usage_insert.USAGE_FIELDS``)."""
+    """A usage row as the writer queues it (the order of ``usage.insert.USAGE_FIELDS``)."""
     values: dict[str, Any] = {
         "endpoint": "/v1/presentations",
         "method": "GET",

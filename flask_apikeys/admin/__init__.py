@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import Map, Rule
 
+from ..boundedcache import BoundedCache
 from ..errors import MethodNotAllowedError, NotFoundError
 from ..state import get_state
 from .access import AdminCaller, authenticate_admin
@@ -51,7 +52,7 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
         blueprint.add_url_rule(
             operation.path, operation.endpoint, operation.view, methods=[operation.method]
         )
-    documents: dict[str, dict[str, Any]] = {}
+    documents: BoundedCache[str, dict[str, Any]] = BoundedCache(MAX_CACHED_DOCUMENTS)
 
     @blueprint.get("/openapi.json")
     def openapi() -> Response:
@@ -61,11 +62,9 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
         """
         server_url = request.script_root + url_prefix
         document = documents.get(server_url)
-        if document is None:
-            if len(documents) >= MAX_CACHED_DOCUMENTS:  # a forwarded prefix is client input
-                documents.clear()
+        if document is None:  # bounded: a forwarded prefix is client input
             plans = get_state().settings.plans
-            document = documents.setdefault(server_url, build_openapi(server_url, plans=plans))
+            document = documents.put(server_url, build_openapi(server_url, plans=plans))
         return jsonify(document)
 
     @blueprint.route("/", endpoint="unknown_root", methods=ANY_METHOD)

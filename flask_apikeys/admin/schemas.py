@@ -2,8 +2,8 @@
 
 They check shape and types only (unknown fields, wrong types, malformed dates); every business
 rule (lengths, bounds, known plan and level, parseable rate limit, scope grammar, free slug, key
-limits) is checked once, in the service layer (:mod:`flask_apikeys.validation`), which answers
-with the same 422 document naming each bad field. Enums are declared here for the OpenAPI
+limits) is checked once, in the service layer (:mod:`flask_apikeys.service.validation`), which
+answers with the same 422 document naming each bad field. Enums are declared here for the OpenAPI
 document only (``metadata``), not checked twice. The OpenAPI document is generated from these
 classes, and the CLI prints its ``--json`` records with the ``*_document`` functions below.
 """

@@ -211,9 +211,7 @@ class LocalCounters(Counters):
             else:
                 values.append(entry[0])
                 resets.append(entry[1])
-        # tuple.__new__ rather than Outcome(...): a named tuple's constructor is a Python call,
-        # and this runs on every request.
-        return tuple.__new__(Outcome, (refused, tuple(values), tuple(resets)))
+        return Outcome(refused, tuple(values), tuple(resets))
 
     def peek(self, counter: Counter) -> tuple[int, float]:
         entry = self._entries.get(counter.key)

@@ -10,9 +10,9 @@ the counters themselves. Every authenticated request takes one unit from, in thi
 3. the key's own limit: its custom rate limit, else the organization's per-minute limit, else
    ``APIKEYS_DEFAULT_RATE_LIMIT``.
 
-All of them or none (:mod:`flask_apikeys.counters`), so a refused request consumes nothing. Keys
-are resolved from the cached key snapshot, so a change reaches this process at once and other
-processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
+All of them or none (:mod:`flask_apikeys.limiting.counters`), so a refused request consumes
+nothing. Keys are resolved from the cached key snapshot, so a change reaches this process at once
+and other processes within ``APIKEYS_CACHE_TTL``. Flask-Limiter users get :func:`key_func` and
 :func:`limit_for_key` on top.
 """
 
@@ -28,6 +28,7 @@ from flask import Request, current_app
 from limits.storage import Storage, storage_from_string
 
 from .. import signals
+from ..boundedcache import BoundedCache
 from ..cache import MAX_CACHE_BYTES, approximate_size
 from ..environ import RESULT_ENVIRON_KEY
 from ..errors import (
@@ -72,9 +73,12 @@ class RateLimits:
         self._counters: Counters | None = None
         self._owns_storage = False
         self._lock = threading.Lock()
-        self._key_limits: dict[tuple[Any, ...], KeyLimits] = {}
-        self._by_snapshot: dict[int, tuple[VerifiedKey, Month, KeyLimits]] = {}
-        self._snapshots_size = 0
+        self._key_limits: BoundedCache[tuple[Any, ...], KeyLimits] = BoundedCache(MAX_REMEMBERED)
+        # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
+        # too) that the caches of snapshots have already let go of.
+        self._by_snapshot: BoundedCache[int, tuple[VerifiedKey, Month, KeyLimits]] = BoundedCache(
+            MAX_REMEMBERED, MAX_CACHE_BYTES
+        )
         self._month = Month.containing(time.time())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
         #: client address → until when it is refused without verifying its key.
@@ -227,22 +231,10 @@ class RateLimits:
         )
         limits = self._key_limits.get(configuration)
         if limits is None:
-            limits = self._key_limits_for(key, month)
-            if len(self._key_limits) >= MAX_REMEMBERED:
-                self._key_limits.clear()
-            self._key_limits[configuration] = limits
-        # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
-        # too) that the caches of snapshots have already let go of.
-        size = approximate_size(key)
-        if (
-            len(self._by_snapshot) >= MAX_REMEMBERED
-            or self._snapshots_size + size > MAX_CACHE_BYTES
-        ):
-            self._by_snapshot.clear()
-            self._snapshots_size = 0
-        self._snapshots_size += size
-        # The snapshot is kept in the entry, so its id() cannot be reused while it is there.
-        self._by_snapshot[id(key)] = (key, month, limits)
+            limits = self._key_limits.put(configuration, self._key_limits_for(key, month))
+        # A snapshot is not hashable (its metadata is a dict), so it is found by identity: it
+        # is kept in the entry, so its id() cannot be reused while the entry is there.
+        self._by_snapshot.put(id(key), (key, month, limits), approximate_size(key))
         return limits
 
     def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:

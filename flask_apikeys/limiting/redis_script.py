@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from ..boundedcache import BoundedCache
 from ..forking import after_fork_in_child
 
 try:  # the redis extra; without it there is no Redis storage to call
@@ -44,7 +45,7 @@ class ScriptCaller:
         self._packer = pool.connection_class(**pool.connection_kwargs)  # packs, never connects
         self._free: deque[Any] = deque()
         after_fork_in_child(self, ScriptCaller._drop_parent_connections)
-        self._packed: dict[tuple[Any, ...], list[bytes]] = {}
+        self._packed: BoundedCache[tuple[Any, ...], list[bytes]] = BoundedCache(MAX_PACKED)
 
     def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         """The script's reply; a failed call raises redis-py's error (a ``RedisError``).
@@ -56,9 +57,7 @@ class ScriptCaller:
         lookup = (*keys, *args)
         packed = self._packed.get(lookup)
         if packed is None:
-            if len(self._packed) >= MAX_PACKED:
-                self._packed.clear()
-            packed = self._packed[lookup] = self._pack("EVALSHA", self._sha, keys, args)
+            packed = self._packed.put(lookup, self._pack("EVALSHA", self._sha, keys, args))
         try:
             return self._call(packed, keys, args)
         except redis.TimeoutError:

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -106,8 +107,9 @@ class InsertPlan:
         )
         self.time_processor = time_processor
         #: (rows, columns present) → the statement's SQL and, for named parameters, their names.
-        self._statements: dict[tuple[int, tuple[bool, ...]], tuple[str, tuple[str, ...] | None]]
-        self._statements = {}
+        self._statements: BoundedCache[
+            tuple[int, tuple[bool, ...]], tuple[str, tuple[str, ...] | None]
+        ] = BoundedCache(MAX_STATEMENTS)
         self.method = "executemany"
         if dialect.name == "sqlite":
             self.method = "values"
@@ -125,20 +127,23 @@ class InsertPlan:
         its parameter names (``None``: positional)."""
         statement = self._statements.get((rows, present))
         if statement is None:
-            if len(self._statements) >= MAX_STATEMENTS:
-                self._statements.clear()
             fields = tuple(compress(USAGE_FIELDS, present))
-            placeholder = dict.fromkeys(fields)
-            compiled = (
-                sa.insert(usage_table).values([placeholder] * rows).compile(dialect=self.dialect)
-            )
-            names = tuple(f"{name}_m{row}" for row in range(rows) for name in fields)
+            # Parameters named here, row after row, so the values are bound by names we chose.
+            names = tuple(f"{name}_{row}" for row in range(rows) for name in fields)
+            placeholders: list[dict[str, Any]] = [
+                {name: sa.bindparam(f"{name}_{row}") for name in fields} for row in range(rows)
+            ]
+            # One row as a single VALUES: dialects without multi-row VALUES (Oracle) run it
+            # once per row (``executemany``).
+            values = placeholders[0] if rows == 1 else placeholders
+            compiled = sa.insert(usage_table).values(values).compile(dialect=self.dialect)
+            # A positional paramstyle binds in the order the compiler lists (``positiontup``,
+            # public): the values are flattened row after row, so that must be this order.
             positions = compiled.positiontup
             if positions is not None and tuple(positions) != names:
                 raise RuntimeError(f"unexpected parameter order for {self.dialect.name}")
-            statement = self._statements[rows, present] = (
-                compiled.string,
-                names if positions is None else None,
+            statement = self._statements.put(
+                (rows, present), (compiled.string, names if positions is None else None)
             )
         return statement
 
@@ -217,14 +222,11 @@ class InsertPlan:
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
         convert_id = self.id_processor
         if convert_id is not None:
-            # A batch holds few distinct ids, each the same object in every row (the
-            # snapshot's): convert each once. id() is safe as a key: the rows keep the objects
-            # alive, and it avoids the UUID's Python-level __hash__ per row.
+            # A batch holds few distinct ids: convert each once.
             for index in ID_COLUMNS:
                 column = columns[index]
-                distinct = dict(zip(map(id, column), column, strict=True))
-                converted = {key: convert_id(value) for key, value in distinct.items()}
-                columns[index] = list(map(converted.__getitem__, map(id, column)))
+                converted = {value: convert_id(value) for value in set(column)}
+                columns[index] = list(map(converted.__getitem__, column))
         columns[TIMESTAMP_COLUMN] = self._timestamps(columns[TIMESTAMP_COLUMN])
         for index, convert in self.processors:
             columns[index] = list(map(convert, columns[index]))

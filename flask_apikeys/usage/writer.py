@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
@@ -218,28 +219,24 @@ class UsageWriter:
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
 
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
-        # Per key: how many rows, and the latest. A key's rows share its snapshot's UUID
-        # object, so id() groups them without the UUID's Python-level __hash__ per row; two
-        # snapshots of one key in a batch just make two updates, which add up the same.
+        # Per key: how many rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
-        references = list(map(id, key_ids))
-        counts = Counter(references)
-        latest: dict[int, float] = {}
-        for reference, seen in zip(references, map(_TIMESTAMP, rows), strict=True):
-            if seen > latest.get(reference, 0.0):
-                latest[reference] = seen
-        key_of = dict(zip(references, key_ids, strict=True))
+        counts = Counter(key_ids)
+        latest: dict[uuid.UUID, float] = {}
+        for key_id, seen in zip(key_ids, map(_TIMESTAMP, rows), strict=True):
+            if seen > latest.get(key_id, 0.0):
+                latest[key_id] = seen
         with self._connect() as connection:
             self._insert_plan(connection.dialect).execute(connection, rows)
             connection.execute(
                 _ADD_REQUESTS,
                 [
                     {
-                        "key_id": key_of[reference],
+                        "key_id": key_id,
                         "count": count,
-                        "seen": datetime.fromtimestamp(latest[reference], UTC),
+                        "seen": datetime.fromtimestamp(latest[key_id], UTC),
                     }
-                    for reference, count in counts.items()
+                    for key_id, count in counts.items()
                 ],
             )
 
