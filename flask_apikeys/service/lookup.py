@@ -46,7 +46,7 @@ class CompiledLookup:
         }
         columns = list(query.selected_columns)
         self.row_type: Callable[..., Any] = namedtuple(  # type: ignore[misc]
-            "Row", [column.key for column in columns]
+            "Row", [str(column.key) for column in columns]
         )
         self.result_processors = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
