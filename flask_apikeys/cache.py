@@ -21,11 +21,14 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 
+from .boundedcache import BoundedCache
 from .cache_generation import Generation
 from .identity import VerifiedKey
 
 #: The most memory (by :func:`approximate_size`) a cache of snapshots holds before it is emptied.
 MAX_CACHE_BYTES = 32 * 1024 * 1024
+#: How many digests that matched no key are remembered (:meth:`VerifiedKeyCache.is_unknown`).
+MAX_UNKNOWN = 1000
 #: What a snapshot costs besides its collections (the objects, the organization, short strings).
 SNAPSHOT_OVERHEAD = 1024
 
@@ -81,6 +84,8 @@ class VerifiedKeyCache:
         #: unlocked, so two threads at once may lose a count).
         self.hits = self.misses = 0
         self._entries: dict[bytes, tuple[float, VerifiedKey, int]] = {}
+        #: digest → when a lookup found no key with it (see :meth:`is_unknown`).
+        self._unknown: BoundedCache[bytes, float] = BoundedCache(MAX_UNKNOWN)
         self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> VerifiedKey | None:
@@ -102,6 +107,21 @@ class VerifiedKeyCache:
             return None
         self.hits += 1
         return key
+
+    def is_unknown(self, digest: bytes) -> bool:
+        """Whether ``digest`` was looked up and not found less than the TTL ago.
+
+        A client retrying a mistyped or deleted key costs no query. Safe to remember: a key
+        is random, so a digest no row had can only start to match if that very key is created.
+        """
+        stored_at = self._unknown.get(digest)
+        return stored_at is not None and self.clock() - stored_at < self.ttl_seconds
+
+    def put_unknown(self, digest: bytes) -> None:
+        """Remember that no stored key has ``digest`` (kept apart, so that a flood of made-up
+        keys never pushes the keys in use out of the cache)."""
+        if self.ttl_seconds > 0:
+            self._unknown.put(digest, self.clock())
 
     def put(self, digest: bytes, key: VerifiedKey) -> None:
         """Remember ``key``; a full cache is emptied rather than scanned for the oldest entry."""

@@ -66,6 +66,7 @@ _SNAPSHOT_QUERY = sa.select(
 # fresh statement on every call (which cost more than SQLite's own work).
 _BY_ID = _SNAPSHOT_QUERY.where(APIKey.id == sa.bindparam("key_id"))
 _BIND = {"mapper": APIKey}
+NOT_RECOGNISED = "The API key is not recognised."
 
 
 @functools.cache
@@ -106,7 +107,13 @@ class Verification:
         if verified is None:
             if keys.parse_key(presented, self.settings.key_prefix) is None:
                 raise InvalidAPIKey("The API key is malformed.")
-            verified = self._load_verified_key(presented)
+            if self.cache.is_unknown(digest):
+                raise InvalidAPIKey(NOT_RECOGNISED)
+            try:
+                verified = self._load_verified_key(presented)
+            except InvalidAPIKey:
+                self.cache.put_unknown(digest)
+                raise
             self.cache.put(digest, verified)
         self.check_usable(verified)
         return verified
@@ -146,7 +153,7 @@ class Verification:
         )
         matched = None if row is None else self.hasher.match_index(digests, row.key_hash)
         if matched is None:
-            raise InvalidAPIKey("The API key is not recognised.")
+            raise InvalidAPIKey(NOT_RECOGNISED)
         if matched != 0:  # stored under a retired scheme or secret: store it under the current one
             rehash = sa.update(APIKey).where(APIKey.id == row.id)
             rehash = rehash.values(key_hash=self.hasher.hash(presented))
