@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from limits.storage import storage_from_string
+from redis.exceptions import RedisError
 
 from flask_apikeys.cache_generation import FileGeneration, RedisGeneration
 
@@ -88,8 +89,6 @@ def test_the_file_changes_with_every_announcement(tmp_path: Any) -> None:
 
 def test_redis_carries_announcements_between_hosts(redis_url: str) -> None:
     storage = storage_from_string(redis_url)
-    from redis.exceptions import RedisError
-
     reader = RedisGeneration(lambda: (storage, (RedisError,)))
     writer = RedisGeneration(lambda: (storage_from_string(redis_url), (RedisError,)))
     before = reader.current()
@@ -98,8 +97,6 @@ def test_redis_carries_announcements_between_hosts(redis_url: str) -> None:
 
 
 def test_an_unreachable_redis_empties_the_cache_rather_than_trusting_it() -> None:
-    from redis.exceptions import RedisError
-
     storage = storage_from_string("redis://127.0.0.1:1")
     reader = RedisGeneration(lambda: (storage, (RedisError,)))
     assert reader.current() != reader.current()  # never equal: every check empties the cache
