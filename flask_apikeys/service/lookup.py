@@ -4,8 +4,8 @@ A request whose key is not in the cache (most keys of a multi-tenant API send to
 stay cached) pays for this lookup. Through the ORM session it cost about ten times SQLite's own
 work: a connection checked out of the pool and back, a transaction begun and ended, the
 statement's cache key derived again, and the session torn down after the request. Here the
-statement is compiled once per database, run with the driver's cursor on one connection each
-process keeps in autocommit mode (no transaction is held between lookups, so every lookup sees
+statement is compiled once per database, run as text on one connection each process keeps in
+autocommit mode (no transaction is held between lookups, so every lookup sees
 the latest commit), and the values converted by the columns' own SQLAlchemy types.
 
 The kept connection is used by one thread at a time; a thread that finds it busy, a forked
@@ -105,15 +105,14 @@ class KeyLookup:
                 if compiled is None:
                     compiled = self._compiled[query] = CompiledLookup(query, connection.dialect)
                 try:
-                    cursor = connection.connection.cursor()
-                    try:
-                        cursor.execute(compiled.sql, compiled.parameters(values))
-                        raw = cursor.fetchone()
-                    finally:
-                        cursor.close()
-                except Exception as error:
+                    # The statement as text: no compilation, no cache key; SQLAlchemy's cursor
+                    # events still fire (tracing and query counting see the lookup).
+                    raw = connection.exec_driver_sql(
+                        compiled.sql, compiled.parameters(values)
+                    ).fetchone()
+                except sa.exc.SQLAlchemyError as error:
                     self._discard()
-                    if attempt == 2 or not isinstance(error, connection.dialect.loaded_dbapi.Error):
+                    if attempt == 2 or not isinstance(error, sa.exc.DBAPIError):
                         raise BackendUnavailable(
                             "The key database could not be reached; try again."
                         ) from error
