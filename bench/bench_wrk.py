@@ -39,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -70,11 +72,16 @@ def serve(variant: str, env: dict[str, str], workers: int) -> tuple[subprocess.P
         cwd=ROOT,
         env={**env, "BENCH_VARIANT": variant, "BENCH_SERVE": "1"},
     )
-    deadline = time.monotonic() + 30
+    # Until a worker answers, not just until the port is open: on a loaded machine workers
+    # take many seconds to import, and wrk would measure their boot.
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/r", timeout=5).close()
             return process, port
+        except urllib.error.HTTPError:
+            return process, port  # a worker answered (401: no key sent)
         except OSError:
             if process.poll() is not None:
                 code = process.returncode
