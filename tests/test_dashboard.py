@@ -298,16 +298,38 @@ def test_a_form_without_the_session_token_is_refused_and_writes_nothing(
     assert key_count(app) == before
 
 
-def test_a_form_posted_from_another_site_is_refused(app: Flask, signed_in: FlaskClient) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "null"},
+    ],
+)
+def test_a_form_posted_from_another_site_is_refused(
+    app: Flask, signed_in: FlaskClient, headers: dict[str, str]
+) -> None:
     before = key_count(app)
     token = form_token(signed_in, "/keys")
     response = signed_in.post(
-        PREFIX + "/keys",
-        data={"csrf_token": token, "name": "x"},
-        headers={"Origin": "https://evil.example"},
+        PREFIX + "/keys", data={"csrf_token": token, "name": "x"}, headers=headers
     )
     assert response.status_code == 403
     assert key_count(app) == before
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Sec-Fetch-Site": "same-origin", "Origin": "null"}, {"Origin": "null"}]
+)
+def test_a_form_from_the_dashboard_itself_is_accepted(
+    app: Flask, signed_in: FlaskClient, headers: dict[str, str]
+) -> None:
+    """With ``Referrer-Policy: no-referrer`` browsers send ``Origin: null`` on our own forms."""
+    token = form_token(signed_in, "/keys")
+    response = signed_in.post(
+        PREFIX + "/keys", data={"csrf_token": token, "name": "ours"}, headers=headers
+    )
+    assert response.status_code == 200 and "Key created" in response.text
 
 
 def test_the_sign_in_form_needs_its_own_token(app: Flask, admin_key: str) -> None:

@@ -65,9 +65,16 @@ def make_dashboard_blueprint(url_prefix: str) -> Blueprint:
 
 def refuse_foreign_origin() -> None:
     """A form posted from another site is refused whatever it carries (CSRF, before the
-    token check); browsers send ``Origin`` with every POST."""
+    token check). Browsers say where a request comes from in ``Sec-Fetch-Site``; older ones
+    send ``Origin``, which is ``null`` on our own pages (their referrer policy is
+    ``no-referrer``), so only a real origin other than ours is refused there."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        if fetch_site not in ("same-origin", "none"):
+            raise session.CSRFRefused("This form was sent from another site.")
+        return
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or origin == "null":
         return
     expected = urlsplit(request.host_url)
     sent = urlsplit(origin)
