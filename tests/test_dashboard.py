@@ -470,7 +470,7 @@ def test_the_usage_page_shows_limits_requests_and_charts(
     # The endpoint chart's description; the sign-in was an authenticated request too.
     assert "GET /v1/presentations 3, POST /dashboard/sign-in 1, POST /v1/presentations 1" in text
     assert "2xx 3, 3xx 1, 4xx 1" in text
-    assert text.count("<svg") == 4
+    assert text.count('<svg class="chart"') == 4
     assert "Requests this minute" in text and "of 60" in text  # pro: 60 a minute
     [made] = [row for row in listed_keys(app) if row.name == "made here"]
     one_key = signed_in.get(f"{PREFIX}/usage?key={made.id}")

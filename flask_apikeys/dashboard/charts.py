@@ -14,7 +14,9 @@ from datetime import date, timedelta
 
 from markupsafe import Markup
 
-WIDTH = 720
+#: Natural widths: a chart across the page, and one in half of it.
+WIDTH = 1080
+HALF_WIDTH = 500
 BAR_HEIGHT = 22
 BAR_GAP = 8
 LABEL_WIDTH = 260
@@ -38,12 +40,14 @@ def _number(value: float) -> str:
     return f"{value:,.2f}"
 
 
-def _svg(height: int, label: str, body: list[Markup]) -> Markup:
+def _svg(width: int, height: int, label: str, body: list[Markup]) -> Markup:
+    """The chart at its natural size (the stylesheet only ever shrinks it, so its text stays
+    the size of the page's), described by ``label`` for screen readers."""
     return Markup(
-        '<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{label}" '
-        'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">'
-        "<title>{label}</title>{body}</svg>"
-    ).format(width=WIDTH, height=height, label=label, body=Markup("").join(body))
+        '<svg class="chart" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="{label}" preserveAspectRatio="xMinYMin meet" '
+        'xmlns="http://www.w3.org/2000/svg"><title>{label}</title>{body}</svg>'
+    ).format(width=width, height=height, label=label, body=Markup("").join(body))
 
 
 def _element(template: str, **values: object) -> Markup:
@@ -51,12 +55,20 @@ def _element(template: str, **values: object) -> Markup:
     return Markup(template).format(**values)  # noqa: S704 - constant template, escaped values
 
 
-def horizontal_bars(title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
+def horizontal_bars(
+    title: str,
+    bars: Sequence[Bar],
+    unit: str = "",
+    *,
+    width: int = WIDTH,
+    label_width: int = LABEL_WIDTH,
+) -> Markup:
     """One row per bar, labelled on the left, with its value at the bar's end."""
     if not bars:
         return Markup('<p class="empty">No requests in this period.</p>')
     largest = max(bar.value for bar in bars) or 1.0
-    room = WIDTH - LABEL_WIDTH - 90
+    room = width - label_width - 80
+    label_characters = label_width // 7
     body = []
     for index, bar in enumerate(bars):
         top = index * (BAR_HEIGHT + BAR_GAP)
@@ -69,10 +81,10 @@ def horizontal_bars(title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
                 '<text class="label" x="{x}" y="{y}" text-anchor="end">{label}</text>'
                 '<rect class="bar" x="{left}" y="{top}" width="{width}" height="{height}" rx="3">'
                 "<title>{full}: {shown}</title></rect>",
-                x=LABEL_WIDTH - 8,
+                x=label_width - 8,
                 y=middle,
-                label=_shorten(bar.label, 36),
-                left=LABEL_WIDTH,
+                label=_shorten(bar.label, label_characters),
+                left=label_width,
                 top=top,
                 width=f"{length:.1f}",
                 height=BAR_HEIGHT,
@@ -85,7 +97,7 @@ def horizontal_bars(title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
                 _element(
                     '<rect class="bar-part" x="{left}" y="{top}" width="{width}" '
                     'height="{height}" rx="3"></rect>',
-                    left=LABEL_WIDTH,
+                    left=label_width,
                     top=top,
                     width=f"{part:.1f}",
                     height=BAR_HEIGHT,
@@ -94,7 +106,7 @@ def horizontal_bars(title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
         body.append(
             _element(
                 '<text class="value" x="{x}" y="{y}">{shown}</text>',
-                x=f"{LABEL_WIDTH + length + 6:.1f}",
+                x=f"{label_width + length + 6:.1f}",
                 y=middle,
                 shown=shown,
             )
@@ -103,10 +115,17 @@ def horizontal_bars(title: str, bars: Sequence[Bar], unit: str = "") -> Markup:
     summary = f"{title}: " + ", ".join(
         f"{bar.label} {bar.shown or _number(bar.value) + unit}" for bar in bars
     )
-    return _svg(height, summary, body)
+    return _svg(width, height, summary, body)
 
 
-def daily_bars(title: str, start: date, end: date, days: Sequence[dict[str, object]]) -> Markup:
+def daily_bars(
+    title: str,
+    start: date,
+    end: date,
+    days: Sequence[dict[str, object]],
+    *,
+    width: int = WIDTH,
+) -> Markup:
     """Requests per day from ``start`` up to ``end`` (excluded), errors drawn over them; days
     without requests are drawn as zero, so gaps show."""
     by_date = {str(day["date"]): day for day in days}
@@ -115,7 +134,7 @@ def daily_bars(title: str, start: date, end: date, days: Sequence[dict[str, obje
     values = [_as_int(by_date.get(day.isoformat(), {}).get("requests")) for day in dates]
     errors = [_as_int(by_date.get(day.isoformat(), {}).get("errors")) for day in dates]
     largest = max(values) or 1
-    plot_left, plot_width = 56, WIDTH - 64
+    plot_left, plot_width = 56, width - 64
     slot = plot_width / count
     bar_width = max(1.0, slot * 0.75)
     body = [
@@ -124,7 +143,7 @@ def daily_bars(title: str, start: date, end: date, days: Sequence[dict[str, obje
             '<text class="label" x="{x}" y="14" text-anchor="end">{largest}</text>'
             '<text class="label" x="{x}" y="{bottom}" text-anchor="end">0</text>',
             left=plot_left,
-            right=WIDTH - 8,
+            right=width - 8,
             bottom=CHART_HEIGHT,
             x=plot_left - 6,
             largest=_number(largest),
@@ -158,12 +177,16 @@ def daily_bars(title: str, start: date, end: date, days: Sequence[dict[str, obje
                     height=f"{error_height:.1f}",
                 )
             )
-    for index in sorted({0, count // 2, count - 1}):
+    # First, middle and last day; the outer ones aligned inwards so that they are not cut off.
+    for index, anchor in sorted({0: "start", count // 2: "middle", count - 1: "end"}.items()):
+        middle = plot_left + index * slot + slot / 2
+        x = {"start": middle - slot / 2, "middle": middle, "end": middle + slot / 2}[anchor]
         body.append(
             _element(
-                '<text class="label" x="{x}" y="{y}" text-anchor="middle">{day}</text>',
-                x=f"{plot_left + index * slot + slot / 2:.1f}",
+                '<text class="label" x="{x}" y="{y}" text-anchor="{anchor}">{day}</text>',
+                x=f"{x:.1f}",
                 y=CHART_HEIGHT + 20,
+                anchor=anchor,
                 day=dates[index].strftime("%b %d"),
             )
         )
@@ -172,7 +195,7 @@ def daily_bars(title: str, start: date, end: date, days: Sequence[dict[str, obje
         f"{title}: {total:,} requests from {start.isoformat()} to "
         f"{dates[-1].isoformat()}, at most {_number(largest)} in a day"
     )
-    return _svg(CHART_HEIGHT + AXIS_SPACE, summary, body)
+    return _svg(width, CHART_HEIGHT + AXIS_SPACE, summary, body)
 
 
 def _as_int(value: object) -> int:

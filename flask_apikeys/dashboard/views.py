@@ -368,9 +368,13 @@ def usage_charts(stats: dict[str, Any], start: date, end: date) -> dict[str, Any
     ]
     return {
         "by_day": charts.daily_bars("Requests per day", start, end, stats["by_day"]),
-        "by_endpoint": charts.horizontal_bars("Requests by endpoint", endpoints),
-        "by_status": charts.horizontal_bars("Requests by status class", statuses),
-        "latency": charts.horizontal_bars("Response time", latency),
+        "by_endpoint": charts.horizontal_bars(
+            "Requests by endpoint", endpoints, width=charts.HALF_WIDTH, label_width=210
+        ),
+        "by_status": charts.horizontal_bars(
+            "Requests by status class", statuses, width=charts.HALF_WIDTH, label_width=60
+        ),
+        "latency": charts.horizontal_bars("Response time", latency, label_width=90),
     }
 
 
@@ -402,6 +406,7 @@ def audit_trail() -> Response:
     return page(
         "audit.html",
         records=records,
+        actor_names={f"api-key:{api_key.id}": api_key.name for api_key in api_keys},
         total=total,
         events=EVENTS,
         api_keys=api_keys,
