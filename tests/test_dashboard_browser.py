@@ -157,6 +157,13 @@ def test_an_admin_manages_keys_and_sees_usage_in_a_real_browser(
     with app.app_context():
         admin = apikeys.create_key(organization, "Ops admin", scopes=["admin", "presentations:*"])
         admin_key, admin_id = admin.key, admin.api_key.id
+        # Keys in each state, so the list shows them all (and the screenshot does too).
+        apikeys.create_key(organization, "Nightly export", "test", level="read-only",
+                           expires_in_days=3)  # fmt: skip
+        legacy = apikeys.create_key(
+            organization, "Legacy integration", scopes=["presentations:read"]
+        )
+        apikeys.revoke_key(legacy.api_key.id, reason="replaced", revoked_by="ops@acme.io")
         other = apikeys.create_organization(name="Other", email="o@other.io", plan="free")
         other_key_id = apikeys.create_key(other, "theirs").api_key.id
     earlier_traffic(app, admin_id, organization)
@@ -219,6 +226,8 @@ def test_an_admin_manages_keys_and_sees_usage_in_a_real_browser(
     page.screenshot(path=artifacts / "dashboard-usage.png", full_page=True)
     page.get_by_role("link", name="Keys", exact=True).click()
     assert new_key not in page.content()
+    statuses = page.locator("tbody .badge").all_inner_texts()
+    assert sorted(statuses) == ["active", "active", "expiring", "revoked"]
     page.screenshot(path=artifacts / "dashboard-keys.png", full_page=True)
 
     # Rotate with no overlap: the old key is refused at once, the new one works.
@@ -244,8 +253,8 @@ def test_an_admin_manages_keys_and_sees_usage_in_a_real_browser(
     audit_text = page.locator("main").inner_text()
     for event in ("key.created", "key.rotated", "key.revoked", "dashboard.signed_in"):
         assert event in audit_text
-    revoked_row = page.locator("tbody tr", has_text="key.revoked").inner_text()
-    assert "Ops admin" in revoked_row and "Browser test done" in revoked_row  # actor, reason
+    revoked_row = page.locator("tbody tr", has_text="Browser test done").inner_text()
+    assert "key.revoked" in revoked_row and "Ops admin" in revoked_row  # the actor
     page.screenshot(path=artifacts / "dashboard-audit.png", full_page=True)
 
     # Another organization's key id: 404, and it is untouched.
