@@ -30,14 +30,37 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import HASH_SECRET  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
+from bench.common import HASH_SECRET  # noqa: E402
 from flask_apikeys import APIKeys  # noqa: E402
 
 PREFIX = "/dashboard"
 ADMIN_KEY = "bench-bootstrap-admin-key-" + "x" * 16
+
+
+#: ``rows`` usage rows in one statement: a recursive counter, spread evenly over the period,
+#: over four keys, three endpoints and a few status codes (SQLite; uuids stored as hex).
+INSERT_ROWS = sa.text(
+    """
+    WITH RECURSIVE counter(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM counter WHERE n < :last)
+    INSERT INTO api_key_usage (api_key_id, organization_id, timestamp, endpoint, method,
+        status_code, response_time_ms, tokens_used, cost_usd)
+    SELECT CASE n % 4 WHEN 0 THEN :key0 WHEN 1 THEN :key1 WHEN 2 THEN :key2 ELSE :key3 END,
+        :organization,
+        strftime('%Y-%m-%d %H:%M:%f', :start, '+' || (n * :seconds / :rows) || ' seconds'),
+        CASE n % 5 WHEN 0 THEN '/v1/generate/outline' WHEN 1 THEN '/v1/items/<id>'
+             ELSE '/v1/presentations' END,
+        CASE n % 5 WHEN 0 THEN 'POST' ELSE 'GET' END,
+        CASE WHEN n % 97 = 0 THEN 500 WHEN n % 13 = 0 THEN 429 WHEN n % 7 = 0 THEN 403
+             ELSE 200 END,
+        (n * 7919 % 1000) / 10.0,
+        CASE n % 5 WHEN 0 THEN n % 800 ELSE 0 END,
+        CASE n % 5 WHEN 0 THEN 0.002 ELSE 0.0001 END
+    FROM counter
+    """
+)
 
 
 def build_app(database_url: str) -> tuple[Flask, APIKeys]:
@@ -65,29 +88,18 @@ def fill(app: Flask, apikeys: APIKeys, rows: int, days: int) -> tuple[str, str, 
         engine = apikeys.state.db.engine
         start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=days)
         seconds = days * 86_400
-        key_case = " ".join(f"WHEN {n} THEN '{key.hex}'" for n, key in enumerate(keys))
         started = time.perf_counter()
         with engine.begin() as connection:
-            connection.exec_driver_sql(
-                f"""
-                WITH RECURSIVE counter(n) AS (
-                    SELECT 0 UNION ALL SELECT n + 1 FROM counter WHERE n < {rows - 1}
-                )
-                INSERT INTO api_key_usage (api_key_id, organization_id, timestamp, endpoint,
-                    method, status_code, response_time_ms, tokens_used, cost_usd)
-                SELECT CASE n % 4 {key_case} END, '{organization.id.hex}',
-                    strftime('%Y-%m-%d %H:%M:%f', '{start.isoformat(sep=" ")}',
-                             '+' || (n * {seconds} / {rows}) || ' seconds'),
-                    CASE n % 5 WHEN 0 THEN '/v1/generate/outline' WHEN 1 THEN '/v1/items/<id>'
-                         ELSE '/v1/presentations' END,
-                    CASE n % 5 WHEN 0 THEN 'POST' ELSE 'GET' END,
-                    CASE WHEN n % 97 = 0 THEN 500 WHEN n % 13 = 0 THEN 429
-                         WHEN n % 7 = 0 THEN 403 ELSE 200 END,
-                    (n * 7919 % 1000) / 10.0,
-                    CASE n % 5 WHEN 0 THEN n % 800 ELSE 0 END,
-                    CASE n % 5 WHEN 0 THEN 0.002 ELSE 0.0001 END
-                FROM counter
-                """
+            connection.execute(
+                INSERT_ROWS,
+                {
+                    "last": rows - 1,
+                    "rows": rows,
+                    "seconds": seconds,
+                    "organization": organization.id.hex,
+                    "start": start.isoformat(sep=" "),
+                    **{f"key{n}": key.hex for n, key in enumerate(keys)},
+                },
             )
         print(f"inserted {rows:,} usage rows in {time.perf_counter() - started:.1f} s")
         return str(organization.id), admin.key, str(keys[1])
@@ -124,13 +136,15 @@ def main() -> None:
     end = (today + timedelta(days=1)).isoformat()
     cases: dict[str, Callable[[], int]] = {
         "dashboard usage page (all keys)": lambda: client.get(PREFIX + "/usage").status_code,
-        "dashboard usage page (one key)": lambda: client.get(
-            f"{PREFIX}/usage?key={key_id}"
-        ).status_code,
-        "admin API usage, same period": lambda: client.get(
-            f"/admin/organizations/{organization_id}/usage?start={start}&end={end}",
-            headers={"X-API-Key": ADMIN_KEY},
-        ).status_code,
+        "dashboard usage page (one key)": lambda: (
+            client.get(f"{PREFIX}/usage?key={key_id}").status_code
+        ),
+        "admin API usage, same period": lambda: (
+            client.get(
+                f"/admin/organizations/{organization_id}/usage?start={start}&end={end}",
+                headers={"X-API-Key": ADMIN_KEY},
+            ).status_code
+        ),
     }
     with app.app_context():
         total = apikeys.state.db.session.scalar(sa.text("SELECT count(*) FROM api_key_usage"))
