@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
-from flask_apikeys.models import APIKey, AuditRecord, DashboardSession
+from flask_apikeys.models import APIKey, APIKeyUsage, AuditRecord, DashboardSession
 
 PREFIX = "/dashboard"
 BOOTSTRAP_KEY = "bootstrap-" + "d" * 32
@@ -246,6 +246,20 @@ def test_an_expired_session_ends(app: Flask, signed_in: FlaskClient) -> None:
     response = signed_in.get(PREFIX + "/keys")
     assert response.status_code == 303 and "session-ended" in response.headers["Location"]
     assert session_rows(app) == []
+
+
+def test_a_sign_in_deletes_sessions_that_expired_unseen(
+    app: Flask, signed_in: FlaskClient, admin_key: str
+) -> None:
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        session.execute(
+            sa.update(DashboardSession).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+        session.commit()
+    assert sign_in(app.test_client(), admin_key).status_code == 303
+    [row] = session_rows(app)
+    assert row.expires_at > datetime.now(UTC)
 
 
 def test_revoking_the_admin_key_ends_its_sessions_on_the_next_request(
@@ -582,3 +596,48 @@ def test_any_form_input_is_a_page_or_a_4xx_form_error_that_writes_nothing(
     if response.status_code >= 400:
         assert stored(app) == before
         assert 'class="error-summary"' in response.text or "<h1>" in response.text
+
+
+def shown_this_month(text: str) -> int:
+    match = re.search(r'Requests this month</p>\s*<p class="meter-value"><strong>([\d,]+)<', text)
+    assert match is not None
+    return int(match[1].replace(",", ""))
+
+
+def test_this_months_count_is_the_same_whatever_period_is_shown(
+    app: Flask, signed_in: FlaskClient, organization: uuid.UUID
+) -> None:
+    [admin] = [row for row in listed_keys(app) if row.name == "Test key"]
+    now = datetime.now(UTC)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    moments = [now - timedelta(seconds=5)] * 3 + [month_start - timedelta(days=20)] * 2
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        session.execute(
+            sa.insert(APIKeyUsage),
+            [
+                {
+                    "api_key_id": admin.id,
+                    "organization_id": organization,
+                    "timestamp": moment,
+                    "endpoint": "/v1/presentations",
+                    "method": "GET",
+                    "status_code": 200,
+                    "response_time_ms": 1.0,
+                }
+                for moment in moments
+            ],
+        )
+        session.commit()
+    expected = 3 + 1  # and the sign-in, a request of the admin key
+    today = now.date()
+    long_ago = (month_start - timedelta(days=60)).date()
+    for query in (
+        "",  # the last 30 days
+        f"start={long_ago}&end={today}",  # the whole month and more
+        f"start={long_ago}&end={long_ago + timedelta(days=5)}",  # no day of this month
+        f"key={admin.id}",  # one key
+    ):
+        page = signed_in.get(f"{PREFIX}/usage?{query}")
+        assert page.status_code == 200
+        assert shown_this_month(page.text) == expected, query

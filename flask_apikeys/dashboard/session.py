@@ -129,7 +129,16 @@ def start_session(caller: AdminCaller, organization: Organization) -> tuple[str,
         expires_at=started + timedelta(seconds=state.settings.dashboard_session_lifetime),
         csrf_secret=secrets.token_urlsafe(32),
     )
-    state.service.store.commit(lambda: state.service.store.session.add(row))
+    store = state.service.store
+
+    def insert() -> None:
+        # Sessions that expired without being presented again go here, a sign-in at a time.
+        store.session.execute(
+            sa.delete(DashboardSession).where(DashboardSession.expires_at <= started)
+        )
+        store.session.add(row)
+
+    store.commit(insert)
     return token, row
 
 
