@@ -56,7 +56,9 @@ def make_dashboard_blueprint(url_prefix: str) -> Blueprint:
     @blueprint.errorhandler(APIKeyError)
     def show_error(error: APIKeyError) -> Response:
         """The error as a page, with the status the admin API would answer."""
-        return render("error.html", error.code or 500, error=error)
+        response = render("error.html", error.code or 500, error=error)
+        response.headers.update(session.retry_after(error))
+        return response
 
     for page in ROUTES:
         blueprint.add_url_rule(page.rule, page.endpoint, page.view, methods=list(page.methods))

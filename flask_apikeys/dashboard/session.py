@@ -168,8 +168,8 @@ def load_session() -> SignedIn | None:
     row = store.read(lambda: store.session.get(DashboardSession, token_hash(token)))
     if row is None:
         return None
-    caller = _still_allowed(row)
-    if caller is None or row.expires_at <= now():
+    caller = None if row.expires_at <= now() else _still_allowed(row)
+    if caller is None:
         end_session(token)
         return None
     return SignedIn(caller, row.organization_id, row.csrf_secret, row.expires_at)
@@ -233,6 +233,14 @@ def set_sign_in_cookie(response: Response, token: str, prefix: str) -> None:
         httponly=True,
         samesite="Strict",
     )
+
+
+def retry_after(error: APIKeyError) -> dict[str, str]:
+    """The ``Retry-After`` of a refusal (429), for the page that shows it; a page has no use
+    for the API's ``WWW-Authenticate`` challenge."""
+    return {
+        name: value for name, value in error.response_headers().items() if name == "Retry-After"
+    }
 
 
 def add_security_headers(response: Response) -> Response:

@@ -127,7 +127,9 @@ def sign_in() -> Response:
     except OrganizationNotFound:
         return sign_in_form("No organization by that slug.", 404)
     except APIKeyError as error:
-        return sign_in_form(error.detail, error.code or 400)
+        response = sign_in_form(error.detail, error.code or 400)
+        response.headers.update(session.retry_after(error))
+        return response
     token, row = session.start_session(admin, chosen)
     audit("dashboard.signed_in", admin.actor, chosen, admin.key.id if admin.key else None)
     response = redirect(url_for(".keys"), 303)
