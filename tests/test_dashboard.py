@@ -641,3 +641,28 @@ def test_this_months_count_is_the_same_whatever_period_is_shown(
         page = signed_in.get(f"{PREFIX}/usage?{query}")
         assert page.status_code == 200
         assert shown_this_month(page.text) == expected, query
+
+
+def test_text_in_the_charts_is_escaped(
+    app: Flask, signed_in: FlaskClient, organization: uuid.UUID
+) -> None:
+    """An endpoint is the app's URL rule, but the page must not trust any text it draws."""
+    [admin] = [row for row in listed_keys(app) if row.name == "Test key"]
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        session.execute(
+            sa.insert(APIKeyUsage),
+            {
+                "api_key_id": admin.id,
+                "organization_id": organization,
+                "timestamp": datetime.now(UTC),
+                "endpoint": '/v1/<script>alert("x")</script>',
+                "method": "GET",
+                "status_code": 200,
+                "response_time_ms": 1.0,
+            },
+        )
+        session.commit()
+    text = signed_in.get(PREFIX + "/usage").text
+    assert "<script>alert" not in text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text

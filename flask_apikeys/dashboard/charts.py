@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import Any
 
 from markupsafe import Markup
 
@@ -204,3 +205,34 @@ def _as_int(value: object) -> int:
 
 def _shorten(text: str, length: int) -> str:
     return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def usage_charts(stats: dict[str, Any], start: date, end: date) -> dict[str, Markup]:
+    """Every chart of the usage page, from one usage report (``KeyService.usage_stats``)."""
+    endpoints = [
+        Bar(f"{row['method']} {row['endpoint']}", row["requests"], row["errors"])
+        for row in stats["by_endpoint"][:10]
+    ]
+    statuses = [
+        Bar(name, count, count if name in ("4xx", "5xx") else 0)
+        for name, count in sorted(stats["by_status_class"].items())
+    ]
+    latency = [
+        Bar(name, value, shown=f"{value:,.1f} ms")
+        for name, value in (
+            ("average", stats["average_ms"]),
+            ("p50", stats["p50_ms"]),
+            ("p95", stats["p95_ms"]),
+        )
+        if value is not None
+    ]
+    return {
+        "by_day": daily_bars("Requests per day", start, end, stats["by_day"]),
+        "by_endpoint": horizontal_bars(
+            "Requests by endpoint", endpoints, width=HALF_WIDTH, label_width=210
+        ),
+        "by_status": horizontal_bars(
+            "Requests by status class", statuses, width=HALF_WIDTH, label_width=60
+        ),
+        "latency": horizontal_bars("Response time", latency, label_width=90),
+    }

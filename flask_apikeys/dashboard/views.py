@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import make_response, redirect, render_template, request, url_for
@@ -335,7 +335,7 @@ def usage() -> Response:
         last_day=end - timedelta(days=1),
         api_keys=api_keys,
         selected_key=selected_key,
-        charts=usage_charts(stats, start, end),
+        charts=charts.usage_charts(stats, start, end),
     )
 
 
@@ -351,36 +351,6 @@ def usage_error(error: InvalidInput) -> Response:
         start=None,
         last_day=None,
     )
-
-
-def usage_charts(stats: dict[str, Any], start: date, end: date) -> dict[str, Any]:
-    endpoints = [
-        charts.Bar(f"{row['method']} {row['endpoint']}", row["requests"], row["errors"])
-        for row in stats["by_endpoint"][:10]
-    ]
-    statuses = [
-        charts.Bar(name, count, count if name in ("4xx", "5xx") else 0)
-        for name, count in sorted(stats["by_status_class"].items())
-    ]
-    latency = [
-        charts.Bar(name, value, shown=f"{value:,.1f} ms")
-        for name, value in (
-            ("average", stats["average_ms"]),
-            ("p50", stats["p50_ms"]),
-            ("p95", stats["p95_ms"]),
-        )
-        if value is not None
-    ]
-    return {
-        "by_day": charts.daily_bars("Requests per day", start, end, stats["by_day"]),
-        "by_endpoint": charts.horizontal_bars(
-            "Requests by endpoint", endpoints, width=charts.HALF_WIDTH, label_width=210
-        ),
-        "by_status": charts.horizontal_bars(
-            "Requests by status class", statuses, width=charts.HALF_WIDTH, label_width=60
-        ),
-        "latency": charts.horizontal_bars("Response time", latency, label_width=90),
-    }
 
 
 # -- audit -------------------------------------------------------------------------------------
