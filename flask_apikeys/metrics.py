@@ -118,7 +118,9 @@ class APIKeysMetrics:
             signals.usage_rows_written.connect(recorder.on_rows_written, state.writer)
         recorder.start_syncing()
         path = settings.metrics_path
-        if path:
+        # APIKEYS_ENABLED = False lets every scoped view through: the metrics name every
+        # organization, so with no key checked they are not served at all.
+        if path and settings.enabled:
             view = require_scopes(settings.metrics_scope)(serve_metrics)
             app.add_url_rule(path, "apikeys_metrics", view)
 
@@ -331,24 +333,33 @@ class _Recorder:
                 self.queue_depth.set(writer.queued)
             for (organization_id, month), figure in list(self._quota_seen.items()):
                 if self._quota_synced.get((organization_id, month)) != figure:
-                    used, limit = self._quota_gauges(str(organization_id), month)
-                    used.set(figure[0])
-                    limit.set(figure[1])
-                    self._quota_synced[(organization_id, month)] = figure
+                    self._sync_quota(organization_id, month, figure)
             if len(self._quota_synced) >= MAX_REMEMBERED_ORGANIZATIONS:
                 self._quota_synced.clear()
 
-    def _quota_gauges(self, organization: str, month: str) -> tuple[Any, Any]:
-        """The month's used and limit gauges; a month just ended drops to 0 in this process,
-        so that alerts on the largest figure see only the current month."""
+    def _sync_quota(self, organization_id: Any, month: str, figure: tuple[int, int]) -> None:
+        """Set an organization's quota gauges. When its month changes, the month just ended
+        drops to 0 in this process, so that alerts on the largest figure see only the current
+        month, and its series goes (one per organization and month would grow forever; under
+        multiprocess mode the 0 stays in this process's file until the server restarts)."""
+        organization = str(organization_id)
         previous = self._quota_months.get(organization)
+        if previous is not None and month < previous:  # a request that finished late
+            self._quota_seen.pop((organization_id, month), None)
+            return
         if previous != month:
             if previous is not None:
                 self.quota_used.labels(organization, previous).set(0)
+                if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # not implemented there
+                    self.quota_used.remove(organization, previous)
+                self._quota_seen.pop((organization_id, previous), None)
+                self._quota_synced.pop((organization_id, previous), None)
             if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
                 self._quota_months.clear()
             self._quota_months[organization] = month
-        return self.quota_used.labels(organization, month), self.quota_limit.labels(organization)
+        self.quota_used.labels(organization, month).set(figure[0])
+        self.quota_limit.labels(organization).set(figure[1])
+        self._quota_synced[(organization_id, month)] = figure
 
     def start_syncing(self) -> None:
         """Sync every ``sync_interval`` seconds from a daemon thread of this process, and at

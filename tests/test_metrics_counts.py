@@ -241,3 +241,43 @@ def test_a_sync_interval_that_is_not_a_positive_number_is_refused(
 ) -> None:
     with pytest.raises(RuntimeError, match="sync_interval"):
         APIKeysMetrics(app, sync_interval=interval)
+
+
+def test_a_month_that_ended_leaves_the_quota_series(app: Flask) -> None:
+    """One series per organization and month would grow forever: the month just ended goes."""
+    APIKeysMetrics(app)
+    recorder = app.extensions["apikeys_metrics"]
+    organization = "9c1f7a52-3a4c-4c55-9b8e-0e1f2a3b4c5d"
+    recorder._quota_seen[(organization, "2026-11")] = (40, 100)
+    recorder.sync()
+    assert (
+        recorder.registry.get_sample_value(
+            "apikeys_quota_used_requests", {"organization": organization, "month": "2026-11"}
+        )
+        == 40
+    )
+    recorder._quota_seen[(organization, "2026-12")] = (2, 100)
+    recorder.sync()
+    months = {
+        sample.labels["month"]: sample.value
+        for family in recorder.registry.collect()
+        for sample in family.samples
+        if family.name == "apikeys_quota_used_requests"
+    }
+    assert months == {"2026-12": 2}
+    recorder._quota_seen[(organization, "2026-11")] = (41, 100)  # a request that ended late
+    recorder.sync()
+    assert (
+        recorder.registry.get_sample_value(
+            "apikeys_quota_used_requests", {"organization": organization, "month": "2026-11"}
+        )
+        is None
+    )
+
+
+def test_metrics_are_not_served_when_the_extension_is_off(make_app: Any) -> None:
+    """``APIKEYS_ENABLED = False`` lets every scoped view through: the metrics, which name
+    every organization, must not be one of them."""
+    app = make_app(APIKEYS_ENABLED=False)
+    APIKeysMetrics(app)
+    assert app.test_client().get("/apikeys/metrics").status_code == 404
