@@ -48,6 +48,28 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# Throwaway server data lives in memory where there is room: creating a PostgreSQL database
+# (a copy of the template's files) and every write then cost no disk I/O, ten times faster
+# on a busy disk. Docker's default /dev/shm is 64 MB, too small for the servers: then disk.
+MEMORY_FILESYSTEM = Path("/dev/shm")
+MEMORY_FILESYSTEM_ROOM = 1 << 30
+
+
+def scratch_directory(prefix: str) -> Path:
+    """A new private directory for a throwaway server: in memory when there is room, else in
+    the temporary directory (``TMPDIR``)."""
+    try:
+        statistics = os.statvfs(MEMORY_FILESYSTEM)
+    except OSError:
+        statistics = None
+    roomy = statistics is not None and (
+        statistics.f_bavail * statistics.f_frsize >= MEMORY_FILESYSTEM_ROOM
+    )
+    if roomy and os.access(MEMORY_FILESYSTEM, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=MEMORY_FILESYSTEM))
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def tail(log: Path, chars: int = 3000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log written)"
 
@@ -140,7 +162,7 @@ class PostgreSQLServer:
 def running_postgresql(shared_buffers: str = "16MB") -> Iterator[PostgreSQLServer]:
     """A throwaway PostgreSQL 15 cluster on 127.0.0.1 (run as ``postgres``: it refuses root),
     without durability (fsync off: nothing here must survive), removed on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-pg-"))
+    workdir = scratch_directory("apikeys-pg-")
     data, log = workdir / "data", workdir / "server.log"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_postgres:
@@ -301,7 +323,7 @@ class RedisServer:
 @contextmanager
 def running_redis() -> Iterator[RedisServer]:
     """A throwaway redis-server on 127.0.0.1 (nothing persisted), removed on exit."""
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="apikeys-redis-")))
+    server = RedisServer(scratch_directory("apikeys-redis-"))
     try:
         server.start()
         yield server
@@ -492,7 +514,7 @@ class RedisClusterServer:
 @contextmanager
 def running_redis_cluster(nodes: int = 3) -> Iterator[RedisClusterServer]:
     """A throwaway 3-node Redis Cluster on 127.0.0.1 (``redis-cli --cluster create``)."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-cluster-"))
+    workdir = scratch_directory("apikeys-redis-cluster-")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         ports = [free_cluster_port() for _ in range(nodes)]
@@ -548,7 +570,7 @@ class RedisSentinelServer:
 @contextmanager
 def running_redis_sentinel() -> Iterator[RedisSentinelServer]:
     """A throwaway master and a sentinel (``redis-server --sentinel``) on 127.0.0.1."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-sentinel-"))
+    workdir = scratch_directory("apikeys-redis-sentinel-")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         server = RedisSentinelServer(master_port=free_port(), sentinel_port=free_port())
@@ -676,7 +698,7 @@ def mariadb_installed() -> bool:
 @contextmanager
 def running_mariadb() -> Iterator[MariaDBServer]:
     """A throwaway MariaDB (Debian's mariadb-server) on 127.0.0.1, without durability."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-mariadb-"))
+    workdir = scratch_directory("apikeys-mariadb-")
     data, log = workdir / "data", workdir / "server.log"
     # mariadbd refuses to run as root unless told which user to be.
     user = "root" if os.geteuid() == 0 else getpass.getuser()
