@@ -350,13 +350,21 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 def script_calls(url: str) -> int:
-    """How many Lua scripts the Redis at ``url`` ran since it started (``INFO commandstats``)."""
+    """How many Lua scripts the Redis at ``url`` ran since it started (``INFO commandstats``).
+
+    An ``EVALSHA`` refused with ``NOSCRIPT`` (the script is not cached yet: a fresh or
+    restarted server) ran nothing; the client sends it again as ``EVAL``, which is counted.
+    """
     import redis
 
     client = redis.Redis.from_url(url)
     try:
         stats = client.info("commandstats")
-        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+        return sum(
+            stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            - stats.get(f"cmdstat_{name}", {}).get("failed_calls", 0)
+            for name in ("evalsha", "eval")
+        )
     finally:
         client.close()
 
