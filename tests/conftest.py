@@ -162,7 +162,13 @@ def make_app(
     ]
 )
 def backend_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """The same test on SQLite, on a real PostgreSQL 15 and on a real MariaDB."""
+    """The same test on SQLite, on a real PostgreSQL 15 and on a real MariaDB.
+
+    A test that builds its apps with ``create_tables`` (``app``, ``make_app``) would create
+    the extension's tables first thing: on PostgreSQL its database comes with them already.
+    """
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'apikeys.sqlite'}"
+    if request.param == "postgresql" and "create_tables" in request.fixturenames:
+        return str(request.getfixturevalue("postgresql_url_with_tables"))
     return str(request.getfixturevalue(f"{request.param}_url"))

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy
+
+from flask_apikeys.models import metadata
 
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 HOST = "127.0.0.1"
@@ -121,12 +124,13 @@ class PostgreSQLServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
-    def _admin(self, statement: str, name: str | None = None) -> None:
-        """Run one statement on ``postgres`` in autocommit (CREATE DATABASE needs it)."""
+    def _admin(self, statement: str, *names: str) -> None:
+        """Run one statement on ``postgres`` in autocommit (CREATE DATABASE needs it), with
+        ``names`` quoted into its ``{}``."""
         import psycopg
         from psycopg import sql
 
-        query = sql.SQL(statement).format(sql.Identifier(name)) if name else sql.SQL(statement)
+        query = sql.SQL(statement).format(*map(sql.Identifier, names))
         with psycopg.connect(
             host=self.host,
             port=self.port,
@@ -137,13 +141,16 @@ class PostgreSQLServer:
         ) as connection:
             connection.execute(query)
 
-    def create_database(self, name: str) -> str:
-        """Create an empty database and return its SQLAlchemy URL.
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create an empty database (or a copy of ``template``) and return its SQLAlchemy URL.
 
         ``FILE_COPY`` copies the template's files instead of logging every page to the WAL
         (PostgreSQL 15's default): about five times faster here, where nothing is durable anyway.
         """
-        self._admin("CREATE DATABASE {} STRATEGY FILE_COPY", name)
+        if template is None:
+            self._admin("CREATE DATABASE {} STRATEGY FILE_COPY", name)
+        else:
+            self._admin("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY", name, template)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
@@ -234,9 +241,39 @@ def postgresql_url(
     postgresql_server: PostgreSQLServer, request: pytest.FixtureRequest
 ) -> Iterator[str]:
     """A fresh, empty database for this test (named after it, to debug); dropped afterwards."""
-    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
-    name = f"t_{readable}_{uuid.uuid4().hex[:12]}"
+    name = database_name_for(request)
     yield postgresql_server.create_database(name)
+    postgresql_server.drop_database(name)
+
+
+def database_name_for(request: pytest.FixtureRequest) -> str:
+    """A new database name for this test: its name, to debug, and a unique suffix."""
+    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    return f"t_{readable}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema_template(postgresql_server: PostgreSQLServer) -> str:
+    """A PostgreSQL database with the extension's tables, built once per session: the
+    counterpart of ``sqlite_template`` (a copy of it costs no DDL, as a copy of the empty
+    ``template1`` costs the same)."""
+    name = "apikeys_schema_template"
+    engine = sqlalchemy.create_engine(postgresql_server.create_database(name))
+    metadata.create_all(engine)
+    engine.dispose()  # nobody may be connected to a template while it is copied
+    return name
+
+
+@pytest.fixture
+def postgresql_url_with_tables(
+    postgresql_server: PostgreSQLServer,
+    postgresql_schema_template: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
+    """A fresh database of this test's own holding the extension's empty tables; dropped
+    afterwards."""
+    name = database_name_for(request)
+    yield postgresql_server.create_database(name, template=postgresql_schema_template)
     postgresql_server.drop_database(name)
 
 
