@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy
+
+from flask_apikeys.models import metadata
 
 POSTGRES_BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 HOST = "127.0.0.1"
@@ -46,6 +49,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         return int(probe.getsockname()[1])
+
+
+# Throwaway server data lives in memory where there is room: creating a PostgreSQL database
+# (a copy of the template's files) and every write then cost no disk I/O, ten times faster
+# on a busy disk. Docker's default /dev/shm is 64 MB, too small for the servers: then disk.
+MEMORY_FILESYSTEM = Path("/dev/shm")
+MEMORY_FILESYSTEM_ROOM = 1 << 30
+
+
+def scratch_directory(prefix: str) -> Path:
+    """A new private directory for a throwaway server: in memory when there is room, else in
+    the temporary directory (``TMPDIR``)."""
+    try:
+        statistics = os.statvfs(MEMORY_FILESYSTEM)
+    except OSError:
+        statistics = None
+    roomy = statistics is not None and (
+        statistics.f_bavail * statistics.f_frsize >= MEMORY_FILESYSTEM_ROOM
+    )
+    if roomy and os.access(MEMORY_FILESYSTEM, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=MEMORY_FILESYSTEM))
+    return Path(tempfile.mkdtemp(prefix=prefix))
 
 
 def tail(log: Path, chars: int = 3000) -> str:
@@ -99,12 +124,13 @@ class PostgreSQLServer:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
 
-    def _admin(self, statement: str, name: str | None = None) -> None:
-        """Run one statement on ``postgres`` in autocommit (CREATE DATABASE needs it)."""
+    def _admin(self, statement: str, *names: str) -> None:
+        """Run one statement on ``postgres`` in autocommit (CREATE DATABASE needs it), with
+        ``names`` quoted into its ``{}``."""
         import psycopg
         from psycopg import sql
 
-        query = sql.SQL(statement).format(sql.Identifier(name)) if name else sql.SQL(statement)
+        query = sql.SQL(statement).format(*map(sql.Identifier, names))
         with psycopg.connect(
             host=self.host,
             port=self.port,
@@ -115,13 +141,16 @@ class PostgreSQLServer:
         ) as connection:
             connection.execute(query)
 
-    def create_database(self, name: str) -> str:
-        """Create an empty database and return its SQLAlchemy URL.
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """Create an empty database (or a copy of ``template``) and return its SQLAlchemy URL.
 
         ``FILE_COPY`` copies the template's files instead of logging every page to the WAL
         (PostgreSQL 15's default): about five times faster here, where nothing is durable anyway.
         """
-        self._admin("CREATE DATABASE {} STRATEGY FILE_COPY", name)
+        if template is None:
+            self._admin("CREATE DATABASE {} STRATEGY FILE_COPY", name)
+        else:
+            self._admin("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY", name, template)
         return self.url(name)
 
     def drop_database(self, name: str) -> None:
@@ -140,7 +169,7 @@ class PostgreSQLServer:
 def running_postgresql(shared_buffers: str = "16MB") -> Iterator[PostgreSQLServer]:
     """A throwaway PostgreSQL 15 cluster on 127.0.0.1 (run as ``postgres``: it refuses root),
     without durability (fsync off: nothing here must survive), removed on exit."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-pg-"))
+    workdir = scratch_directory("apikeys-pg-")
     data, log = workdir / "data", workdir / "server.log"
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_postgres:
@@ -212,9 +241,39 @@ def postgresql_url(
     postgresql_server: PostgreSQLServer, request: pytest.FixtureRequest
 ) -> Iterator[str]:
     """A fresh, empty database for this test (named after it, to debug); dropped afterwards."""
-    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
-    name = f"t_{readable}_{uuid.uuid4().hex[:12]}"
+    name = database_name_for(request)
     yield postgresql_server.create_database(name)
+    postgresql_server.drop_database(name)
+
+
+def database_name_for(request: pytest.FixtureRequest) -> str:
+    """A new database name for this test: its name, to debug, and a unique suffix."""
+    readable = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    return f"t_{readable}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def postgresql_schema_template(postgresql_server: PostgreSQLServer) -> str:
+    """A PostgreSQL database with the extension's tables, built once per session: the
+    counterpart of ``sqlite_template`` (a copy of it costs no DDL, as a copy of the empty
+    ``template1`` costs the same)."""
+    name = "apikeys_schema_template"
+    engine = sqlalchemy.create_engine(postgresql_server.create_database(name))
+    metadata.create_all(engine)
+    engine.dispose()  # nobody may be connected to a template while it is copied
+    return name
+
+
+@pytest.fixture
+def postgresql_url_with_tables(
+    postgresql_server: PostgreSQLServer,
+    postgresql_schema_template: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
+    """A fresh database of this test's own holding the extension's empty tables; dropped
+    afterwards."""
+    name = database_name_for(request)
+    yield postgresql_server.create_database(name, template=postgresql_schema_template)
     postgresql_server.drop_database(name)
 
 
@@ -301,7 +360,7 @@ class RedisServer:
 @contextmanager
 def running_redis() -> Iterator[RedisServer]:
     """A throwaway redis-server on 127.0.0.1 (nothing persisted), removed on exit."""
-    server = RedisServer(Path(tempfile.mkdtemp(prefix="apikeys-redis-")))
+    server = RedisServer(scratch_directory("apikeys-redis-"))
     try:
         server.start()
         yield server
@@ -328,13 +387,21 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 def script_calls(url: str) -> int:
-    """How many Lua scripts the Redis at ``url`` ran since it started (``INFO commandstats``)."""
+    """How many Lua scripts the Redis at ``url`` ran since it started (``INFO commandstats``).
+
+    An ``EVALSHA`` refused with ``NOSCRIPT`` (the script is not cached yet: a fresh or
+    restarted server) ran nothing; the client sends it again as ``EVAL``, which is counted.
+    """
     import redis
 
     client = redis.Redis.from_url(url)
     try:
         stats = client.info("commandstats")
-        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+        return sum(
+            stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+            - stats.get(f"cmdstat_{name}", {}).get("failed_calls", 0)
+            for name in ("evalsha", "eval")
+        )
     finally:
         client.close()
 
@@ -492,7 +559,7 @@ class RedisClusterServer:
 @contextmanager
 def running_redis_cluster(nodes: int = 3) -> Iterator[RedisClusterServer]:
     """A throwaway 3-node Redis Cluster on 127.0.0.1 (``redis-cli --cluster create``)."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-cluster-"))
+    workdir = scratch_directory("apikeys-redis-cluster-")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         ports = [free_cluster_port() for _ in range(nodes)]
@@ -548,7 +615,7 @@ class RedisSentinelServer:
 @contextmanager
 def running_redis_sentinel() -> Iterator[RedisSentinelServer]:
     """A throwaway master and a sentinel (``redis-server --sentinel``) on 127.0.0.1."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-redis-sentinel-"))
+    workdir = scratch_directory("apikeys-redis-sentinel-")
     processes: list[subprocess.Popen[bytes]] = []
     try:
         server = RedisSentinelServer(master_port=free_port(), sentinel_port=free_port())
@@ -676,7 +743,7 @@ def mariadb_installed() -> bool:
 @contextmanager
 def running_mariadb() -> Iterator[MariaDBServer]:
     """A throwaway MariaDB (Debian's mariadb-server) on 127.0.0.1, without durability."""
-    workdir = Path(tempfile.mkdtemp(prefix="apikeys-mariadb-"))
+    workdir = scratch_directory("apikeys-mariadb-")
     data, log = workdir / "data", workdir / "server.log"
     # mariadbd refuses to run as root unless told which user to be.
     user = "root" if os.geteuid() == 0 else getpass.getuser()

@@ -387,6 +387,8 @@ def test_a_body_that_is_not_a_json_object_is_refused(
         "/admin/organizations/{org}/keys/not-an-id",
         "/admin/organizations/{other_key}/keys",
     ],
+    # Stable names for random paths: every pytest-xdist worker must collect the same tests.
+    ids=["unknown-organization", "unknown-slug", "unknown-key", "malformed-key", "key-as-org"],
 )
 def test_unknown_ids_answer_404(client: FlaskClient, world: World, path: str) -> None:
     path = path.format(org=world.org_a, other_key=world.key_in[world.org_a])

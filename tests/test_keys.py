@@ -59,6 +59,22 @@ VALID = keys.generate_key("pk", "live")
         " " + VALID,
         "x" * 10_000,
     ],
+    # Stable names for a random key: every pytest-xdist worker must collect the same tests.
+    ids=[
+        "empty",
+        "prefix-only",
+        "one-character-short",
+        "one-character-long",
+        "typo-in-secret",
+        "typo-in-checksum",
+        "unknown-environment",
+        "other-prefix",
+        "upper-case",
+        "non-ascii",
+        "nul",
+        "leading-space",
+        "ten-thousand-characters",
+    ],
 )
 def test_malformed_keys_are_refused_without_any_lookup(candidate: str) -> None:
     assert keys.parse_key(candidate, "pk") is None

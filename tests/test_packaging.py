@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from .parallel import CHECKOUT_GROUP
+
 ROOT = Path(__file__).resolve().parent.parent
+
+# A build writes build/ and *.egg-info into the checkout: one build at a time (tests/parallel.py).
+pytestmark = pytest.mark.xdist_group(CHECKOUT_GROUP)
 
 
 def run(command: list[str], **options: object) -> subprocess.CompletedProcess[str]:
