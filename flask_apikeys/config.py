@@ -281,6 +281,15 @@ class Settings:
         "this long instead of one round trip per request; limits are never exceeded "
         "(0: one round trip per request)",
     )
+    ratelimit_strategy: str = option(
+        "APIKEYS_RATELIMIT_STRATEGY",
+        "sliding-window",
+        parse.choice("sliding-window", "fixed-window"),
+        "how rate-limit windows count: sliding-window (the previous window's count, weighted by "
+        "how much of it is still within one window, plus the current one's: a burst at a "
+        "boundary gets the limit through, not twice it) or fixed-window (a count per window "
+        "from its first request); monthly quotas are calendar months either way",
+    )
     ratelimit_organization_wide: bool = option(
         "APIKEYS_RATELIMIT_ORGANIZATION_WIDE",
         True,

@@ -38,10 +38,12 @@ from ..errors import (
     RateLimitExceeded,
 )
 from ..network import client_address
+from . import windows
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
+from .windows import SLIDING_KEY_SUFFIX, SLIDING_WINDOW
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -79,8 +81,10 @@ class RateLimits:
         self._by_snapshot: BoundedCache[int, tuple[VerifiedKey, Month, KeyLimits]] = BoundedCache(
             MAX_REMEMBERED, MAX_CACHE_BYTES
         )
-        self._month = Month.containing(time.time())
+        self._month = Month.containing(windows.now())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
+        #: Windows slide (``APIKEYS_RATELIMIT_STRATEGY``); the monthly quota never does.
+        self._sliding = settings.ratelimit_strategy == SLIDING_WINDOW
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
@@ -179,17 +183,17 @@ class RateLimits:
             for amount, window in parse_limit(admin_limit)
         ]
         month = self._month
-        limits = build_limits(policies, None, month)
+        limits = build_limits(policies, None, month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
             return
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, time.time())
+            raise self._refusal(limits, outcome, month, windows.now())
 
     def enforce(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of every limit of ``key``, or raise 429 and take none."""
-        now = time.time()
+        now = windows.now()
         month = self._month
         if now >= month.end:
             month = self._month = Month.containing(now)
@@ -214,7 +218,7 @@ class RateLimits:
 
         For operators and tests that look at a counter without knowing how it is stored.
         """
-        limits = self._key_limits_for(key, Month.containing(time.time()))
+        limits = self._key_limits_for(key, Month.containing(windows.now()))
         return dict(zip(limits.names, limits.counters, strict=True))
 
     def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
@@ -253,7 +257,7 @@ class RateLimits:
             policies.append((name, f"apikeys:{tag}:key:{key.id}:{window}", amount, window))
         monthly = organization.monthly_request_limit
         quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
-        return build_limits(policies, quota, month)
+        return build_limits(policies, quota, month, sliding=self._sliding)
 
     def enforce_anonymous(self, current_request: Request) -> None:
         """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
@@ -263,13 +267,13 @@ class RateLimits:
             ("address", f"apikeys:address:{tag}:{window}", amount, window)
             for amount, window in parse_limit(self.settings.default_rate_limit)
         ]
-        limits = build_limits(policies, None, self._month)
+        limits = build_limits(policies, None, self._month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
             return
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, self._month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, self._month, time.time())
+            raise self._refusal(limits, outcome, self._month, windows.now())
 
     @staticmethod
     def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
@@ -303,7 +307,7 @@ class RateLimits:
         until = self.blocked.get(address)
         if until is None:
             return
-        now = time.time()
+        now = windows.now()
         if now >= until:
             self.blocked.pop(address, None)
             return
@@ -322,8 +326,9 @@ class RateLimits:
         verified attempt per process and window than the limit.
         """
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
+        suffix = SLIDING_KEY_SUFFIX if self._sliding else ""
         counters = tuple(
-            Counter(f"apikeys:failed-auth:{tag}:{window}", amount, window)
+            Counter(f"apikeys:failed-auth:{tag}:{window}{suffix}", amount, window, self._sliding)
             for amount, window in self._failed_auth
         )
         outcome = self._take(counters)
