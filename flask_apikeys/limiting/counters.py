@@ -351,6 +351,19 @@ class RedisCounters(GiveBackCounters):
     def peek(self, counter: Counter) -> tuple[int, float]:
         connection: Any = self.storage.get_connection()
         key = self.storage.prefixed_key(counter.key)
+        if counter.sliding:  # read with this process's clock (the script uses Redis')
+            stored_start, current, previous = connection.hmget(key, "s", "c", "p")
+            now = windows.now()
+            window = counter.window_seconds
+            start = windows.window_start(now, window)
+            stored = float(stored_start or 0)
+            current_count = int(current or 0) if stored == start else 0
+            previous_count = int(previous or 0) if stored == start else 0
+            if stored == start - window:
+                previous_count = int(current or 0)
+            return windows.sliding_view(
+                counter.limit, window, start, previous_count, current_count, now
+            )
         with connection.pipeline(transaction=False) as pipeline:
             pipeline.get(key)
             pipeline.pttl(key)

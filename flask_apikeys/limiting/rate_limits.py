@@ -37,12 +37,15 @@ from ..errors import (
     QuotaExceeded,
     RateLimitExceeded,
 )
+from ..forking import after_fork_in_child
 from ..network import client_address
 from . import windows
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
+from .database import DATABASE_URI, DatabaseCounters
 from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
+from .processes import serves_several_processes, warn_per_process
 from .windows import SLIDING_KEY_SUFFIX, SLIDING_WINDOW
 
 if TYPE_CHECKING:
@@ -69,10 +72,14 @@ Result = tuple[KeyLimits, Outcome, Month]
 class RateLimits:
     """The rate limiting of one app, kept as ``ExtensionState.limits``."""
 
-    def __init__(self, settings: Settings, limiter: Any = None) -> None:
+    def __init__(self, settings: Settings, limiter: Any = None, database: Any = None) -> None:
         self.settings = settings
         self.limiter = limiter
+        #: The app's Flask-SQLAlchemy, for ``APIKEYS_RATELIMIT_STORAGE_URI = "database"``.
+        self.database = database
         self._counters: Counters | None = None
+        #: The same, once a request has shown whether the server runs several processes.
+        self._request_counters: Counters | None = None
         self._owns_storage = False
         self._lock = threading.Lock()
         self._key_limits: BoundedCache[tuple[Any, ...], KeyLimits] = BoundedCache(MAX_REMEMBERED)
@@ -89,6 +96,12 @@ class RateLimits:
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
         self._headers_checked = False
+        after_fork_in_child(self, RateLimits._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked worker: counters in this process's memory do not hold across workers."""
+        if self._counters is not None and not is_remote(self._counters):
+            warn_per_process()
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -101,12 +114,41 @@ class RateLimits:
         if self._counters is None:
             with self._lock:
                 if self._counters is None:
-                    counters = counters_for(self._find_storage())
+                    counters = self._database_counters() or counters_for(self._find_storage())
                     lease_seconds = self.settings.ratelimit_lease_seconds
                     if lease_seconds > 0 and is_remote(counters):
                         counters = LeasedCounters(counters, lease_seconds)
                     self._counters = counters
         return self._counters
+
+    def _first_request_counters(self) -> Counters:
+        """:attr:`counters`, warning if they are in this process's memory while the WSGI
+        server runs several processes (its first request is the first time we can tell)."""
+        counters = self.counters
+        if not is_remote(counters) and serves_several_processes():
+            warn_per_process()
+        self._request_counters = counters
+        return counters
+
+    def _database_counters(self) -> Counters | None:
+        """Counters in the app's database, if ``APIKEYS_RATELIMIT_STORAGE_URI`` asks for them
+        (before a shared Flask-Limiter's storage, which cannot be a database)."""
+        uri = (self.settings.ratelimit_storage_uri or "").rstrip(":/")
+        if uri != DATABASE_URI:
+            return None
+        if self.database is None:
+            raise RuntimeError(
+                'APIKEYS_RATELIMIT_STORAGE_URI = "database" needs the app\'s Flask-SQLAlchemy: '
+                "pass db= to APIKeys or init_app."
+            )
+        database = self.database
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+        def engine() -> Any:
+            with app.app_context():
+                return database.engine
+
+        return DatabaseCounters(engine)
 
     def _find_storage(self) -> Storage | None:
         """The shared Limiter's storage, else one from the URI (``None``: our own memory)."""
@@ -126,6 +168,7 @@ class RateLimits:
     def close(self) -> None:
         """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
         counters, self._counters = self._counters, None
+        self._request_counters = None
         if counters is not None:
             counters.close()
         storage = counters and counters.storage
@@ -202,7 +245,7 @@ class RateLimits:
             limits = entry[2]
         else:
             limits = self._resolve(key, month)
-        store = self._counters or self.counters
+        store = self._request_counters or self._first_request_counters()
         try:
             outcome = store.take(limits.counters)
         except store.errors as error:

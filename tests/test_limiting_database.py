@@ -1,0 +1,197 @@
+"""Counters in the app's database (``APIKEYS_RATELIMIT_STORAGE_URI = "database"``), and the
+warning that ``memory://`` counts per process.
+
+Exactness across real gunicorn workers is in tests/test_limiting_gunicorn.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_apikeys import APIKeys
+from flask_apikeys.limiting.processes import PER_PROCESS_WARNING
+from flask_apikeys.models import RateLimitCounter
+
+from .factory import create_app
+from .helpers import assert_problem
+from .servers import PostgreSQLServer
+from .test_limiting_redis import hammer
+
+LIMIT = 15
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """A SQLite file, and a real PostgreSQL 15 database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'limits.sqlite'}"
+    return str(request.getfixturevalue("postgresql_url"))
+
+
+@pytest.fixture
+def build() -> Iterator[Callable[..., tuple[Flask, APIKeys]]]:
+    apps: list[Flask] = []
+
+    def make(database_url: str, **config: Any) -> tuple[Flask, APIKeys]:
+        app, _, apikeys = create_app(
+            database_url, APIKEYS_RATELIMIT_STORAGE_URI="database", **config
+        )
+        with app.app_context():
+            apikeys.create_all()
+        apps.append(app)
+        return app, apikeys
+
+    yield make
+    for app in apps:
+        app.extensions["apikeys"].extension.close(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+def rows(app: Flask) -> dict[str, int]:
+    with app.app_context(), app.extensions["sqlalchemy"].engine.connect() as connection:
+        table = RateLimitCounter.__table__
+        return {row.counter_key: row.request_count for row in connection.execute(sa.select(table))}
+
+
+def test_a_key_past_its_limit_is_refused_and_a_refusal_takes_nothing(
+    build: Callable[..., tuple[Flask, APIKeys]], url: str
+) -> None:
+    app, apikeys = build(url)
+    with app.app_context():
+        org = apikeys.create_organization(
+            name="A", email="a@a.io", plan="pro", rate_limit_per_minute=100
+        )
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit="3/minute").key
+    client = app.test_client()
+    statuses = [client.get("/v1/whoami", headers={"X-API-Key": key}).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    counted = rows(app)
+    by_kind = {
+        name.split(":")[2] if "quota" not in name else "quota": n for name, n in counted.items()
+    }
+    assert by_kind == {"quota": 3, "org": 3, "key": 3}  # the two refusals took nothing
+
+
+def test_threads_racing_for_a_limit_get_exactly_the_limit(
+    build: Callable[..., tuple[Flask, APIKeys]], url: str
+) -> None:
+    app, apikeys = build(url)
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io", rate_limit_per_minute=1000)
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit=f"{LIMIT}/hour").key
+    statuses = hammer(app, [key], 3 * LIMIT, clients=8)
+    assert statuses.count(200) == LIMIT and statuses.count(429) == 2 * LIMIT
+
+
+def test_a_busy_key_touches_its_rows_once_per_lease_not_per_request(
+    build: Callable[..., tuple[Flask, APIKeys]], url: str
+) -> None:
+    app, apikeys = build(url, APIKEYS_RATELIMIT_LEASE_SECONDS=5.0)
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io", rate_limit_per_minute=10**6)
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit="1000000/hour").key
+        engine = app.extensions["sqlalchemy"].engine
+    updates = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def count(_c: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE api_key_rate_limit_tracking"):
+            updates.append(statement)
+
+    client = app.test_client()
+    responses = [client.get("/v1/whoami", headers={"X-API-Key": key}) for _ in range(300)]
+    assert all(response.status_code == 200 for response in responses)
+    transactions = len(updates) / 3  # quota, organization and key: one UPDATE each
+    assert transactions < 300 / 10, transactions
+    counted = rows(app)
+    assert all(300 <= value < 300 + 10**6 // 64 for value in counted.values()), counted
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fail_open", [False, True])
+def test_a_dead_database_refuses_with_503_or_warns_as_the_redis_storage_does(
+    build: Callable[..., tuple[Flask, APIKeys]],
+    postgresql_server: PostgreSQLServer,
+    postgresql_url: str,
+    caplog: pytest.LogCaptureFixture,
+    fail_open: bool,
+) -> None:
+    app, apikeys = build(
+        postgresql_url, APIKEYS_RATELIMIT_FAIL_OPEN=fail_open, APIKEYS_CACHE_TTL=60
+    )
+    with app.app_context():
+        org = apikeys.create_organization(name="A", email="a@a.io", rate_limit_per_minute=100)
+        key = apikeys.create_key(org, "k", scopes=["*"], rate_limit="3/minute").key
+    client = app.test_client()
+    assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    name = postgresql_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgresql_server.base_url.replace("+psycopg", ""), autocommit=True) as pg:
+        pg.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name]
+        )
+    try:
+        with caplog.at_level(logging.WARNING, "flask_apikeys"):
+            response = client.get("/v1/whoami", headers={"X-API-Key": key})
+        assert "Rate-limit storage unreachable" in caplog.text
+        if fail_open:
+            assert response.status_code == 200 and "X-RateLimit-Limit" not in response.headers
+        else:
+            assert_problem(response, 503, "backend_unavailable")
+    finally:
+        with psycopg.connect(
+            postgresql_server.base_url.replace("+psycopg", ""), autocommit=True
+        ) as pg:
+            pg.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_memory_storage_under_a_server_of_several_processes_warns_and_names_both_fixes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for multiprocess, storage in [(True, "memory://"), (False, "memory://"), (True, "database")]:
+        app, _, apikeys = create_app(database_url, APIKEYS_RATELIMIT_STORAGE_URI=storage)
+        with app.app_context():
+            apikeys.create_all()
+            org = apikeys.create_organization(name="A", email="a@a.io")
+            key = apikeys.create_key(org, "k", scopes=["*"]).key
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "flask_apikeys"):
+            for _ in range(2):
+                response = app.test_client().get(
+                    "/v1/whoami",
+                    headers={"X-API-Key": key},
+                    multiprocess=multiprocess,  # wsgi.multiprocess, as gunicorn -w 4 sets it
+                )
+                assert response.status_code == 200
+        warned = caplog.text.count(PER_PROCESS_WARNING)
+        assert warned == (1 if multiprocess and storage == "memory://" else 0), storage
+        if warned:
+            assert "redis://" in caplog.text and '"database"' in caplog.text
+        apikeys.close(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+
+
+def test_a_worker_forked_after_counting_in_memory_warns(
+    app: Flask, make_key: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    key = make_key()
+    assert app.test_client().get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    with caplog.at_level(logging.WARNING, "flask_apikeys"):
+        child = os.fork()
+        if child == 0:  # the child reports through its exit status
+            os._exit(0 if PER_PROCESS_WARNING in caplog.text else 1)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert PER_PROCESS_WARNING not in caplog.text  # the parent itself is one process
