@@ -13,9 +13,11 @@ Variants (as in bench_inproc.py; every request carries the same Authorization he
   bare        the route, no extension
   sqlalchemy  the route in an app with Flask-SQLAlchemy, no keys (what the app itself costs)
   auth        a cached key and @require_scopes; rate limits and usage tracking off
-  limits      auth + rate limits (memory) and their X-RateLimit-* headers
+  limits      auth + rate limits (memory, sliding windows) and their X-RateLimit-* headers
+  limits-fixed  the same with APIKEYS_RATELIMIT_STRATEGY = "fixed-window"
   protected   everything on by default, buffered usage included: rows are held until one
               flush inside the measured loop, so the writer's work is counted too
+  protected-fixed  the same with fixed windows
   metrics     protected + the Prometheus metrics (needs flask-apikeys[metrics])
 
 Instructions are not time: a cache miss or a system call costs more than its instructions
@@ -41,8 +43,15 @@ sys.path.insert(0, str(ROOT))
 CONFIG = {
     "auth": {"APIKEYS_RATELIMIT_ENABLED": False, "APIKEYS_USAGE_TRACKING": False},
     "limits": {"APIKEYS_USAGE_TRACKING": False},
+    # limits with fixed windows instead of the default sliding ones
+    "limits-fixed": {"APIKEYS_USAGE_TRACKING": False, "APIKEYS_RATELIMIT_STRATEGY": "fixed-window"},
     # Hold every row until the flush inside the measured loop (callgrind counts one thread).
     "protected": {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_USAGE_BATCH_SIZE": 10**6},
+    "protected-fixed": {
+        "APIKEYS_USAGE_FLUSH_INTERVAL": 3600,
+        "APIKEYS_USAGE_BATCH_SIZE": 10**6,
+        "APIKEYS_RATELIMIT_STRATEGY": "fixed-window",
+    },
     # protected + the Prometheus metrics (flask_apikeys.metrics) subscribed to the signals
     "metrics": {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_USAGE_BATCH_SIZE": 10**6},
 }
