@@ -91,9 +91,12 @@ def test_an_app_with_its_own_history_gets_the_revisions_chained_and_stays_clean(
     (directory / "versions" / "aaaa_widgets.py").write_text(WIDGETS_REVISION)
     assert alembic_head(directory) == "aaaa"
     written = copy_revisions(directory, alembic_head(directory))
-    assert [path.name for path in written] == ["0001_apikeys_initial.py"]
+    assert [path.name for path in written] == [
+        "0001_apikeys_initial.py",
+        "0003_apikeys_rate_limit_tracking.py",
+    ]
     assert copy_revisions(directory, alembic_head(directory)) == []  # idempotent
-    assert alembic_head(directory) == "apikeys_0001"
+    assert alembic_head(directory) == "apikeys_0003"
 
     run(app, "db", "upgrade")  # plain upgrade: one linear history, one head
     assert {"widget", *EXTENSION_TABLES} <= tables(app)
