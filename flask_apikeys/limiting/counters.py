@@ -185,6 +185,17 @@ class MemoryCounters(GiveBackCounters):
         return Outcome(refused, tuple(values), tuple(resets))
 
 
+def _rolled(entry: list[Any] | None, window: int, now: float) -> list[Any]:
+    """A sliding entry moved to the window of ``now``: the current count becomes the previous
+    one if the windows are adjacent, else both start from zero."""
+    start = (now // window) * window
+    if entry is None:
+        return [start, 0, 0, start + window]
+    entry[2] = entry[1] if entry[0] == start - window else 0
+    entry[0], entry[1], entry[3] = start, 0, start + window
+    return entry
+
+
 def _storage_key(counter: Counter, now: float) -> tuple[str, int]:
     """Where a ``limits`` storage keeps the counter's current window, and for how long."""
     if not counter.sliding:
@@ -198,7 +209,7 @@ class LocalCounters(Counters):
     going through ``limits``' ``MemoryStorage`` (which also serves other strategies).
 
     A fixed counter's entry is ``[value, window end]``; a sliding one's ``[window start,
-    current count, previous count, window length]``.
+    current count, previous count, window end]``.
     """
 
     def __init__(self) -> None:
@@ -212,22 +223,22 @@ class LocalCounters(Counters):
         refused = None
         with self._lock:
             found: list[Any] = []
+            useds: list[float] = []
             for index, counter in enumerate(counters):
                 entry = entries.get(counter.key)
                 if counter.sliding:
-                    window = counter.window_seconds
-                    start = (now // window) * window
                     if entry is None:
-                        entry = [start, 0, 0, window]
-                    elif entry[0] != start:  # a new window: the current count moves back
-                        entry[2] = entry[1] if entry[0] == start - window else 0
-                        entry[0], entry[1] = start, 0
-                    used = entry[2] * (1 - (now - start) / window) + entry[1]
+                        entry = entries[counter.key] = _rolled(None, counter.window_seconds, now)
+                    elif now >= entry[3]:  # (a clock that steps back stays in the window)
+                        _rolled(entry, counter.window_seconds, now)
+                    # The previous count weighs (window end − now) / window.
+                    used = entry[2] * (entry[3] - now) / counter.window_seconds + entry[1]
                 else:
                     if entry is not None and entry[1] <= now:
                         entry = None
                     used = entry[0] if entry else 0
                 found.append(entry)
+                useds.append(used)
                 if refused is None and used + amount > counter.limit:
                     refused = index
             if refused is None:
@@ -235,7 +246,6 @@ class LocalCounters(Counters):
                     entry = found[index]
                     if counter.sliding:
                         entry[1] += amount
-                        entries[counter.key] = entry
                     elif entry is None:
                         found[index] = entries[counter.key] = [amount, now + counter.window_seconds]
                     else:
@@ -244,9 +254,15 @@ class LocalCounters(Counters):
                     self._sweep(now)
             values = []
             resets = []
+            taken = amount if refused is None else 0
             for index, entry in enumerate(found):
                 counter = counters[index]
                 if counter.sliding:
+                    left = counter.limit - useds[index] - taken
+                    if left >= 1 and index != refused:  # the common case, inline
+                        values.append(counter.limit - int(left))
+                        resets.append(entry[3])
+                        continue
                     value, reset = windows.sliding_view(
                         counter.limit,
                         counter.window_seconds,
@@ -288,8 +304,8 @@ class LocalCounters(Counters):
         ended = [
             key
             for key, entry in self._entries.items()
-            # fixed: [value, end]; sliding: [start, current, previous, window], two windows long
-            if (entry[1] if len(entry) == 2 else entry[0] + 2 * entry[3]) <= now
+            # fixed: [value, end]; sliding: [start, current, previous, end], two windows long
+            if (entry[1] if len(entry) == 2 else 2 * entry[3] - entry[0]) <= now
         ]
         for key in ended:
             del self._entries[key]
