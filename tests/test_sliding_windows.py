@@ -74,13 +74,18 @@ def burst(app: Flask, key: str, count: int) -> list[int]:
     return [client.get("/v1/whoami", headers={"X-API-Key": key}).status_code for _ in range(count)]
 
 
+@pytest.mark.parametrize("storage", ["memory://", "database"])
 @pytest.mark.parametrize(
     ("strategy", "admitted"), [("fixed-window", 2 * LIMIT), ("sliding-window", LIMIT)]
 )
 def test_a_burst_at_a_window_boundary_gets_twice_the_limit_through_only_a_fixed_window(
-    limited: Callable[..., tuple[Flask, str]], clock: Clock, strategy: str, admitted: int
+    limited: Callable[..., tuple[Flask, str]],
+    clock: Clock,
+    strategy: str,
+    admitted: int,
+    storage: str,
 ) -> None:
-    app, key = limited(strategy)
+    app, key = limited(strategy, APIKEYS_RATELIMIT_STORAGE_URI=storage)
     assert burst(app, key, 1) == [200]  # a fixed window starts here, a minute before BOUNDARY
     clock.now = BOUNDARY - 0.5
     before = burst(app, key, 2 * LIMIT)
@@ -93,10 +98,11 @@ def test_a_burst_at_a_window_boundary_gets_twice_the_limit_through_only_a_fixed_
         assert after.count(200) <= math.floor(LIMIT * 0.5 / 60)
 
 
+@pytest.mark.parametrize("storage", ["memory://", "database"])
 def test_retry_after_and_remaining_follow_the_sliding_estimate(
-    limited: Callable[..., tuple[Flask, str]], clock: Clock
+    limited: Callable[..., tuple[Flask, str]], clock: Clock, storage: str
 ) -> None:
-    app, key = limited("sliding-window")
+    app, key = limited("sliding-window", APIKEYS_RATELIMIT_STORAGE_URI=storage)
     client = app.test_client()
 
     def get() -> Any:
