@@ -17,8 +17,12 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_apikeys import APIKeys
+from flask_apikeys.limiting import windows
+from flask_apikeys.limiting.counters import Counter
+from flask_apikeys.limiting.database import DatabaseCounters
+from flask_apikeys.limiting.leases import LeasedCounters
 from flask_apikeys.limiting.processes import PER_PROCESS_WARNING
-from flask_apikeys.models import RateLimitCounter
+from flask_apikeys.models import RateLimitCounter, metadata
 
 from .factory import create_app
 from .helpers import assert_problem
@@ -195,3 +199,34 @@ def test_a_worker_forked_after_counting_in_memory_warns(
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert PER_PROCESS_WARNING not in caplog.text  # the parent itself is one process
+
+
+def test_a_lease_gives_back_the_units_it_did_not_use_to_their_window(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moments = iter([1_900_000_000.0 + 10 * step for step in range(1000)])
+    now = [1_900_000_000.0]
+    monkeypatch.setattr(windows, "now", lambda: now[0])
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'leases.sqlite'}")
+    metadata.create_all(engine)
+    first, second = (LeasedCounters(DatabaseCounters(lambda: engine), 0.1) for _ in range(2))
+    for sliding in (False, True):
+        counter = Counter(f"k{sliding}", 10**6, 60, sliding=sliding)
+        now[0] = next(moments)
+        first.take((counter,))  # exact: a key not seen busy yet
+        first.take((counter,))  # busy (no time passed): a lease of 100, 1 used
+        second.take((counter,))
+        assert stored(engine, counter.key) == 1 + 100 + 1
+        now[0] += 0.2  # the lease has ended with 99 units unused
+        first.take((counter,))  # gives them back, then takes one (the pace has dropped)
+        assert stored(engine, counter.key) == 4  # exactly what was used
+    engine.dispose()
+
+
+def stored(engine: sa.Engine, key: str) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                sa.select(RateLimitCounter.request_count).where(RateLimitCounter.counter_key == key)
+            ).scalar_one()
+        )

@@ -79,6 +79,13 @@ class Counters:
         """The counter's value and window end, without consuming."""
         raise NotImplementedError
 
+    def give_back(
+        self, counters: Sequence[Counter], units: int, resets: Sequence[float], taken_at: float
+    ) -> None:
+        """Return ``units`` a lease took at ``taken_at`` and did not use, to the windows they
+        were counted in (``resets`` as the take reported them). By default they are abandoned:
+        a storage that cannot tell a window from the next must not give them to the next."""
+
     def close(self) -> None:
         """Close connections of our own (the storage's client is closed by its owner)."""
 

@@ -86,6 +86,32 @@ class DatabaseCounters(Counters):
             resets.append(reset)
         return Outcome(refused, tuple(values), tuple(resets))
 
+    def give_back(
+        self, counters: Sequence[Counter], units: int, resets: Sequence[float], taken_at: float
+    ) -> None:
+        """Return a lease's unused units, to the window they were taken in only (a fixed
+        window by its end, a sliding one by its start); best effort: a failure abandons them."""
+        try:
+            with self._transaction() as connection:
+                for counter, reset in zip(counters, resets, strict=True):
+                    same_window = (
+                        TABLE.c.window_start
+                        == windows.window_start(taken_at, counter.window_seconds)
+                        if counter.sliding
+                        else TABLE.c.window_end == reset
+                    )
+                    connection.execute(
+                        TABLE.update()
+                        .where(
+                            TABLE.c.counter_key == counter.key,
+                            same_window,
+                            TABLE.c.request_count >= units,
+                        )
+                        .values(request_count=TABLE.c.request_count - units)
+                    )
+        except self.errors:
+            return
+
     def peek(self, counter: Counter) -> tuple[int, float]:
         now = windows.now()
         with self._engine().connect() as connection:

@@ -14,10 +14,11 @@ What still holds:
   of that key during the last lease period, and to at most 1/64 of the smallest remaining
   allowance; below two units every request asks Redis, as without leases.
 
-What changes: units leased but not used before the lease ends are not given back, so near a
-limit a key may be refused slightly early (at most 1/64 of the allowance left per worker and
-lease); and ``X-RateLimit-Remaining`` shows other workers' use as of this worker's last lease
-(at most a lease period old).
+What changes: units leased but not used before the lease ends are given back only by storages
+that can tell the window they were taken in (the database's); elsewhere, near a limit a key may
+be refused slightly early (at most 1/64 of the allowance left per worker and lease); and
+``X-RateLimit-Remaining`` shows other workers' use as of this worker's last lease (at most a
+lease period old).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class LeasedCounters(Counters):
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
         now = windows.now()
         counters = tuple(counters)
+        unused = 0
+        returned: Lease | None = None
         with self._lock:
             lease = self._leases.get(counters)
             if lease is not None and lease.units >= amount and now < lease.ends_at:
@@ -81,6 +84,10 @@ class LeasedCounters(Counters):
                 # What the counters hold minus what this lease has not handed out yet.
                 values = tuple(value - lease.units for value in lease.values)
                 return Outcome(None, values, lease.resets)
+            if lease is not None and lease.units:  # claimed here, so returned only once
+                unused, lease.units, returned = lease.units, 0, lease
+        if returned is not None:
+            self.exact.give_back(counters, unused, returned.resets, returned.taken_at)
         size = self._lease_size(counters, lease, now) * amount
         started = windows.now()
         outcome = self.exact.take(counters, size)
