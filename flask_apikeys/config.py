@@ -158,7 +158,9 @@ class Settings:
         "APIKEYS_RATELIMIT_STORAGE_URI",
         "memory://",
         parse.optional(parse.text, empty="memory of each process"),
-        "Flask-Limiter / limits storage, e.g. redis://localhost:6379/0",
+        "where rate-limit counters live: memory:// (each process its own), a Flask-Limiter / "
+        "limits storage such as redis://localhost:6379/0, or database (the app's database, "
+        "exact across processes without Redis)",
     )
     usage_tracking: bool = option(
         "APIKEYS_USAGE_TRACKING", True, parse.boolean, "record every authenticated request"
