@@ -33,6 +33,16 @@ DATABASE_URI = "database"
 SWEEP_EVERY = 1000
 
 TABLE: sa.Table = RateLimitCounter.__table__  # type: ignore[assignment]
+UPDATE_COUNTER = (
+    TABLE.update()
+    .where(TABLE.c.counter_key == sa.bindparam("key"))
+    .values(
+        window_start=sa.bindparam("start"),
+        window_end=sa.bindparam("end"),
+        request_count=sa.bindparam("count"),
+        previous_count=sa.bindparam("previous"),
+    )
+)
 
 
 class DatabaseCounters(Counters):
@@ -65,18 +75,21 @@ class DatabaseCounters(Counters):
                 None,
             )
             if refused is None:
-                for counter, state in zip(counters, states, strict=True):
+                for state in states:
                     state[2] += amount
-                    connection.execute(
-                        TABLE.update()
-                        .where(TABLE.c.counter_key == counter.key)
-                        .values(
-                            window_start=state[0],
-                            window_end=state[1],
-                            request_count=state[2],
-                            previous_count=state[3],
-                        )
-                    )
+                connection.execute(  # one statement for all rows (one round trip on psycopg)
+                    UPDATE_COUNTER,
+                    [
+                        {
+                            "key": counter.key,
+                            "start": state[0],
+                            "end": state[1],
+                            "count": state[2],
+                            "previous": state[3],
+                        }
+                        for counter, state in zip(counters, states, strict=True)
+                    ],
+                )
                 self._maybe_sweep(connection, now)
         values = []
         resets = []
