@@ -69,7 +69,7 @@ def rows(app: Flask) -> dict[str, int]:
 
 
 def test_a_key_past_its_limit_is_refused_and_a_refusal_takes_nothing(
-    build: Callable[..., tuple[Flask, APIKeys]], url: str
+    url: str, build: Callable[..., tuple[Flask, APIKeys]]
 ) -> None:
     app, apikeys = build(url)
     with app.app_context():
@@ -88,7 +88,7 @@ def test_a_key_past_its_limit_is_refused_and_a_refusal_takes_nothing(
 
 
 def test_threads_racing_for_a_limit_get_exactly_the_limit(
-    build: Callable[..., tuple[Flask, APIKeys]], url: str
+    url: str, build: Callable[..., tuple[Flask, APIKeys]]
 ) -> None:
     app, apikeys = build(url)
     with app.app_context():
@@ -99,7 +99,7 @@ def test_threads_racing_for_a_limit_get_exactly_the_limit(
 
 
 def test_a_busy_key_touches_its_rows_once_per_lease_not_per_request(
-    build: Callable[..., tuple[Flask, APIKeys]], url: str
+    url: str, build: Callable[..., tuple[Flask, APIKeys]]
 ) -> None:
     app, apikeys = build(url, APIKEYS_RATELIMIT_LEASE_SECONDS=5.0)
     with app.app_context():
@@ -125,9 +125,9 @@ def test_a_busy_key_touches_its_rows_once_per_lease_not_per_request(
 @pytest.mark.postgres
 @pytest.mark.parametrize("fail_open", [False, True])
 def test_a_dead_database_refuses_with_503_or_warns_as_the_redis_storage_does(
-    build: Callable[..., tuple[Flask, APIKeys]],
     postgresql_server: PostgreSQLServer,
     postgresql_url: str,
+    build: Callable[..., tuple[Flask, APIKeys]],
     caplog: pytest.LogCaptureFixture,
     fail_open: bool,
 ) -> None:
