@@ -32,6 +32,13 @@ from .test_limiting_redis import hammer
 LIMIT = 15
 
 
+@pytest.fixture(autouse=True)
+def logger_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alembic's ``fileConfig`` (tests/test_migrations.py runs ``flask db``) disables loggers
+    that exist when it runs; the warnings checked here must still reach ``caplog``."""
+    monkeypatch.setattr(logging.getLogger("flask_apikeys"), "disabled", False)
+
+
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
 )
