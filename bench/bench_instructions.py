@@ -18,9 +18,11 @@ Variants (as in bench_inproc.py; every request carries an Authorization header):
   bare        the route, no extension
   sqlalchemy  the route in an app with Flask-SQLAlchemy, no keys (what the app itself costs)
   auth        one hot key and @require_scopes; rate limits and usage tracking off
-  limits      auth + rate limits (memory) and their X-RateLimit-* headers
+  limits      auth + rate limits (memory, sliding windows) and their X-RateLimit-* headers
+  limits-fixed  the same with APIKEYS_RATELIMIT_STRATEGY = "fixed-window"
   protected   one hot key, everything on by default, buffered usage included: rows are held
               until one flush inside the measured loop, so the writer's work is counted too
+  protected-fixed  the same with fixed windows
   metrics     protected + the Prometheus metrics (needs flask-apikeys[metrics]); their sync
               thread is held back and syncs once inside the measured loop, as the flush
   cold        protected, but 10,000 keys stored and every request sends another one: each
@@ -67,10 +69,13 @@ WARMUP = 300
 HOT_KEY = {"APIKEYS_CACHE_TTL": 3600}
 #: Hold every row until the flush inside the measured loop (callgrind counts one thread).
 HELD_USAGE = {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_USAGE_BATCH_SIZE": 10**6}
+FIXED = {"APIKEYS_RATELIMIT_STRATEGY": "fixed-window"}
 CONFIG: dict[str, dict[str, Any]] = {
     "auth": {**HOT_KEY, "APIKEYS_RATELIMIT_ENABLED": False, "APIKEYS_USAGE_TRACKING": False},
     "limits": {**HOT_KEY, "APIKEYS_USAGE_TRACKING": False},
+    "limits-fixed": {**HOT_KEY, "APIKEYS_USAGE_TRACKING": False, **FIXED},
     "protected": {**HOT_KEY, **HELD_USAGE},
+    "protected-fixed": {**HOT_KEY, **HELD_USAGE, **FIXED},
     "metrics": {**HOT_KEY, **HELD_USAGE},
     "cold": {**HELD_USAGE},
     "limited": {**HOT_KEY, **HELD_USAGE},

@@ -158,7 +158,9 @@ class Settings:
         "APIKEYS_RATELIMIT_STORAGE_URI",
         "memory://",
         parse.optional(parse.text, empty="memory of each process"),
-        "Flask-Limiter / limits storage, e.g. redis://localhost:6379/0",
+        "where rate-limit counters live: memory:// (each process its own), a Flask-Limiter / "
+        "limits storage such as redis://localhost:6379/0, or database (the app's database, "
+        "exact across processes without Redis)",
     )
     usage_tracking: bool = option(
         "APIKEYS_USAGE_TRACKING", True, parse.boolean, "record every authenticated request"
@@ -291,6 +293,15 @@ class Settings:
         "with a remote storage (Redis), a busy key takes its units a few at a time for at most "
         "this long instead of one round trip per request; limits are never exceeded "
         "(0: one round trip per request)",
+    )
+    ratelimit_strategy: str = option(
+        "APIKEYS_RATELIMIT_STRATEGY",
+        "sliding-window",
+        parse.choice("sliding-window", "fixed-window"),
+        "how rate-limit windows count: sliding-window (the previous window's count, weighted by "
+        "how much of it is still within one window, plus the current one's: a burst at a "
+        "boundary gets the limit through, not twice it) or fixed-window (a count per window "
+        "from its first request); monthly quotas are calendar months either way",
     )
     ratelimit_organization_wide: bool = option(
         "APIKEYS_RATELIMIT_ORGANIZATION_WIDE",

@@ -212,3 +212,22 @@ class DashboardSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     #: Sent in every form and compared in constant time (CSRF).
     csrf_secret: Mapped[str] = mapped_column(sa.String(64))
+
+
+class RateLimitCounter(Base):
+    """One rate-limit counter, with ``APIKEYS_RATELIMIT_STORAGE_URI = "database"`` (the source
+    documents' ``rate_limit_tracking`` table). Keyed by the counter's name, as on Redis: a
+    counter may be a key's, an organization's, a quota or a client address's.
+
+    A fixed window keeps its count in ``request_count`` until ``window_end``; a sliding one
+    keeps the count of the aligned window starting at ``window_start`` and the window
+    before's in ``previous_count``. Times are POSIX seconds.
+    """
+
+    __tablename__ = "api_key_rate_limit_tracking"
+
+    counter_key: Mapped[str] = mapped_column(sa.String(250), primary_key=True)
+    window_start: Mapped[float] = mapped_column(DoubleType)
+    window_end: Mapped[float] = mapped_column(DoubleType, index=True)
+    request_count: Mapped[int] = mapped_column(sa.BigInteger)
+    previous_count: Mapped[int] = mapped_column(sa.BigInteger)

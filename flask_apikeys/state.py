@@ -137,7 +137,7 @@ def build_state(
         state.audit = AuditTrail(connect)
         state.audit.subscribe(app)
     if settings.ratelimit_enabled:
-        state.limits = RateLimits(settings, limiter)
+        state.limits = RateLimits(settings, limiter, database=db)
         registered = next(iter(app.extensions.get("limiter") or ()), None)
         state.limits.check_header_settings(app.config, registered)
         limits = state.limits

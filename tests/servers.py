@@ -430,20 +430,21 @@ def both_workers_answer(port: int) -> bool:
             answered = list(pool.map(lambda _: get(port, "/health"), range(8)))
     except OSError:
         return False
-    return len({pid for status, pid in answered if status == 200}) == 2
+    return len({pid for status, pid in answered if status == 200}) >= 2
 
 
 @contextmanager
 def gunicorn_workers(
-    environment: dict[str, str], log: Path, *options: str
+    environment: dict[str, str], log: Path, *options: str, workers: int = 2
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """``tests.gunicorn_app`` under gunicorn, 2 sync workers on a free port of 127.0.0.1.
+    """``tests.gunicorn_app`` under gunicorn, 2 (or ``workers``) sync workers on a free port of
+    127.0.0.1.
 
     Configured from ``environment`` (on top of ours), as in production; yields once both
     workers answer, and stops the server on exit (SIGTERM, then SIGKILL) if a test has not.
     """
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync"]
+    command = [sys.executable, "-m", "gunicorn", "-w", str(workers), "-k", "sync"]
     command += ["-b", f"{HOST}:{port}", *options, "tests.gunicorn_app:app"]
     with log.open("wb") as output:
         process = subprocess.Popen(

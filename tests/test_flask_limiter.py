@@ -194,7 +194,7 @@ def test_our_refusal_keeps_retry_after_under_the_apps_own_429_handler(
     assert client.post("/v1/exports", headers={"X-API-Key": created.key}).status_code == 200
     refused = client.post("/v1/exports", headers={"X-API-Key": created.key})
     assert refused.status_code == 429 and refused.json == {"error": "slow down"}
-    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert 1 <= int(refused.headers["Retry-After"]) <= 120  # a sliding window: up to two
     assert refused.headers.getlist("X-RateLimit-Limit") == ["1"]
 
 

@@ -15,7 +15,9 @@ checked and incremented as one operation:
   refuses. Each limit stays exact (a unit counts only once its increment stayed within the
   limit); a concurrent request may see a unit that is about to be given back.
 
-Windows are fixed and start at a counter's first hit, as in ``limits``' fixed-window strategy.
+A counter is a fixed window, which starts at its first hit as in ``limits``' fixed-window
+strategy, or a sliding one (:mod:`~.windows`): the previous aligned window's count, weighted,
+plus the current one's.
 """
 
 from __future__ import annotations
@@ -29,39 +31,13 @@ from typing import Any, NamedTuple
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
-from .redis_script import ScriptCaller, caller_for
+from . import windows
+from .redis_script import TAKE_ALL_SCRIPT, ScriptCaller, caller_for
 
 try:  # the redis extra; without it there is no Redis storage to count in
     from redis.exceptions import RedisClusterException
 except ImportError:  # pragma: no cover - exercised only without the extra
     RedisClusterException = None  # type: ignore[assignment,misc]
-
-#: Reads every counter; increments them all only if none would pass its limit. Returns the index
-#: (1-based) of the first counter that refused or 0, the counters' values, and their PTTLs.
-TAKE_ALL_SCRIPT = """
-local amount = tonumber(ARGV[1])
-local refused = 0
-local values = {}
-local ttls = {}
-for i = 1, #KEYS do
-    values[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if refused == 0 and values[i] + amount > tonumber(ARGV[2 * i]) then
-        refused = i
-    end
-end
-for i = 1, #KEYS do
-    if refused == 0 then
-        values[i] = redis.call('INCRBY', KEYS[i], amount)
-    end
-    local ttl = redis.call('PTTL', KEYS[i])
-    if refused == 0 and ttl < 0 then
-        redis.call('EXPIRE', KEYS[i], ARGV[2 * i + 1])
-        ttl = tonumber(ARGV[2 * i + 1]) * 1000
-    end
-    ttls[i] = ttl
-end
-return {refused, values, ttls}
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +47,8 @@ class Counter:
     key: str
     limit: int
     window_seconds: int
+    #: A sliding window (:mod:`~.windows`), else a fixed one.
+    sliding: bool = False
 
 
 class Outcome(NamedTuple):
@@ -101,12 +79,23 @@ class Counters:
         """The counter's value and window end, without consuming."""
         raise NotImplementedError
 
+    def give_back(
+        self, counters: Sequence[Counter], units: int, resets: Sequence[float], taken_at: float
+    ) -> None:
+        """Return ``units`` a lease took at ``taken_at`` and did not use, to the windows they
+        were counted in (``resets`` as the take reported them). By default they are abandoned:
+        a storage that cannot tell a window from the next must not give them to the next."""
+
     def close(self) -> None:
         """Close connections of our own (the storage's client is closed by its owner)."""
 
 
 class GiveBackCounters(Counters):
-    """Increment-and-give-back over any ``limits`` storage (the fallback)."""
+    """Increment-and-give-back over any ``limits`` storage (the fallback).
+
+    A sliding counter is two of the storage's counters, one per aligned window
+    (``<key>/<window start>``), each kept for two windows.
+    """
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -114,31 +103,58 @@ class GiveBackCounters(Counters):
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
         storage = self.storage
+        now = windows.now()
         taken: list[Counter] = []
-        values: list[int] = []
         refused = None
         for index, counter in enumerate(counters):
-            value = storage.incr(counter.key, counter.window_seconds, amount=amount)
+            key, expiry = _storage_key(counter, now)
+            value: float = storage.incr(key, expiry, amount=amount)
             taken.append(counter)
+            if counter.sliding:
+                value += self._weighted_previous(counter, now)
             if value > counter.limit:
                 refused = index
-                self._give_back(taken, amount)
-                values = [storage.get(counter.key) for counter in counters]
+                self._give_back(taken, amount, now)
                 break
-            values.append(value)
-        resets = tuple(storage.get_expiry(counter.key) for counter in counters)
-        return Outcome(refused, tuple(values), resets)
+        values, resets = zip(
+            *(
+                self._view(counter, now, amount if index == refused else 0)
+                for index, counter in enumerate(counters)
+            ),
+            strict=True,
+        )
+        return Outcome(refused, tuple(values), tuple(resets))
 
     def peek(self, counter: Counter) -> tuple[int, float]:
-        return self.storage.get(counter.key), self.storage.get_expiry(counter.key)
+        value, reset = self._view(counter, windows.now())
+        return value, reset
 
-    def _give_back(self, taken: Sequence[Counter], amount: int) -> None:
+    def _weighted_previous(self, counter: Counter, now: float) -> float:
+        start = windows.window_start(now, counter.window_seconds)
+        previous = self.storage.get(f"{counter.key}/{int(start - counter.window_seconds)}")
+        return float(previous) * (1 - (now - start) / counter.window_seconds)
+
+    def _view(self, counter: Counter, now: float, refused_amount: int = 0) -> tuple[int, float]:
+        """The counter's value and reset, read back from the storage."""
+        storage = self.storage
+        if not counter.sliding:
+            return storage.get(counter.key), storage.get_expiry(counter.key)
+        window = counter.window_seconds
+        start = windows.window_start(now, window)
+        current = storage.get(f"{counter.key}/{int(start)}")
+        previous = storage.get(f"{counter.key}/{int(start - window)}")
+        return windows.sliding_view(
+            counter.limit, window, start, previous, current, now, refused_amount
+        )
+
+    def _give_back(self, taken: Sequence[Counter], amount: int, now: float) -> None:
         decrement = getattr(self.storage, "decr", None)
         for counter in taken:
+            key, expiry = _storage_key(counter, now)
             if decrement is not None:
-                decrement(counter.key, amount)
+                decrement(key, amount)
             else:
-                self.storage.incr(counter.key, counter.window_seconds, amount=-amount)
+                self.storage.incr(key, expiry, amount=-amount)
 
 
 class MemoryCounters(GiveBackCounters):
@@ -152,76 +168,153 @@ class MemoryCounters(GiveBackCounters):
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
         storage = self.storage
+        now = windows.now()
         with self._lock:
-            values = [storage.get(counter.key) for counter in counters]
-            refused = next(
-                (
-                    index
-                    for index, (counter, value) in enumerate(zip(counters, values, strict=True))
-                    if value + amount > counter.limit
-                ),
-                None,
-            )
+            refused = None
+            for index, counter in enumerate(counters):
+                used: float = storage.get(_storage_key(counter, now)[0])
+                if counter.sliding:
+                    used += self._weighted_previous(counter, now)
+                if used + amount > counter.limit:
+                    refused = index
+                    break
             if refused is None:
-                values = [
-                    storage.incr(counter.key, counter.window_seconds, amount=amount)
-                    for counter in counters
-                ]
-            resets = tuple(storage.get_expiry(counter.key) for counter in counters)
-        return Outcome(refused, tuple(values), resets)
+                for counter in counters:
+                    key, expiry = _storage_key(counter, now)
+                    storage.incr(key, expiry, amount=amount)
+            values, resets = zip(
+                *(
+                    self._view(counter, now, amount if index == refused else 0)
+                    for index, counter in enumerate(counters)
+                ),
+                strict=True,
+            )
+        return Outcome(refused, tuple(values), tuple(resets))
+
+
+def _rolled(entry: list[Any] | None, window: int, now: float) -> list[Any]:
+    """A sliding entry moved to the window of ``now``: the current count becomes the previous
+    one if the windows are adjacent, else both start from zero."""
+    start = (now // window) * window
+    if entry is None:
+        return [start, 0, 0, start + window]
+    entry[2] = entry[1] if entry[0] == start - window else 0
+    entry[0], entry[1], entry[3] = start, 0, start + window
+    return entry
+
+
+def _storage_key(counter: Counter, now: float) -> tuple[str, int]:
+    """Where a ``limits`` storage keeps the counter's current window, and for how long."""
+    if not counter.sliding:
+        return counter.key, counter.window_seconds
+    start = windows.window_start(now, counter.window_seconds)
+    return f"{counter.key}/{int(start)}", 2 * counter.window_seconds
 
 
 class LocalCounters(Counters):
     """The ``memory://`` storage we own: plain dicts under one lock, a tenth of the cost of
-    going through ``limits``' ``MemoryStorage`` (which also serves other strategies)."""
+    going through ``limits``' ``MemoryStorage`` (which also serves other strategies).
+
+    A fixed counter's entry is ``[value, window end]``; a sliding one's ``[window start,
+    current count, previous count, window end]``.
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[str, list[Any]] = {}  # key → [value (an int), window end]
+        self._entries: dict[str, list[Any]] = {}
         self._lock = threading.Lock()
         self._sweep_at = 4096
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
-        now = time.time()
+        now = windows.now()
         entries = self._entries
         refused = None
         with self._lock:
-            found = []
+            found: list[Any] = []
+            useds: list[float] = []
             for index, counter in enumerate(counters):
                 entry = entries.get(counter.key)
-                if entry is not None and entry[1] <= now:
-                    entry = None
+                if counter.sliding:
+                    if entry is None:
+                        entry = entries[counter.key] = _rolled(None, counter.window_seconds, now)
+                    elif now >= entry[3]:  # (a clock that steps back stays in the window)
+                        _rolled(entry, counter.window_seconds, now)
+                    # The previous count weighs (window end − now) / window.
+                    used = entry[2] * (entry[3] - now) / counter.window_seconds + entry[1]
+                else:
+                    if entry is not None and entry[1] <= now:
+                        entry = None
+                    used = entry[0] if entry else 0
                 found.append(entry)
-                if refused is None and (entry[0] if entry else 0) + amount > counter.limit:
+                useds.append(used)
+                if refused is None and used + amount > counter.limit:
                     refused = index
             if refused is None:
                 for index, counter in enumerate(counters):
                     entry = found[index]
-                    if entry is None:
+                    if counter.sliding:
+                        entry[1] += amount
+                    elif entry is None:
                         found[index] = entries[counter.key] = [amount, now + counter.window_seconds]
                     else:
                         entry[0] += amount
                 if len(entries) >= self._sweep_at:
                     self._sweep(now)
-        values = []
-        resets = []
-        for index, entry in enumerate(found):
-            if entry is None:
-                values.append(0)
-                resets.append(now + counters[index].window_seconds)
-            else:
-                values.append(entry[0])
-                resets.append(entry[1])
+            values = []
+            resets = []
+            taken = amount if refused is None else 0
+            for index, entry in enumerate(found):
+                counter = counters[index]
+                if counter.sliding:
+                    left = counter.limit - useds[index] - taken
+                    if left >= 1 and index != refused:  # the common case, inline
+                        values.append(counter.limit - int(left))
+                        resets.append(entry[3])
+                        continue
+                    value, reset = windows.sliding_view(
+                        counter.limit,
+                        counter.window_seconds,
+                        entry[0],
+                        entry[2],
+                        entry[1],
+                        now,
+                        amount if index == refused else 0,
+                    )
+                    values.append(value)
+                    resets.append(reset)
+                elif entry is None:
+                    values.append(0)
+                    resets.append(now + counter.window_seconds)
+                else:
+                    values.append(entry[0])
+                    resets.append(entry[1])
         return Outcome(refused, tuple(values), tuple(resets))
 
     def peek(self, counter: Counter) -> tuple[int, float]:
-        entry = self._entries.get(counter.key)
-        if entry is None or entry[1] <= time.time():
-            return 0, time.time()
-        return int(entry[0]), entry[1]
+        now = windows.now()
+        with self._lock:
+            entry = self._entries.get(counter.key)
+            if counter.sliding:
+                window = counter.window_seconds
+                start = (now // window) * window
+                current = previous = 0
+                if entry is not None and entry[0] == start:
+                    current, previous = entry[1], entry[2]
+                elif entry is not None and entry[0] == start - window:
+                    previous = entry[1]
+                return windows.sliding_view(counter.limit, window, start, previous, current, now)
+            if entry is None or entry[1] <= now:
+                return 0, now
+            return int(entry[0]), entry[1]
 
     def _sweep(self, now: float) -> None:
         """Drop ended windows; called under the lock when the table has doubled."""
-        for key in [key for key, entry in self._entries.items() if entry[1] <= now]:
+        ended = [
+            key
+            for key, entry in self._entries.items()
+            # fixed: [value, end]; sliding: [start, current, previous, end], two windows long
+            if (entry[1] if len(entry) == 2 else 2 * entry[3] - entry[0]) <= now
+        ]
+        for key in ended:
             del self._entries[key]
         self._sweep_at = max(4096, 2 * len(self._entries))
 
@@ -261,13 +354,13 @@ class RedisCounters(GiveBackCounters):
             )
         arguments: list[int] = [amount]
         for counter in counters:
-            arguments += (counter.limit, counter.window_seconds)
+            arguments += (counter.limit, counter.window_seconds, 1 if counter.sliding else 0)
         refused, values, ttls = self._script(
             keys=[storage.prefixed_key(counter.key) for counter in counters], args=arguments
         )
-        now = time.time()
+        now = windows.now()
         resets = tuple(
-            now + (ttl / 1000 if ttl > 0 else counter.window_seconds)
+            now + (ttl / 1000 if ttl > 0 or counter.sliding else counter.window_seconds)
             for counter, ttl in zip(counters, ttls, strict=True)
         )
         return Outcome(
@@ -281,6 +374,19 @@ class RedisCounters(GiveBackCounters):
     def peek(self, counter: Counter) -> tuple[int, float]:
         connection: Any = self.storage.get_connection()
         key = self.storage.prefixed_key(counter.key)
+        if counter.sliding:  # read with this process's clock (the script uses Redis')
+            stored_start, current, previous = connection.hmget(key, "s", "c", "p")
+            now = windows.now()
+            window = counter.window_seconds
+            start = windows.window_start(now, window)
+            stored = float(stored_start or 0)
+            current_count = int(current or 0) if stored == start else 0
+            previous_count = int(previous or 0) if stored == start else 0
+            if stored == start - window:
+                previous_count = int(current or 0)
+            return windows.sliding_view(
+                counter.limit, window, start, previous_count, current_count, now
+            )
         with connection.pipeline(transaction=False) as pipeline:
             pipeline.get(key)
             pipeline.pttl(key)

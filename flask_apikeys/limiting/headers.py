@@ -13,6 +13,7 @@ from typing import Any
 from flask import Response, current_app
 
 from ..environ import RESULT_ENVIRON_KEY
+from . import windows
 from .counters import Outcome
 from .policies import KeyLimits, Month
 
@@ -87,7 +88,7 @@ def ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
     resets = outcome.resets
     if limits.quota_index is not None:
         resets = (month.end, *resets[1:])
-    now = time.time()
+    now = windows.now()
     fields = []
     for prefix, amount, value, reset in zip(
         limits.field_prefixes, limits.amounts, outcome.values, resets, strict=True

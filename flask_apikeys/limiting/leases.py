@@ -14,20 +14,21 @@ What still holds:
   of that key during the last lease period, and to at most 1/64 of the smallest remaining
   allowance; below two units every request asks Redis, as without leases.
 
-What changes: units leased but not used before the lease ends are not given back, so near a
-limit a key may be refused slightly early (at most 1/64 of the allowance left per worker and
-lease); and ``X-RateLimit-Remaining`` shows other workers' use as of this worker's last lease
-(at most a lease period old).
+What changes: units leased but not used before the lease ends are given back only by storages
+that can tell the window they were taken in (the database's); elsewhere, near a limit a key may
+be refused slightly early (at most 1/64 of the allowance left per worker and lease); and
+``X-RateLimit-Remaining`` shows other workers' use as of this worker's last lease (at most a
+lease period old).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..forking import after_fork_in_child
+from . import windows
 from .counters import Counter, Counters, Outcome
 
 #: A lease takes at most this share of the smallest allowance left (1/64).
@@ -47,7 +48,7 @@ class Lease:
     units: int  # left to hand out
     values: tuple[int, ...]  # the counters right after the lease was taken
     resets: tuple[float, ...]  # when their windows end
-    ends_at: float  # time.time() after which the units are abandoned
+    ends_at: float  # windows.now() after which the units are abandoned
     taken_at: float
     used: int = 0  # handed out so far
 
@@ -71,8 +72,10 @@ class LeasedCounters(Counters):
         self._lock = threading.Lock()
 
     def take(self, counters: Sequence[Counter], amount: int = 1) -> Outcome:
-        now = time.time()
+        now = windows.now()
         counters = tuple(counters)
+        unused = 0
+        returned: Lease | None = None
         with self._lock:
             lease = self._leases.get(counters)
             if lease is not None and lease.units >= amount and now < lease.ends_at:
@@ -81,8 +84,12 @@ class LeasedCounters(Counters):
                 # What the counters hold minus what this lease has not handed out yet.
                 values = tuple(value - lease.units for value in lease.values)
                 return Outcome(None, values, lease.resets)
+            if lease is not None and lease.units:  # claimed here, so returned only once
+                unused, lease.units, returned = lease.units, 0, lease
+        if returned is not None:
+            self.exact.give_back(counters, unused, returned.resets, returned.taken_at)
         size = self._lease_size(counters, lease, now) * amount
-        started = time.time()
+        started = windows.now()
         outcome = self.exact.take(counters, size)
         if outcome.refused is not None and size > amount:  # too few left for a lease
             outcome = self.exact.take(counters, amount)
@@ -91,10 +98,10 @@ class LeasedCounters(Counters):
             with self._lock:
                 self._leases.pop(counters, None)
             return outcome
-        finished = time.time()
+        finished = windows.now()
         ends_at = min(
             finished + self.lease_seconds,
-            min(outcome.resets) - (finished - started) - WINDOW_MARGIN,
+            self._windows_end(counters, outcome, finished) - (finished - started) - WINDOW_MARGIN,
         )
         leftover = size - amount  # 0 after an exact call: the record still keeps the pace
         with self._lock:
@@ -111,6 +118,17 @@ class LeasedCounters(Counters):
         if not leftover:
             return outcome
         return Outcome(None, tuple(value - leftover for value in outcome.values), outcome.resets)
+
+    @staticmethod
+    def _windows_end(counters: tuple[Counter, ...], outcome: Outcome, now: float) -> float:
+        """When the first of the windows the lease's units were counted in ends: a fixed
+        window's reset, a sliding window's aligned end (its reset may lie beyond it)."""
+        return min(
+            windows.window_start(now, counter.window_seconds) + counter.window_seconds
+            if counter.sliding
+            else reset
+            for counter, reset in zip(counters, outcome.resets, strict=True)
+        )
 
     def _lease_size(self, counters: tuple[Counter, ...], lease: Lease | None, now: float) -> int:
         """Units to take: this process's recent pace for one lease period, bounded by what

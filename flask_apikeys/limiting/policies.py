@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from limits import parse_many
 
 from .counters import Counter
+from .windows import SLIDING_KEY_SUFFIX
 
 if TYPE_CHECKING:
     from ..identity import VerifiedKey
@@ -82,14 +83,27 @@ class KeyLimits:
 
 
 def build_limits(
-    policies: list[tuple[str, str, int, int]], quota: tuple[str, int] | None, month: Month
+    policies: list[tuple[str, str, int, int]],
+    quota: tuple[str, int] | None,
+    month: Month,
+    *,
+    sliding: bool = False,
 ) -> KeyLimits:
-    """Counters and the policy header from ``(name, storage key, amount, window)`` entries."""
+    """Counters and the policy header from ``(name, storage key, amount, window)`` entries.
+
+    With ``sliding``, the policies' windows slide (:mod:`~.windows`); the quota's never does.
+    """
+    counters = tuple(
+        Counter(key + SLIDING_KEY_SUFFIX, amount, window, sliding=True)
+        if sliding
+        else Counter(key, amount, window)
+        for _, key, amount, window in policies
+    )
     if quota is not None:
         key, amount = quota
         window = int(month.end - month.start)
         policies = [("quota", key, amount, window + QUOTA_GRACE_SECONDS), *policies]
-    counters = tuple(Counter(key, amount, window) for _, key, amount, window in policies)
+        counters = (Counter(key, amount, window + QUOTA_GRACE_SECONDS), *counters)
     policy_header = ", ".join(
         f'"{name}";q={amount};w={int(month.end - month.start) if name == "quota" else window}'
         for name, _, amount, window in policies

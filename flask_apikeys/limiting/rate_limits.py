@@ -37,11 +37,16 @@ from ..errors import (
     QuotaExceeded,
     RateLimitExceeded,
 )
+from ..forking import after_fork_in_child
 from ..network import client_address
+from . import windows
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
+from .database import DATABASE_URI, DatabaseCounters
 from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
+from .processes import serves_several_processes, warn_per_process
+from .windows import SLIDING_KEY_SUFFIX, SLIDING_WINDOW
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -67,10 +72,14 @@ Result = tuple[KeyLimits, Outcome, Month]
 class RateLimits:
     """The rate limiting of one app, kept as ``ExtensionState.limits``."""
 
-    def __init__(self, settings: Settings, limiter: Any = None) -> None:
+    def __init__(self, settings: Settings, limiter: Any = None, database: Any = None) -> None:
         self.settings = settings
         self.limiter = limiter
+        #: The app's Flask-SQLAlchemy, for ``APIKEYS_RATELIMIT_STORAGE_URI = "database"``.
+        self.database = database
         self._counters: Counters | None = None
+        #: The same, once a request has shown whether the server runs several processes.
+        self._request_counters: Counters | None = None
         self._owns_storage = False
         self._lock = threading.Lock()
         self._key_limits: BoundedCache[tuple[Any, ...], KeyLimits] = BoundedCache(MAX_REMEMBERED)
@@ -79,12 +88,20 @@ class RateLimits:
         self._by_snapshot: BoundedCache[int, tuple[VerifiedKey, Month, KeyLimits]] = BoundedCache(
             MAX_REMEMBERED, MAX_CACHE_BYTES
         )
-        self._month = Month.containing(time.time())
+        self._month = Month.containing(windows.now())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
+        #: Windows slide (``APIKEYS_RATELIMIT_STRATEGY``); the monthly quota never does.
+        self._sliding = settings.ratelimit_strategy == SLIDING_WINDOW
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
         self._headers_checked = False
+        after_fork_in_child(self, RateLimits._after_fork)
+
+    def _after_fork(self) -> None:
+        """In a forked worker: counters in this process's memory do not hold across workers."""
+        if self._counters is not None and not is_remote(self._counters):
+            warn_per_process()
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -97,12 +114,41 @@ class RateLimits:
         if self._counters is None:
             with self._lock:
                 if self._counters is None:
-                    counters = counters_for(self._find_storage())
+                    counters = self._database_counters() or counters_for(self._find_storage())
                     lease_seconds = self.settings.ratelimit_lease_seconds
                     if lease_seconds > 0 and is_remote(counters):
                         counters = LeasedCounters(counters, lease_seconds)
                     self._counters = counters
         return self._counters
+
+    def _first_request_counters(self) -> Counters:
+        """:attr:`counters`, warning if they are in this process's memory while the WSGI
+        server runs several processes (its first request is the first time we can tell)."""
+        counters = self.counters
+        if not is_remote(counters) and serves_several_processes():
+            warn_per_process()
+        self._request_counters = counters
+        return counters
+
+    def _database_counters(self) -> Counters | None:
+        """Counters in the app's database, if ``APIKEYS_RATELIMIT_STORAGE_URI`` asks for them
+        (before a shared Flask-Limiter's storage, which cannot be a database)."""
+        uri = (self.settings.ratelimit_storage_uri or "").rstrip(":/")
+        if uri != DATABASE_URI:
+            return None
+        if self.database is None:
+            raise RuntimeError(
+                'APIKEYS_RATELIMIT_STORAGE_URI = "database" needs the app\'s Flask-SQLAlchemy: '
+                "pass db= to APIKeys or init_app."
+            )
+        database = self.database
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+
+        def engine() -> Any:
+            with app.app_context():
+                return database.engine
+
+        return DatabaseCounters(engine)
 
     def _find_storage(self) -> Storage | None:
         """The shared Limiter's storage, else one from the URI (``None``: our own memory)."""
@@ -122,6 +168,7 @@ class RateLimits:
     def close(self) -> None:
         """Close the connections of a storage we opened (not of a shared ``Limiter``'s)."""
         counters, self._counters = self._counters, None
+        self._request_counters = None
         if counters is not None:
             counters.close()
         storage = counters and counters.storage
@@ -179,17 +226,17 @@ class RateLimits:
             for amount, window in parse_limit(admin_limit)
         ]
         month = self._month
-        limits = build_limits(policies, None, month)
+        limits = build_limits(policies, None, month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
             return
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, time.time())
+            raise self._refusal(limits, outcome, month, windows.now())
 
     def enforce(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of every limit of ``key``, or raise 429 and take none."""
-        now = time.time()
+        now = windows.now()
         month = self._month
         if now >= month.end:
             month = self._month = Month.containing(now)
@@ -198,7 +245,7 @@ class RateLimits:
             limits = entry[2]
         else:
             limits = self._resolve(key, month)
-        store = self._counters or self.counters
+        store = self._request_counters or self._first_request_counters()
         try:
             outcome = store.take(limits.counters)
         except store.errors as error:
@@ -214,7 +261,7 @@ class RateLimits:
 
         For operators and tests that look at a counter without knowing how it is stored.
         """
-        limits = self._key_limits_for(key, Month.containing(time.time()))
+        limits = self._key_limits_for(key, Month.containing(windows.now()))
         return dict(zip(limits.names, limits.counters, strict=True))
 
     def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
@@ -253,7 +300,7 @@ class RateLimits:
             policies.append((name, f"apikeys:{tag}:key:{key.id}:{window}", amount, window))
         monthly = organization.monthly_request_limit
         quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
-        return build_limits(policies, quota, month)
+        return build_limits(policies, quota, month, sliding=self._sliding)
 
     def enforce_anonymous(self, current_request: Request) -> None:
         """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
@@ -263,13 +310,13 @@ class RateLimits:
             ("address", f"apikeys:address:{tag}:{window}", amount, window)
             for amount, window in parse_limit(self.settings.default_rate_limit)
         ]
-        limits = build_limits(policies, None, self._month)
+        limits = build_limits(policies, None, self._month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
             return
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, self._month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, self._month, time.time())
+            raise self._refusal(limits, outcome, self._month, windows.now())
 
     @staticmethod
     def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
@@ -303,7 +350,7 @@ class RateLimits:
         until = self.blocked.get(address)
         if until is None:
             return
-        now = time.time()
+        now = windows.now()
         if now >= until:
             self.blocked.pop(address, None)
             return
@@ -322,8 +369,9 @@ class RateLimits:
         verified attempt per process and window than the limit.
         """
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
+        suffix = SLIDING_KEY_SUFFIX if self._sliding else ""
         counters = tuple(
-            Counter(f"apikeys:failed-auth:{tag}:{window}", amount, window)
+            Counter(f"apikeys:failed-auth:{tag}:{window}{suffix}", amount, window, self._sliding)
             for amount, window in self._failed_auth
         )
         outcome = self._take(counters)

@@ -1,4 +1,5 @@
-"""One Lua script on Redis, called with as little client work as a round trip allows.
+"""One Lua script on Redis (:data:`TAKE_ALL_SCRIPT`: all counters of a request, or none),
+called with as little client work as a round trip allows.
 
 The rate-limit check is one ``EVALSHA`` per request, and through redis-py's client it cost
 about 210 µs of CPU here, more than the round trip itself: a poll of the socket at every pool
@@ -33,6 +34,90 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 
 #: How many packed commands are remembered (one per set of counters in use).
 MAX_PACKED = 4096
+
+#: Reads every counter; increments them all only if none would pass its limit. Returns the index
+#: (1-based) of the first counter that refused or 0, the counters' values, and the milliseconds
+#: until each resets. ``ARGV``: the amount, then per counter its limit, window and strategy
+#: (1: sliding, a hash of the window's start ``s``, current ``c`` and previous ``p`` counts,
+#: on Redis' own clock; 0: fixed, a string and its TTL). :mod:`~.windows` has the arithmetic.
+TAKE_ALL_SCRIPT = """
+local amount = tonumber(ARGV[1])
+local refused = 0
+local values, resets, starts, currents, previouses, useds = {}, {}, {}, {}, {}, {}
+local now = nil
+for i = 1, #KEYS do
+    local limit, window = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+    if ARGV[3 * i + 1] == '1' then
+        if now == nil then
+            local clock = redis.call('TIME')
+            now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+        end
+        local start = math.floor(now / window) * window
+        local stored = redis.call('HMGET', KEYS[i], 's', 'c', 'p')
+        local current, previous = 0, 0
+        local stored_start = tonumber(stored[1])
+        if stored_start == start then
+            current, previous = tonumber(stored[2]), tonumber(stored[3])
+        elseif stored_start == start - window then
+            previous = tonumber(stored[2])
+        end
+        starts[i], currents[i], previouses[i] = start, current, previous
+        useds[i] = previous * (1 - (now - start) / window) + current
+        values[i] = useds[i]
+    else
+        values[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
+        useds[i] = values[i]
+    end
+    if refused == 0 and useds[i] + amount > limit then
+        refused = i
+    end
+end
+for i = 1, #KEYS do
+    local limit, window = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i])
+    if ARGV[3 * i + 1] == '1' then
+        local start, current, previous = starts[i], currents[i], previouses[i]
+        local used = useds[i]
+        if refused == 0 then
+            current = current + amount
+            used = used + amount
+            redis.call('HSET', KEYS[i], 's', start, 'c', current, 'p', previous)
+            redis.call('PEXPIRE', KEYS[i], math.ceil((start + 2 * window - now) * 1000))
+        end
+        local left = math.floor(limit - used)
+        if left < 0 then left = 0 end
+        values[i] = limit - left
+        local reset = start + window
+        local wanted = 0
+        if refused == i then wanted = amount elseif left == 0 then wanted = 1 end
+        if wanted > 0 then
+            local target = limit - wanted
+            if current <= target then
+                if previous > 0 then
+                    reset = start + window * (1 - (target - current) / previous)
+                else
+                    reset = start
+                end
+            elseif target < 0 then
+                reset = start + 2 * window
+            else
+                reset = start + window + window * (1 - target / current)
+            end
+        end
+        resets[i] = math.ceil((reset - now) * 1000)
+    else
+        if refused == 0 then
+            values[i] = redis.call('INCRBY', KEYS[i], amount)
+        end
+        local ttl = redis.call('PTTL', KEYS[i])
+        if refused == 0 and ttl < 0 then
+            redis.call('EXPIRE', KEYS[i], window)
+            ttl = window * 1000
+        end
+        resets[i] = ttl
+    end
+end
+return {refused, values, resets}
+"""
 
 
 class ScriptCaller:

@@ -1,7 +1,7 @@
 """flask-apikeys: apikeys_dashboard_sessions, the server-side sessions of the dashboard.
 
 Revision ID: apikeys_0004
-Revises: apikeys_0001
+Revises: apikeys_0003
 Create Date: 2026-12-01
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "apikeys_0004"
-down_revision = "apikeys_0001"  # set to the app's head when copied in
+down_revision = "apikeys_0003"  # set to the app's head when copied in
 branch_labels = None
 depends_on = None
 
