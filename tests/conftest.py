@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -39,6 +40,15 @@ def sqlite_commits_without_fsync() -> Iterator[None]:
     sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", sqlite_without_fsync)
     yield
     sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", sqlite_without_fsync)
+
+
+@pytest.fixture(autouse=True)
+def enabled_extension_loggers() -> None:
+    """Our loggers reach ``caplog`` whatever ran before in this worker: a migration test runs
+    an ``env.py`` whose ``fileConfig`` disables every logger that already exists."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("flask_apikeys") and isinstance(logger, logging.Logger):
+            logger.disabled = False
 
 
 @pytest.fixture

@@ -32,14 +32,6 @@ def database_url(backend_url: str) -> str:
     return backend_url
 
 
-@pytest.fixture(autouse=True)
-def enabled_loggers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The warnings asserted on reach ``caplog`` even if an earlier test configured logging
-    with ``disable_existing_loggers``."""
-    for name in ("flask_apikeys", "flask_apikeys.usage", "flask_apikeys.audit"):
-        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
-
-
 def usage_rows(app: Flask) -> list[APIKeyUsage]:
     with app.app_context():
         session = app.extensions["sqlalchemy"].session
