@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
+from flask_apikeys.migrations import shipped_revisions
 from flask_apikeys.models import metadata
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "migrate_app.py"
@@ -144,7 +145,8 @@ def test_shipped_revisions_stamp_tables_that_already_exist(
         made.extensions["sqlalchemy"].engine.dispose()
     output = flask(app, "apikeys", "install-migrations")
     assert "wrote migrations/versions/0001_apikeys_initial.py" in output
-    assert "stamped it at apikeys_0001" in output
+    last_revision = shipped_revisions()[-1][0]  # every table exists: stamped at the head
+    assert f"stamped it at {last_revision}" in output
     upgrades_downgrades_and_upgrades_again(app)
 
 

@@ -37,11 +37,15 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
+from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
+_STATUS = 5
+#: What ``APIKEYS_USAGE_RAW_ROWS`` may say: which requests keep a raw row besides rollups.
+RAW_ROW_CHOICES = ("all", "errors", "none")
 _last_used = keys_table.c.last_used_at
 #: Adds a flush's requests to a key's total and moves its last-use times forward, never back
 #: (rows from several processes arrive out of order). Built once: it is the same every flush.
@@ -62,6 +66,10 @@ _ADD_REQUESTS = (
 )
 
 
+def _key_text(item: tuple[uuid.UUID, int]) -> str:
+    return str(item[0])
+
+
 class UsageWriter:
     """Queues usage rows and audit records of one app and writes them in batches."""
 
@@ -73,8 +81,15 @@ class UsageWriter:
         flush_interval: float,
         batch_size: int,
         max_queue: int,
+        raw_rows: str = "all",
     ) -> None:
+        if raw_rows not in RAW_ROW_CHOICES:
+            raise ValueError(f"raw_rows must be one of {RAW_ROW_CHOICES}, not {raw_rows!r}")
         self._connect = connect
+        #: Which requests keep a raw row: ``all``, ``errors`` (status 400 and above), ``none``.
+        self.raw_rows = raw_rows
+        #: Called after each flush that wrote rows (the retention's batch pruning), or ``None``.
+        self.after_flush: Callable[[], None] | None = None
         self.synchronous = synchronous
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -170,7 +185,12 @@ class UsageWriter:
             except Exception:
                 self._requeue(audits, self._audit)
                 raise
-            return written
+        if written and self.after_flush is not None:
+            try:
+                self.after_flush()
+            except Exception:  # noqa: BLE001 - pruning must never stop the writing
+                logger.exception("flask-apikeys could not prune old usage; will retry")
+        return written
 
     def _write_usage_isolating(self, rows: list[tuple[Any, ...]]) -> int:
         """Write ``rows``; when a batch is refused for its data, halve it until the rows at
@@ -226,8 +246,16 @@ class UsageWriter:
         for key_id, seen in zip(key_ids, map(_TIMESTAMP, rows), strict=True):
             if seen > latest.get(key_id, 0.0):
                 latest[key_id] = seen
+        if self.raw_rows == "all":
+            raw = rows
+        elif self.raw_rows == "errors":
+            raw = [row for row in rows if row[_STATUS] >= 400]
+        else:
+            raw = []
         with self._connect() as connection:
-            self._insert_plan(connection.dialect).execute(connection, rows)
+            # One transaction: the raw rows and the rollups that count them, or neither.
+            self._insert_plan(connection.dialect).execute(connection, raw)
+            write_rollups(connection, rows)
             connection.execute(
                 _ADD_REQUESTS,
                 [
@@ -236,7 +264,8 @@ class UsageWriter:
                         "count": count,
                         "seen": datetime.fromtimestamp(latest[key_id], UTC),
                     }
-                    for key_id, count in counts.items()
+                    # In one order in every process: two flushes cannot wait for each other.
+                    for key_id, count in sorted(counts.items(), key=_key_text)
                 ],
             )
 
