@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import threading
+import time
 import uuid
 import weakref
 from collections import Counter, deque
@@ -64,6 +66,20 @@ _ADD_REQUESTS = (
         last_request_at=sa.bindparam("seen"),
     )
 )
+
+
+#: Tries of a flush whose transaction the database rolled back to break a deadlock.
+DEADLOCK_ATTEMPTS = 5
+#: What drivers say for a deadlock victim: MySQL/MariaDB error 1213, PostgreSQL's SQLSTATE.
+_DEADLOCK_CODES = {1213, "40P01", "40001"}
+
+
+def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
+    original = error.orig
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if code is None and original is not None and original.args:
+        code = original.args[0]
+    return code in _DEADLOCK_CODES
 
 
 def _key_text(item: tuple[uuid.UUID, int]) -> str:
@@ -206,7 +222,7 @@ class UsageWriter:
         while pending:
             batch = pending.pop()
             try:
-                self._write_usage(batch)
+                self._write_usage_retrying(batch)
             except ROW_ERRORS:
                 if len(batch) == 1:
                     dropped += 1
@@ -238,6 +254,19 @@ class UsageWriter:
                 queue.pop()
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
 
+    def _write_usage_retrying(self, rows: list[tuple[Any, ...]]) -> None:
+        """:meth:`_write_usage`, again at once when the database chose it as a deadlock's
+        victim: two flushes adding to the same rollup rows (MySQL's and MariaDB's upsert takes
+        gap locks) is a collision that passes, not an outage; the transaction left nothing."""
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                self._write_usage(rows)
+                return
+            except sa.exc.OperationalError as error:
+                if attempt + 1 == DEADLOCK_ATTEMPTS or not _is_deadlock(error):
+                    raise
+                time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 - jitter
+
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
         # Per key: how many rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
@@ -253,9 +282,10 @@ class UsageWriter:
         else:
             raw = []
         with self._connect() as connection:
-            # One transaction: the raw rows and the rollups that count them, or neither.
-            self._insert_plan(connection.dialect).execute(connection, raw)
-            write_rollups(connection, rows)
+            # One transaction: the raw rows and the rollups that count them, or neither. The
+            # keys first, in one order in every process: their row locks then queue two
+            # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
+            # taken before would make two flushes deadlock on the update).
             connection.execute(
                 _ADD_REQUESTS,
                 [
@@ -264,10 +294,11 @@ class UsageWriter:
                         "count": count,
                         "seen": datetime.fromtimestamp(latest[key_id], UTC),
                     }
-                    # In one order in every process: two flushes cannot wait for each other.
                     for key_id, count in sorted(counts.items(), key=_key_text)
                 ],
             )
+            self._insert_plan(connection.dialect).execute(connection, raw)
+            write_rollups(connection, rows)
 
     def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
         plan = self._plans.get(dialect.name)
