@@ -204,6 +204,9 @@ LATENCY_BUCKET_COLUMNS = tuple(
 #: What a rollup row's ``error_code`` holds when the requests carried none (a unique key
 #: treats NULLs as distinct, so they would never merge).
 NO_ERROR_CODE = ""
+#: The ``api_key_id`` of the rollup rows that sum every key of an organization (the nil UUID,
+#: which no key has): an organization's statistics read those, one row where it has many keys.
+ALL_KEYS = uuid.UUID(int=0)
 #: The two bucket sizes of rollups: hours (for the edges of a period) and UTC days.
 ROLLUP_GRANULARITIES = ("hour", "day")
 

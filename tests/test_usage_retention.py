@@ -65,8 +65,8 @@ def test_prune_deletes_old_raw_rows_and_rollups_in_batches(
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["raw_rows_deleted"] == 12 and count(app, usage) == 3
-    # The rollups of 40 days ago (an hour and a day row) went; the rest stay.
-    assert report["rollup_rows_deleted"] == 2
+    # The rollups of 40 days ago (an hour and a day row, for the key and for every key) went.
+    assert report["rollup_rows_deleted"] == 4
     with app.app_context():
         today = datetime.now(UTC).date()
         stats = apikeys.usage_stats(
@@ -112,7 +112,8 @@ def test_the_writer_prunes_a_batch_after_a_flush_when_configured(
         key = apikeys.create_key(organization, "k").key
     queue_requests(app, key, [9, 9, 1])  # the flush itself prunes the two old raw rows
     assert count(app, usage) == 1
-    assert count(app, rollups) == 4  # 2 days × (hour, day): rollups are kept 30 days
+    # 2 days × (hour, day) × (the key, every key): rollups are kept 30 days
+    assert count(app, rollups) == 8
 
 
 def test_usage_command_without_org_or_subcommand_says_what_to_give(app: Flask) -> None:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
 from flask_apikeys.models import (
+    ALL_KEYS,
     LATENCY_BUCKET_COLUMNS,
     LATENCY_BUCKET_EDGES_MS,
     APIKey,
@@ -91,9 +92,14 @@ def assert_same_sums(stored: dict[Any, tuple[Any, ...]], expected: dict[Any, Any
         assert math.isclose(cost, want[4], rel_tol=1e-9, abs_tol=1e-6), group
 
 
-def stored_rollups(connection: sa.Connection, granularity: str) -> dict[Any, tuple[Any, ...]]:
+def stored_rollups(
+    connection: sa.Connection, granularity: str, every_key: bool = False
+) -> dict[Any, tuple[Any, ...]]:
+    """The rollup rows of one granularity: per key, or (``every_key``) per organization."""
     stored = {}
-    for row in connection.execute(sa.select(rollups).where(rollups.c.granularity == granularity)):
+    chosen = rollups.c.api_key_id == ALL_KEYS if every_key else rollups.c.api_key_id != ALL_KEYS
+    query = sa.select(rollups).where(rollups.c.granularity == granularity, chosen)
+    for row in connection.execute(query):
         group = (
             row.organization_id,
             row.api_key_id,
@@ -128,16 +134,40 @@ def days_from_hours(hours: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
     return days
 
 
+def over_every_key(groups: dict[Any, list[Any]]) -> dict[Any, list[Any]]:
+    merged: dict[Any, list[Any]] = {}
+    for (organization, _key, *rest), (
+        requests,
+        errors,
+        latency,
+        tokens,
+        cost,
+        bins,
+    ) in groups.items():
+        total = merged.setdefault(
+            (organization, ALL_KEYS, *rest), [0, 0, 0.0, 0, 0.0, [0] * len(bins)]
+        )
+        for index, value in enumerate((requests, errors, latency, tokens, cost)):
+            total[index] += value
+        total[5] = [a + b for a, b in zip(total[5], bins, strict=True)]
+    return merged
+
+
 def assert_rollups_match_raw_rows(engine: sa.Engine) -> int:
-    """The hour rollups are exactly the raw rows' sums, the day rollups their hours' sums;
-    return how many raw rows there are."""
+    """The hour rollups are exactly the raw rows' sums, the day rollups their hours' sums,
+    per key and over every key; return how many raw rows there are."""
     with engine.connect() as connection:
         expected = expected_from_raw(connection)
-        hours = stored_rollups(connection, "hour")
-        days = stored_rollups(connection, "day")
+        stored = {
+            (granularity, every_key): stored_rollups(connection, granularity, every_key)
+            for granularity in ("hour", "day")
+            for every_key in (False, True)
+        }
         raw = connection.execute(sa.select(sa.func.count()).select_from(usage)).scalar_one()
-    assert_same_sums(hours, expected)
-    assert_same_sums(days, days_from_hours(expected))
+    assert_same_sums(stored["hour", False], expected)
+    assert_same_sums(stored["day", False], days_from_hours(expected))
+    assert_same_sums(stored["hour", True], over_every_key(expected))
+    assert_same_sums(stored["day", True], over_every_key(days_from_hours(expected)))
     return int(raw)
 
 

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 from ..models import (
+    ALL_KEYS,
     LATENCY_BUCKET_COLUMNS,
     LATENCY_BUCKET_EDGES_MS,
     NO_ERROR_CODE,
@@ -113,6 +114,19 @@ def _by_day(hours: dict[GroupKey, list[Any]]) -> dict[GroupKey, list[Any]]:
     return days
 
 
+def _with_all_keys(groups: dict[GroupKey, list[Any]]) -> dict[GroupKey, list[Any]]:
+    """The groups, and the same sums over every key of an organization (key :data:`ALL_KEYS`):
+    what an organization's statistics read, a key's count of rows fewer."""
+    merged: dict[GroupKey, list[Any]] = dict(groups)
+    for (organization_id, _key, *rest), sums in groups.items():
+        group: GroupKey = (organization_id, ALL_KEYS, *rest)
+        total = merged.get(group)
+        merged[group] = (
+            sums.copy() if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+        )
+    return merged
+
+
 def _parameters(
     granularity: str, seconds: int, groups: dict[GroupKey, list[Any]]
 ) -> list[dict[str, Any]]:
@@ -166,7 +180,7 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
     transaction that stores the raw rows)."""
     if not rows:
         return
-    hours = aggregate(rows)
+    hours = _with_all_keys(aggregate(rows))
     parameters = _parameters("hour", HOUR, hours) + _parameters("day", DAY, _by_day(hours))
     add_to_rollups(connection, parameters)
 
@@ -261,7 +275,16 @@ def _hour_aggregate(connection: sa.Connection, start: datetime) -> list[dict[str
         for name in LATENCY_BUCKET_COLUMNS:
             values[name] = int(values[name] or 0)
         result.append(values)
-    return result
+    every_key: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for values in result:
+        group = tuple(values[name] for name in GROUP_COLUMNS if name != "api_key_id")
+        total = every_key.get(group)
+        if total is None:
+            every_key[group] = {**values, "api_key_id": ALL_KEYS}
+        else:
+            for name in ADDED_COLUMNS:
+                total[name] += values[name]
+    return result + list(every_key.values())
 
 
 def _rebuild_day(connection: sa.Connection, day: datetime) -> None:
@@ -333,15 +356,20 @@ def _backfill_day(
     connection: sa.Connection, day: datetime, limit: datetime, report: BackfillReport
 ) -> bool:
     """Rebuild the incomplete hours of ``day`` before ``limit``; whether any was."""
-    hour = sa.func.count()
-    raw_counts = _hour_counts(connection, usage.c.timestamp, hour, day)
-    rollup_counts = _hour_counts(
-        connection,
-        rollups.c.bucket_start,
-        sa.func.sum(rollups.c.requests),
-        day,
-        rollups.c.granularity == "hour",
-    )
+    end = min(day + timedelta(days=1), limit)
+    every_key = sa.and_(rollups.c.granularity == "hour", rollups.c.api_key_id == ALL_KEYS)
+    raw_day = _count(connection, usage.c.timestamp, sa.func.count(), day, end)
+    counted = sa.func.sum(rollups.c.requests)
+    rollup_day = _count(connection, rollups.c.bucket_start, counted, day, end, every_key)
+    if raw_day <= rollup_day:  # the whole day is counted: one look, no hour to check
+        report.hours_checked += 24
+        return False
+    hours = [day + timedelta(hours=offset) for offset in range(24)]
+    raw_counts = {start: raw_day for start in hours}  # at least as many as the rollups' 0
+    rollup_counts: dict[datetime, int] = {}
+    if rollup_day:  # some hours counted: find which
+        raw_counts = _hour_counts(connection, usage.c.timestamp, sa.func.count(), day)
+        rollup_counts = _hour_counts(connection, rollups.c.bucket_start, counted, day, every_key)
     rebuilt = False
     for start, raw in sorted(raw_counts.items()):
         if start >= limit:
@@ -357,10 +385,25 @@ def _backfill_day(
         parameters = _hour_aggregate(connection, start)
         if parameters:
             connection.execute(sa.insert(rollups), parameters)
-        report.hours_rebuilt += 1
-        report.rows_counted += raw
+        report.hours_rebuilt += bool(parameters)
+        report.rows_counted += sum(
+            row["requests"] for row in parameters if row["api_key_id"] == ALL_KEYS
+        )
         rebuilt = True
     return rebuilt
+
+
+def _count(
+    connection: sa.Connection,
+    moment: sa.ColumnElement[Any],
+    measure: sa.ColumnElement[Any],
+    start: datetime,
+    end: datetime,
+    *conditions: sa.ColumnElement[bool],
+) -> int:
+    """``measure`` over the rows whose ``moment`` is from ``start`` up to ``end``."""
+    query = sa.select(measure).where(moment >= start, moment < end, *conditions)
+    return int(connection.execute(query).scalar() or 0)
 
 
 def _hour_counts(
@@ -375,11 +418,7 @@ def _hour_counts(
     counts: dict[datetime, int] = {}
     for offset in range(24):
         start = day + timedelta(hours=offset)
-        value = connection.execute(
-            sa.select(measure).where(
-                moment >= start, moment < start + timedelta(hours=1), *conditions
-            )
-        ).scalar()
+        value = _count(connection, moment, measure, start, start + timedelta(hours=1), *conditions)
         if value:
-            counts[start] = int(value)
+            counts[start] = value
     return counts

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InvalidInput
 from ..models import (
+    ALL_KEYS,
     LATENCY_BUCKET_COLUMNS,
     LATENCY_BUCKET_EDGES_MS,
     NO_ERROR_CODE,
@@ -105,8 +106,7 @@ def usage_stats(
         rollups.c.organization_id == organization_id,
         _period_condition(begin.astimezone(UTC), finish.astimezone(UTC)),
     ]
-    if api_key_id is not None:
-        conditions.append(rollups.c.api_key_id == api_key_id)
+    conditions.append(rollups.c.api_key_id == (ALL_KEYS if api_key_id is None else api_key_id))
     where = sa.and_(*conditions)
     requests, errors = sa.func.sum(rollups.c.requests), sa.func.sum(rollups.c.errors)
     latency = sa.func.sum(rollups.c.latency_sum_ms)
