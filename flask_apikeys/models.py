@@ -223,9 +223,9 @@ class APIKeyUsageRollup(Base):
     __table_args__ = (
         sa.UniqueConstraint(
             "organization_id",
+            "api_key_id",
             "granularity",
             "bucket_start",
-            "api_key_id",
             "method",
             "endpoint",
             "status_class",

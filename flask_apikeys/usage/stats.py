@@ -110,16 +110,22 @@ def usage_stats(
     where = sa.and_(*conditions)
     requests, errors = sa.func.sum(rollups.c.requests), sa.func.sum(rollups.c.errors)
     latency = sa.func.sum(rollups.c.latency_sum_ms)
-    totals = session.execute(
+    # One query per shape: by status class and error code (a handful of rows, which also add
+    # up to the totals and the histogram), by day, by endpoint.
+    outcome = session.execute(
         sa.select(
-            sa.func.coalesce(requests, 0),
-            sa.func.coalesce(errors, 0),
-            sa.func.coalesce(sa.func.sum(rollups.c.tokens_used), 0),
-            sa.func.coalesce(sa.func.sum(rollups.c.cost_usd), 0),
+            rollups.c.status_class,
+            rollups.c.error_code,
+            requests,
+            errors,
+            sa.func.sum(rollups.c.tokens_used),
+            sa.func.sum(rollups.c.cost_usd),
             latency,
-            *(sa.func.coalesce(sa.func.sum(rollups.c[name]), 0) for name in LATENCY_BUCKET_COLUMNS),
-        ).where(where)
-    ).one()
+            *(sa.func.sum(rollups.c[name]) for name in LATENCY_BUCKET_COLUMNS),
+        )
+        .where(where)
+        .group_by(rollups.c.status_class, rollups.c.error_code)
+    ).all()
     day = sa.func.date(rollups.c.bucket_start)
     by_day = session.execute(
         sa.select(day, requests, errors).where(where).group_by(day).order_by(day)
@@ -130,17 +136,18 @@ def usage_stats(
         .group_by(rollups.c.method, rollups.c.endpoint)
         .order_by(requests.desc(), rollups.c.endpoint)
     ).all()
-    by_status = session.execute(
-        sa.select(rollups.c.status_class, requests).where(where).group_by(rollups.c.status_class)
-    ).all()
-    error_codes = session.execute(
-        sa.select(rollups.c.error_code, requests)
-        .where(where, rollups.c.error_code != NO_ERROR_CODE)
-        .group_by(rollups.c.error_code)
-        .order_by(requests.desc())
-    ).all()
+    totals = [0, 0, 0, 0.0, 0.0]
+    histogram = [0] * len(LATENCY_BUCKET_COLUMNS)
+    by_status: dict[int, int] = {}
+    error_codes: dict[str, int] = {}
+    for status_class, error_code, *sums in outcome:
+        for index in range(5):
+            totals[index] += sums[index] or 0
+        histogram = [a + int(b or 0) for a, b in zip(histogram, sums[5:], strict=True)]
+        by_status[int(status_class)] = by_status.get(int(status_class), 0) + int(sums[0])
+        if error_code != NO_ERROR_CODE:
+            error_codes[error_code] = error_codes.get(error_code, 0) + int(sums[0])
     count = int(totals[0])
-    histogram = [int(bucket) for bucket in totals[5:]]
     return {
         "start": begin.date().isoformat(),
         "end": finish.date().isoformat(),
@@ -167,8 +174,17 @@ def usage_stats(
             for row in by_endpoint
             if row[2]
         ],
-        "by_status_class": {f"{int(row[0])}xx": int(row[1]) for row in sorted(by_status) if row[1]},
-        "error_codes": {row[0]: int(row[1]) for row in error_codes if row[1]},
+        "by_status_class": {
+            f"{status_class}xx": requests_of_class
+            for status_class, requests_of_class in sorted(by_status.items())
+            if requests_of_class
+        },
+        "error_codes": dict(
+            sorted(
+                ((code, n) for code, n in error_codes.items() if n),
+                key=lambda item: (-item[1], item[0]),
+            )
+        ),
     }
 
 

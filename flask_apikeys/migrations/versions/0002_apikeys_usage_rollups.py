@@ -58,9 +58,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key_usage_rollups")),
         sa.UniqueConstraint(
             "organization_id",
+            "api_key_id",
             "granularity",
             "bucket_start",
-            "api_key_id",
             "method",
             "endpoint",
             "status_class",
