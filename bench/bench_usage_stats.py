@@ -221,8 +221,8 @@ def run_backend(
     before = before_module(args.before_commit)
     results: list[tuple[str, int, str, float, float]] = []
     generate = generate_postgresql if backend == "postgresql" else generate_sqlite
-    plan = [(rows, ["before", "after"])]
-    if before_rows != rows:
+    plan = [(rows, ["before", "after"] if args.before_repeats else ["after"])]
+    if before_rows != rows and args.before_repeats:
         plan = [(before_rows, ["before"]), (rows, ["after"])]
     for phase_rows, phases in plan:
         organization, keys = setup_schema(engine)
