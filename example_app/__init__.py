@@ -19,6 +19,7 @@ db = SQLAlchemy()
 migrate = Migrate()
 apikeys = APIKeys()
 MIGRATIONS = os.path.join(os.path.dirname(__file__), "migrations")
+DASHBOARD_URL_PREFIX = "/dashboard"
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -32,6 +33,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         APIKEYS_RATELIMIT_STORAGE_URI=os.environ.get("REDIS_URL", "memory://"),
         # For the example only: a real deployment reads its secret from its secret store.
         APIKEYS_HASH_SECRET=os.environ.get("APIKEYS_HASH_SECRET", "example-only-not-a-real-secret"),
+        # The browser dashboard: sign in there with the admin key printed at the first start.
+        APIKEYS_DASHBOARD_URL_PREFIX=DASHBOARD_URL_PREFIX,
     )
     app.config.update(config or {})
     db.init_app(app)

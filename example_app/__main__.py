@@ -20,7 +20,7 @@ from flask import Flask
 from flask_apikeys import APIKeys
 from flask_apikeys.errors import OrganizationNotFound
 
-from . import apikeys, create_app
+from . import DASHBOARD_URL_PREFIX, apikeys, create_app
 
 ORGANIZATION_SLUG = "example"
 ADMIN_KEY_NAME = "Example admin key"
@@ -86,6 +86,7 @@ def print_instructions(created: dict[str, str], port: int) -> None:
     print(f'  curl -X POST -H "X-API-Key: $ADMIN_KEY" {base}/v1/generate/outline')
     print(f'  curl -X POST -H "X-API-Key: $READ_KEY" {base}/v1/generate/outline     # 403')
     print(f"  curl {base}/v1/presentations                                     # 401")
+    print(f"Dashboard: {base}{DASHBOARD_URL_PREFIX}/ (sign in with the admin key)")
     print(f"Serving on {base} (Ctrl-C to stop)", flush=True)
 
 

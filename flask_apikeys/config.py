@@ -434,6 +434,20 @@ class Settings:
         parse.boolean,
         "add the key id as a label of apikeys_requests_total (one series per key)",
     )
+    # -- dashboard (docs/dashboard.rst) --
+    dashboard_url_prefix: str | None = option(
+        "APIKEYS_DASHBOARD_URL_PREFIX",
+        None,
+        parse.optional(parse.url_prefix, empty="no dashboard"),
+        "where the browser dashboard mounts, e.g. /dashboard; unset or empty: no dashboard",
+    )
+    dashboard_session_lifetime: int = option(
+        "APIKEYS_DASHBOARD_SESSION_LIFETIME",
+        3600,
+        parse.number(int, minimum=60, maximum=86_400, what="a whole number of seconds"),
+        "seconds a dashboard sign-in lasts (60 to 86400); the session also ends as soon as "
+        "its admin key is revoked or expires",
+    )
 
 
 #: Every option, in the order of :class:`Settings` (and of the configuration page).

@@ -25,6 +25,7 @@ from .config import (
     weakening_messages,
     write_defaults,
 )
+from .dashboard import make_dashboard_blueprint
 from .environ import ERROR_ENVIRON_KEY
 from .errors import APIKeyError
 from .hooks import make_after_request_hook, make_before_request_hook
@@ -99,6 +100,8 @@ class APIKeys:
         register_oauth_views(app, state)  # token endpoint, metadata, introspection, revocation
         if settings.admin_url_prefix:
             app.register_blueprint(make_admin_blueprint(settings.admin_url_prefix))
+        if settings.dashboard_url_prefix:
+            app.register_blueprint(make_dashboard_blueprint(settings.dashboard_url_prefix))
         # Exactly the endpoints we just added: Flask refuses another view under their names.
         state.own_endpoints = frozenset(set(app.view_functions) - endpoints_before)
         register_tables(db.metadata)

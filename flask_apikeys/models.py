@@ -258,3 +258,27 @@ for _column in LATENCY_BUCKET_COLUMNS:
     APIKeyUsageRollup.__table__.append_column(  # type: ignore[attr-defined]
         sa.Column(_column, sa.BigInteger, nullable=False, default=0)
     )
+
+
+class DashboardSession(Base):
+    """A signed-in dashboard browser: only the hash of its cookie's token is stored.
+
+    Server-side so that signing out and expiry are real, and so that revoking (or rotating
+    away) the admin key that signed in ends its sessions on their next request.
+    ``api_key_id`` is ``None`` for the bootstrap admin key.
+    """
+
+    __tablename__ = "apikeys_dashboard_sessions"
+
+    #: SHA-256 (hex) of the cookie's random token.
+    token_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    #: Sent in every form and compared in constant time (CSRF).
+    csrf_secret: Mapped[str] = mapped_column(sa.String(64))

@@ -279,6 +279,20 @@ def test_usage_over_http_counts_the_requests_made(client: FlaskClient, world: Wo
     assert other.json["total_requests"] == 0
 
 
+def test_usage_of_one_key_counts_only_that_keys_requests(client: FlaskClient, world: World) -> None:
+    reader_id = client.get("/v1/whoami", headers=headers(world.ordinary_a)).json["key"]
+    for _ in range(3):
+        client.get("/v1/presentations", headers=headers(world.ordinary_a))
+    client.get("/v1/presentations", headers=headers(world.admin_a))
+    base = f"/admin/organizations/{world.org_a}/usage?{USAGE_WINDOW}"
+    one_key = client.get(f"{base}&key_id={reader_id}", headers=headers(ADMIN_KEY))
+    everything = client.get(base, headers=headers(ADMIN_KEY))
+    assert one_key.status_code == 200 and one_key.json["total_requests"] == 4  # with whoami
+    assert everything.json["total_requests"] == 5
+    foreign = client.get(f"{base}&key_id={world.key_in[world.org_b]}", headers=headers(ADMIN_KEY))
+    assert foreign.status_code == 404
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 BAD_ORGANIZATIONS = [

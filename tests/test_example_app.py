@@ -121,6 +121,10 @@ def test_example_app_prints_its_keys_and_serves_the_documented_calls(tmp_path: P
         assert statuses[-1] == 429 and set(statuses) == {200, 429}, statuses
         # The admin key is on the organization's (pro) limit, not the read-only key's.
         assert call(f"{base}/v1/presentations", keys["ADMIN_KEY"])[0] == 200
+        # The dashboard is on, and its URL is printed.
+        assert f"Dashboard: {base}/dashboard/ (sign in with the admin key)\n" in lines
+        with urllib.request.urlopen(f"{base}/dashboard/sign-in", timeout=5) as page:
+            assert page.status == 200 and b"Admin key" in page.read()
     finally:
         stop(process)
 

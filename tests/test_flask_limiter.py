@@ -18,6 +18,7 @@ from flask_sqlalchemy import SQLAlchemy
 
 from flask_apikeys import APIKeys, current_key
 from flask_apikeys.limiting.flask_limiter import key_func, limit_for_key
+from flask_apikeys.limiting.headers import flask_limiter_writes_headers
 
 from .helpers import assert_problem
 
@@ -239,3 +240,21 @@ def test_no_warning_when_only_one_library_writes_headers(
     with caplog.at_level(logging.WARNING, logger="flask_apikeys"):
         example_app(database_url)
     assert not [r for r in caplog.records if "twice" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("argument", "config", "writes"),
+    [(True, False, True), (False, True, False), (None, True, True), (None, False, False)],
+)
+def test_header_detection_reads_flask_limiter_as_each_supported_version_sets_it(
+    argument: bool | None, config: bool, writes: bool
+) -> None:
+    """``flask_limiter_writes_headers`` reads Flask-Limiter's private ``_headers_enabled``
+    (there is no public accessor): this pins that reading on every version CI installs, the
+    lowest allowed and today's."""
+    app = Flask(__name__)
+    app.config["RATELIMIT_HEADERS_ENABLED"] = config
+    limiter = Limiter(key_func=lambda: "x", storage_uri="memory://", headers_enabled=argument)
+    limiter.init_app(app)
+    with app.app_context():
+        assert flask_limiter_writes_headers(limiter) is writes

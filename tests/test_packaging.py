@@ -72,6 +72,12 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
     assert "flask_apikeys/py.typed" in names
     assert "flask_apikeys/observability/alerts.yml" in names
     assert "flask_apikeys/observability/dashboard.json" in names
+    for part in (
+        "templates/apikeys_dashboard/base.html",
+        "static/dashboard.css",
+        "static/dashboard.js",
+    ):
+        assert f"flask_apikeys/dashboard/{part}" in names
     assert not any(name.startswith(("tests/", "example_app/", "docs/")) for name in names)
 
     python = venv_seeing_the_runners_packages(tmp_path / "venv")
@@ -90,6 +96,9 @@ def test_wheel_and_sdist_build_pass_twine_and_the_wheel_runs_the_example(tmp_pat
         "client = app.test_client()\n"
         "response = client.get('/v1/presentations', headers={'X-API-Key': created.key})\n"
         "assert response.status_code == 200, response.data\n"
+        "page = client.get('/dashboard/sign-in')\n"  # the dashboard's templates are installed
+        "assert page.status_code == 200 and b'Admin key' in page.data, page.data\n"
+        "assert client.get('/dashboard/static/dashboard.css').status_code == 200\n"
         "print('version', flask_apikeys.__version__)\n"
     )
     result = run([str(python), "-c", script], cwd=tmp_path / "app", env=without_pythonpath())

@@ -243,6 +243,9 @@ class UsageQuerySchema(StrictSchema):
             "description": "Day after the last, with start. Default (neither given): this month."
         }
     )
+    key_id = fields.UUID(
+        metadata={"description": "Only this key's usage; it must belong to the organization."}
+    )
 
 
 class DayUsageSchema(Schema):

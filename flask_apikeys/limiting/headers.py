@@ -102,7 +102,8 @@ def flask_limiter_writes_headers(limiter: Any, app_config: Any = None) -> bool:
     """Whether a Flask-Limiter ``Limiter`` adds its own ``X-RateLimit-*`` headers.
 
     Its ``headers_enabled`` argument, else ``RATELIMIT_HEADERS_ENABLED`` (read by its
-    ``init_app``; tested against Flask-Limiter 4.x).
+    ``init_app``). Flask-Limiter has no public accessor: the private attribute is pinned by
+    ``tests/test_flask_limiter.py`` on the lowest supported release and today's.
     """
     enabled = getattr(limiter, "_headers_enabled", None)
     if enabled is None:
