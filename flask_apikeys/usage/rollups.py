@@ -62,35 +62,26 @@ GroupKey = tuple[Any, Any, int, str, str, int, str]
 
 def aggregate(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, list[Any]]:
     """Sum queued usage rows (in :data:`~flask_apikeys.usage.insert.USAGE_FIELDS` order, the
-    time a POSIX float) per hour group: requests, latency, tokens, cost, histogram."""
-    groups: dict[GroupKey, list[Any]] = {}
+    time a POSIX float) per hour group: requests, latency, tokens, cost, histogram.
+
+    The loop runs once per request, inside the flush: it groups by the ids' objects
+    (``id()``, a C call) rather than hashing each UUID (a Python-level ``__hash__``), and
+    merges equal ids held by different objects afterwards, once per group.
+    """
+    by_object: dict[tuple[Any, ...], list[Any]] = {}
+    objects: dict[int, Any] = {}
     edges = LATENCY_BUCKET_EDGES_MS
     empty = [0, 0.0, 0, 0.0] + [0] * len(LATENCY_BUCKET_COLUMNS)
     for (
-        key_id,
-        organization_id,
-        moment,
-        endpoint,
-        method,
-        status,
-        elapsed,
-        tokens,
-        cost,
-        *_,
-        code,
-    ) in rows:  # noqa: E501
-        group = (
-            organization_id,
-            key_id,
-            int(moment // HOUR),
-            method,
-            endpoint,
-            status // 100,
-            code or NO_ERROR_CODE,
-        )
-        sums = groups.get(group)
+        key_id, organization_id, moment, endpoint, method, status, elapsed, tokens, cost,
+        _address, _agent, _message, code,
+    ) in rows:  # fmt: skip
+        group = (id(organization_id), id(key_id), moment // HOUR, method, endpoint, status, code)
+        sums = by_object.get(group)
         if sums is None:
-            sums = groups[group] = empty.copy()
+            objects[id(organization_id)] = organization_id
+            objects[id(key_id)] = key_id
+            sums = by_object[group] = empty.copy()
         sums[0] += 1
         sums[1] += elapsed
         if tokens:
@@ -98,6 +89,29 @@ def aggregate(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, list[Any]]:
         if cost:
             sums[3] += cost
         sums[FIRST_BUCKET + bisect_left(edges, elapsed)] += 1
+    groups: dict[GroupKey, list[Any]] = {}
+    for (
+        organization_ref,
+        key_ref,
+        hour,
+        method,
+        endpoint,
+        status,
+        code,
+    ), sums in by_object.items():
+        merged: GroupKey = (
+            objects[organization_ref],
+            objects[key_ref],
+            int(hour),
+            method,
+            endpoint,
+            status // 100,
+            code or NO_ERROR_CODE,
+        )
+        total = groups.get(merged)
+        groups[merged] = (
+            sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
+        )
     return groups
 
 
