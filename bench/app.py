@@ -2,7 +2,7 @@
 
 ``BENCH_VARIANT``: ``bare`` (no extension) or ``protected`` (a key, a scope, everything on).
 ``DATABASE_URL`` and ``REDIS_URL`` choose the backends (SQLite and memory by default).
-``BENCH_KEY_FILE``: where ``prepare()`` writes the key the load generator sends.
+``BENCH_KEYS``: how many keys ``prepare()`` stores (1 by default; the cold-key mix uses 10,000).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 
 from flask import Flask
 
-from bench.common import bare_app, bench_keys, protected_app
+from bench.common import bare_app, bench_keys, bulk_keys, protected_app
 
 
 def create_app() -> Flask:
@@ -25,10 +25,15 @@ def create_app() -> Flask:
     return app
 
 
-def prepare() -> str:
-    """Create the tables, an organization with room to spare, and a key; return the key."""
+def prepare() -> list[str]:
+    """Create the tables, an organization with room to spare, and its keys; return them."""
     app = create_app()
-    return bench_keys(app, app.extensions["apikeys"].extension, fresh=True)[0]
+    extension = app.extensions["apikeys"].extension
+    created = bench_keys(app, extension, fresh=True)
+    count = int(os.environ.get("BENCH_KEYS", "1"))
+    if count > 1:
+        created += bulk_keys(app, extension, count - 1)
+    return created
 
 
 app = create_app() if os.environ.get("BENCH_SERVE") else None

@@ -2,7 +2,7 @@
 """Throughput and latency under gunicorn on 127.0.0.1, loaded by wrk: bare vs protected.
 
     python bench/bench_wrk.py [--runs 3 --duration 10 --warmup 2 --workers 2]
-        [--backends sqlite,postgresql]
+        [--backends sqlite,postgresql] [--mixes hot,cold]
         [--database-url postgresql+psycopg://…] [--redis-url redis://127.0.0.1:6379/0]
 
 Backends (``--backends``, comma-separated; the first two by default):
@@ -11,6 +11,11 @@ Backends (``--backends``, comma-separated; the first two by default):
                      on 127.0.0.1 for the run (and removed after it)
   postgresql-memory  PostgreSQL 15, rate limits in process memory  } to tell the costs of
   sqlite-redis       a SQLite file, rate limits in Redis           } the two servers apart
+
+Key mixes (``--mixes``): ``hot``, every request sends the same key (cached after its first
+use); ``cold``, 10,000 keys stored and every request sends one drawn at random (each key
+sends a fraction of a request per second, so nearly every request misses the key cache, as
+most keys of a multi-tenant API do). The bare route gets the same requests.
 
 Needs ``wrk`` (apt-get install wrk). For each backend, each round starts gunicorn (sync
 workers) for each variant in turn (alternating which goes first), warms it up, and runs
@@ -34,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -65,11 +72,16 @@ def serve(variant: str, env: dict[str, str], workers: int) -> tuple[subprocess.P
         cwd=ROOT,
         env={**env, "BENCH_VARIANT": variant, "BENCH_SERVE": "1"},
     )
-    deadline = time.monotonic() + 30
+    # Until a worker answers, not just until the port is open: on a loaded machine workers
+    # take many seconds to import, and wrk would measure their boot.
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/r", timeout=5).close()
             return process, port
+        except urllib.error.HTTPError:
+            return process, port  # a worker answered (401: no key sent)
         except OSError:
             if process.poll() is not None:
                 code = process.returncode
@@ -89,11 +101,32 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=10)
 
 
-def load(port: int, key: str, duration: int) -> dict[str, float]:
+#: wrk's script for the cold mix: a random key of the file ``BENCH_KEYS_FILE`` per request.
+COLD_SCRIPT = """
+local keys = {}
+for line in io.lines(os.getenv("BENCH_KEYS_FILE")) do keys[#keys + 1] = line end
+request = function()
+  local key = keys[math.random(#keys)]
+  return wrk.format(nil, nil, {["Host"] = wrk.host, ["Authorization"] = "Bearer " .. key})
+end
+"""
+COLD_KEYS = 10_000
+
+
+def load(port: int, keys_file: str, keys: list[str], duration: int) -> dict[str, float]:
     command = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency"]
-    command += ["-H", f"Authorization: Bearer {key}", f"http://127.0.0.1:{port}/r"]
+    if len(keys) == 1:
+        command += ["-H", f"Authorization: Bearer {keys[0]}"]
+    else:
+        command += ["-s", keys_file + ".lua"]
+    command += [f"http://127.0.0.1:{port}/r"]
     output = subprocess.run(
-        command, check=True, capture_output=True, text=True, timeout=duration + 60
+        command,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        env={**os.environ, "BENCH_KEYS_FILE": keys_file},
     ).stdout
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
@@ -115,18 +148,18 @@ def load(port: int, key: str, duration: int) -> dict[str, float]:
     }
 
 
-def prepare(env: dict[str, str]) -> str:
-    """Fresh tables, an organization and a key in the backend's database; return the key."""
+def prepare(env: dict[str, str]) -> list[str]:
+    """Fresh tables, an organization and its keys in the backend's database; return them."""
     done = subprocess.run(
-        [sys.executable, "-c", "from bench.app import prepare; print(prepare())"],
+        [sys.executable, "-c", "from bench.app import prepare; print(' '.join(prepare()))"],
         cwd=ROOT,
         env=env,
         check=True,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
-    return done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1].split()
 
 
 def usage_rows(database_url: str) -> int:
@@ -149,8 +182,12 @@ BACKENDS = {
 }
 
 
-def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
-    key = prepare(env)
+def measure(label: str, env: dict[str, str], args: argparse.Namespace, mix: str) -> None:
+    env = {**env, "BENCH_KEYS": str(COLD_KEYS if mix == "cold" else 1)}
+    keys = prepare(env)
+    keys_file = os.path.join(tempfile.mkdtemp(prefix="apikeys-wrk-keys-"), "keys")
+    Path(keys_file).write_text("\n".join(keys) + "\n")
+    Path(keys_file + ".lua").write_text(COLD_SCRIPT)
     results: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
     requests = 0.0
     for round_number in range(args.runs):
@@ -158,14 +195,14 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace) -> None:
         for variant in order:
             process, port = serve(variant, env, args.workers)
             try:
-                warmup = load(port, key, args.warmup)  # import, connect, fill the key cache
-                result = load(port, key, args.duration)
+                warmup = load(port, keys_file, keys, args.warmup)  # import, connect, cache
+                result = load(port, keys_file, keys, args.duration)
                 results[variant].append(result)
                 if variant == "protected":
                     requests += (warmup["rps"] * args.warmup) + (result["rps"] * args.duration)
             finally:
                 stop(process)
-    print(f"\n{label}")
+    print(f"\n{label}, {mix} key{'s' if mix == 'cold' else ''}")
     print(f"  {'variant':<11}{'req/s':>22}{'p50 ms':>22}{'p99 ms':>22}{'share of bare':>20}")
     for variant, runs in results.items():
         shares = [run["rps"] / bare["rps"] for run, bare in zip(runs, results["bare"], strict=True)]
@@ -190,6 +227,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--mixes", default="hot,cold", help="hot, cold or both")
     parser.add_argument("--database-url", help="PostgreSQL URL (else a throwaway server)")
     parser.add_argument("--redis-url", help="Redis URL (else a throwaway server)")
     args = parser.parse_args()
@@ -218,7 +256,8 @@ def main() -> None:
                     env["DATABASE_URL"] = f"sqlite:///{workdir}/bench.sqlite"
                 if limits == "redis":
                     env["REDIS_URL"] = servers.enter_context(redis_server(args.redis_url))
-                measure(label, env, args)
+                for mix in args.mixes.split(","):
+                    measure(label, env, args, mix)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

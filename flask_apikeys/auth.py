@@ -16,7 +16,7 @@ from flask import Request, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from . import signals
-from .environ import OUTCOME_ENVIRON_KEY
+from .environ import OUTCOME_ENVIRON_KEY, VERIFICATION_SECONDS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
     APIKeyInURL,
@@ -143,8 +143,12 @@ def authenticate(
             if presented is not None:
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
-        if signals.request_authenticated.receivers and outcome is not None:
-            signals.send_authenticated(outcome, perf_counter() - verification_started)
+        if presented is not None:
+            seconds = environ[VERIFICATION_SECONDS_ENVIRON_KEY] = (
+                perf_counter() - verification_started
+            )
+            if signals.request_authenticated.receivers:
+                signals.send_authenticated(outcome, seconds)
         # On the app context's object itself: setting through the ``g`` proxy costs more.
         app_globals = g._get_current_object()
         app_globals._apikeys_key = None if isinstance(outcome, APIKeyError) else outcome

@@ -1,9 +1,10 @@
 """An in-process cache of verified keys, so a busy key costs no database query.
 
-Entries live at most ``APIKEYS_CACHE_TTL`` seconds (1 by default). That bound is the longest a
-revocation, rotation or organization change made through *another* process can go unnoticed; in
-this process the service drops the affected entries at once. Expiry is not cached: it is checked
-against the clock on every request.
+Entries live at most ``APIKEYS_CACHE_TTL`` seconds (1 by default). In this process the service
+drops the entries a revocation, rotation or organization change affects at once, and announces
+the change (:mod:`flask_apikeys.cache_generation`); other processes that the announcement
+reaches empty their cache within ``APIKEYS_CACHE_CHECK_INTERVAL`` seconds, the others when the
+entries expire. Expiry is not cached: it is checked against the clock on every request.
 
 The cache is bounded by entries *and* by memory: a key may hold hundreds of scopes and kilobytes
 of metadata, so 10,000 entries alone could mean hundreds of megabytes per worker.
@@ -13,17 +14,22 @@ snapshots (narrowed token snapshots, the rate limiter's per-snapshot limits).
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
+from .boundedcache import BoundedCache
+from .cache_generation import Generation
 from .identity import VerifiedKey
 
 #: The most memory (by :func:`approximate_size`) a cache of snapshots holds before it is emptied.
 MAX_CACHE_BYTES = 32 * 1024 * 1024
+#: How many digests that matched no key are remembered (:meth:`VerifiedKeyCache.is_unknown`).
+MAX_UNKNOWN = 1000
 #: What a snapshot costs besides its collections (the objects, the organization, short strings).
 SNAPSHOT_OVERHEAD = 1024
 
@@ -44,39 +50,102 @@ def approximate_size(key: VerifiedKey) -> int:
     return size + 128 * (len(key.allowed_networks) + len(key.roles))
 
 
+class LookupCount(itertools.count):  # type: ignore[type-arg]
+    """A count that many threads add to at once, without a lock: ``next(count)`` adds one.
+
+    ``count += 1`` on an int is a read and a write: two threads can both read 5 and both write
+    6. Taking a number from :func:`itertools.count` is one C call, which the GIL never splits;
+    the count is how many numbers were taken. A lock would cost each cache lookup ~3 times as
+    many instructions as this (``bench/README.md``).
+    """
+
+    def __init__(self) -> None:
+        self._reads = 0
+        self._read_lock = threading.Lock()
+
+    @property
+    def value(self) -> int:
+        """How many were added. Reading takes a number too, so earlier reads are subtracted
+        (under a lock: reads are rare, additions are not)."""
+        with self._read_lock:
+            taken: int = next(self) - self._reads
+            self._reads += 1
+        return taken
+
+
+_NOT_READ = object()
+
+
 class VerifiedKeyCache:
     """Maps a key's digest to its snapshot for a bounded time, a bounded number of keys and a
-    bounded amount of memory."""
+    bounded amount of memory.
+
+    :param generation: where changes are announced and read (``None``: this process only).
+    :param check_interval: seconds between two reads of ``generation``.
+    """
 
     def __init__(
-        self, ttl_seconds: float, max_entries: int = 10_000, max_bytes: int = MAX_CACHE_BYTES
+        self,
+        ttl_seconds: float,
+        max_entries: int = 10_000,
+        max_bytes: int = MAX_CACHE_BYTES,
+        *,
+        generation: Generation | None = None,
+        check_interval: float = 0.5,
     ) -> None:
         self.ttl_seconds = ttl_seconds
+        self.generation = generation
+        self.check_interval = check_interval
+        #: The monotonic clock entries are dated by (a benchmark replaces it).
+        self.clock: Callable[[], float] = time.monotonic
+        self._next_check = 0.0
+        self._seen: object = _NOT_READ
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         #: The :func:`approximate_size` of the entries held, summed.
         self.size = 0
-        #: Lookups that found a fresh snapshot, and those that did not (for the metrics;
-        #: unlocked, so two threads at once may lose a count).
-        self.hits = self.misses = 0
+        #: Lookups that found a fresh snapshot, and those that did not (for the metrics).
+        self.hits = LookupCount()
+        self.misses = LookupCount()
         self._entries: dict[bytes, tuple[float, VerifiedKey, int]] = {}
+        #: digest → when a lookup found no key with it (see :meth:`is_unknown`).
+        self._unknown: BoundedCache[bytes, float] = BoundedCache(MAX_UNKNOWN)
         self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> VerifiedKey | None:
-        """The snapshot for ``digest`` if it was stored less than the TTL ago."""
+        """The snapshot for ``digest`` if it was stored less than the TTL ago and no change
+        was announced since."""
+        now = self.clock()
+        if now >= self._next_check and self.generation is not None:
+            self._check_generation(now)
         entry = self._entries.get(digest)
         if entry is None:
-            self.misses += 1
+            next(self.misses)
             return None
         stored_at, key, _ = entry
-        if time.monotonic() - stored_at >= self.ttl_seconds:
-            self.misses += 1
+        if now - stored_at >= self.ttl_seconds:
+            next(self.misses)
             with self._lock:
                 if self._entries.pop(digest, None) is not None:
                     self.size -= entry[2]
             return None
-        self.hits += 1
+        next(self.hits)
         return key
+
+    def is_unknown(self, digest: bytes) -> bool:
+        """Whether ``digest`` was looked up and not found less than the TTL ago.
+
+        A client retrying a mistyped or deleted key costs no query. Safe to remember: a key
+        is random, so a digest no row had can only start to match if that very key is created.
+        """
+        stored_at = self._unknown.get(digest)
+        return stored_at is not None and self.clock() - stored_at < self.ttl_seconds
+
+    def put_unknown(self, digest: bytes) -> None:
+        """Remember that no stored key has ``digest`` (kept apart, so that a flood of made-up
+        keys never pushes the keys in use out of the cache)."""
+        if self.ttl_seconds > 0:
+            self._unknown.put(digest, self.clock())
 
     def put(self, digest: bytes, key: VerifiedKey) -> None:
         """Remember ``key``; a full cache is emptied rather than scanned for the oldest entry."""
@@ -90,22 +159,42 @@ class VerifiedKeyCache:
             previous = self._entries.get(digest)
             if previous is not None:
                 self.size -= previous[2]
-            self._entries[digest] = (time.monotonic(), key, size)
+            self._entries[digest] = (self.clock(), key, size)
             self.size += size
 
     def forget_key(self, key_id: uuid.UUID) -> None:
-        """Drop a key at once (after revocation or rotation in this process)."""
+        """Drop a key at once (after revocation or rotation in this process); tell the others."""
         self._forget(lambda key: key.id == key_id)
+        self._announce()
 
     def forget_organization(self, organization_id: uuid.UUID) -> None:
-        """Drop every key of an organization (after its plan, limits or state changed)."""
+        """Drop every key of an organization (after its plan, limits or state changed); tell
+        the others."""
         self._forget(lambda key: key.organization.id == organization_id)
+        self._announce()
 
     def clear(self) -> None:
-        """Forget everything."""
+        """Forget everything (and tell the other processes to)."""
+        self._empty()
+        self._announce()
+
+    def _empty(self) -> None:
         with self._lock:
             self._entries.clear()
             self.size = 0
+
+    def _announce(self) -> None:
+        if self.generation is not None:
+            self.generation.announce()
+
+    def _check_generation(self, now: float) -> None:
+        """Empty the cache if a change was announced since the last check."""
+        self._next_check = now + self.check_interval
+        generation = self.generation.current()  # type: ignore[union-attr]
+        if generation != self._seen:
+            if self._seen is not _NOT_READ:
+                self._empty()
+            self._seen = generation
 
     def _forget(self, matches: object) -> None:
         with self._lock:

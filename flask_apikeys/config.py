@@ -214,6 +214,17 @@ class Settings:
         "seconds a verified key is trusted without asking the database (0 turns it off)",
         weakening=Weakening(
             lambda seconds: seconds > 1.0,
+            "a revoked key keeps working for longer on hosts that share no Redis",
+        ),
+    )
+    cache_check_interval: float = option(
+        "APIKEYS_CACHE_CHECK_INTERVAL",
+        0.5,
+        parse.number(float, minimum=0, what="a number of seconds"),
+        "seconds between two checks, per process, for key changes announced by the other "
+        "processes of the host (or of any host, through Redis), which empty the key cache",
+        weakening=Weakening(
+            lambda seconds: seconds > 1.0,
             "a revoked key keeps working for longer in other processes",
         ),
     )

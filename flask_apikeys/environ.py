@@ -24,6 +24,9 @@ RAISED_ENVIRON_KEY = "flask_apikeys.raised"
 ERROR_ENVIRON_KEY = "flask_apikeys.error"
 #: ``time.perf_counter()`` when the request reached the hook, for the usage row's latency.
 START_ENVIRON_KEY = "flask_apikeys.started"
+#: Seconds the verification of a presented credential took, accepted or refused (absent when
+#: none was presented), for the latency histogram of :mod:`flask_apikeys.metrics`.
+VERIFICATION_SECONDS_ENVIRON_KEY = "flask_apikeys.verification_seconds"
 #: Tokens and cost a view attached with :func:`~flask_apikeys.record_cost`.
 TOKENS_ENVIRON_KEY = "flask_apikeys.tokens"
 COST_ENVIRON_KEY = "flask_apikeys.cost"

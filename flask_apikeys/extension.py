@@ -378,6 +378,7 @@ class APIKeys:
             state.writer.close()
         if state.limits is not None:
             state.limits.close()
+        state.service.verification.lookup.close()
 
     def flush_usage(self) -> int:
         """Write the buffered usage rows now; return how many were written."""

@@ -26,7 +26,13 @@ from flask import Blueprint, Flask, Request, Response, current_app, request
 
 from .auth import authenticate
 from .environ import LIMITED_ENVIRON_KEY, START_ENVIRON_KEY
-from .errors import AuthenticationError, InsufficientScope, MissingAPIKey, restore_required_headers
+from .errors import (
+    APIKeyError,
+    AuthenticationError,
+    InsufficientScope,
+    MissingAPIKey,
+    restore_required_headers,
+)
 from .identity import VerifiedKey
 from .limiting import headers
 from .network import client_address
@@ -46,16 +52,50 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
     if not settings.enabled:
         return None
     track_usage = settings.usage_tracking
+    #: error class → the handler to call directly, or None when Flask must choose
+    direct_handlers: dict[type[APIKeyError], Callable[[APIKeyError], Any] | None] = {}
 
-    def authenticate_before_request() -> None:
+    def authenticate_before_request() -> Any:
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         if track_usage:
             current_request.environ[START_ENVIRON_KEY] = perf_counter()
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
-            return
-        admit(current_request, state)
+            return None
+        try:
+            admit(current_request, state)
+        except APIKeyError as error:
+            error_class = type(error)
+            if error_class not in direct_handlers:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+                direct_handlers[error_class] = sole_handler(app, error_class)
+            handler = direct_handlers[error_class]
+            if handler is None:
+                raise
+            # What Flask would do, without unwinding through its exception handling (a refused
+            # client must not cost more than a served one): after_request hooks still run.
+            return handler(error)
+        return None
 
     return authenticate_before_request
+
+
+def sole_handler(app: Flask, error_class: type[APIKeyError]) -> Callable[[Any], Any] | None:
+    """The extension's error handler, if it is the only one an ``error_class`` can reach.
+
+    ``None`` when the app or a blueprint registered its own handler for the class, its status
+    or a base (``@app.errorhandler(401)``): the error is then raised for Flask to route.
+    Handlers cannot be registered once an app has served a request, so the answer holds.
+    """
+    ours = app.error_handler_spec.get(None, {}).get(None, {}).get(APIKeyError)
+    if ours is None:
+        return None
+    bases = error_class.__mro__
+    for by_code in app.error_handler_spec.values():
+        for handlers in by_code.values():
+            for handled, handler in handlers.items():
+                if handled in bases and handler != ours:
+                    return None
+    return app.ensure_sync(ours)
 
 
 def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:

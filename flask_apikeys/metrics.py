@@ -13,8 +13,10 @@ adds up all of them (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
+import weakref
 from typing import Any, cast
 
 from flask import Flask, Response, current_app, request, request_finished
@@ -31,7 +33,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from . import signals
 from .auth import get_current_key
 from .decorators import require_scopes
-from .environ import COST_ENVIRON_KEY, RESULT_ENVIRON_KEY
+from .environ import (
+    COST_ENVIRON_KEY,
+    OUTCOME_ENVIRON_KEY,
+    RESULT_ENVIRON_KEY,
+    VERIFICATION_SECONDS_ENVIRON_KEY,
+)
+from .forking import after_fork_in_child
+from .identity import VerifiedKey
 from .usage.rows import UNMATCHED_ENDPOINT
 
 #: Every metric name this module exports (the dashboard and the alert rules use only these).
@@ -53,6 +62,9 @@ METRIC_NAMES = (
 MAX_REMEMBERED_ORGANIZATIONS = 100_000
 #: Seconds: a cached key verifies in microseconds, a cache miss costs a database read.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+#: Seconds between two moves of a process's own figures (key-cache lookups, queue depth, quota)
+#: into prometheus_client; a scrape through :func:`serve_metrics` moves this process's first.
+SYNC_INTERVAL = 1.0
 
 
 class APIKeysMetrics:
@@ -61,14 +73,30 @@ class APIKeysMetrics:
     :param app: the app, or ``None`` to call :meth:`init_app` later.
     :param registry: where the metrics are registered; a registry of their own by default
         (pass ``prometheus_client.REGISTRY`` to serve them with your other metrics).
+    :param sync_interval: seconds between two moves of the figures a process keeps itself
+        (key-cache lookups, usage queue depth, quota used) into the metrics; see
+        :data:`SYNC_INTERVAL`.
     """
 
-    def __init__(self, app: Flask | None = None, *, registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        sync_interval: float = SYNC_INTERVAL,
+    ):
         self._registry = registry
+        self._sync_interval = sync_interval
         if app is not None:
-            self.init_app(app, registry=registry)
+            self.init_app(app, registry=registry, sync_interval=sync_interval)
 
-    def init_app(self, app: Flask, *, registry: CollectorRegistry | None = None) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        registry: CollectorRegistry | None = None,
+        sync_interval: float | None = None,
+    ) -> None:
         """Create the metrics, subscribe to the signals and register the metrics route."""
         state = app.extensions.get("apikeys")
         if state is None:
@@ -77,17 +105,22 @@ class APIKeysMetrics:
             raise RuntimeError("APIKeysMetrics is already initialised on this app.")
         settings = state.settings  # read and checked by APIKeys.init_app
         registry = registry or self._registry or CollectorRegistry()
-        recorder = _Recorder(registry, state, settings.metrics_key_id_label)
+        interval = self._sync_interval if sync_interval is None else sync_interval
+        if not interval > 0:
+            raise RuntimeError(f"sync_interval must be a positive number of seconds: {interval!r}")
+        recorder = _Recorder(registry, state, settings.metrics_key_id_label, interval)
         app.extensions["apikeys_metrics"] = recorder
         request_finished.connect(recorder.on_request_finished, app)
-        signals.request_authenticated.connect(recorder.on_authenticated, app)
         signals.credential_refused.connect(recorder.on_credential_refused, app)
         signals.rate_limit_refused.connect(recorder.on_rate_limit_refused, app)
         signals.quota_refused.connect(recorder.on_quota_refused, app)
         if state.writer is not None:
             signals.usage_rows_written.connect(recorder.on_rows_written, state.writer)
+        recorder.start_syncing()
         path = settings.metrics_path
-        if path:
+        # APIKEYS_ENABLED = False lets every scoped view through: the metrics name every
+        # organization, so with no key checked they are not served at all.
+        if path and settings.enabled:
             view = require_scopes(settings.metrics_scope)(serve_metrics)
             app.add_url_rule(path, "apikeys_metrics", view)
 
@@ -95,6 +128,7 @@ class APIKeysMetrics:
 def serve_metrics() -> Response:
     """The metrics in Prometheus' text format; all workers' under multiprocess mode."""
     recorder = cast(_Recorder, current_app.extensions["apikeys_metrics"])
+    recorder.sync()  # this process's figures are exact; other workers' at most an interval old
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
@@ -109,12 +143,23 @@ def status_class(status: int) -> str:
 
 
 class _Recorder:
-    """The metric objects of one app and the receivers that update them."""
+    """The metric objects of one app and the receivers that update them.
 
-    def __init__(self, registry: CollectorRegistry, state: Any, key_id_label: bool) -> None:
+    What a request must count exactly (requests, latency, cost, refusals) goes to
+    prometheus_client at once. Figures the process keeps anyway (the key cache's lookups, the
+    usage queue's length) and the latest quota figure are moved in by :meth:`sync`: at each
+    scrape of this process, every ``sync_interval`` seconds from a thread (what another
+    worker's scrape sees under gunicorn), and at exit. Each prometheus_client update takes a
+    lock and costs about as much as the rest of a receiver (``bench/README.md``).
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, state: Any, key_id_label: bool, sync_interval: float
+    ) -> None:
         self.registry = registry
         self.state = state
         self.key_id_label = key_id_label
+        self.sync_interval = sync_interval
         request_labels = ["organization", "endpoint", "status_class"]
         if key_id_label:
             request_labels.append("key_id")
@@ -158,12 +203,16 @@ class _Recorder:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
-        self.verification = Histogram(
+        verification = Histogram(
             "apikeys_verification_seconds",
-            "Time to verify a presented key or token that was accepted.",
+            "Time to verify a presented key or token, by outcome (accepted, refused).",
+            ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.verification = verification
+        self.accepted_seconds = verification.labels("accepted")
+        self.refused_seconds = verification.labels("refused")
         self.cache_hits = counter(
             "apikeys_key_cache_hits_total", "Verified-key cache lookups that found the key."
         )
@@ -189,35 +238,40 @@ class _Recorder:
             ["organization"],
         )
         self._cache_seen = (0, 0)
-        self._cache_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._sync_wake = threading.Event()
+        self._exit_hooks_registered = False
+        #: (organization id, month) → (used, limit) as the last request saw them, for sync().
+        self._quota_seen: dict[tuple[Any, str], tuple[int, int]] = {}
+        self._quota_synced: dict[tuple[Any, str], tuple[int, int]] = {}
         self._quota_months: dict[str, str] = {}
         self._request_children: dict[tuple[Any, ...], Any] = {}
-        self._quota_children: dict[tuple[Any, str], tuple[Any, Any]] = {}
 
     # -- receivers ----------------------------------------------------------------------------
 
-    def on_authenticated(self, sender: Flask, *, key: Any, seconds: float) -> None:
-        self.verification.observe(seconds)
-
     def on_request_finished(self, sender: Flask, *, response: Response, **_: Any) -> None:
-        """Count the finished request of a key; bring the cache and queue figures up to date."""
-        self._sync_cache_counts()
-        writer = self.state.writer
-        if writer is not None:
-            self.queue_depth.set(writer.queued)
-        key = get_current_key()
-        if key is None:
+        """Time the verification of the request's credential; count a key's request, its
+        cost and its quota figure. One function: it runs on every request."""
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current_request.environ
+        key = environ.get(OUTCOME_ENVIRON_KEY)
+        seconds = environ.get(VERIFICATION_SECONDS_ENVIRON_KEY)
+        if not isinstance(key, VerifiedKey):
+            if seconds is not None:  # a credential was presented and refused
+                self.refused_seconds.observe(seconds)
             return
-        environ = request.environ
-        rule = request.url_rule
+        if seconds is not None:  # None when a key function verified it outside the hook
+            self.accepted_seconds.observe(seconds)
+        rule = current_request.url_rule
         endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
         status = response.status_code
+        organization_id = key.organization.id
         # The labelled children, found by the raw values: labels() validates and formats its
         # arguments on every call, which costs more than the increment itself.
-        found = (key.organization.id, endpoint, status, key.id if self.key_id_label else None)
+        found = (organization_id, endpoint, status, key.id if self.key_id_label else None)
         child = self._request_children.get(found)
         if child is None:
-            labels = [str(key.organization.id), endpoint, status_class(status)]
+            labels = [str(organization_id), endpoint, status_class(status)]
             if self.key_id_label:
                 labels.append(str(key.id))
             if len(self._request_children) >= MAX_REMEMBERED_ORGANIZATIONS:
@@ -226,32 +280,20 @@ class _Recorder:
         child.inc()
         cost = environ.get(COST_ENVIRON_KEY)
         if isinstance(cost, float) and cost > 0:
-            self.cost.labels(str(key.organization.id)).inc(cost)
+            self.cost.labels(str(organization_id)).inc(cost)
         result = environ.get(RESULT_ENVIRON_KEY)
         if result is not None:
             limits, outcome, month = result
             index = limits.quota_index
             if index is not None:
-                quota = self._quota_children.get((key.organization.id, month.label))
-                if quota is None:
-                    quota = self._quota_children_for(str(key.organization.id), month.label)
-                    if len(self._quota_children) >= MAX_REMEMBERED_ORGANIZATIONS:
-                        self._quota_children.clear()
-                    self._quota_children[(key.organization.id, month.label)] = quota
-                quota[0].set(outcome.values[index])
-                quota[1].set(limits.counters[index].limit)
-
-    def _quota_children_for(self, organization: str, month: str) -> tuple[Any, Any]:
-        """The month's used and limit gauges; a month just ended drops to 0 in this process,
-        so that alerts on the largest figure see only the current month."""
-        previous = self._quota_months.get(organization)
-        if previous != month:
-            if previous is not None:
-                self.quota_used.labels(organization, previous).set(0)
-            if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
-                self._quota_months.clear()
-            self._quota_months[organization] = month
-        return self.quota_used.labels(organization, month), self.quota_limit.labels(organization)
+                seen = self._quota_seen
+                if len(seen) >= MAX_REMEMBERED_ORGANIZATIONS:
+                    seen.clear()
+                figure = (outcome.values[index], limits.counters[index].limit)
+                previous = seen.get((organization_id, month.label))
+                # Two threads may finish out of order: keep the larger, the counter only grows.
+                if previous is None or figure[0] >= previous[0]:
+                    seen[(organization_id, month.label)] = figure
 
     def on_credential_refused(self, sender: Flask, *, code: str, **_: Any) -> None:
         self.credential_refusals.labels(code).inc()
@@ -272,14 +314,83 @@ class _Recorder:
         if dropped:
             self.rows_dropped.inc(dropped)
 
-    def _sync_cache_counts(self) -> None:
-        """Add the cache's hits and misses since the last request (it counts in plain ints)."""
-        cache = self.state.cache
-        with self._cache_lock:  # two threads must not both add the same lookups
-            hits, misses = cache.hits, cache.misses
+    # -- the figures a process keeps itself ---------------------------------------------------
+
+    def sync(self) -> None:
+        """Move the key cache's lookups since the last sync, the usage queue's length and the
+        latest quota figures into the metrics."""
+        with self._sync_lock:  # the thread, a scrape and exit may sync at once
+            cache = self.state.cache
+            hits, misses = cache.hits.value, cache.misses.value
             seen_hits, seen_misses = self._cache_seen
             self._cache_seen = (hits, misses)
-        if hits > seen_hits:
-            self.cache_hits.inc(hits - seen_hits)
-        if misses > seen_misses:
-            self.cache_misses.inc(misses - seen_misses)
+            if hits > seen_hits:
+                self.cache_hits.inc(hits - seen_hits)
+            if misses > seen_misses:
+                self.cache_misses.inc(misses - seen_misses)
+            writer = self.state.writer
+            if writer is not None:
+                self.queue_depth.set(writer.queued)
+            for (organization_id, month), figure in list(self._quota_seen.items()):
+                if self._quota_synced.get((organization_id, month)) != figure:
+                    self._sync_quota(organization_id, month, figure)
+            if len(self._quota_synced) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._quota_synced.clear()
+
+    def _sync_quota(self, organization_id: Any, month: str, figure: tuple[int, int]) -> None:
+        """Set an organization's quota gauges. When its month changes, the month just ended
+        drops to 0 in this process, so that alerts on the largest figure see only the current
+        month, and its series goes (one per organization and month would grow forever; under
+        multiprocess mode the 0 stays in this process's file until the server restarts)."""
+        organization = str(organization_id)
+        previous = self._quota_months.get(organization)
+        if previous is not None and month < previous:  # a request that finished late
+            self._quota_seen.pop((organization_id, month), None)
+            return
+        if previous != month:
+            if previous is not None:
+                self.quota_used.labels(organization, previous).set(0)
+                if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # not implemented there
+                    self.quota_used.remove(organization, previous)
+                self._quota_seen.pop((organization_id, previous), None)
+                self._quota_synced.pop((organization_id, previous), None)
+            if len(self._quota_months) >= MAX_REMEMBERED_ORGANIZATIONS:
+                self._quota_months.clear()
+            self._quota_months[organization] = month
+        self.quota_used.labels(organization, month).set(figure[0])
+        self.quota_limit.labels(organization).set(figure[1])
+        self._quota_synced[(organization_id, month)] = figure
+
+    def start_syncing(self) -> None:
+        """Sync every ``sync_interval`` seconds from a daemon thread of this process, and at
+        exit (a gunicorn worker's last figures); again in a forked worker (:meth:`_start_afresh`).
+        """
+        reference = weakref.ref(self)  # the thread must not keep a dropped app alive
+        self._sync_wake = wake = threading.Event()
+        interval = self.sync_interval
+
+        def sync_now_and_then() -> None:
+            while not wake.wait(interval):
+                recorder = reference()
+                if recorder is None:
+                    return
+                recorder.sync()
+                del recorder
+
+        def sync_at_exit() -> None:
+            recorder = reference()
+            if recorder is not None:
+                recorder._sync_wake.set()
+                recorder.sync()
+
+        name = "flask-apikeys-metrics"
+        threading.Thread(target=sync_now_and_then, name=name, daemon=True).start()
+        if not self._exit_hooks_registered:
+            self._exit_hooks_registered = True
+            atexit.register(sync_at_exit)
+            after_fork_in_child(self, _Recorder._start_afresh)
+
+    def _start_afresh(self) -> None:
+        """In a forked worker (gunicorn ``--preload``): a lock and a thread of its own."""
+        self._sync_lock = threading.Lock()
+        self.start_syncing()

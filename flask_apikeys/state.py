@@ -12,11 +12,13 @@ from typing import Any, cast
 
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
+from limits.storage import RedisStorage
 from sqlalchemy.orm import Session
 
 from . import signals
 from .audit import AuditTrail, ChainBreak, attempt_record
 from .cache import VerifiedKeyCache
+from .cache_generation import FileGeneration, Generations, RedisGeneration
 from .config import Settings
 from .errors import APIKeyError
 from .hashing import KeyHasher
@@ -95,7 +97,10 @@ def build_state(
 ) -> ExtensionState:
     """The parts of one app, built from its settings (``init_app``)."""
     hasher = KeyHasher(settings.hash_schemes, settings.hash_secret)
-    cache = VerifiedKeyCache(settings.cache_ttl)
+    generation = FileGeneration.for_database(database_identity(app))
+    cache = VerifiedKeyCache(
+        settings.cache_ttl, generation=generation, check_interval=settings.cache_check_interval
+    )
     service = KeyService(
         session=lambda: cast(Session, db.session), settings=settings, hasher=hasher, cache=cache
     )
@@ -141,4 +146,18 @@ def build_state(
         state.limits = RateLimits(settings, limiter)
         registered = next(iter(app.extensions.get("limiter") or ()), None)
         state.limits.check_header_settings(app.config, registered)
+        limits = state.limits
+
+        def find_storage() -> tuple[Any, tuple[type[BaseException], ...]]:
+            storage = limits.counters.storage
+            if not isinstance(storage, RedisStorage):
+                return None, ()  # in-process counters: the file reaches the host's processes
+            return storage, limits.counters.errors
+
+        cache.generation = Generations([generation, RedisGeneration(find_storage)])
     return state
+
+
+def database_identity(app: Flask) -> str:
+    """What names the app's key database among the processes of a host: its URL(s)."""
+    return repr((app.config.get("SQLALCHEMY_DATABASE_URI"), app.config.get("SQLALCHEMY_BINDS")))

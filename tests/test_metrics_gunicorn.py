@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from flask_apikeys.metrics import SYNC_INTERVAL
+
 from .factory import create_app
 from .servers import gunicorn_workers
 
@@ -70,6 +72,9 @@ def test_a_scrape_of_one_worker_adds_up_the_requests_both_workers_served(
     assert {status for status, _, _ in refusals} == {401}
     assert len({pid for _, pid, _ in answers}) == 2, "both workers should have served requests"
 
+    # Each worker moves the figures it keeps itself (quota, key-cache lookups) into the shared
+    # files every SYNC_INTERVAL seconds; the counters of requests are there at once.
+    time.sleep(SYNC_INTERVAL * 1.5)
     status, _, text = call(f"{base}/apikeys/metrics", reader)
     assert status == 200, text
     samples = {
@@ -80,8 +85,15 @@ def test_a_scrape_of_one_worker_adds_up_the_requests_both_workers_served(
     served = (("endpoint", "/v1/pid"), ("organization", organization), ("status_class", "2xx"))
     assert samples[("apikeys_requests_total", served)] == REQUESTS
     assert samples[("apikeys_credential_refusals_total", (("code", "invalid_api_key"),))] == REFUSED
-    assert samples[("apikeys_verification_seconds_count", ())] == REQUESTS + 1  # and the scrape
+    # the scrape's own verification is observed after its response
+    accepted, refused = (("outcome", "accepted"),), (("outcome", "refused"),)
+    assert samples[("apikeys_verification_seconds_count", accepted)] == REQUESTS
+    assert samples[("apikeys_verification_seconds_count", refused)] == REFUSED
     assert samples[("apikeys_usage_rows_written_total", ())] == REQUESTS
     month = time.strftime("%Y-%m", time.gmtime())
     quota = (("month", month), ("organization", organization))
     assert samples[("apikeys_quota_used_requests", quota)] == REQUESTS
+    # one verified-key cache lookup per presented credential, the scrape's own included
+    hits = samples[("apikeys_key_cache_hits_total", ())]
+    misses = samples[("apikeys_key_cache_misses_total", ())]
+    assert hits + misses == REQUESTS + REFUSED + 1

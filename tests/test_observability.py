@@ -257,7 +257,9 @@ def test_metrics_count_requests_refusals_quota_cost_and_cache(
     month = (("month", time.strftime("%Y-%m", time.gmtime())), ("organization", org))
     assert samples[("apikeys_quota_used_requests", month)] == 5
     assert samples[("apikeys_quota_limit_requests", (("organization", org),))] == 100
-    assert samples[("apikeys_verification_seconds_count", ())] == 6
+    # refused credentials are timed too; the scrape's own verification after its response
+    assert samples[("apikeys_verification_seconds_count", (("outcome", "accepted"),))] == 5
+    assert samples[("apikeys_verification_seconds_count", (("outcome", "refused"),))] == 1
     hits = samples[("apikeys_key_cache_hits_total", ())]
     misses = samples[("apikeys_key_cache_misses_total", ())]
     assert misses >= 2 and hits >= 3

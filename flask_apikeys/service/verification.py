@@ -1,8 +1,8 @@
 """Verification: a presented key in, an immutable :class:`VerifiedKey` (or the reason) out.
 
-The hot path of every request on a cache miss, so it is written for speed: one prepared Core
-``SELECT`` by the key's digest, joined to its organization, run on the session's connection
-(no ORM objects, no statement rebuilt per call), and the stored hash confirmed against the
+The hot path of every request on a cache miss, so it is written for speed: one Core ``SELECT``
+by the key's digest, joined to its organization, compiled once and run on a connection kept for
+it (:mod:`.lookup`: no ORM objects, no session), and the stored hash confirmed against the
 digests we looked it up by in constant time.
 """
 
@@ -23,6 +23,7 @@ from ..hashing import cache_digest
 from ..identity import OrganizationInfo, VerifiedKey
 from ..models import APIKey, Organization
 from ..permissions import effective_scopes, within_plan
+from .lookup import USE_SESSION, KeyLookup
 from .organizations import Organizations
 from .store import Store
 
@@ -65,6 +66,7 @@ _SNAPSHOT_QUERY = sa.select(
 # fresh statement on every call (which cost more than SQLite's own work).
 _BY_ID = _SNAPSHOT_QUERY.where(APIKey.id == sa.bindparam("key_id"))
 _BIND = {"mapper": APIKey}
+NOT_RECOGNISED = "The API key is not recognised."
 
 
 @functools.cache
@@ -90,6 +92,7 @@ class Verification:
         self.cache = store.cache
         self.settings = store.settings
         self.hasher = store.hasher
+        self.lookup = KeyLookup(lambda: store.session.get_bind(mapper=APIKey).engine)
 
     def verify_key(self, presented: str) -> VerifiedKey:
         """Authenticate a presented key, or raise the error that says why not.
@@ -104,7 +107,13 @@ class Verification:
         if verified is None:
             if keys.parse_key(presented, self.settings.key_prefix) is None:
                 raise InvalidAPIKey("The API key is malformed.")
-            verified = self._load_verified_key(presented)
+            if self.cache.is_unknown(digest):
+                raise InvalidAPIKey(NOT_RECOGNISED)
+            try:
+                verified = self._load_verified_key(presented)
+            except InvalidAPIKey:
+                self.cache.put_unknown(digest)
+                raise
             self.cache.put(digest, verified)
         self.check_usable(verified)
         return verified
@@ -144,7 +153,7 @@ class Verification:
         )
         matched = None if row is None else self.hasher.match_index(digests, row.key_hash)
         if matched is None:
-            raise InvalidAPIKey("The API key is not recognised.")
+            raise InvalidAPIKey(NOT_RECOGNISED)
         if matched != 0:  # stored under a retired scheme or secret: store it under the current one
             rehash = sa.update(APIKey).where(APIKey.id == row.id)
             rehash = rehash.values(key_hash=self.hasher.hash(presented))
@@ -157,6 +166,9 @@ class Verification:
 
     def _snapshot_row(self, query: sa.Select[Any], parameters: dict[str, Any]) -> Any:
         """The one row ``query`` finds, or ``None``; a database failure becomes a 503."""
+        row = self.lookup.first(query, parameters)
+        if row is not USE_SESSION:
+            return row
         return self.store.read(
             lambda: (
                 self.store.session.connection(bind_arguments=_BIND)
