@@ -346,8 +346,8 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
 # -- usage and audit -------------------------------------------------------------------------------
 
 
-@apikeys_cli.command("usage")
-@click.option("--org", "organization", required=True, help="Organization slug or id.")
+@apikeys_cli.group("usage", cls=AppGroup, invoke_without_command=True)
+@click.option("--org", "organization", help="Organization slug or id (required to show usage).")
 @click.option(
     "--month",
     help="A calendar month (UTC), e.g. 2026-01. Default, without --start/--end: this one.",
@@ -358,17 +358,23 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
 @json_option
 @reports_errors
 def usage(
-    organization: str,
+    organization: str | None,
     month: str | None,
     start: datetime | None,
     end: datetime | None,
     key_id: str | None,
     as_json: bool,
 ) -> None:
-    """Show usage: totals, errors, latency, by day, endpoint and status class.
+    """Show usage: totals, errors, latency, by day, endpoint and status class; or run one of
+    the commands below (keeping usage data in check).
 
     Without --month, --start or --end: the current calendar month (UTC).
     """
+    if click.get_current_context().invoked_subcommand is not None:
+        return
+    if organization is None:
+        fail("give --org, or one of the commands (see --help)")
+        return
     get_state().flush_usage()
     if month is not None and (start is not None or end is not None):
         fail("give --month, or --start and --end, not both")

@@ -107,6 +107,10 @@ def _is_off(value: Any) -> bool:
     return value is None
 
 
+#: Days of a retention setting: up to a century (a date that far back is still representable).
+RETENTION_DAYS = parse.number(int, minimum=1, maximum=36_500, what="a whole number of days")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The validated configuration of one app, one field per ``APIKEYS_*`` option."""
@@ -249,6 +253,32 @@ class Settings:
         100_000,
         parse.number(int, minimum=1, what="a whole number"),
         "rows kept queued while the database is unreachable; older ones are dropped past it",
+    )
+    usage_raw_rows: str = option(
+        "APIKEYS_USAGE_RAW_ROWS",
+        "all",
+        parse.choice("all", "errors", "none"),
+        "which requests keep a raw usage row besides the rollups every statistic reads: all, "
+        "errors (status 400 and above) or none (see the storage each costs in the usage guide)",
+    )
+    usage_retention_days: int | None = option(
+        "APIKEYS_USAGE_RETENTION_DAYS",
+        None,
+        parse.optional(RETENTION_DAYS, empty="kept"),
+        "days raw usage rows are kept by 'flask apikeys usage prune' (and the writer's pruning)",
+    )
+    usage_rollup_retention_days: int | None = option(
+        "APIKEYS_USAGE_ROLLUP_RETENTION_DAYS",
+        None,
+        parse.optional(RETENTION_DAYS, empty="kept"),
+        "days the hour and day rollups (every statistic) are kept, in whole UTC days",
+    )
+    usage_prune_in_writer: bool = option(
+        "APIKEYS_USAGE_PRUNE_IN_WRITER",
+        False,
+        parse.boolean,
+        "the usage writer applies the two retentions itself, a small batch after a flush at "
+        "most once a minute",
     )
     audit: bool = option(
         "APIKEYS_AUDIT",

@@ -11,7 +11,11 @@ from typing import Any, TypeVar
 from flask import Flask, has_request_context, request
 from flask_sqlalchemy import SQLAlchemy
 
-from . import cost, logmask
+from . import (
+    cli_maintenance,  # noqa: F401 - adds usage prune, backfill-rollups, key purge
+    cost,
+    logmask,
+)
 from .admin import make_admin_blueprint
 from .audit import ChainBreak
 from .cli import apikeys_cli

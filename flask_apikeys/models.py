@@ -190,6 +190,76 @@ class AuditRecord(Base):
     record_hash: Mapped[str] = mapped_column(sa.String(64))
 
 
+#: Upper edges (milliseconds, included) of the latency histogram of a rollup row; a last,
+#: open bucket counts what took longer. Steps of 1.25–1.5×: an interpolated percentile lies in
+#: the bucket of the true one, so it is off by less than that bucket's width.
+LATENCY_BUCKET_EDGES_MS = (
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700,
+    1000, 1500, 2000, 3000, 5000, 10000, 30000,
+)  # fmt: skip
+#: The histogram's column names, one per bucket (the last is the open one).
+LATENCY_BUCKET_COLUMNS = tuple(
+    f"latency_bucket_{index:02d}" for index in range(len(LATENCY_BUCKET_EDGES_MS) + 1)
+)
+#: What a rollup row's ``error_code`` holds when the requests carried none (a unique key
+#: treats NULLs as distinct, so they would never merge).
+NO_ERROR_CODE = ""
+#: The ``api_key_id`` of the rollup rows that sum every key of an organization (the nil UUID,
+#: which no key has): an organization's statistics read those, one row where it has many keys.
+ALL_KEYS = uuid.UUID(int=0)
+#: The two bucket sizes of rollups: hours (for the edges of a period) and UTC days.
+ROLLUP_GRANULARITIES = ("hour", "day")
+
+
+class APIKeyUsageRollup(Base):
+    """The sums of one organization's requests of one key, endpoint, status class and error
+    code in one hour or one UTC day: what every statistic reads (see ``docs/usage.rst``).
+
+    ``api_key_id`` has no foreign key on purpose: an organization's billed history stays whole
+    when a long-revoked key is purged.
+    """
+
+    __tablename__ = "api_key_usage_rollups"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "organization_id",
+            "api_key_id",
+            "granularity",
+            "bucket_start",
+            "method",
+            "endpoint",
+            "status_class",
+            "error_code",
+            name="uq_api_key_usage_rollups_bucket",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIdentity, primary_key=True, autoincrement=True)
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE")
+    )
+    #: ``hour`` or ``day``.
+    granularity: Mapped[str] = mapped_column(sa.String(4))
+    bucket_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    api_key_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    method: Mapped[str] = mapped_column(sa.String(10))
+    endpoint: Mapped[str] = mapped_column(sa.String(300))
+    #: ``status_code // 100``: 2 for 2xx.
+    status_class: Mapped[int] = mapped_column(sa.SmallInteger)
+    error_code: Mapped[str] = mapped_column(sa.String(50), default=NO_ERROR_CODE)
+    requests: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    latency_sum_ms: Mapped[float] = mapped_column(DoubleType, default=0.0)
+    tokens_used: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    cost_usd: Mapped[float] = mapped_column(sa.Numeric(20, 6, asdecimal=False), default=0.0)
+
+
+for _column in LATENCY_BUCKET_COLUMNS:
+    APIKeyUsageRollup.__table__.append_column(  # type: ignore[attr-defined]
+        sa.Column(_column, sa.BigInteger, nullable=False, default=0)
+    )
+
+
 class DashboardSession(Base):
     """A signed-in dashboard browser: only the hash of its cookie's token is stored.
 

@@ -31,6 +31,9 @@ key_updated = _signals.signal("key-updated")
 key_revoked = _signals.signal("key-revoked")
 #: A key was rotated (``api_key``: the new key, ``previous``: the old one, ``actor``, ...).
 key_rotated = _signals.signal("key-rotated")
+#: An expired or long-revoked key was purged: its row, and its raw usage rows, deleted
+#: (``api_key``: the record as it was, ``actor``).
+key_purged = _signals.signal("key-purged")
 #: An organization was created (``organization``, ``actor``).
 organization_created = _signals.signal("organization-created")
 #: An organization changed (``organization``, ``actor``, ``changes``).
@@ -55,6 +58,7 @@ SERVICE_EVENTS = {
     "key.updated": key_updated,
     "key.revoked": key_revoked,
     "key.rotated": key_rotated,
+    "key.purged": key_purged,
     "organization.created": organization_created,
     "organization.updated": organization_updated,
 }

@@ -26,6 +26,7 @@ from .limiting.rate_limits import RateLimits
 from .network import client_address
 from .service import KeyService
 from .tokens import TokenAuthority
+from .usage.retention import WriterPruning
 from .usage.writer import UsageWriter
 
 EXTENSION_NAME = "apikeys"
@@ -131,8 +132,13 @@ def build_state(
             flush_interval=settings.usage_flush_interval,
             batch_size=settings.usage_batch_size,
             max_queue=settings.usage_max_queue,
+            raw_rows=settings.usage_raw_rows,
         ),
     )
+    if settings.usage_prune_in_writer and state.writer is not None:
+        state.writer.after_flush = WriterPruning(
+            connect, settings.usage_retention_days, settings.usage_rollup_retention_days
+        )
     if settings.audit:
         state.audit = AuditTrail(connect)
         state.audit.subscribe(app)

@@ -24,6 +24,7 @@ from .grants import Grants
 from .lifecycle import CreatedKey, KeyLifecycle
 from .organizations import Organizations
 from .reports import UsageReports
+from .retention import Retention
 from .store import Store
 from .verification import Verification
 
@@ -51,6 +52,7 @@ class KeyService:
         self.keys = KeyLifecycle(self.store, self.organizations, self.grants)
         self.verification = Verification(self.store, self.organizations)
         self.reports = UsageReports(self.store, self.organizations, self.keys)
+        self.retention = Retention(self.store)
 
     @property
     def role_definitions(self) -> dict[str, tuple[str, ...]]:
@@ -266,3 +268,17 @@ class KeyService:
     ) -> dict[str, Any]:
         """See :meth:`.UsageReports.monthly_usage`."""
         return self.reports.monthly_usage(organization, month)
+
+    # -- retention -------------------------------------------------------------------------------
+
+    def prune_usage(self, **options: Any) -> Any:
+        """See :meth:`.Retention.prune_usage`."""
+        return self.retention.prune_usage(**options)
+
+    def backfill_rollups(self, **options: Any) -> Any:
+        """See :meth:`.Retention.backfill_rollups`."""
+        return self.retention.backfill_rollups(**options)
+
+    def purge_keys(self, **options: Any) -> list[dict[str, Any]]:
+        """See :meth:`.Retention.purge_keys`."""
+        return self.retention.purge_keys(**options)

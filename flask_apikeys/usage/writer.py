@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import atexit
 import logging
+import random
 import threading
+import time
 import uuid
 import weakref
 from collections import Counter, deque
@@ -37,11 +39,15 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
+from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
+_STATUS = 5
+#: What ``APIKEYS_USAGE_RAW_ROWS`` may say: which requests keep a raw row besides rollups.
+RAW_ROW_CHOICES = ("all", "errors", "none")
 _last_used = keys_table.c.last_used_at
 #: Adds a flush's requests to a key's total and moves its last-use times forward, never back
 #: (rows from several processes arrive out of order). Built once: it is the same every flush.
@@ -62,6 +68,24 @@ _ADD_REQUESTS = (
 )
 
 
+#: Tries of a flush whose transaction the database rolled back to break a deadlock.
+DEADLOCK_ATTEMPTS = 5
+#: What drivers say for a deadlock victim: MySQL/MariaDB error 1213, PostgreSQL's SQLSTATE.
+_DEADLOCK_CODES = {1213, "40P01", "40001"}
+
+
+def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
+    original = error.orig
+    code = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if code is None and original is not None and original.args:
+        code = original.args[0]
+    return code in _DEADLOCK_CODES
+
+
+def _key_text(item: tuple[uuid.UUID, int]) -> str:
+    return str(item[0])
+
+
 class UsageWriter:
     """Queues usage rows and audit records of one app and writes them in batches."""
 
@@ -73,8 +97,15 @@ class UsageWriter:
         flush_interval: float,
         batch_size: int,
         max_queue: int,
+        raw_rows: str = "all",
     ) -> None:
+        if raw_rows not in RAW_ROW_CHOICES:
+            raise ValueError(f"raw_rows must be one of {RAW_ROW_CHOICES}, not {raw_rows!r}")
         self._connect = connect
+        #: Which requests keep a raw row: ``all``, ``errors`` (status 400 and above), ``none``.
+        self.raw_rows = raw_rows
+        #: Called after each flush that wrote rows (the retention's batch pruning), or ``None``.
+        self.after_flush: Callable[[], None] | None = None
         self.synchronous = synchronous
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -170,7 +201,12 @@ class UsageWriter:
             except Exception:
                 self._requeue(audits, self._audit)
                 raise
-            return written
+        if written and self.after_flush is not None:
+            try:
+                self.after_flush()
+            except Exception:  # noqa: BLE001 - pruning must never stop the writing
+                logger.exception("flask-apikeys could not prune old usage; will retry")
+        return written
 
     def _write_usage_isolating(self, rows: list[tuple[Any, ...]]) -> int:
         """Write ``rows``; when a batch is refused for its data, halve it until the rows at
@@ -186,7 +222,7 @@ class UsageWriter:
         while pending:
             batch = pending.pop()
             try:
-                self._write_usage(batch)
+                self._write_usage_retrying(batch)
             except ROW_ERRORS:
                 if len(batch) == 1:
                     dropped += 1
@@ -218,6 +254,19 @@ class UsageWriter:
                 queue.pop()
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
 
+    def _write_usage_retrying(self, rows: list[tuple[Any, ...]]) -> None:
+        """:meth:`_write_usage`, again at once when the database chose it as a deadlock's
+        victim: two flushes adding to the same rollup rows (MySQL's and MariaDB's upsert takes
+        gap locks) is a collision that passes, not an outage; the transaction left nothing."""
+        for attempt in range(DEADLOCK_ATTEMPTS):
+            try:
+                self._write_usage(rows)
+                return
+            except sa.exc.OperationalError as error:
+                if attempt + 1 == DEADLOCK_ATTEMPTS or not _is_deadlock(error):
+                    raise
+                time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 - jitter
+
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
         # Per key: how many rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
@@ -226,8 +275,17 @@ class UsageWriter:
         for key_id, seen in zip(key_ids, map(_TIMESTAMP, rows), strict=True):
             if seen > latest.get(key_id, 0.0):
                 latest[key_id] = seen
+        if self.raw_rows == "all":
+            raw = rows
+        elif self.raw_rows == "errors":
+            raw = [row for row in rows if row[_STATUS] >= 400]
+        else:
+            raw = []
         with self._connect() as connection:
-            self._insert_plan(connection.dialect).execute(connection, rows)
+            # One transaction: the raw rows and the rollups that count them, or neither. The
+            # keys first, in one order in every process: their row locks then queue two
+            # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
+            # taken before would make two flushes deadlock on the update).
             connection.execute(
                 _ADD_REQUESTS,
                 [
@@ -236,9 +294,11 @@ class UsageWriter:
                         "count": count,
                         "seen": datetime.fromtimestamp(latest[key_id], UTC),
                     }
-                    for key_id, count in counts.items()
+                    for key_id, count in sorted(counts.items(), key=_key_text)
                 ],
             )
+            self._insert_plan(connection.dialect).execute(connection, raw)
+            write_rollups(connection, rows)
 
     def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
         plan = self._plans.get(dialect.name)

@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import mysql
 
 revision = "apikeys_0003"
-down_revision = "apikeys_0001"
+down_revision = "apikeys_0002"
 branch_labels = None
 depends_on = None
 
