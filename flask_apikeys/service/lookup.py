@@ -130,6 +130,9 @@ class KeyLookup:
     def _open(self) -> sa.Connection | None:
         if self._engine is None:
             self._engine = self._find_engine()
+            # The app disposing of its engine (shutdown, a test's cleanup) closes ours too: a
+            # connection left open past its pool warns when collected (psycopg, pymysql).
+            sa.event.listen(self._engine, "engine_disposed", self._on_engine_disposed)
         if isinstance(self._engine.pool, StaticPool | SingletonThreadPool):
             return None  # in-memory SQLite: one connection, shared with the session
         try:
@@ -138,6 +141,12 @@ class KeyLookup:
             raise BackendUnavailable("The key database could not be reached; try again.") from error
         self._connection = connection
         return connection
+
+    def _on_engine_disposed(self, engine: sa.Engine) -> None:
+        # The old pool is already disposed: closing would check our connection back into it,
+        # open, forever. Invalidating closes the database connection itself.
+        with self._lock:
+            self._discard(invalidate=True)
 
     def _discard(self, *, invalidate: bool = True) -> None:
         connection, self._connection = self._connection, None

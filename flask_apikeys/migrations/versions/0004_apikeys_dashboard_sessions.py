@@ -60,14 +60,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(
-        op.f("ix_apikeys_dashboard_sessions_expires_at"), table_name="apikeys_dashboard_sessions"
-    )
-    op.drop_index(
-        op.f("ix_apikeys_dashboard_sessions_organization_id"),
-        table_name="apikeys_dashboard_sessions",
-    )
-    op.drop_index(
-        op.f("ix_apikeys_dashboard_sessions_api_key_id"), table_name="apikeys_dashboard_sessions"
-    )
+    # Dropping the table drops its indexes; MySQL refuses to drop an index a foreign key uses.
     op.drop_table("apikeys_dashboard_sessions")
