@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
+from flask_apikeys.limiting import windows
 from flask_apikeys.models import APIKey, APIKeyUsage, AuditRecord, DashboardSession
 
 PREFIX = "/dashboard"
@@ -471,8 +472,9 @@ def test_editing_a_key_changes_it_and_scopes_beyond_the_admins_are_refused(
 
 
 def test_the_usage_page_shows_limits_requests_and_charts(
-    app: Flask, signed_in: FlaskClient
+    app: Flask, signed_in: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(windows, "now", lambda: 1_800_000_030.0)  # mid-minute, held still
     _, key = create_key(signed_in, scopes="presentations:read")
     api = app.test_client()
     for _ in range(3):
@@ -485,7 +487,9 @@ def test_the_usage_page_shows_limits_requests_and_charts(
     assert "GET /v1/presentations 3, POST /dashboard/sign-in 1, POST /v1/presentations 1" in text
     assert "2xx 3, 3xx 1, 4xx 1" in text
     assert text.count('<svg class="chart"') == 4
-    assert "Requests this minute" in text and "of 60" in text  # pro: 60 a minute
+    # The organization's rate-limit counter this minute: the four API requests above.
+    assert "Requests this minute</p>" in text
+    assert '<strong>4</strong> <span class="muted">of 60</span>' in text  # pro: 60 a minute
     [made] = [row for row in listed_keys(app) if row.name == "made here"]
     one_key = signed_in.get(f"{PREFIX}/usage?key={made.id}")
     assert '<p class="tile-value" id="total-requests">4</p>' in one_key.text
