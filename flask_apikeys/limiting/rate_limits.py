@@ -180,6 +180,14 @@ class RateLimits:
         for client in [*clients, *getattr(sentinel, "sentinels", ())]:
             if client is not None and hasattr(client, "close"):
                 client.close()
+            # redis-py before 5.0.1 closes only the client's own connection, not its pool's
+            # (nor, for a cluster, its nodes' pools).
+            nodes = client.get_nodes() if hasattr(client, "get_nodes") else ()
+            node_clients = [getattr(node, "redis_connection", None) for node in nodes]
+            for owner in [client, *node_clients]:
+                pool = getattr(owner, "connection_pool", None)
+                if pool is not None and hasattr(pool, "disconnect"):
+                    pool.disconnect()
 
     def _take(self, counters: tuple[Counter, ...]) -> Outcome | None:
         """Take from every counter; ``None`` when the storage is down and we fail open."""
