@@ -21,6 +21,7 @@ from passlib.handlers.digests import hex_sha256, hex_sha512
 from passlib.utils import handlers as passlib_handlers
 
 HMAC_SHA256 = "hmac_sha256"
+_SHA256_BLOCK = 64
 UNKEYED_SCHEMES = {"hex_sha256": hex_sha256, "hex_sha512": hex_sha512}
 SUPPORTED_SCHEMES = (HMAC_SHA256, *UNKEYED_SCHEMES)
 
@@ -50,10 +51,28 @@ def _hmac_handler(secret: str) -> type[passlib_handlers.StaticHandler]:
 
 
 def _hmac_digester(secret: str) -> Callable[[bytes], str]:
-    """What :func:`_hmac_handler`'s ``hash`` returns, in one C call (no passlib object)."""
+    """What :func:`_hmac_handler`'s ``hash`` returns, without a passlib object per call.
+
+    HMAC (RFC 2104) with the secret's padded blocks hashed once: each call copies the two
+    prepared SHA-256 states, half the work of ``hmac.digest`` (which pads and hashes the
+    secret again every time).
+    """
     secret_bytes = secret.encode()
+    if len(secret_bytes) > _SHA256_BLOCK:
+        secret_bytes = hashlib.sha256(secret_bytes).digest()
+    padded = secret_bytes.ljust(_SHA256_BLOCK, b"\0")
+    inner_start = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+    outer_start = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
     prefix = f"$hmac-sha256${secret_fingerprint(secret)}$"
-    return lambda key: prefix + hmac.digest(secret_bytes, key, "sha256").hex()
+
+    def digest(key: bytes) -> str:
+        inner = inner_start.copy()
+        inner.update(key)
+        outer = outer_start.copy()
+        outer.update(inner.digest())
+        return prefix + outer.hexdigest()
+
+    return digest
 
 
 #: What the unkeyed handlers' ``hash`` returns, without passlib's per-call handler object.

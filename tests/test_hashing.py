@@ -67,6 +67,7 @@ def test_match_index_names_the_candidate_a_stored_hash_is() -> None:
         (["hmac_sha256", "hex_sha256"], [SECRET_A, SECRET_B]),
         (["hex_sha512", "hmac_sha256"], [SECRET_B]),
         (["hex_sha256"], []),
+        (["hmac_sha256"], ["a secret longer than SHA-256's block of sixty-four bytes " * 2]),
     ],
 )
 def test_lookup_candidates_are_what_passlib_stores(schemes: list[str], secrets: list[str]) -> None:
