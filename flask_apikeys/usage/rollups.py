@@ -36,6 +36,7 @@ from ..models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
+from .prepared import execute_many
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -205,7 +206,7 @@ def add_to_rollups(connection: sa.Connection, parameters: list[dict[str, Any]]) 
     if statement is None:
         _update_then_insert(connection, parameters)
     else:
-        connection.execute(statement, parameters)
+        execute_many(connection, statement, parameters)
 
 
 def _update_then_insert(connection: sa.Connection, parameters: list[dict[str, Any]]) -> None:

@@ -39,6 +39,7 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
+from .prepared import execute_many
 from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -286,7 +287,8 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            connection.execute(
+            execute_many(
+                connection,
                 _ADD_REQUESTS,
                 [
                     {
