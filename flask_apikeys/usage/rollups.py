@@ -146,15 +146,19 @@ def _parameters(
     granularity: str, seconds: int, groups: dict[GroupKey, list[Any]]
 ) -> list[dict[str, Any]]:
     parameters = []
+    starts: dict[int, datetime] = {}  # a flush spans a bucket or two, and has many groups
     for group in sorted(groups, key=_sort_key):
         organization_id, key_id, number, method, endpoint, status_class, code = group
         sums = groups[group]
+        start = starts.get(number)
+        if start is None:
+            start = starts[number] = datetime.fromtimestamp(number * seconds, UTC)
         row = dict(zip(SUM_COLUMNS, sums, strict=True))
         row.update(
             organization_id=organization_id,
             api_key_id=key_id,
             granularity=granularity,
-            bucket_start=datetime.fromtimestamp(number * seconds, UTC),
+            bucket_start=start,
             method=method,
             endpoint=endpoint,
             status_class=status_class,
@@ -165,9 +169,10 @@ def _parameters(
     return parameters
 
 
-def _sort_key(group: GroupKey) -> tuple[str, str, int, str, str, int, str]:
+def _sort_key(group: GroupKey) -> tuple[int, int, int, str, str, int, str]:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
     organization_id, key_id, number, method, endpoint, status_class, code = group
-    return (str(organization_id), str(key_id), number, method, endpoint, status_class, code)
+    return (organization_id.int, key_id.int, number, method, endpoint, status_class, code)
 
 
 @functools.cache

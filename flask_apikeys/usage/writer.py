@@ -83,8 +83,9 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     return code in _DEADLOCK_CODES
 
 
-def _key_text(item: tuple[uuid.UUID, int]) -> str:
-    return str(item[0])
+def _key_text(item: tuple[uuid.UUID, int]) -> int:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
+    return item[0].int
 
 
 class UsageWriter:
