@@ -4,9 +4,9 @@ A flush adds its rows to their rollups and to their keys' counters with ``execut
 Through ``connection.execute(statement, list_of_dicts)`` SQLAlchemy builds every row's
 parameters in Python, converting each value with its column's bind processor: with every row
 of another key (most keys of a multi-tenant API are cold) that cost several times what SQLite
-spent storing the rows. Here the statement is compiled once per dialect, each distinct value is
-converted once per call (a flush has a few buckets and a few times), and the rows go to the
-driver as tuples through ``exec_driver_sql``, so cursor events still see them.
+spent storing the rows. Here the statement is compiled once per dialect, each value object is
+converted once per call (a flush passes the same ids and bucket starts many times), and the
+rows go to the driver as tuples through ``exec_driver_sql``, so cursor events still see them.
 
 Only SQLite takes this path: on PostgreSQL SQLAlchemy batches an ``executemany`` into
 multi-row ``VALUES`` (one round trip per batch instead of per row), which a driver's plain
@@ -46,17 +46,22 @@ class PreparedMany:
         self.positions = tuple((name, processors.get(name)) for name in positions)
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        """The rows as the driver's tuples, each distinct value converted once."""
-        converted: list[dict[Any, Any]] = [{} for _ in self.positions]
+        """The rows as the driver's tuples, each value object converted once.
+
+        Remembered by the object's ``id()`` (the rows keep every object alive meanwhile): a
+        UUID's or an aware datetime's own hash costs about as much as converting it, and a
+        flush passes the same objects many times (an organization's id, a bucket's start).
+        """
+        converted: list[dict[int, Any]] = [{} for _ in self.positions]
         result = []
         for row in rows:
             values = []
             for (name, processor), seen in zip(self.positions, converted, strict=True):
                 value = row[name]
                 if processor is not None and value is not None:
-                    known = seen.get(value, seen)
+                    known = seen.get(id(value), seen)
                     if known is seen:
-                        known = seen[value] = processor(value)
+                        known = seen[id(value)] = processor(value)
                     value = known
                 values.append(value)
             result.append(tuple(values))
