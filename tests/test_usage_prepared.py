@@ -12,7 +12,14 @@ import sqlalchemy as sa
 
 from flask_apikeys.models import ALL_KEYS, NO_ERROR_CODE, APIKeyUsageRollup
 from flask_apikeys.usage.prepared import execute_many
-from flask_apikeys.usage.rollups import ADDED_COLUMNS, GROUP_COLUMNS, upsert_statement
+from flask_apikeys.usage.rollups import (
+    ADDED_COLUMNS,
+    GROUP_COLUMNS,
+    HOUR,
+    SUM_COLUMNS,
+    _parameters,
+    upsert_statement,
+)
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 
@@ -90,3 +97,21 @@ def test_cursor_listeners_see_the_prepared_rows(tmp_path: Path) -> None:
         execute_many(connection, statement, rollup_rows(10, 3))
     assert [many for text, many in seen if "api_key_usage_rollups" in text] == [True]
     engine.dispose()
+
+
+def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
+    """Every process takes its row locks in one order: ids ordered by number, which is the
+    order of their text (what earlier versions sorted by), so mixed versions agree."""
+    organizations = [uuid.uuid4() for _ in range(50)]
+    groups = {
+        (organization, key, 7, "GET", "/r", 2, NO_ERROR_CODE): [1]
+        for organization in organizations
+        for key in [uuid.uuid4(), ALL_KEYS]
+    }
+    written = [(row["organization_id"], row["api_key_id"]) for row in _parameters_of(groups)]
+    assert written == sorted(written, key=lambda ids: (str(ids[0]), str(ids[1])))
+
+
+def _parameters_of(groups: dict[Any, list[Any]]) -> list[dict[str, Any]]:
+    padded = {group: sums + [0] * (len(SUM_COLUMNS) - len(sums)) for group, sums in groups.items()}
+    return _parameters("hour", HOUR, padded)
