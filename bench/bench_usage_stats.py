@@ -42,7 +42,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from bench.servers import postgresql_server  # noqa: E402
 from flask_apikeys.models import metadata  # noqa: E402
-from flask_apikeys.usage import rollups, stats  # noqa: E402
+from flask_apikeys.usage import backfill, stats  # noqa: E402
 
 MONTH = "2026-01"
 START, END = date(2026, 1, 1), date(2026, 2, 1)
@@ -231,7 +231,7 @@ def run_backend(
         generate(engine, organization, keys, phase_rows)
         generated = time.perf_counter() - started
         started = time.perf_counter()
-        report = rollups.backfill_rollups(engine.begin)
+        report = backfill.backfill_rollups(engine.begin)
         backfilled = time.perf_counter() - started
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             # What autovacuum does on a live database (the throwaway server runs without it).
