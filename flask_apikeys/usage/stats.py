@@ -110,9 +110,8 @@ def usage_stats(
     where = sa.and_(*conditions)
     requests, errors = sa.func.sum(rollups.c.requests), sa.func.sum(rollups.c.errors)
     latency = sa.func.sum(rollups.c.latency_sum_ms)
-    # Two queries, each one index range scan of the rows above: by status class and error
-    # code (a handful of rows, which also add up to the totals and the histogram), and by day
-    # and endpoint (days × endpoints rows, added up here into the by-day and by-endpoint lists).
+    # One query per shape: by status class and error code (a handful of rows, which also add
+    # up to the totals and the histogram), by day, by endpoint.
     outcome = session.execute(
         sa.select(
             rollups.c.status_class,
@@ -128,21 +127,15 @@ def usage_stats(
         .group_by(rollups.c.status_class, rollups.c.error_code)
     ).all()
     day = sa.func.date(rollups.c.bucket_start)
-    by_day_and_endpoint = session.execute(
-        sa.select(day, rollups.c.method, rollups.c.endpoint, requests, errors, latency)
-        .where(where)
-        .group_by(day, rollups.c.method, rollups.c.endpoint)
+    by_day = session.execute(
+        sa.select(day, requests, errors).where(where).group_by(day).order_by(day)
     ).all()
-    by_day: dict[str, list[int]] = {}
-    by_endpoint: dict[tuple[str, str], list[Any]] = {}
-    for moment, method, endpoint, day_requests, day_errors, day_latency in by_day_and_endpoint:
-        of_day = by_day.setdefault(str(moment)[:10], [0, 0])
-        of_day[0] += int(day_requests)
-        of_day[1] += int(day_errors or 0)
-        of_endpoint = by_endpoint.setdefault((method, endpoint), [0, 0, 0.0])
-        of_endpoint[0] += int(day_requests)
-        of_endpoint[1] += int(day_errors or 0)
-        of_endpoint[2] += float(day_latency or 0.0)
+    by_endpoint = session.execute(
+        sa.select(rollups.c.method, rollups.c.endpoint, requests, errors, latency)
+        .where(where)
+        .group_by(rollups.c.method, rollups.c.endpoint)
+        .order_by(requests.desc(), rollups.c.endpoint)
+    ).all()
     totals = [0, 0, 0, 0.0, 0.0]
     histogram = [0] * len(LATENCY_BUCKET_COLUMNS)
     by_status: dict[int, int] = {}
@@ -166,22 +159,20 @@ def usage_stats(
         "p50_ms": percentile(histogram, 0.50),
         "p95_ms": percentile(histogram, 0.95),
         "by_day": [
-            {"date": moment, "requests": sums[0], "errors": sums[1]}
-            for moment, sums in sorted(by_day.items())
-            if sums[0]
+            {"date": str(row[0])[:10], "requests": int(row[1]), "errors": int(row[2] or 0)}
+            for row in by_day
+            if row[1]
         ],
         "by_endpoint": [
             {
-                "method": method,
-                "endpoint": endpoint,
-                "requests": sums[0],
-                "errors": sums[1],
-                "average_ms": round(sums[2] / sums[0], 3),
+                "method": row[0],
+                "endpoint": row[1],
+                "requests": int(row[2]),
+                "errors": int(row[3] or 0),
+                "average_ms": round(float(row[4]) / int(row[2]), 3),
             }
-            for (method, endpoint), sums in sorted(
-                by_endpoint.items(), key=lambda item: (-item[1][0], item[0][1], item[0][0])
-            )
-            if sums[0]
+            for row in by_endpoint
+            if row[2]
         ],
         "by_status_class": {
             f"{status_class}xx": requests_of_class
