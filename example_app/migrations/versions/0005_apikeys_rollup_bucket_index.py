@@ -11,7 +11,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-from alembic import op
+import sqlalchemy as sa
+from alembic import context, op
 
 revision = "apikeys_0005"
 down_revision = "apikeys_0004"
@@ -19,13 +20,22 @@ branch_labels = None
 depends_on = None
 
 
+INDEX = "ix_api_key_usage_rollups_bucket_start"
+
+
 def upgrade() -> None:
+    if not context.is_offline_mode():
+        # A database made with ``apikeys.create_all()`` by this version has it already
+        # (``install-migrations`` stamps only the revisions that create tables).
+        indexes = sa.inspect(op.get_bind()).get_indexes("api_key_usage_rollups")
+        if any(index["name"] == INDEX for index in indexes):
+            return
     op.create_index(
-        op.f("ix_api_key_usage_rollups_bucket_start"),
+        "ix_api_key_usage_rollups_bucket_start",  # by name: install-migrations looks for it
         "api_key_usage_rollups",
         ["bucket_start", "granularity"],
     )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_api_key_usage_rollups_bucket_start"), table_name="api_key_usage_rollups")
+    op.drop_index(INDEX, table_name="api_key_usage_rollups")
