@@ -91,7 +91,7 @@ def prune_usage(
 
     Without a setting or an option, that kind of row is kept.
     """
-    report = service().prune_usage(
+    report = service().retention.prune_usage(
         raw_days=raw_days, rollup_days=rollup_days, batch_size=batch_size, pause=pause
     )
     document = {
@@ -114,7 +114,7 @@ def backfill_rollups(since: datetime | None, until: datetime | None, as_json: bo
     Rebuilds each hour whose raw rows outnumber its rollups, one UTC day per transaction; run
     it again at will: whole hours are left alone.
     """
-    report = service().backfill_rollups(since=since, until=until)
+    report = service().retention.backfill_rollups(since=since, until=until)
     document = {
         "hours_checked": report.hours_checked,
         "hours_rebuilt": report.hours_rebuilt,
@@ -141,7 +141,7 @@ def purge_keys(
     Their rollups stay (the organization's history), and so does the audit trail, which
     records each purge.
     """
-    purged = service().purge_keys(
+    purged = service().retention.purge_keys(
         revoked_before=revoked_before,
         expired_before=expired_before,
         dry_run=dry_run,

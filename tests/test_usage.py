@@ -178,7 +178,7 @@ def insert_usage(app: Flask, organization: Any, key_id: Any, rows: list[dict[str
         for row in rows:
             session.add(APIKeyUsage(api_key_id=key_id, organization_id=organization, **row))
         session.commit()
-        app.extensions["apikeys"].service.backfill_rollups()
+        app.extensions["apikeys"].service.retention.backfill_rollups()
 
 
 def test_statistics_by_day_endpoint_status_and_latency(
