@@ -11,8 +11,9 @@ route for the same period, which reads through the same service function. Prints
 and median of ``--repeats`` runs in wall-clock and CPU seconds (SQLite runs in this process,
 so its CPU time is the work itself, less disturbed by other load on the machine).
 
-The page reads statistics only through :meth:`~flask_apikeys.service.KeyService.usage_stats`,
-which reads the rollup tables: the rows are added to them with the backfill after the insert.
+The page reads statistics only through
+:meth:`~flask_apikeys.service.reports.UsageReports.usage_stats`, which reads the rollup tables:
+the rows are added to them with the backfill after the insert.
 """
 
 from __future__ import annotations

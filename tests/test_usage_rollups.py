@@ -435,8 +435,8 @@ def test_the_backfill_adds_older_raw_rows_once_and_is_idempotent(
         writer.add_usage(synthetic_row(key_id, organization_id, moment, chooser))
     with app.app_context():
         apikeys.flush_usage()
-        first = apikeys.service.backfill_rollups()
-        second = apikeys.service.backfill_rollups()
+        first = apikeys.service.retention.backfill_rollups()
+        second = apikeys.service.retention.backfill_rollups()
         stats = apikeys.usage_stats(organization_id, start=date(2026, 5, 1), end=date(2026, 5, 3))
     assert first.hours_rebuilt == 6 and second.hours_rebuilt == 0
     assert assert_rollups_match_raw_rows(engine_of(app)) == 130
