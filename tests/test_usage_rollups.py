@@ -480,8 +480,8 @@ def test_the_backfill_sums_in_sql_what_the_writer_sums_across_organizations_and_
     with engine.begin() as connection:
         connection.execute(sa.insert(usage), rows)
     with app.app_context():
-        report = apikeys.service.backfill_rollups()
-        again = apikeys.service.backfill_rollups()
+        report = apikeys.service.retention.backfill_rollups()
+        again = apikeys.service.retention.backfill_rollups()
     assert assert_rollups_match_raw_rows(engine) == len(rows)
     assert (report.hours_rebuilt, report.rows_counted, report.rows_left) == (3, len(rows), 0)
     assert (again.hours_rebuilt, again.rows_counted) == (0, 0)
@@ -517,7 +517,7 @@ def test_raw_rows_of_the_current_hour_are_left_to_a_later_run_and_reported(
     first = json.loads(result.output)
     assert (first["rows_counted"], first["rows_left"]) == (1, 2)
     with app.app_context():
-        later = apikeys.service.backfill_rollups(until=hour + timedelta(hours=1))
+        later = apikeys.service.retention.backfill_rollups(until=hour + timedelta(hours=1))
     assert (later.rows_counted, later.rows_left) == (2, 0)
     assert assert_rollups_match_raw_rows(engine) == 3
 
