@@ -10,11 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 
 from flask_apikeys.models import ALL_KEYS, NO_ERROR_CODE, APIKeyUsageRollup
 from flask_apikeys.usage import rollups as rollups_module
-from flask_apikeys.usage.prepared import execute_many, prepare
+from flask_apikeys.usage.prepared import execute_many
 from flask_apikeys.usage.rollups import (
     ADDED_COLUMNS,
     GROUP_COLUMNS,
@@ -26,7 +25,6 @@ from flask_apikeys.usage.rollups import (
     upsert_statement,
     write_rollups,
 )
-from flask_apikeys.usage.writer import _ADD_REQUESTS, _COUNTER_NAMES
 from tests.test_usage_rollups import synthetic_row
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
@@ -171,25 +169,3 @@ def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
     assert in_dicts == sorted(in_dicts, key=lambda ids: (str(ids[0]), str(ids[1])))
     assert in_tuples == sorted(in_tuples)
     assert in_tuples == [(str(first), str(second)) for first, second in in_dicts]
-
-
-def test_rows_given_by_column_are_the_tuples_of_the_same_rows_as_dicts() -> None:
-    """``PreparedMany.rows`` (columns in any order, a name bound twice) gives the driver the
-    tuples ``parameters`` makes of the same rows as dicts."""
-    statement = upsert_statement("sqlite")
-    assert statement is not None
-    for built, names, rows in (
-        (statement, tuple(reversed(ROW_COLUMNS)), rollup_rows(50, 4)),
-        (
-            _ADD_REQUESTS,
-            _COUNTER_NAMES,
-            [
-                {"key_id": uuid.uuid4(), "count": count, "seen": datetime.now(UTC)}
-                for count in range(1, 20)
-            ],
-        ),
-    ):
-        prepared = prepare(built, sqlite.dialect(), names)
-        columns = [[row[name] for row in rows] for name in names]
-        assert prepared.rows(columns) == prepared.parameters(rows)
-        assert len(prepared.order) > len(set(prepared.order)) or built is statement

@@ -16,7 +16,6 @@ multi-row ``VALUES`` (one round trip per batch instead of per row), which a driv
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -47,9 +46,6 @@ class PreparedMany:
         self.positions = tuple((name, processors.get(name)) for name in positions)
         #: The parameters' names in the order the driver takes them.
         self.order = tuple(positions)
-        #: Where each position's value is in a row of ``names`` (a name may be bound twice).
-        self._picks = tuple(tuple(names).index(name) for name in positions)
-        self._column_processors = tuple(processors.get(name) for name in names)
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """The rows as the driver's tuples, each value object converted once.
@@ -72,18 +68,6 @@ class PreparedMany:
                 values.append(value)
             result.append(tuple(values))
         return result
-
-    def rows(self, columns: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Rows given column by column (in ``names`` order, one value per row each) as the
-        driver's tuples: each column converted by one ``map``, the positions picked in C."""
-        converted = [
-            column if processor is None else list(map(processor, column))
-            for column, processor in zip(columns, self._column_processors, strict=True)
-        ]
-        pick = itemgetter(*self._picks)
-        if len(self._picks) == 1:
-            return [(value,) for value in converted[self._picks[0]]]
-        return list(map(pick, zip(*converted, strict=True)))
 
 
 _prepared: dict[tuple[sa.Executable, str, tuple[str, ...]], PreparedMany] = {}

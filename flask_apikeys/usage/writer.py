@@ -25,9 +25,10 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,11 +39,13 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
-from .prepared import PREPARED_DIALECTS, execute_many, prepare
+from .prepared import execute_many
 from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
+_KEY_ID = itemgetter(0)  # of a queued usage row
+_TIMESTAMP = itemgetter(2)
 _STATUS = 5
 #: What ``APIKEYS_USAGE_RAW_ROWS`` may say: which requests keep a raw row besides rollups.
 RAW_ROW_CHOICES = ("all", "errors", "none")
@@ -80,46 +83,9 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     return code in _DEADLOCK_CODES
 
 
-_COUNTER_NAMES = ("key_id", "count", "seen")
-
-
-def _key_counters(rows: list[tuple[Any, ...]]) -> list[tuple[uuid.UUID, int, float]]:
-    """Per key of the queued rows: its id, how many rows, the latest time; ordered by the
-    ids' numbers, which order as their text does (fixed-width hex). Keyed by ``UUID.int``,
-    which hashes in C where a UUID's ``__hash__`` is Python code."""
-    counters: dict[int, list[Any]] = {}
-    for row in rows:
-        key_id = row[0]
-        seen = row[2]
-        counter = counters.get(key_id.int)
-        if counter is None:
-            counters[key_id.int] = [key_id, 1, seen]
-        else:
-            counter[1] += 1
-            if seen > counter[2]:
-                counter[2] = seen
-    return [tuple(counters[number]) for number in sorted(counters)]
-
-
-def _add_requests(connection: sa.Connection, counters: list[tuple[uuid.UUID, int, float]]) -> None:
-    """Add each key's rows to its request counter and its last-used times."""
-    if not counters:
-        return
-    key_ids, counts, latest = zip(*counters, strict=True)
-    seen = [datetime.fromtimestamp(moment, UTC) for moment in latest]
-    dialect = connection.dialect
-    if dialect.name in PREPARED_DIALECTS:
-        prepared = prepare(_ADD_REQUESTS, dialect, _COUNTER_NAMES)
-        connection.exec_driver_sql(prepared.sql, prepared.rows((key_ids, counts, seen)))
-    else:
-        execute_many(
-            connection,
-            _ADD_REQUESTS,
-            [
-                dict(zip(_COUNTER_NAMES, row, strict=True))
-                for row in zip(key_ids, counts, seen, strict=True)
-            ],
-        )
+def _key_text(item: tuple[uuid.UUID, int]) -> int:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
+    return item[0].int
 
 
 class UsageWriter:
@@ -304,7 +270,13 @@ class UsageWriter:
                 time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 - jitter
 
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
-        counters = _key_counters(rows)
+        # Per key: how many rows, and the latest.
+        key_ids = list(map(_KEY_ID, rows))
+        counts = Counter(key_ids)
+        latest: dict[uuid.UUID, float] = {}
+        for key_id, seen in zip(key_ids, map(_TIMESTAMP, rows), strict=True):
+            if seen > latest.get(key_id, 0.0):
+                latest[key_id] = seen
         if self.raw_rows == "all":
             raw = rows
         elif self.raw_rows == "errors":
@@ -316,7 +288,18 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            _add_requests(connection, counters)
+            execute_many(
+                connection,
+                _ADD_REQUESTS,
+                [
+                    {
+                        "key_id": key_id,
+                        "count": count,
+                        "seen": datetime.fromtimestamp(latest[key_id], UTC),
+                    }
+                    for key_id, count in sorted(counts.items(), key=_key_text)
+                ],
+            )
             self._insert_plan(connection.dialect).execute(connection, raw)
             write_rollups(connection, rows)
 
