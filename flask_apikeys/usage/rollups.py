@@ -21,6 +21,7 @@ import functools
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from operator import add
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,7 +128,7 @@ def _by_day(hours: Groups) -> Groups:
         if total is None:
             days[group] = sums.copy()
         else:
-            days[group] = [a + b for a, b in zip(total, sums, strict=True)]
+            days[group] = list(map(add, total, sums))
     return days
 
 
@@ -139,9 +140,7 @@ def _with_all_keys(groups: Groups) -> Groups:
     for (organization_id, _key, *rest), sums in groups.items():
         group: GroupKey = (organization_id, all_keys, *rest)  # type: ignore[assignment]
         total = merged.get(group)
-        merged[group] = (
-            sums.copy() if total is None else [a + b for a, b in zip(total, sums, strict=True)]
-        )
+        merged[group] = sums.copy() if total is None else list(map(add, total, sums))
     return merged
 
 
@@ -187,7 +186,8 @@ def _tuples(
     rows = []
     starts: dict[int, Any] = {}
     organization_texts, key_texts = texts
-    for group, sums in sorted(groups.items()):
+    for group in sorted(groups):
+        sums = groups[group]
         organization_id, key_id, number, method, endpoint, status_class, code = group
         start = starts.get(number)
         if start is None:
