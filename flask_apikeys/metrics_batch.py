@@ -46,12 +46,17 @@ class LatencyTally:
         self.total = 0.0
         self.batched = batched_observations_supported(child, upper_bounds)
 
-    def add(self, seconds: float) -> None:
-        if self.batched:
-            self.counts[bisect.bisect_left(self.upper_bounds, seconds)] += 1
-            self.total += seconds
-        else:
-            self.child.observe(seconds)
+    def add(self, values: list[float]) -> None:
+        """Count ``values`` in their buckets (each in the first whose bound is ≥ it, as
+        ``observe`` does)."""
+        if not self.batched:
+            for seconds in values:
+                self.child.observe(seconds)
+            return
+        counts, upper_bounds = self.counts, self.upper_bounds
+        for seconds in values:
+            counts[bisect.bisect_left(upper_bounds, seconds)] += 1
+        self.total += sum(values)
 
     def move_into_child(self) -> None:
         """Observe what was added, one update per bucket touched, and start again from 0."""
@@ -115,18 +120,20 @@ class RequestBatch:
         """Add up the requests finished so far into the metrics; ``see_quota(organization id,
         month, (used, limit))`` for each quota figure. The caller holds the sync lock: requests
         appended meanwhile wait for the next fold, none is lost or counted twice."""
-        accepted, refused = self.accepted, self.refused
+        accepted: list[float] = []
+        refused: list[float] = []
         counts: dict[tuple[Any, ...], int] = {}
         costs: dict[Any, float] = {}
-        finished = self.finished
+        quotas: dict[tuple[Any, str], tuple[int, int]] = {}
+        finished, popleft = self.finished, self.finished.popleft
         key_id_label = self.key_id_label
         for _ in range(len(finished)):
-            key, rule, status, seconds, cost, result = finished.popleft()
+            key, rule, status, seconds, cost, result = popleft()
             if key is None:  # a refused credential: always timed
-                refused.add(cast(float, seconds))
+                refused.append(cast(float, seconds))
                 continue
             if seconds is not None:  # None when a key function verified it outside the hook
-                accepted.add(seconds)
+                accepted.append(seconds)
             organization_id = key.organization.id
             endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
             series = (organization_id, endpoint, status, key.id if key_id_label else None)
@@ -137,12 +144,19 @@ class RequestBatch:
                 limits, outcome, month = result
                 index = limits.quota_index
                 if index is not None:
-                    figure = (outcome.values[index], limits.counters[index].limit)
-                    see_quota(organization_id, month.label, figure)
+                    used = outcome.values[index]
+                    quota = (organization_id, month.label)
+                    # Two threads may finish out of order: the counter only grows.
+                    if used >= quotas.get(quota, (-1, 0))[0]:
+                        quotas[quota] = (used, limits.counters[index].limit)
         for series, count in counts.items():
             self._request_child(series).inc(count)
         for organization_id, cost in costs.items():
             self.cost.labels(str(organization_id)).inc(cost)
+        for (organization_id, month_label), figure in quotas.items():
+            see_quota(organization_id, month_label, figure)
+        self.accepted.add(accepted)
+        self.refused.add(refused)
         self.accepted.move_into_child()
         self.refused.move_into_child()
 
