@@ -122,11 +122,12 @@ class RequestBatch:
         appended meanwhile wait for the next fold, none is lost or counted twice."""
         accepted: list[float] = []
         refused: list[float] = []
-        counts: dict[tuple[Any, ...], int] = {}
-        costs: dict[Any, float] = {}
-        quotas: dict[tuple[Any, str], tuple[int, int]] = {}
+        # Added up by the identity of the key snapshot and the URL rule (alive in the tally, so
+        # an id is not reused during the fold): a key's UUID hashes in Python, a VerifiedKey
+        # (a frozen dataclass) hashes every field, and a Rule does not hash at all.
+        tallies: dict[tuple[int, int, int], list[Any]] = {}  # → [count, cost, key, rule]
+        quotas: dict[tuple[int, str], tuple[int, int, Any]] = {}  # → (used, limit, key)
         finished, popleft = self.finished, self.finished.popleft
-        key_id_label = self.key_id_label
         for _ in range(len(finished)):
             key, rule, status, seconds, cost, result = popleft()
             if key is None:  # a refused credential: always timed
@@ -134,27 +135,34 @@ class RequestBatch:
                 continue
             if seconds is not None:  # None when a key function verified it outside the hook
                 accepted.append(seconds)
-            organization_id = key.organization.id
-            endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
-            series = (organization_id, endpoint, status, key.id if key_id_label else None)
-            counts[series] = counts.get(series, 0) + 1
+            found = (id(key), id(rule), status)
+            tally = tallies.get(found)
+            if tally is None:
+                tally = tallies[found] = [0, 0.0, key, rule]
+            tally[0] += 1
             if isinstance(cost, float) and cost > 0:
-                costs[organization_id] = costs.get(organization_id, 0.0) + cost
+                tally[1] += cost
             if result is not None:
                 limits, outcome, month = result
                 index = limits.quota_index
                 if index is not None:
                     used = outcome.values[index]
-                    quota = (organization_id, month.label)
+                    quota = (id(key), month.label)
                     # Two threads may finish out of order: the counter only grows.
-                    if used >= quotas.get(quota, (-1, 0))[0]:
-                        quotas[quota] = (used, limits.counters[index].limit)
-        for series, count in counts.items():
+                    if used >= quotas.get(quota, (-1, 0, None))[0]:
+                        quotas[quota] = (used, limits.counters[index].limit, key)
+        costs: dict[Any, float] = {}
+        for (_, _, status), (count, cost, key, rule) in tallies.items():
+            organization_id = key.organization.id
+            endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+            series = (organization_id, endpoint, status, key.id if self.key_id_label else None)
             self._request_child(series).inc(count)
+            if cost:
+                costs[organization_id] = costs.get(organization_id, 0.0) + cost
         for organization_id, cost in costs.items():
             self.cost.labels(str(organization_id)).inc(cost)
-        for (organization_id, month_label), figure in quotas.items():
-            see_quota(organization_id, month_label, figure)
+        for (_, month_label), (used, limit, key) in quotas.items():
+            see_quota(key.organization.id, month_label, (used, limit))
         self.accepted.add(accepted)
         self.refused.add(refused)
         self.accepted.move_into_child()
