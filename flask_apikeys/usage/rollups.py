@@ -12,17 +12,15 @@ transaction that inserts the raw rows: either both are stored or neither is, whi
 flushes and whenever it dies. Groups are written in sorted order, so two workers flushing at
 once take their row locks in the same order.
 
-:func:`backfill_rollups` rebuilds the rollups of hours whose raw rows outnumber them (rows
-written before the rollups existed); it never lowers what the rollups hold.
+:mod:`~flask_apikeys.usage.backfill` adds raw rows written before the rollups existed.
 """
 
 from __future__ import annotations
 
 import functools
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +34,7 @@ from ..models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
+from .prepared import execute_many
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -145,15 +144,19 @@ def _parameters(
     granularity: str, seconds: int, groups: dict[GroupKey, list[Any]]
 ) -> list[dict[str, Any]]:
     parameters = []
+    starts: dict[int, datetime] = {}  # a flush spans a bucket or two, and has many groups
     for group in sorted(groups, key=_sort_key):
         organization_id, key_id, number, method, endpoint, status_class, code = group
         sums = groups[group]
+        start = starts.get(number)
+        if start is None:
+            start = starts[number] = datetime.fromtimestamp(number * seconds, UTC)
         row = dict(zip(SUM_COLUMNS, sums, strict=True))
         row.update(
             organization_id=organization_id,
             api_key_id=key_id,
             granularity=granularity,
-            bucket_start=datetime.fromtimestamp(number * seconds, UTC),
+            bucket_start=start,
             method=method,
             endpoint=endpoint,
             status_class=status_class,
@@ -164,9 +167,10 @@ def _parameters(
     return parameters
 
 
-def _sort_key(group: GroupKey) -> tuple[str, str, int, str, str, int, str]:
+def _sort_key(group: GroupKey) -> tuple[int, int, int, str, str, int, str]:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
     organization_id, key_id, number, method, endpoint, status_class, code = group
-    return (str(organization_id), str(key_id), number, method, endpoint, status_class, code)
+    return (organization_id.int, key_id.int, number, method, endpoint, status_class, code)
 
 
 @functools.cache
@@ -205,7 +209,7 @@ def add_to_rollups(connection: sa.Connection, parameters: list[dict[str, Any]]) 
     if statement is None:
         _update_then_insert(connection, parameters)
     else:
-        connection.execute(statement, parameters)
+        execute_many(connection, statement, parameters)
 
 
 def _update_then_insert(connection: sa.Connection, parameters: list[dict[str, Any]]) -> None:
@@ -220,219 +224,3 @@ def _update_then_insert(connection: sa.Connection, parameters: list[dict[str, An
         )
         if updated.rowcount == 0:
             connection.execute(sa.insert(rollups), row)
-
-
-# -- backfill ----------------------------------------------------------------------------------
-
-
-@dataclass
-class BackfillReport:
-    """What :func:`backfill_rollups` did."""
-
-    hours_checked: int = 0
-    hours_rebuilt: int = 0
-    rows_counted: int = 0
-
-
-def _hour_aggregate(connection: sa.Connection, start: datetime) -> list[dict[str, Any]]:
-    """The hour rollup rows that the raw rows of the hour from ``start`` add up to."""
-    elapsed = usage.c.response_time_ms
-    lower: list[float] = [float("-inf"), *LATENCY_BUCKET_EDGES_MS]
-    upper: list[float] = [*LATENCY_BUCKET_EDGES_MS, float("inf")]
-    histogram = []
-    for name, low, high in zip(LATENCY_BUCKET_COLUMNS, lower, upper, strict=True):
-        conditions = []
-        if low != float("-inf"):
-            conditions.append(elapsed > low)
-        if high != float("inf"):
-            conditions.append(elapsed <= high)
-        histogram.append(sa.func.sum(sa.case((sa.and_(*conditions), 1), else_=0)).label(name))
-    status_class = sa.cast(sa.func.floor(usage.c.status_code / 100.0), sa.Integer)
-    code = sa.func.coalesce(usage.c.error_code, NO_ERROR_CODE)
-    dimensions = (
-        usage.c.organization_id,
-        usage.c.api_key_id,
-        usage.c.method,
-        usage.c.endpoint,
-        status_class,
-        code,
-    )
-    query = (
-        sa.select(
-            *dimensions,
-            sa.func.count().label("requests"),
-            sa.func.sum(elapsed).label("latency_sum_ms"),
-            sa.func.coalesce(sa.func.sum(usage.c.tokens_used), 0).label("tokens_used"),
-            sa.func.coalesce(sa.func.sum(usage.c.cost_usd), 0).label("cost_usd"),
-            *histogram,
-        )
-        .where(usage.c.timestamp >= start, usage.c.timestamp < start + timedelta(hours=1))
-        .group_by(*dimensions)
-    )
-    result = []
-    for row in connection.execute(query):
-        organization_id, key_id, method, endpoint, status, error_code, *sums = row
-        values = dict(zip(SUM_COLUMNS, sums, strict=True))
-        values.update(
-            organization_id=organization_id,
-            api_key_id=key_id,
-            granularity="hour",
-            bucket_start=start,
-            method=method,
-            endpoint=endpoint,
-            status_class=int(status),
-            error_code=error_code,
-            errors=values["requests"] if int(status) >= 4 else 0,
-            latency_sum_ms=float(values["latency_sum_ms"] or 0.0),
-            cost_usd=float(values["cost_usd"]),
-        )
-        for name in LATENCY_BUCKET_COLUMNS:
-            values[name] = int(values[name] or 0)
-        result.append(values)
-    every_key: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for values in result:
-        group = tuple(values[name] for name in GROUP_COLUMNS if name != "api_key_id")
-        total = every_key.get(group)
-        if total is None:
-            every_key[group] = {**values, "api_key_id": ALL_KEYS}
-        else:
-            for name in ADDED_COLUMNS:
-                total[name] += values[name]
-    return result + list(every_key.values())
-
-
-def _rebuild_day(connection: sa.Connection, day: datetime) -> None:
-    """Make the day rollups of ``day`` the sums of its hour rollups."""
-    end = day + timedelta(days=1)
-    connection.execute(
-        sa.delete(rollups).where(
-            rollups.c.granularity == "day",
-            rollups.c.bucket_start == day,
-        )
-    )
-    grouped = [rollups.c[name] for name in GROUP_COLUMNS if name != "bucket_start"]
-    summed = [sa.func.sum(rollups.c[name]) for name in ADDED_COLUMNS]
-    select = (
-        sa.select(
-            *grouped,
-            sa.literal("day", rollups.c.granularity.type),
-            sa.literal(day, rollups.c.bucket_start.type),
-            *summed,
-        )
-        .where(
-            rollups.c.granularity == "hour",
-            rollups.c.bucket_start >= day,
-            rollups.c.bucket_start < end,
-        )
-        .group_by(*grouped)
-    )
-    names = [column.name for column in grouped] + ["granularity", "bucket_start", *ADDED_COLUMNS]
-    connection.execute(sa.insert(rollups).from_select(names, select))
-
-
-def backfill_rollups(
-    connect: Callable[[], Any],
-    *,
-    until: datetime | None = None,
-    since: datetime | None = None,
-    progress: Callable[[datetime], None] | None = None,
-) -> BackfillReport:
-    """Rebuild the rollups of every hour before ``until`` (default: the start of the current
-    hour) whose raw rows outnumber the requests its rollups hold, one UTC day per transaction.
-
-    Idempotent: a second run finds every hour whole and changes nothing. Hours whose raw rows
-    were pruned, or never kept (``APIKEYS_USAGE_RAW_ROWS``), hold fewer raw rows than rollups
-    and are left as they are.
-    """
-    report = BackfillReport()
-    limit = until or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    cursor = since
-    while True:
-        # The next day with raw rows, by an index seek: empty months cost one query.
-        with connect() as connection:
-            later = [usage.c.timestamp < limit]
-            if cursor is not None:
-                later.append(usage.c.timestamp >= cursor)
-            first = connection.execute(sa.select(sa.func.min(usage.c.timestamp)).where(*later))
-            next_row = first.scalar()
-        if next_row is None:
-            return report
-        day = next_row.replace(hour=0, minute=0, second=0, microsecond=0)
-        with connect() as connection:
-            if _backfill_day(connection, day, limit, report):
-                _rebuild_day(connection, day)
-        if progress is not None:
-            progress(day)
-        cursor = day + timedelta(days=1)
-
-
-def _backfill_day(
-    connection: sa.Connection, day: datetime, limit: datetime, report: BackfillReport
-) -> bool:
-    """Rebuild the incomplete hours of ``day`` before ``limit``; whether any was."""
-    end = min(day + timedelta(days=1), limit)
-    every_key = sa.and_(rollups.c.granularity == "hour", rollups.c.api_key_id == ALL_KEYS)
-    raw_day = _count(connection, usage.c.timestamp, sa.func.count(), day, end)
-    counted = sa.func.sum(rollups.c.requests)
-    rollup_day = _count(connection, rollups.c.bucket_start, counted, day, end, every_key)
-    if raw_day <= rollup_day:  # the whole day is counted: one look, no hour to check
-        report.hours_checked += 24
-        return False
-    hours = [day + timedelta(hours=offset) for offset in range(24)]
-    raw_counts = {start: raw_day for start in hours}  # at least as many as the rollups' 0
-    rollup_counts: dict[datetime, int] = {}
-    if rollup_day:  # some hours counted: find which
-        raw_counts = _hour_counts(connection, usage.c.timestamp, sa.func.count(), day)
-        rollup_counts = _hour_counts(connection, rollups.c.bucket_start, counted, day, every_key)
-    rebuilt = False
-    for start, raw in sorted(raw_counts.items()):
-        if start >= limit:
-            break
-        report.hours_checked += 1
-        if raw <= rollup_counts.get(start, 0):
-            continue
-        connection.execute(
-            sa.delete(rollups).where(
-                rollups.c.granularity == "hour", rollups.c.bucket_start == start
-            )
-        )
-        parameters = _hour_aggregate(connection, start)
-        if parameters:
-            connection.execute(sa.insert(rollups), parameters)
-        report.hours_rebuilt += bool(parameters)
-        report.rows_counted += sum(
-            row["requests"] for row in parameters if row["api_key_id"] == ALL_KEYS
-        )
-        rebuilt = True
-    return rebuilt
-
-
-def _count(
-    connection: sa.Connection,
-    moment: sa.ColumnElement[Any],
-    measure: sa.ColumnElement[Any],
-    start: datetime,
-    end: datetime,
-    *conditions: sa.ColumnElement[bool],
-) -> int:
-    """``measure`` over the rows whose ``moment`` is from ``start`` up to ``end``."""
-    query = sa.select(measure).where(moment >= start, moment < end, *conditions)
-    return int(connection.execute(query).scalar() or 0)
-
-
-def _hour_counts(
-    connection: sa.Connection,
-    moment: sa.ColumnElement[Any],
-    measure: sa.ColumnElement[Any],
-    day: datetime,
-    *conditions: sa.ColumnElement[bool],
-) -> dict[datetime, int]:
-    """Per hour of ``day``: ``measure`` over the rows whose ``moment`` falls in it (one
-    query per hour: portable, each a range scan of an index)."""
-    counts: dict[datetime, int] = {}
-    for offset in range(24):
-        start = day + timedelta(hours=offset)
-        value = _count(connection, moment, measure, start, start + timedelta(hours=1), *conditions)
-        if value:
-            counts[start] = value
-    return counts

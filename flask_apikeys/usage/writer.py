@@ -39,6 +39,7 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
+from .prepared import execute_many
 from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -82,8 +83,9 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     return code in _DEADLOCK_CODES
 
 
-def _key_text(item: tuple[uuid.UUID, int]) -> str:
-    return str(item[0])
+def _key_text(item: tuple[uuid.UUID, int]) -> int:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
+    return item[0].int
 
 
 class UsageWriter:
@@ -286,7 +288,8 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            connection.execute(
+            execute_many(
+                connection,
                 _ADD_REQUESTS,
                 [
                     {
