@@ -124,7 +124,7 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
             restore_required_headers(response, environ)
             if response.status_code == 429 and limits is not None:
                 headers.describe_other_refusal(
-                    response, environ, limits.flask_limiter(), limit_headers=limit_headers
+                    response, environ, limits.flask_limiter, limit_headers=limit_headers
                 )
         if write_headers is not None:
             write_headers(response, environ)
