@@ -71,6 +71,9 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
             handler = direct_handlers[error_class]
             if handler is None:
                 raise
+            # Answered here, so its traceback is of no use, and would keep a cycle alive (the
+            # frames hold the environ, which holds the error) for the garbage collector.
+            error.__traceback__ = None
             # What Flask would do, without unwinding through its exception handling (a refused
             # client must not cost more than a served one): after_request hooks still run.
             return handler(error)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
 from flask import Flask
+from flask.testing import FlaskClient
 
+from flask_apikeys import APIKeys
 from flask_apikeys.errors import (
     APIKeyError,
     InsufficientScope,
@@ -14,6 +17,7 @@ from flask_apikeys.errors import (
     QuotaExceeded,
     RateLimitExceeded,
 )
+from flask_apikeys.keys import generate_key
 
 
 def rendered(error: APIKeyError) -> tuple[dict[str, Any], dict[str, str], int]:
@@ -69,3 +73,32 @@ def test_members_that_cannot_be_remembered_and_overridden_documents_still_render
 
     assert rendered(Teapot("tea"))[0] == {"brewing": "tea"}
     assert rendered(Teapot("coffee"))[0] == {"brewing": "coffee"}
+
+
+def cyclic_garbage_per_request(client: FlaskClient, key: str, requests: int = 20) -> float:
+    """Objects only the garbage collector can free, per request (collections held off)."""
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(requests):
+            client.get("/v1/whoami", headers={"X-API-Key": key})
+        return gc.collect() / requests
+    finally:
+        gc.enable()
+
+
+def test_a_refusal_leaves_no_more_cyclic_garbage_than_a_served_request(
+    app: Flask, apikeys: APIKeys
+) -> None:
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        served = apikeys.create_key(organization, "served", scopes=["*"]).key
+        limited = apikeys.create_key(organization, "limited", scopes=["*"], rate_limit="1/day")
+    client = app.test_client()
+    assert client.get("/v1/whoami", headers={"X-API-Key": limited.key}).status_code == 200
+    assert client.get("/v1/whoami", headers={"X-API-Key": served}).status_code == 200
+    assert client.get("/v1/whoami", headers={"X-API-Key": limited.key}).status_code == 429
+    baseline = cyclic_garbage_per_request(client, served)
+    # The error's traceback held the frames that held the environ that held the error.
+    assert cyclic_garbage_per_request(client, limited.key) <= baseline
+    assert cyclic_garbage_per_request(client, generate_key("pk", "live")) <= baseline
