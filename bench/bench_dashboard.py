@@ -11,8 +11,9 @@ route for the same period, which reads through the same service function. Prints
 and median of ``--repeats`` runs in wall-clock and CPU seconds (SQLite runs in this process,
 so its CPU time is the work itself, less disturbed by other load on the machine).
 
-The page reads statistics only through :meth:`~flask_apikeys.service.KeyService.usage_stats`,
-which reads the rollup tables: the rows are added to them with the backfill after the insert.
+The page reads statistics only through
+:meth:`~flask_apikeys.service.reports.UsageReports.usage_stats`, which reads the rollup tables:
+the rows are added to them with the backfill after the insert.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
 from bench.common import HASH_SECRET  # noqa: E402
 from flask_apikeys import APIKeys  # noqa: E402
-from flask_apikeys.usage import rollups  # noqa: E402
+from flask_apikeys.usage import backfill  # noqa: E402
 
 PREFIX = "/dashboard"
 ADMIN_KEY = "bench-bootstrap-admin-key-" + "x" * 16
@@ -106,7 +107,7 @@ def fill(app: Flask, apikeys: APIKeys, rows: int, days: int) -> tuple[str, str, 
         print(f"inserted {rows:,} usage rows in {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         # The statistics read rollups, not raw rows. No writer runs yet: the current hour too.
-        rollups.backfill_rollups(engine.begin, until=datetime.now(UTC) + timedelta(hours=1))
+        backfill.backfill_rollups(engine.begin, until=datetime.now(UTC) + timedelta(hours=1))
         print(f"backfilled their rollups in {time.perf_counter() - started:.1f} s")
         return str(organization.id), admin.key, str(keys[1])
 

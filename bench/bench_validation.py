@@ -81,8 +81,8 @@ def measure(label: str, database_url: str, args: argparse.Namespace) -> None:
 
     steps: dict[str, tuple[Callable[[str], Any], list[str]]] = {
         "hash": (hasher.lookup_candidates, keys),
-        "verify": (service.verify_key, keys),
-        "unknown": (service.verify_key, unknown),
+        "verify": (service.verification.verify_key, keys),
+        "unknown": (service.verification.verify_key, unknown),
         "request": (request, keys),
     }
     results: dict[str, list[tuple[float, float]]] = {step: [] for step in steps}

@@ -76,7 +76,9 @@ def fail(message: str) -> None:
 
 
 def organization_document(organization: Organization) -> dict[str, Any]:
-    return schemas.organization_document(organization, service().plan_of(organization))
+    return schemas.organization_document(
+        organization, service().organizations.plan_of(organization)
+    )
 
 
 def created_document(created: CreatedKey, replaces: str | None = None) -> dict[str, Any]:
@@ -146,7 +148,9 @@ ORGANIZATION_COLUMNS = ("slug", "name", "email", "plan", "is_active", "id")
 @reports_errors
 def create_organization(name: str, email: str, plan: str, slug: str | None, as_json: bool) -> None:
     """Create an organization (a tenant that owns keys)."""
-    organization = service().create_organization(name, email, plan, slug=slug, actor=actor())
+    organization = service().organizations.create_organization(
+        name, email, plan, slug=slug, actor=actor()
+    )
     document = organization_document(organization)
     emit(document, as_json, lambda: print_record(document))
 
@@ -158,7 +162,7 @@ def create_organization(name: str, email: str, plan: str, slug: str | None, as_j
 @reports_errors
 def list_organizations(limit: int, offset: int, as_json: bool) -> None:
     """List organizations, oldest first."""
-    organizations, total = service().list_organizations(limit=limit, offset=offset)
+    organizations, total = service().organizations.list_organizations(limit=limit, offset=offset)
     documents = [organization_document(organization) for organization in organizations]
     emit(
         {"items": documents, "total": total, "limit": limit, "offset": offset},
@@ -173,7 +177,7 @@ def list_organizations(limit: int, offset: int, as_json: bool) -> None:
 @reports_errors
 def show_organization(reference: str, as_json: bool) -> None:
     """Show an organization, its limit overrides and its effective ``limits``."""
-    document = organization_document(service().get_organization(reference))
+    document = organization_document(service().organizations.get_organization(reference))
     emit(document, as_json, lambda: print_record(document))
 
 
@@ -193,10 +197,10 @@ def update_organization(reference: str, as_json: bool, active: bool | None, **ch
     changes = {field: value for field, value in changes.items() if value is not None}
     if active is not None:
         changes["is_active"] = active
-    organization = service().update_organization(reference, actor=actor(), **changes)
+    organization = service().organizations.update_organization(reference, actor=actor(), **changes)
     document = organization_document(organization)
     if PLAN_FIELDS & changes.keys():  # as the admin API does: say what is beyond the plan now
-        document["plan_excess"] = service().plan_excess(organization)
+        document["plan_excess"] = service().organizations.plan_excess(organization)
         if document["plan_excess"]:
             warning = json.dumps(document["plan_excess"])
             click.echo(f"warning: beyond the plan now: {warning}", err=True)
@@ -245,7 +249,7 @@ def create_key(
     as_json: bool,
 ) -> None:
     """Create a key and print it: the only time the full key is shown."""
-    created = service().create_key(
+    created = service().keys.create_key(
         organization,
         name,
         environment,
@@ -272,7 +276,7 @@ def list_keys(
     organization: str, include_revoked: bool, limit: int, offset: int, as_json: bool
 ) -> None:
     """List an organization's keys, newest first (prefix and hint only, never the key)."""
-    api_keys, total = service().list_keys(
+    api_keys, total = service().keys.list_keys(
         organization, include_revoked=include_revoked, limit=limit, offset=offset
     )
     documents = [schemas.key_document(api_key) for api_key in api_keys]
@@ -310,7 +314,7 @@ def update_key(key_id: str, as_json: bool, **options: Any) -> None:
         changes["rate_limit"] = None if options["rate_limit"] == "none" else options["rate_limit"]
     if options["allowed_networks"] is not None:
         changes["allowed_networks"] = split(options["allowed_networks"])
-    document = schemas.key_document(service().update_key(key_id, actor=actor(), **changes))
+    document = schemas.key_document(service().keys.update_key(key_id, actor=actor(), **changes))
     emit(document, as_json, lambda: print_record(document))
 
 
@@ -322,7 +326,7 @@ def update_key(key_id: str, as_json: bool, **options: Any) -> None:
 @reports_errors
 def revoke_key(key_id: str, reason: str, revoked_by: str | None, as_json: bool) -> None:
     """Revoke a key for good; it is refused from the next request on."""
-    api_key = service().revoke_key(key_id, reason=reason, revoked_by=revoked_by or actor())
+    api_key = service().keys.revoke_key(key_id, reason=reason, revoked_by=revoked_by or actor())
     document = schemas.key_document(api_key)
     emit(document, as_json, lambda: print_record(document))
 
@@ -339,7 +343,7 @@ def revoke_key(key_id: str, reason: str, revoked_by: str | None, as_json: bool) 
 @reports_errors
 def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
     """Replace a key with a new one with the same settings; print the new key once."""
-    created = service().rotate_key(key_id, overlap_hours=overlap_hours, rotated_by=actor())
+    created = service().keys.rotate_key(key_id, overlap_hours=overlap_hours, rotated_by=actor())
     show_new_key(created_document(created, replaces=key_id), as_json)
 
 
@@ -387,7 +391,7 @@ def usage(
         fail("give --month YYYY-MM, or --start and --end")
         return
     stats = schemas.usage_document(
-        service().usage_stats(organization, start=first, end=last, key=key_id)
+        service().reports.usage_stats(organization, start=first, end=last, key=key_id)
     )
 
     def show() -> None:
@@ -452,9 +456,9 @@ def verify_audit(as_json: bool) -> None:
 @reports_errors
 def seed(as_json: bool) -> None:
     """Create "Default Organization" and a "Default Test Key" with every scope (once)."""
-    organization, created = service().seed()
+    organization, created = service().keys.seed()
     if created is None:
-        existing, _ = service().list_keys(organization, include_revoked=False, limit=100)
+        existing, _ = service().keys.list_keys(organization, include_revoked=False, limit=100)
         key_id = next((str(key.id) for key in existing if key.name == DEFAULT_KEY_NAME), None)
         message = (
             f"Organization '{organization.slug}' and its default key {key_id} already exist; "

@@ -91,7 +91,7 @@ def prune_usage(
 
     Without a setting or an option, that kind of row is kept.
     """
-    report = service().prune_usage(
+    report = service().retention.prune_usage(
         raw_days=raw_days, rollup_days=rollup_days, batch_size=batch_size, pause=pause
     )
     document = {
@@ -112,13 +112,16 @@ def backfill_rollups(since: datetime | None, until: datetime | None, as_json: bo
     """Add raw usage rows written before the rollups existed to the rollups.
 
     Rebuilds each hour whose raw rows outnumber its rollups, one UTC day per transaction; run
-    it again at will: whole hours are left alone.
+    it again at will: whole hours are left alone. It stops at the current hour, which the
+    writer still adds to: ``rows_left`` counts the raw rows from there on; run it again once
+    that hour is over to add those the old code wrote.
     """
-    report = service().backfill_rollups(since=since, until=until)
+    report = service().retention.backfill_rollups(since=since, until=until)
     document = {
         "hours_checked": report.hours_checked,
         "hours_rebuilt": report.hours_rebuilt,
         "rows_counted": report.rows_counted,
+        "rows_left": report.rows_left,
     }
     emit(document, as_json, lambda: print_record(document))
 
@@ -141,7 +144,7 @@ def purge_keys(
     Their rollups stay (the organization's history), and so does the audit trail, which
     records each purge.
     """
-    purged = service().purge_keys(
+    purged = service().retention.purge_keys(
         revoked_before=revoked_before,
         expired_before=expired_before,
         dry_run=dry_run,

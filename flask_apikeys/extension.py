@@ -164,9 +164,9 @@ class APIKeys:
     ) -> Organization:
         """Create an organization; its slug comes from the name unless given.
 
-        See :meth:`flask_apikeys.service.KeyService.create_organization`.
+        See :meth:`flask_apikeys.service.organizations.Organizations.create_organization`.
         """
-        return self.service.create_organization(
+        return self.service.organizations.create_organization(
             name,
             email,
             plan,
@@ -181,18 +181,18 @@ class APIKeys:
     def get_organization(self, reference: Organization | uuid.UUID | str) -> Organization:
         """Find an organization by object, id or slug; raise ``OrganizationNotFound``.
 
-        See :meth:`flask_apikeys.service.KeyService.get_organization`.
+        See :meth:`flask_apikeys.service.organizations.Organizations.get_organization`.
         """
-        return self.service.get_organization(reference)
+        return self.service.organizations.get_organization(reference)
 
     def list_organizations(
         self, *, limit: int = 50, offset: int = 0
     ) -> tuple[list[Organization], int]:
         """A page of organizations, oldest first, and how many there are in all.
 
-        See :meth:`flask_apikeys.service.KeyService.list_organizations`.
+        See :meth:`flask_apikeys.service.organizations.Organizations.list_organizations`.
         """
-        return self.service.list_organizations(limit=limit, offset=offset)
+        return self.service.organizations.list_organizations(limit=limit, offset=offset)
 
     def update_organization(
         self,
@@ -203,9 +203,9 @@ class APIKeys:
     ) -> Organization:
         """Change an organization's name, email, plan, state or limit overrides.
 
-        See :meth:`flask_apikeys.service.KeyService.update_organization`.
+        See :meth:`flask_apikeys.service.organizations.Organizations.update_organization`.
         """
-        return self.service.update_organization(organization, actor=actor, **changes)
+        return self.service.organizations.update_organization(organization, actor=actor, **changes)
 
     def create_key(
         self,
@@ -227,9 +227,9 @@ class APIKeys:
     ) -> CreatedKey:
         """Create a key; the returned :class:`CreatedKey` holds the full key, this once.
 
-        See :meth:`flask_apikeys.service.KeyService.create_key`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.create_key`.
         """
-        return self.service.create_key(
+        return self.service.keys.create_key(
             organization,
             name,
             environment,
@@ -256,9 +256,9 @@ class APIKeys:
     ) -> tuple[list[APIKey], int]:
         """A page of an organization's keys, newest first (records only, never a secret).
 
-        See :meth:`flask_apikeys.service.KeyService.list_keys`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.list_keys`.
         """
-        return self.service.list_keys(
+        return self.service.keys.list_keys(
             organization, include_revoked=include_revoked, limit=limit, offset=offset
         )
 
@@ -270,9 +270,9 @@ class APIKeys:
     ) -> APIKey:
         """A key record by id; with ``organization``, another organization's key is not found.
 
-        See :meth:`flask_apikeys.service.KeyService.get_key`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.get_key`.
         """
-        return self.service.get_key(key_id, organization=organization)
+        return self.service.keys.get_key(key_id, organization=organization)
 
     def update_key(
         self,
@@ -285,9 +285,9 @@ class APIKeys:
     ) -> APIKey:
         """Change a key's name, description, scopes, roles, level, rate limit or metadata.
 
-        See :meth:`flask_apikeys.service.KeyService.update_key`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.update_key`.
         """
-        return self.service.update_key(
+        return self.service.keys.update_key(
             key_id, organization=organization, granted_by=granted_by, actor=actor, **changes
         )
 
@@ -301,9 +301,9 @@ class APIKeys:
     ) -> APIKey:
         """Revoke a key for good; it is refused from the next request on.
 
-        See :meth:`flask_apikeys.service.KeyService.revoke_key`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.revoke_key`.
         """
-        return self.service.revoke_key(
+        return self.service.keys.revoke_key(
             key_id, reason=reason, revoked_by=revoked_by, organization=organization
         )
 
@@ -318,9 +318,9 @@ class APIKeys:
     ) -> CreatedKey:
         """Replace a key with a new one that keeps its scopes, limits, metadata and lifetime.
 
-        See :meth:`flask_apikeys.service.KeyService.rotate_key`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.rotate_key`.
         """
-        return self.service.rotate_key(
+        return self.service.keys.rotate_key(
             key_id,
             overlap_hours=overlap_hours,
             rotated_by=rotated_by,
@@ -331,16 +331,16 @@ class APIKeys:
     def verify_key(self, presented: str) -> VerifiedKey:
         """Authenticate a presented key, or raise the error that says why not.
 
-        See :meth:`flask_apikeys.service.KeyService.verify_key`.
+        See :meth:`flask_apikeys.service.verification.Verification.verify_key`.
         """
-        return self.service.verify_key(presented)
+        return self.service.verification.verify_key(presented)
 
     def seed(self) -> tuple[Organization, CreatedKey | None]:
         """Create "Default Organization" and a "Default Test Key" with scope ``*``, once.
 
-        See :meth:`flask_apikeys.service.KeyService.seed`.
+        See :meth:`flask_apikeys.service.lifecycle.KeyLifecycle.seed`.
         """
-        return self.service.seed()
+        return self.service.keys.seed()
 
     def usage_stats(
         self,
@@ -352,18 +352,18 @@ class APIKeys:
     ) -> dict[str, Any]:
         """Usage between ``start`` and ``end`` (excluded): totals, by day/endpoint/status, p50/p95.
 
-        See :meth:`flask_apikeys.service.KeyService.usage_stats`.
+        See :meth:`flask_apikeys.service.reports.UsageReports.usage_stats`.
         """
-        return self.service.usage_stats(organization, start=start, end=end, key=key)
+        return self.service.reports.usage_stats(organization, start=start, end=end, key=key)
 
     def monthly_usage(
         self, organization: Organization | uuid.UUID | str, month: str
     ) -> dict[str, Any]:
         """Usage of one calendar month (UTC), e.g. ``"2026-01"``.
 
-        See :meth:`flask_apikeys.service.KeyService.monthly_usage`.
+        See :meth:`flask_apikeys.service.reports.UsageReports.monthly_usage`.
         """
-        return self.service.monthly_usage(organization, month)
+        return self.service.reports.monthly_usage(organization, month)
 
     def close(self, app: Flask | None = None) -> None:
         """Write the app's queued usage rows and audit records, stop its writer thread and

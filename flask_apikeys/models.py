@@ -232,6 +232,8 @@ class APIKeyUsageRollup(Base):
             "error_code",
             name="uq_api_key_usage_rollups_bucket",
         ),
+        # The backfill's and the retention's lookups by time, over every organization.
+        sa.Index("ix_api_key_usage_rollups_bucket_start", "bucket_start", "granularity"),
     )
 
     id: Mapped[int] = mapped_column(BigIdentity, primary_key=True, autoincrement=True)

@@ -176,7 +176,7 @@ def _describe_token(state: ExtensionState, token: str) -> tuple[VerifiedKey, dic
 
 
 def _describe_key(state: ExtensionState, token: str) -> tuple[VerifiedKey, dict[str, Any]]:
-    key = state.service.verify_key(token)
+    key = state.service.verification.verify_key(token)
     answer: dict[str, Any] = {"credential_type": "api_key", "sub": str(key.id)}
     if key.expires_at_timestamp is not None:
         answer["exp"] = int(key.expires_at_timestamp)
@@ -253,7 +253,7 @@ def _revoke_access_token(state: ExtensionState, client: Client, token: str) -> N
 
 def _revoke_key(state: ExtensionState, client: Client, token: str) -> None:
     try:
-        target = state.service.verify_key(token)
+        target = state.service.verification.verify_key(token)
     except (AuthenticationError, AuthorizationError):
         return  # unknown, revoked already, or unusable: nothing to do (RFC 7009 2.2)
     # The key itself (sent as the key, not as one of its tokens), or an admin of its org.
@@ -261,7 +261,9 @@ def _revoke_key(state: ExtensionState, client: Client, token: str) -> None:
     if not (itself or client.administers(target.organization.id)):
         return
     try:
-        state.service.revoke_key(target.id, reason=REVOKED_REASON, revoked_by=client.caller.actor)
+        state.service.keys.revoke_key(
+            target.id, reason=REVOKED_REASON, revoked_by=client.caller.actor
+        )
     except AlreadyRevoked:
         pass  # revoked by a concurrent request: the outcome asked for
 

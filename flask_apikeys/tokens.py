@@ -273,7 +273,7 @@ class TokenAuthority:
             raise InvalidToken("The access token is malformed.")
         if self.deny_list is not None and self.deny_list.is_revoked(claims["jti"]):
             raise InvalidToken("The access token has been revoked.")
-        verified = self.service.verified_key_by_id(key_id)
+        verified = self.service.verification.verified_key_by_id(key_id)
         if verified is None or verified.organization.id != organization_id:
             raise InvalidToken("The key this token was issued for no longer exists.")
         if self.check_revocation:

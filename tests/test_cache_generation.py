@@ -19,15 +19,17 @@ CHECK_INTERVAL = 0.2
 
 
 def revoke(app: Flask, key_id: Any, organization_id: Any) -> None:
-    app.extensions["apikeys"].service.revoke_key(key_id)
+    app.extensions["apikeys"].service.keys.revoke_key(key_id)
 
 
 def rotate(app: Flask, key_id: Any, organization_id: Any) -> None:
-    app.extensions["apikeys"].service.rotate_key(key_id, overlap_hours=0)
+    app.extensions["apikeys"].service.keys.rotate_key(key_id, overlap_hours=0)
 
 
 def deactivate(app: Flask, key_id: Any, organization_id: Any) -> None:
-    app.extensions["apikeys"].service.update_organization(organization_id, is_active=False)
+    app.extensions["apikeys"].service.organizations.update_organization(
+        organization_id, is_active=False
+    )
 
 
 @pytest.mark.parametrize("change", [revoke, rotate, deactivate])

@@ -634,7 +634,7 @@ def test_this_months_count_is_the_same_whatever_period_is_shown(
         )
         session.commit()
         # Raw rows written behind the writer's back: into the rollups the statistics read.
-        app.extensions["apikeys"].service.backfill_rollups(until=now + timedelta(hours=1))
+        app.extensions["apikeys"].service.retention.backfill_rollups(until=now + timedelta(hours=1))
     expected = 3 + 1  # and the sign-in, a request of the admin key
     today = now.date()
     long_ago = (month_start - timedelta(days=60)).date()
@@ -670,7 +670,8 @@ def test_text_in_the_charts_is_escaped(
         )
         session.commit()
         later = datetime.now(UTC) + timedelta(hours=1)
-        app.extensions["apikeys"].service.backfill_rollups(until=later)  # into the rollups
+        # Into the rollups.
+        app.extensions["apikeys"].service.retention.backfill_rollups(until=later)
     text = signed_in.get(PREFIX + "/usage").text
     assert "<script>alert" not in text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text

@@ -139,7 +139,7 @@ def earlier_traffic(app: Flask, key_id: uuid.UUID, organization_id: uuid.UUID) -
         session.commit()
         # Raw rows written behind the writer's back: into the rollups the statistics read.
         later = datetime.now(UTC) + timedelta(hours=1)
-        app.extensions["apikeys"].service.backfill_rollups(until=later)
+        app.extensions["apikeys"].service.retention.backfill_rollups(until=later)
 
 
 def key_names(app: Flask) -> list[str]:

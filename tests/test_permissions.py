@@ -83,7 +83,7 @@ def test_a_roles_new_definition_applies_on_the_next_request(
     headers = {"X-API-Key": make_key(scopes=[], roles=["viewer"])}
     assert_problem(client.post("/v1/presentations", headers=headers), 403, "insufficient_scope")
     with app.app_context():
-        apikeys.service.define_role("viewer", ["presentations:*"])
+        apikeys.service.keys.define_role("viewer", ["presentations:*"])
     assert client.post("/v1/presentations", headers=headers).status_code == 201
 
 

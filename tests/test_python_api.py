@@ -1,4 +1,5 @@
-"""The Python API is typed: APIKeys' methods are plain methods with the service's signatures."""
+"""The Python API is typed: APIKeys' methods are plain methods with the signatures of the parts
+of the service layer that do the work, and each operation is written in one part only."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
 from flask_apikeys import APIKeys
 from flask_apikeys.service import KeyService
+from flask_apikeys.service.grants import Grants
 from flask_apikeys.service.lifecycle import KeyLifecycle
 from flask_apikeys.service.organizations import Organizations
 from flask_apikeys.service.reports import UsageReports
+from flask_apikeys.service.retention import Retention
+from flask_apikeys.service.store import Store
 from flask_apikeys.service.verification import Verification
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +40,21 @@ OPERATIONS = {
     "usage_stats": UsageReports,
     "monthly_usage": UsageReports,
 }
+#: The parts :class:`KeyService` holds, by attribute.
+PARTS = {
+    "store": Store,
+    "organizations": Organizations,
+    "grants": Grants,
+    "keys": KeyLifecycle,
+    "verification": Verification,
+    "reports": UsageReports,
+    "retention": Retention,
+}
 
 
 @pytest.mark.parametrize("name", sorted(OPERATIONS))
 def test_the_python_api_has_the_signature_of_the_part_that_does_the_work(name: str) -> None:
     part = inspect.signature(getattr(OPERATIONS[name], name))
-    assert inspect.signature(getattr(KeyService, name)) == part
     assert inspect.signature(getattr(APIKeys, name)) == part
     assert part.return_annotation not in (inspect.Signature.empty, "Any")
 
@@ -50,7 +64,15 @@ def test_the_python_api_methods_are_plain_methods_with_their_own_docs(name: str)
     method = APIKeys.__dict__[name]
     assert inspect.isfunction(method)
     assert not hasattr(method, "__wrapped__")
-    assert method.__doc__ and f"KeyService.{name}" in method.__doc__
+    assert method.__doc__ and f"{OPERATIONS[name].__name__}.{name}`" in method.__doc__
+
+
+def test_the_service_holds_its_parts_and_repeats_none_of_their_operations(app: Flask) -> None:
+    service = app.extensions["apikeys"].service
+    for attribute, part in PARTS.items():
+        assert type(getattr(service, attribute)) is part
+        operations = {name for name in vars(part) if not name.startswith("_")}
+        assert operations.isdisjoint(dir(KeyService)), f"{part.__name__} written twice"
 
 
 @pytest.mark.slow

@@ -143,7 +143,7 @@ def test_verify_accepts_a_good_key_and_names_each_refusal(
         from flask_apikeys.keys import generate_key
 
         with pytest.raises(InvalidAPIKey, match="not recognised"):
-            other.verify_key(generate_key("pk", "live"))
+            other.verification.verify_key(generate_key("pk", "live"))
 
 
 def test_revoked_key_is_refused_and_revocation_is_final(

@@ -178,7 +178,7 @@ def insert_usage(app: Flask, organization: Any, key_id: Any, rows: list[dict[str
         for row in rows:
             session.add(APIKeyUsage(api_key_id=key_id, organization_id=organization, **row))
         session.commit()
-        app.extensions["apikeys"].service.backfill_rollups()
+        app.extensions["apikeys"].service.retention.backfill_rollups()
 
 
 def test_statistics_by_day_endpoint_status_and_latency(
@@ -281,9 +281,11 @@ def test_a_forked_child_does_not_write_its_parents_queued_rows(
 
     key = make_key()
     client = app.test_client()
+    writer = app.extensions["apikeys"].writer
+    # The rows must still be queued when the process forks: no timed flush on a slow machine.
+    writer.flush_interval = 3600
     for _ in range(3):
         assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
-    writer = app.extensions["apikeys"].writer
     assert len(writer._usage) == 3  # queued in the parent, not written yet
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child process

@@ -3,6 +3,7 @@ kill mid-flush; statistics read them; the backfill adds raw rows written before 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -434,12 +435,91 @@ def test_the_backfill_adds_older_raw_rows_once_and_is_idempotent(
         writer.add_usage(synthetic_row(key_id, organization_id, moment, chooser))
     with app.app_context():
         apikeys.flush_usage()
-        first = apikeys.service.backfill_rollups()
-        second = apikeys.service.backfill_rollups()
+        first = apikeys.service.retention.backfill_rollups()
+        second = apikeys.service.retention.backfill_rollups()
         stats = apikeys.usage_stats(organization_id, start=date(2026, 5, 1), end=date(2026, 5, 3))
     assert first.hours_rebuilt == 6 and second.hours_rebuilt == 0
     assert assert_rollups_match_raw_rows(engine_of(app)) == 130
     assert stats["total_requests"] == 130
+
+
+def test_the_backfill_sums_in_sql_what_the_writer_sums_across_organizations_and_bucket_edges(
+    app: Flask, apikeys: APIKeys, make_key: Callable[..., str]
+) -> None:
+    """Raw rows of two organizations written behind the writer's back, latencies on and beside
+    every histogram edge, across a midnight: the database's sums (``INSERT … SELECT``) are
+    exactly what the raw rows add up to, counted here independently."""
+    with app.app_context():
+        other = apikeys.create_organization(name="Other", email="ops@other.test").id
+    owners = [key_ids(app, apikeys, make_key()) for _ in range(2)]
+    owners.append(key_ids(app, apikeys, make_key(org=other)))
+    latencies = [0.0, 0.0004, 45_000.0]
+    for edge in LATENCY_BUCKET_EDGES_MS:
+        latencies += [edge - 0.001, float(edge), edge + 0.001]
+    chooser = random.Random(23)
+    start = datetime(2026, 6, 30, 22, 30, tzinfo=UTC)
+    rows = []
+    for index, latency in enumerate(latencies * 3):
+        key_id, organization_id = owners[index % len(owners)]
+        row = synthetic_row(key_id, organization_id, 0.0, chooser)
+        rows.append(
+            {
+                "api_key_id": key_id,
+                "organization_id": organization_id,
+                "timestamp": start + timedelta(seconds=37 * index),  # 22:30 to 00:49
+                "endpoint": row[3],
+                "method": row[4],
+                "status_code": row[5],
+                "response_time_ms": latency,
+                "tokens_used": row[7],
+                "cost_usd": row[8],
+                "error_code": row[12],
+            }
+        )
+    engine = engine_of(app)
+    with engine.begin() as connection:
+        connection.execute(sa.insert(usage), rows)
+    with app.app_context():
+        report = apikeys.service.retention.backfill_rollups()
+        again = apikeys.service.retention.backfill_rollups()
+    assert assert_rollups_match_raw_rows(engine) == len(rows)
+    assert (report.hours_rebuilt, report.rows_counted, report.rows_left) == (3, len(rows), 0)
+    assert (again.hours_rebuilt, again.rows_counted) == (0, 0)
+
+
+def test_raw_rows_of_the_current_hour_are_left_to_a_later_run_and_reported(
+    app: Flask, apikeys: APIKeys, make_key: Callable[..., str]
+) -> None:
+    """The hour of the upgrade: the old code's rows of the current hour are not rebuilt while
+    the writer still adds to it; the report counts them, and a run after the hour adds them."""
+    key_id, organization_id = key_ids(app, apikeys, make_key())
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    engine = engine_of(app)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(usage),
+            [
+                {
+                    "api_key_id": key_id,
+                    "organization_id": organization_id,
+                    "timestamp": moment,
+                    "endpoint": "/v1/a",
+                    "method": "GET",
+                    "status_code": 200,
+                    "response_time_ms": 12.5,
+                }
+                for moment in (hour - timedelta(minutes=5), hour, hour + timedelta(seconds=1))
+            ],
+        )
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["apikeys", "usage", "backfill-rollups", "--json"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.output)
+    assert (first["rows_counted"], first["rows_left"]) == (1, 2)
+    with app.app_context():
+        later = apikeys.service.retention.backfill_rollups(until=hour + timedelta(hours=1))
+    assert (later.rows_counted, later.rows_left) == (2, 0)
+    assert assert_rollups_match_raw_rows(engine) == 3
 
 
 @given(

@@ -136,7 +136,7 @@ def require_bootstrap(action: str) -> None:
 
 def managed_organization(reference: str) -> Organization:
     """The organization of the URL, if the caller may manage it; otherwise 404, as if missing."""
-    organization = get_state().service.get_organization(reference)
+    organization = get_state().service.organizations.get_organization(reference)
     if not caller().may_manage(organization.id):
         raise OrganizationNotFound(f"No organization {reference!r}.")
     return organization

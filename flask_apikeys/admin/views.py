@@ -117,7 +117,9 @@ def _load(schema: type[Schema], data: dict[str, Any]) -> dict[str, Any]:
 
 
 def organization_document(organization: Organization) -> dict[str, Any]:
-    return schemas.organization_document(organization, get_state().service.plan_of(organization))
+    return schemas.organization_document(
+        organization, get_state().service.organizations.plan_of(organization)
+    )
 
 
 def created(document: dict[str, Any], location: str) -> tuple[Response, int]:
@@ -144,7 +146,9 @@ def create_organization() -> tuple[Response, int]:
     from the name unless given, and must be free (else 422)."""
     require_bootstrap("create organizations")
     values = load_body(schemas.OrganizationCreateSchema)
-    organization = get_state().service.create_organization(actor=caller().actor, **values)
+    organization = get_state().service.organizations.create_organization(
+        actor=caller().actor, **values
+    )
     location = url_for(".get_organization", org_id=organization.id)
     return created(organization_document(organization), location)
 
@@ -163,9 +167,9 @@ def list_organizations() -> Response:
     page = load_query(schemas.PageQuerySchema)
     key = caller().key
     if key is None:
-        organizations, total = get_state().service.list_organizations(**page)
+        organizations, total = get_state().service.organizations.list_organizations(**page)
     else:  # an organization's admin sees its own organization only
-        organizations = [get_state().service.get_organization(key.organization.id)]
+        organizations = [get_state().service.organizations.get_organization(key.organization.id)]
         total, organizations = 1, organizations[page["offset"] : page["offset"] + page["limit"]]
     items = [organization_document(organization) for organization in organizations]
     return jsonify(items=items, total=total, **page)
@@ -199,12 +203,12 @@ def update_organization(org_id: str) -> Response:
     changes = load_body(schemas.OrganizationUpdateSchema)
     if BOOTSTRAP_ONLY_FIELDS & changes.keys():
         require_bootstrap("change " + ", ".join(sorted(BOOTSTRAP_ONLY_FIELDS & changes.keys())))
-    organization = get_state().service.update_organization(
+    organization = get_state().service.organizations.update_organization(
         organization, actor=caller().actor, **changes
     )
     document = organization_document(organization)
     if PLAN_FIELDS & changes.keys():  # say what the change left beyond the plan
-        document["plan_excess"] = get_state().service.plan_excess(organization)
+        document["plan_excess"] = get_state().service.organizations.plan_excess(organization)
     return jsonify(document)
 
 
@@ -226,7 +230,7 @@ def create_key(org_id: str) -> tuple[Response, int]:
     more keys than the plan allows (409)."""
     organization = managed_organization(org_id)
     values = load_body(schemas.KeyCreateSchema)
-    new = get_state().service.create_key(
+    new = get_state().service.keys.create_key(
         organization, granted_by=caller().key, actor=caller().actor, **values
     )
     document = schemas.created_key_document(new.api_key, new.key)
@@ -246,7 +250,7 @@ def list_keys(org_id: str) -> Response:
     ``include_revoked`` is false. Never a secret or a hash."""
     organization = managed_organization(org_id)
     page = load_query(schemas.KeyPageQuerySchema)
-    api_keys, total = get_state().service.list_keys(organization, **page)
+    api_keys, total = get_state().service.keys.list_keys(organization, **page)
     items = [schemas.key_document(api_key) for api_key in api_keys]
     return jsonify(items=items, total=total, limit=page["limit"], offset=page["offset"])
 
@@ -261,7 +265,7 @@ def list_keys(org_id: str) -> Response:
 def get_key(org_id: str, key_id: str) -> Response:
     """One key's record: prefix, hint, scopes, limits, dates. Never its secret or hash."""
     organization = managed_organization(org_id)
-    api_key = get_state().service.get_key(key_id, organization=organization)
+    api_key = get_state().service.keys.get_key(key_id, organization=organization)
     return jsonify(schemas.key_document(api_key))
 
 
@@ -278,7 +282,7 @@ def update_key(org_id: str, key_id: str) -> Response:
     request. A revoked key cannot be changed (409)."""
     organization = managed_organization(org_id)
     changes = load_body(schemas.KeyUpdateSchema)
-    api_key = get_state().service.update_key(
+    api_key = get_state().service.keys.update_key(
         key_id,
         organization=organization,
         granted_by=caller().key,
@@ -301,7 +305,7 @@ def revoke_key(org_id: str, key_id: str) -> Response:
     twice answers 409."""
     organization = managed_organization(org_id)
     values = load_body(schemas.RevokeSchema)
-    api_key = get_state().service.revoke_key(
+    api_key = get_state().service.keys.revoke_key(
         key_id,
         reason=values.get("reason"),
         revoked_by=caller().actor,
@@ -324,7 +328,7 @@ def rotate_key(org_id: str, key_id: str) -> tuple[Response, int]:
     stops now). The response shows the new key this once."""
     organization = managed_organization(org_id)
     values = load_body(schemas.RotateSchema)
-    new = get_state().service.rotate_key(
+    new = get_state().service.keys.rotate_key(
         key_id,
         rotated_by=caller().actor,
         organization=organization,
@@ -361,7 +365,7 @@ def usage(org_id: str) -> Response:
             "Give both start and end, or neither for the current month (UTC).",
             errors={missing_bound: ["required with the other bound"]},
         )
-    stats = get_state().service.usage_stats(
+    stats = get_state().service.reports.usage_stats(
         organization, start=start, end=end, key=query.get("key_id")
     )
     return jsonify(schemas.usage_document(stats))

@@ -209,7 +209,7 @@ def _shorten(text: str, length: int) -> str:
 
 
 def usage_charts(stats: dict[str, Any], start: date, end: date) -> dict[str, Markup]:
-    """Every chart of the usage page, from one usage report (``KeyService.usage_stats``)."""
+    """Every chart of the usage page, from one usage report (``UsageReports.usage_stats``)."""
     endpoints = [
         Bar(f"{row['method']} {row['endpoint']}", row["requests"], row["errors"])
         for row in stats["by_endpoint"][:10]

@@ -180,11 +180,12 @@ def _still_allowed(row: DashboardSession) -> AdminCaller | None:
     state = get_state()
     if row.api_key_id is None:
         return None if state.settings.admin_key_digest is None else AdminCaller(key=None)
-    key = state.service.verified_key_by_id(row.api_key_id)
+    key = state.service.verification.verified_key_by_id(row.api_key_id)
     if key is None or key.organization.id != row.organization_id:
         return None
     try:
-        state.service.check_usable(key)  # revoked, expired (a rotation's overlap over), org off
+        # Revoked, expired (a rotation's overlap over), organization switched off.
+        state.service.verification.check_usable(key)
     except APIKeyError:
         return None
     return AdminCaller(key=key) if key.has_scope(ADMIN_SCOPE) else None

@@ -70,7 +70,7 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
 
 
 def organization() -> Organization:
-    return get_state().service.get_organization(session.signed_in().organization_id)
+    return get_state().service.organizations.get_organization(session.signed_in().organization_id)
 
 
 def page(template: str, status: int = 200, **context: Any) -> Response:
@@ -115,7 +115,7 @@ def sign_in() -> Response:
     try:
         admin = session.verify_admin_credential(request.form.get("key", "").strip())
         if admin.key is not None:
-            chosen = get_state().service.get_organization(admin.key.organization.id)
+            chosen = get_state().service.organizations.get_organization(admin.key.organization.id)
         else:
             slug = request.form.get("organization", "").strip()
             if not slug:
@@ -123,7 +123,7 @@ def sign_in() -> Response:
                     "The bootstrap admin key manages every organization: name the one to open.",
                     errors={"organization": ["the slug of the organization"]},
                 )
-            chosen = get_state().service.get_organization(slug)
+            chosen = get_state().service.organizations.get_organization(slug)
     except OrganizationNotFound:
         return sign_in_form("No organization by that slug.", 404)
     except APIKeyError as error:
@@ -194,7 +194,7 @@ def keys() -> Response:
         return keys_page()
     try:
         values = forms.key_create_values(request.form)
-        created = get_state().service.create_key(
+        created = get_state().service.keys.create_key(
             organization(), granted_by=caller().key, actor=caller().actor, **values
         )
     except APIKeyError as error:
@@ -204,7 +204,7 @@ def keys() -> Response:
 
 def keys_page(*, error: APIKeyError | None = None, form: Any = None, status: int = 200) -> Response:
     number = forms.page_number(request.args)
-    api_keys, total = get_state().service.list_keys(
+    api_keys, total = get_state().service.keys.list_keys(
         organization(), limit=forms.PAGE_SIZE, offset=(number - 1) * forms.PAGE_SIZE
     )
     now = datetime.now(UTC)
@@ -232,12 +232,12 @@ def held_scopes() -> list[str]:
 def key(key_id: str) -> Response:
     """One key: its details, and the forms that edit, rotate and revoke it."""
     service = get_state().service
-    api_key = service.get_key(key_id, organization=organization())
+    api_key = service.keys.get_key(key_id, organization=organization())
     if request.method == "GET":
         return key_page(api_key)
     try:
         changes = forms.key_update_values(request.form)
-        service.update_key(
+        service.keys.update_key(
             api_key.id,
             organization=organization(),
             granted_by=caller().key,
@@ -267,10 +267,10 @@ def key_page(
 def rotate(key_id: str) -> Response:
     """A new key with the same settings; the old one works for the chosen overlap."""
     service = get_state().service
-    api_key = service.get_key(key_id, organization=organization())
+    api_key = service.keys.get_key(key_id, organization=organization())
     try:
         values = forms.rotate_values(request.form)
-        rotated = service.rotate_key(
+        rotated = service.keys.rotate_key(
             api_key.id,
             rotated_by=caller().actor,
             organization=organization(),
@@ -286,10 +286,10 @@ def rotate(key_id: str) -> Response:
 def revoke(key_id: str) -> Response:
     """Revoke for good, with a reason kept in the audit trail."""
     service = get_state().service
-    api_key = service.get_key(key_id, organization=organization())
+    api_key = service.keys.get_key(key_id, organization=organization())
     try:
         values = forms.revoke_values(request.form)
-        service.revoke_key(
+        service.keys.revoke_key(
             api_key.id, revoked_by=caller().actor, organization=organization(), **values
         )
     except APIKeyError as error:
@@ -311,8 +311,8 @@ def usage() -> Response:
         key_id = forms.optional_uuid(request.args, "key")
     except InvalidInput as error:
         return usage_error(error)
-    selected_key = None if key_id is None else service.get_key(key_id, organization=chosen)
-    stats = service.usage_stats(chosen, start=start, end=end, key=key_id)
+    selected_key = None if key_id is None else service.keys.get_key(key_id, organization=chosen)
+    stats = service.reports.usage_stats(chosen, start=start, end=end, key=key_id)
     month_start, month_end = month_bounds(today.strftime("%Y-%m"))
     if key_id is None and start <= month_start and end > today:
         # The period holds the whole month so far (the default 30 days mostly do): its days
@@ -320,12 +320,13 @@ def usage() -> Response:
         first_day = month_start.isoformat()
         this_month = sum(day["requests"] for day in stats["by_day"] if day["date"] >= first_day)
     else:
-        this_month = service.usage_stats(chosen, start=month_start, end=month_end)["total_requests"]
-    api_keys, _ = service.list_keys(chosen, limit=500)
+        month_stats = service.reports.usage_stats(chosen, start=month_start, end=month_end)
+        this_month = month_stats["total_requests"]
+    api_keys, _ = service.keys.list_keys(chosen, limit=500)
     return page(
         "usage.html",
-        plan=service.plan_of(chosen),
-        key_count=service.authenticating_key_count(chosen),
+        plan=service.organizations.plan_of(chosen),
+        key_count=service.organizations.authenticating_key_count(chosen),
         this_minute=requests_this_minute(api_keys),
         this_month=this_month,
         stats=stats,
@@ -397,7 +398,7 @@ def audit_trail() -> Response:
     store = get_state().service.store
     selection = AuditFilter(start, end, event or None, key_id)
     records, total = audit_page(store, chosen.id, selection, number)
-    api_keys, _ = get_state().service.list_keys(chosen, limit=500)
+    api_keys, _ = get_state().service.keys.list_keys(chosen, limit=500)
     return page(
         "audit.html",
         records=records,

@@ -131,11 +131,17 @@ def alembic_head(migrations_directory: str | Path) -> str | None:
 
 
 CREATE_TABLE_PATTERN = re.compile(r"""create_table\(\s*["'](?P<name>\w+)["']""")
+CREATE_INDEX_PATTERN = re.compile(r"""create_index\(\s*(?:op\.f\(\s*)?["'](?P<name>\w+)["']""")
 
 
 def created_tables(text: str) -> set[str]:
     """The tables a revision's source creates with ``op.create_table``."""
     return {match["name"] for match in CREATE_TABLE_PATTERN.finditer(text)}
+
+
+def created_indexes(text: str) -> set[str]:
+    """The indexes a revision's source creates with ``op.create_index`` (by a literal name)."""
+    return {match["name"] for match in CREATE_INDEX_PATTERN.finditer(text)}
 
 
 def install_revisions(migrations_directory: str | Path, engine: sa.Engine) -> list[str]:
@@ -162,19 +168,23 @@ def install_revisions(migrations_directory: str | Path, engine: sa.Engine) -> li
     versions = directory / "versions"
     shipped_ids = {revision for revision, _ in shipped_revisions()}
     own_tables: set[str] = set()
+    own_indexes: set[str] = set()
     for path in versions.glob("*.py"):
         match = REVISION_PATTERN.search(path.read_text())
         if match is None or match["id"] not in shipped_ids:
             own_tables |= created_tables(path.read_text())
+            own_indexes |= created_indexes(path.read_text())
     lines = []
     adopted = set()
     for revision, source in shipped_revisions():
         tables = created_tables(source.read_text())
-        if tables and tables <= own_tables:
+        # A revision that only adds indexes to existing tables: the app's when it makes them.
+        indexes = set() if tables else created_indexes(source.read_text())
+        if (tables and tables <= own_tables) or (indexes and indexes <= own_indexes):
             adopted.add(revision)
             lines.append(
                 f"{revision} not copied: the app's own migrations already create "
-                f"{', '.join(sorted(tables))}"
+                f"{', '.join(sorted(tables or indexes))}"
             )
         elif tables & own_tables:
             raise RuntimeError(

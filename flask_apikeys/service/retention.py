@@ -1,6 +1,6 @@
 """Keeping the database's size in check: pruning usage, backfilling rollups, purging old keys.
 
-The work itself is :mod:`flask_apikeys.usage.retention` and :mod:`flask_apikeys.usage.rollups`;
+The work itself is :mod:`flask_apikeys.usage.retention` and :mod:`flask_apikeys.usage.backfill`;
 this part reads the settings, validates what a caller asks, and runs each step in short
 transactions of its own on the app's engine (never the request's session, never a long lock).
 """
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from ..errors import InvalidInput
 from ..models import APIKey, APIKeyUsage
-from ..usage import retention, rollups
+from ..usage import backfill, retention
 from .store import Store
 
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
@@ -86,13 +86,13 @@ class Retention:
         since: date | datetime | None = None,
         until: date | datetime | None = None,
         progress: Callable[[datetime], None] | None = None,
-    ) -> rollups.BackfillReport:
-        """See :func:`flask_apikeys.usage.rollups.backfill_rollups`."""
+    ) -> backfill.BackfillReport:
+        """See :func:`flask_apikeys.usage.backfill.backfill_rollups`."""
         start = None if since is None else as_utc_moment(since, "since")
         end = None if until is None else as_utc_moment(until, "until")
         if start is not None and end is not None and end <= start:
             raise InvalidInput(errors={"until": ["after since"]})
-        return rollups.backfill_rollups(self._connect, since=start, until=end, progress=progress)
+        return backfill.backfill_rollups(self._connect, since=start, until=end, progress=progress)
 
     def purge_keys(
         self,
