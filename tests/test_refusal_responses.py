@@ -6,6 +6,7 @@ import gc
 import json
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -73,6 +74,12 @@ def test_members_that_cannot_be_remembered_and_overridden_documents_still_render
 
     assert rendered(Teapot("tea"))[0] == {"brewing": "tea"}
     assert rendered(Teapot("coffee"))[0] == {"brewing": "coffee"}
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    # No flush and no key lookup while garbage is counted: only the requests' own objects.
+    return {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_CACHE_TTL": 3600}
 
 
 def cyclic_garbage_per_request(client: FlaskClient, key: str, requests: int = 20) -> float:
