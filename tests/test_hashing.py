@@ -59,3 +59,26 @@ def test_match_index_names_the_candidate_a_stored_hash_is() -> None:
     assert rotated.match_index(candidates, old_hash) == 1  # wants rehashing
     other = KeyHasher(["hmac_sha256"], [SECRET_A]).hash(KEY + "x")
     assert rotated.match_index(candidates, other) is None
+
+
+@pytest.mark.parametrize(
+    ("schemes", "secrets"),
+    [
+        (["hmac_sha256", "hex_sha256"], [SECRET_A, SECRET_B]),
+        (["hex_sha512", "hmac_sha256"], [SECRET_B]),
+        (["hex_sha256"], []),
+        (["hmac_sha256"], ["a secret longer than SHA-256's block of sixty-four bytes " * 2]),
+    ],
+)
+def test_lookup_candidates_are_what_passlib_stores(schemes: list[str], secrets: list[str]) -> None:
+    """The lookup computes the digests itself (no passlib handler per call): the same strings,
+    in the order of the schemes and secrets, as each scheme's passlib handler stores."""
+    hasher = KeyHasher(schemes, secrets)
+    for key in (KEY, "pk_live_" + "Zz09" * 12, "pk_live_é"):
+        stored = []
+        for scheme in schemes:
+            for secret in secrets if scheme == "hmac_sha256" else [None]:
+                only = KeyHasher([scheme], [] if secret is None else [secret])
+                stored.append(only.hash(key))
+        assert hasher.lookup_candidates(key) == stored
+        assert all(hasher.verify(key, digest) for digest in stored)

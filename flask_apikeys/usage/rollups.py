@@ -34,6 +34,7 @@ from ..models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
+from .prepared import execute_many
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -143,15 +144,19 @@ def _parameters(
     granularity: str, seconds: int, groups: dict[GroupKey, list[Any]]
 ) -> list[dict[str, Any]]:
     parameters = []
+    starts: dict[int, datetime] = {}  # a flush spans a bucket or two, and has many groups
     for group in sorted(groups, key=_sort_key):
         organization_id, key_id, number, method, endpoint, status_class, code = group
         sums = groups[group]
+        start = starts.get(number)
+        if start is None:
+            start = starts[number] = datetime.fromtimestamp(number * seconds, UTC)
         row = dict(zip(SUM_COLUMNS, sums, strict=True))
         row.update(
             organization_id=organization_id,
             api_key_id=key_id,
             granularity=granularity,
-            bucket_start=datetime.fromtimestamp(number * seconds, UTC),
+            bucket_start=start,
             method=method,
             endpoint=endpoint,
             status_class=status_class,
@@ -162,9 +167,10 @@ def _parameters(
     return parameters
 
 
-def _sort_key(group: GroupKey) -> tuple[str, str, int, str, str, int, str]:
+def _sort_key(group: GroupKey) -> tuple[int, int, int, str, str, int, str]:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
     organization_id, key_id, number, method, endpoint, status_class, code = group
-    return (str(organization_id), str(key_id), number, method, endpoint, status_class, code)
+    return (organization_id.int, key_id.int, number, method, endpoint, status_class, code)
 
 
 @functools.cache
@@ -203,7 +209,7 @@ def add_to_rollups(connection: sa.Connection, parameters: list[dict[str, Any]]) 
     if statement is None:
         _update_then_insert(connection, parameters)
     else:
-        connection.execute(statement, parameters)
+        execute_many(connection, statement, parameters)
 
 
 def _update_then_insert(connection: sa.Connection, parameters: list[dict[str, Any]]) -> None:

@@ -41,6 +41,7 @@ from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
+from .prepared import execute_many
 from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -84,8 +85,9 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     return code in _DEADLOCK_CODES
 
 
-def _key_text(item: tuple[uuid.UUID, int]) -> str:
-    return str(item[0])
+def _key_text(item: tuple[uuid.UUID, int]) -> int:
+    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
+    return item[0].int
 
 
 class UsageWriter:
@@ -297,7 +299,8 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            connection.execute(
+            execute_many(
+                connection,
                 _ADD_REQUESTS,
                 [
                     {

@@ -1,0 +1,117 @@
+"""usage/prepared.py: a flush's executemany without SQLAlchemy's per-row work stores the same."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from flask_apikeys.models import ALL_KEYS, NO_ERROR_CODE, APIKeyUsageRollup
+from flask_apikeys.usage.prepared import execute_many
+from flask_apikeys.usage.rollups import (
+    ADDED_COLUMNS,
+    GROUP_COLUMNS,
+    HOUR,
+    SUM_COLUMNS,
+    _parameters,
+    upsert_statement,
+)
+
+rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
+
+
+def rollup_rows(count: int, seed: int) -> list[dict[str, Any]]:
+    """Rollup parameters as a flush makes them: many keys, few buckets, some repeated groups."""
+    chooser = random.Random(seed)
+    organizations = [uuid.uuid4() for _ in range(3)]
+    keys = [uuid.uuid4() for _ in range(count // 2)] + [ALL_KEYS]
+    start = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    buckets = [start, start + timedelta(hours=1), start.astimezone(timezone(timedelta(hours=2)))]
+    rows = []
+    for _ in range(count):
+        row: dict[str, Any] = {
+            "organization_id": chooser.choice(organizations),
+            "api_key_id": chooser.choice(keys),
+            "granularity": chooser.choice(["hour", "day"]),
+            "bucket_start": chooser.choice(buckets),
+            "method": chooser.choice(["GET", "POST"]),
+            "endpoint": chooser.choice(["/r", "/items/<int:id>"]),
+            "status_class": chooser.choice([2, 4, 5]),
+            "error_code": chooser.choice([NO_ERROR_CODE, "rate_limited"]),
+        }
+        for name in ADDED_COLUMNS:
+            row[name] = chooser.randint(0, 9)
+        row["latency_sum_ms"] = chooser.uniform(0, 500)
+        row["cost_usd"] = chooser.choice([0, 0.25, 1, 1e-6])
+        rows.append(row)
+    return rows
+
+
+def stored(engine: sa.Engine) -> list[tuple[Any, ...]]:
+    columns = ["granularity", *GROUP_COLUMNS, *ADDED_COLUMNS]
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(*(rollups.c[name] for name in columns))).all()
+    return sorted(tuple(row) for row in found)
+
+
+def test_prepared_upserts_store_what_sqlalchemy_stores(tmp_path: Path) -> None:
+    """The same rollup rows, twice (so the second round adds on conflict), through
+    ``execute_many`` on one SQLite database and through SQLAlchemy on another: the same rows."""
+    engines = [sa.create_engine(f"sqlite:///{tmp_path / name}.sqlite") for name in "ab"]
+    for engine in engines:
+        rollups.create(engine)
+    statement = upsert_statement("sqlite")
+    assert statement is not None
+    for seed in (1, 2):
+        rows = rollup_rows(400, seed)
+        with engines[0].begin() as connection:
+            execute_many(connection, statement, rows)
+        with engines[1].begin() as connection:
+            connection.execute(statement, rows)
+    prepared, through_sqlalchemy = stored(engines[0]), stored(engines[1])
+    assert len(prepared) > 100
+    assert prepared == through_sqlalchemy
+    # The aware bucket at +02:00 was stored as its UTC hour, as SQLAlchemy stores it.
+    assert {row[1 + GROUP_COLUMNS.index("bucket_start")].hour for row in prepared} == {10, 11}
+    for engine in engines:
+        engine.dispose()
+
+
+def test_cursor_listeners_see_the_prepared_rows(tmp_path: Path) -> None:
+    """The rows go through ``exec_driver_sql``: tracing and query counting still see them."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'seen.sqlite'}")
+    rollups.create(engine)
+    seen: list[tuple[str, bool]] = []
+
+    def record(_c: Any, _cursor: Any, statement: str, _p: Any, _x: Any, many: bool) -> None:
+        seen.append((statement, many))
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    statement = upsert_statement("sqlite")
+    assert statement is not None
+    with engine.begin() as connection:
+        execute_many(connection, statement, rollup_rows(10, 3))
+    assert [many for text, many in seen if "api_key_usage_rollups" in text] == [True]
+    engine.dispose()
+
+
+def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
+    """Every process takes its row locks in one order: ids ordered by number, which is the
+    order of their text (what earlier versions sorted by), so mixed versions agree."""
+    organizations = [uuid.uuid4() for _ in range(50)]
+    groups = {
+        (organization, key, 7, "GET", "/r", 2, NO_ERROR_CODE): [1]
+        for organization in organizations
+        for key in [uuid.uuid4(), ALL_KEYS]
+    }
+    written = [(row["organization_id"], row["api_key_id"]) for row in _parameters_of(groups)]
+    assert written == sorted(written, key=lambda ids: (str(ids[0]), str(ids[1])))
+
+
+def _parameters_of(groups: dict[Any, list[Any]]) -> list[dict[str, Any]]:
+    padded = {group: sums + [0] * (len(SUM_COLUMNS) - len(sums)) for group, sums in groups.items()}
+    return _parameters("hour", HOUR, padded)
