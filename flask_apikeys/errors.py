@@ -31,6 +31,11 @@ from .environ import RAISED_ENVIRON_KEY
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
+#: Problem documents rendered, by error class, status, detail and members (at most this many).
+MAX_RENDERED_BODIES = 256
+_rendered_bodies: dict[tuple[Any, ...], bytes] = {}
+#: What a fresh response already holds, so a header of that name replaces it.
+_RENDERED_HEADERS = frozenset({"content-type", "content-length"})
 
 
 class APIKeyError(HTTPException):
@@ -71,10 +76,33 @@ class APIKeyError(HTTPException):
     def get_response(self, environ: Any = None, scope: Any = None) -> Response:
         """Render as problem+json, also when werkzeug renders the exception itself."""
         response = Response(
-            json.dumps(self.problem()), status=self.code, mimetype=PROBLEM_CONTENT_TYPE
+            self._problem_body(), status=self.code, content_type=PROBLEM_CONTENT_TYPE
         )
-        response.headers.update(self.response_headers())
+        headers = response.headers
+        for name, value in self.response_headers().items():
+            # add() when the name is new (always, for ours): set() scans for an existing one.
+            if name.lower() in _RENDERED_HEADERS:
+                headers[name] = value
+            else:
+                headers.add(name, value)
         return response
+
+    def _problem_body(self) -> bytes:
+        """:meth:`problem` as JSON bytes, rendered once per distinct document: a client
+        hammering past its limit or with a wrong key gets the same one many times a second."""
+        if type(self).problem is not APIKeyError.problem:
+            return json.dumps(self.problem()).encode()
+        try:
+            identity = (type(self), self.code, self.detail, *self.extra.items())
+            body = _rendered_bodies.get(identity)
+        except TypeError:  # an unhashable member (a list of scopes): rendered each time
+            return json.dumps(self.problem()).encode()
+        if body is None:
+            body = json.dumps(self.problem()).encode()
+            if len(_rendered_bodies) >= MAX_RENDERED_BODIES:
+                _rendered_bodies.clear()
+            _rendered_bodies[identity] = body
+        return body
 
 
 class AuthenticationError(APIKeyError, Unauthorized):

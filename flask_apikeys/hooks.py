@@ -71,6 +71,9 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
             handler = direct_handlers[error_class]
             if handler is None:
                 raise
+            # Answered here, so its traceback is of no use, and would keep a cycle alive (the
+            # frames hold the environ, which holds the error) for the garbage collector.
+            error.__traceback__ = None
             # What Flask would do, without unwinding through its exception handling (a refused
             # client must not cost more than a served one): after_request hooks still run.
             return handler(error)
@@ -124,7 +127,7 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
             restore_required_headers(response, environ)
             if response.status_code == 429 and limits is not None:
                 headers.describe_other_refusal(
-                    response, environ, limits.flask_limiter(), limit_headers=limit_headers
+                    response, environ, limits.flask_limiter, limit_headers=limit_headers
                 )
         if write_headers is not None:
             write_headers(response, environ)

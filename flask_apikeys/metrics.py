@@ -8,7 +8,9 @@ when ``APIKEYS_METRICS_KEY_ID_LABEL`` asks; never a raw path, and never a key.
 
 Under gunicorn (or any pre-fork server) set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory
 before the server starts: each worker writes its values there, and a scrape of any worker
-adds up all of them (prometheus_client's multiprocess mode).
+adds up all of them (prometheus_client's multiprocess mode). A worker adds its requests up
+and writes them every ``sync_interval`` seconds (:mod:`flask_apikeys.metrics_batch`), so a
+scrape sees another worker's at most that late.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import atexit
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, cast
 
 from flask import Flask, Response, current_app, request, request_finished
@@ -41,7 +44,7 @@ from .environ import (
 )
 from .forking import after_fork_in_child
 from .identity import VerifiedKey
-from .usage.rows import UNMATCHED_ENDPOINT
+from .metrics_batch import MAX_PENDING, RequestBatch
 
 #: Every metric name this module exports (the dashboard and the alert rules use only these).
 METRIC_NAMES = (
@@ -62,8 +65,10 @@ METRIC_NAMES = (
 MAX_REMEMBERED_ORGANIZATIONS = 100_000
 #: Seconds: a cached key verifies in microseconds, a cache miss costs a database read.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
-#: Seconds between two moves of a process's own figures (key-cache lookups, queue depth, quota)
-#: into prometheus_client; a scrape through :func:`serve_metrics` moves this process's first.
+#: Seconds between two moves of a process's own figures (the requests it finished, key-cache
+#: lookups, queue depth, quota) into prometheus_client; a scrape through :func:`serve_metrics`
+#: moves this process's first, so under multiprocess mode another worker's are at most this
+#: late.
 SYNC_INTERVAL = 1.0
 
 
@@ -74,8 +79,8 @@ class APIKeysMetrics:
     :param registry: where the metrics are registered; a registry of their own by default
         (pass ``prometheus_client.REGISTRY`` to serve them with your other metrics).
     :param sync_interval: seconds between two moves of the figures a process keeps itself
-        (key-cache lookups, usage queue depth, quota used) into the metrics; see
-        :data:`SYNC_INTERVAL`.
+        (the requests it finished, key-cache lookups, usage queue depth, quota used) into the
+        metrics; see :data:`SYNC_INTERVAL`.
     """
 
     def __init__(
@@ -110,6 +115,8 @@ class APIKeysMetrics:
             raise RuntimeError(f"sync_interval must be a positive number of seconds: {interval!r}")
         recorder = _Recorder(registry, state, settings.metrics_key_id_label, interval)
         app.extensions["apikeys_metrics"] = recorder
+        # A plain function, held by the recorder and connected weakly: blinker calls it for
+        # ~4.5k instructions less than a bound method, whose weak reference it rebuilds per call.
         request_finished.connect(recorder.on_request_finished, app)
         signals.credential_refused.connect(recorder.on_credential_refused, app)
         signals.rate_limit_refused.connect(recorder.on_rate_limit_refused, app)
@@ -137,20 +144,17 @@ def serve_metrics() -> Response:
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
-def status_class(status: int) -> str:
-    """``"2xx"`` for 204: five values, whatever a view answers."""
-    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
-
-
 class _Recorder:
     """The metric objects of one app and the receivers that update them.
 
-    What a request must count exactly (requests, latency, cost, refusals) goes to
-    prometheus_client at once. Figures the process keeps anyway (the key cache's lookups, the
-    usage queue's length) and the latest quota figure are moved in by :meth:`sync`: at each
-    scrape of this process, every ``sync_interval`` seconds from a thread (what another
-    worker's scrape sees under gunicorn), and at exit. Each prometheus_client update takes a
-    lock and costs about as much as the rest of a receiver (``bench/README.md``).
+    A finished request only appends its figures to :attr:`batch`; refusals (rare, and an
+    alert wants them at once) go to prometheus_client at once. The requests, their latency,
+    cost and quota figure, and the figures the process keeps anyway (the key cache's lookups,
+    the usage queue's length) are moved in by :meth:`sync`: at each scrape of this process,
+    every ``sync_interval`` seconds from a thread (what another worker's scrape sees under
+    gunicorn), when a request finds :data:`~flask_apikeys.metrics_batch.MAX_PENDING` waiting,
+    and at exit. Each prometheus_client update takes a lock and costs about as much as the rest
+    of a receiver (``bench/README.md``).
     """
 
     def __init__(
@@ -203,16 +207,13 @@ class _Recorder:
             registry=registry,
             multiprocess_mode="mostrecent",
         )
-        verification = Histogram(
+        self.verification = Histogram(
             "apikeys_verification_seconds",
             "Time to verify a presented key or token, by outcome (accepted, refused).",
             ["outcome"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.verification = verification
-        self.accepted_seconds = verification.labels("accepted")
-        self.refused_seconds = verification.labels("refused")
         self.cache_hits = counter(
             "apikeys_key_cache_hits_total", "Verified-key cache lookups that found the key."
         )
@@ -245,55 +246,17 @@ class _Recorder:
         self._quota_seen: dict[tuple[Any, str], tuple[int, int]] = {}
         self._quota_synced: dict[tuple[Any, str], tuple[int, int]] = {}
         self._quota_months: dict[str, str] = {}
-        self._request_children: dict[tuple[Any, ...], Any] = {}
+        self.batch = RequestBatch(
+            self.requests,
+            self.verification,
+            self.cost,
+            LATENCY_BUCKETS,
+            key_id_label=key_id_label,
+        )
+        #: Flask's ``request_finished`` receiver (a plain function: see ``init_app``).
+        self.on_request_finished = _request_finished_receiver(self)
 
     # -- receivers ----------------------------------------------------------------------------
-
-    def on_request_finished(self, sender: Flask, *, response: Response, **_: Any) -> None:
-        """Time the verification of the request's credential; count a key's request, its
-        cost and its quota figure. One function: it runs on every request."""
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
-        key = environ.get(OUTCOME_ENVIRON_KEY)
-        seconds = environ.get(VERIFICATION_SECONDS_ENVIRON_KEY)
-        if not isinstance(key, VerifiedKey):
-            if seconds is not None:  # a credential was presented and refused
-                self.refused_seconds.observe(seconds)
-            return
-        if seconds is not None:  # None when a key function verified it outside the hook
-            self.accepted_seconds.observe(seconds)
-        rule = current_request.url_rule
-        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
-        status = response.status_code
-        organization_id = key.organization.id
-        # The labelled children, found by the raw values: labels() validates and formats its
-        # arguments on every call, which costs more than the increment itself.
-        found = (organization_id, endpoint, status, key.id if self.key_id_label else None)
-        child = self._request_children.get(found)
-        if child is None:
-            labels = [str(organization_id), endpoint, status_class(status)]
-            if self.key_id_label:
-                labels.append(str(key.id))
-            if len(self._request_children) >= MAX_REMEMBERED_ORGANIZATIONS:
-                self._request_children.clear()
-            child = self._request_children[found] = self.requests.labels(*labels)
-        child.inc()
-        cost = environ.get(COST_ENVIRON_KEY)
-        if isinstance(cost, float) and cost > 0:
-            self.cost.labels(str(organization_id)).inc(cost)
-        result = environ.get(RESULT_ENVIRON_KEY)
-        if result is not None:
-            limits, outcome, month = result
-            index = limits.quota_index
-            if index is not None:
-                seen = self._quota_seen
-                if len(seen) >= MAX_REMEMBERED_ORGANIZATIONS:
-                    seen.clear()
-                figure = (outcome.values[index], limits.counters[index].limit)
-                previous = seen.get((organization_id, month.label))
-                # Two threads may finish out of order: keep the larger, the counter only grows.
-                if previous is None or figure[0] >= previous[0]:
-                    seen[(organization_id, month.label)] = figure
 
     def on_credential_refused(self, sender: Flask, *, code: str, **_: Any) -> None:
         self.credential_refusals.labels(code).inc()
@@ -319,7 +282,8 @@ class _Recorder:
     def sync(self) -> None:
         """Move the key cache's lookups since the last sync, the usage queue's length and the
         latest quota figures into the metrics."""
-        with self._sync_lock:  # the thread, a scrape and exit may sync at once
+        with self._sync_lock:  # the thread, a scrape, a request and exit may sync at once
+            self.batch.fold(self._see_quota)
             cache = self.state.cache
             hits, misses = cache.hits.value, cache.misses.value
             seen_hits, seen_misses = self._cache_seen
@@ -336,6 +300,16 @@ class _Recorder:
                     self._sync_quota(organization_id, month, figure)
             if len(self._quota_synced) >= MAX_REMEMBERED_ORGANIZATIONS:
                 self._quota_synced.clear()
+
+    def _see_quota(self, organization_id: Any, month: str, figure: tuple[int, int]) -> None:
+        """Remember a request's quota figure (used, limit) for :meth:`sync`."""
+        seen = self._quota_seen
+        if len(seen) >= MAX_REMEMBERED_ORGANIZATIONS:
+            seen.clear()
+        previous = seen.get((organization_id, month))
+        # Two threads may finish out of order: keep the larger, the counter only grows.
+        if previous is None or figure[0] >= previous[0]:
+            seen[(organization_id, month)] = figure
 
     def _sync_quota(self, organization_id: Any, month: str, figure: tuple[int, int]) -> None:
         """Set an organization's quota gauges. When its month changes, the month just ended
@@ -391,6 +365,41 @@ class _Recorder:
             after_fork_in_child(self, _Recorder._start_afresh)
 
     def _start_afresh(self) -> None:
-        """In a forked worker (gunicorn ``--preload``): a lock and a thread of its own."""
+        """In a forked worker (gunicorn ``--preload``): a lock and a thread of its own, and none
+        of the parent's requests."""
         self._sync_lock = threading.Lock()
+        self.batch.forget_parent()
         self.start_syncing()
+
+
+def _request_finished_receiver(recorder: _Recorder) -> Callable[..., None]:
+    """The receiver of Flask's ``request_finished`` for ``recorder``: it appends the request's
+    figures to the batch (one C call, safe from any thread) and leaves the counting to the
+    sync. One function: it runs on every request."""
+    finished = recorder.batch.finished
+    append = finished.append
+
+    def on_request_finished(sender: Flask, *, response: Response, **_: Any) -> None:
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
+        environ = current_request.environ
+        key = environ.get(OUTCOME_ENVIRON_KEY)
+        seconds = environ.get(VERIFICATION_SECONDS_ENVIRON_KEY)
+        if isinstance(key, VerifiedKey):
+            append(
+                (
+                    key,
+                    current_request.url_rule,
+                    response.status_code,
+                    seconds,
+                    environ.get(COST_ENVIRON_KEY),
+                    environ.get(RESULT_ENVIRON_KEY),
+                )
+            )
+        elif seconds is not None:  # a credential was presented and refused
+            append((None, None, 0, seconds, None, None))
+        else:
+            return
+        if len(finished) >= MAX_PENDING:  # the sync thread is late (or syncs rarely)
+            recorder.sync()
+
+    return on_request_finished

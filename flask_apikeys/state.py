@@ -8,6 +8,7 @@ the admin API, the OAuth views, the CLI), which reach the state through :func:`g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 from flask import Flask, current_app
@@ -66,7 +67,19 @@ class ExtensionState:
         (called by the hook; prefix and hint only)."""
         if self.audit is not None and self.writer is not None:
             address = client_address(environ, self.settings.trusted_proxies)
-            self.writer.add_audit(attempt_record(error, environ, address, presented))
+            # Repeats of one attempt until the next flush become one record with their count.
+            # The credential by its (keyed, per-process) hash only: no raw key is kept here.
+            attempt = (
+                error.error_code,
+                address,
+                environ.get("HTTP_USER_AGENT"),
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                hash(presented),
+            )
+            self.writer.add_refusal(
+                attempt, partial(attempt_record, error, environ, address, presented)
+            )
         if signals.credential_refused.receivers:
             signals.send_credential_refusal(error, environ, presented, self.settings)
 

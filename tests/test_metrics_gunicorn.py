@@ -72,8 +72,10 @@ def test_a_scrape_of_one_worker_adds_up_the_requests_both_workers_served(
     assert {status for status, _, _ in refusals} == {401}
     assert len({pid for _, pid, _ in answers}) == 2, "both workers should have served requests"
 
-    # Each worker moves the figures it keeps itself (quota, key-cache lookups) into the shared
-    # files every SYNC_INTERVAL seconds; the counters of requests are there at once.
+    # Each worker adds up its requests (and keeps its quota figure and key-cache lookups) and
+    # moves them into the shared files every SYNC_INTERVAL seconds: the scraped worker moves
+    # its own first, the other's are at most one interval late. Only the refusals are there
+    # at once.
     time.sleep(SYNC_INTERVAL * 1.5)
     status, _, text = call(f"{base}/apikeys/metrics", reader)
     assert status == 200, text

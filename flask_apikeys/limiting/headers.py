@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from math import ceil
 from typing import Any
 
@@ -58,17 +59,23 @@ def write_headers(response: Response, environ: dict[str, Any], *, ietf: bool) ->
 
 
 def describe_other_refusal(
-    response: Response, environ: dict[str, Any], limiter: Any, *, limit_headers: bool
+    response: Response,
+    environ: dict[str, Any],
+    find_limiter: Callable[[], Any],
+    *,
+    limit_headers: bool,
 ) -> None:
     """A 429 that is not ours (Flask-Limiter's): headers for the limit that refused it.
 
     ``X-RateLimit-*`` for that limit (not ours, which had room) and ``Retry-After``, unless
     Flask-Limiter writes its own headers (``RATELIMIT_HEADERS_ENABLED``); ``limit_headers``
-    is off with ``APIKEYS_RATELIMIT_HEADERS = "none"``.
+    is off with ``APIKEYS_RATELIMIT_HEADERS = "none"``. ``find_limiter`` returns the
+    ``Limiter`` (or ``None``), looked for only when the refusal is not ours.
     """
     result = environ.get(RESULT_ENVIRON_KEY)
     if result is not None and result[1].refused is not None:
         return  # ours: the error carries Retry-After, write_headers the rest
+    limiter = find_limiter()
     if limiter is None or flask_limiter_writes_headers(limiter):
         return
     refusing = next((limit for limit in limiter.current_limits if limit.breached), None)

@@ -90,6 +90,10 @@ class RateLimits:
         )
         self._month = Month.containing(windows.now())
         self._failed_auth = parse_limit(settings.failed_auth_limit or "1/second")
+        #: client address → its failed-attempt counters (a client retrying a wrong key).
+        self._failure_counters: BoundedCache[str, tuple[Counter, ...]] = BoundedCache(
+            MAX_REMEMBERED
+        )
         #: Windows slide (``APIKEYS_RATELIMIT_STRATEGY``); the monthly quota never does.
         self._sliding = settings.ratelimit_strategy == SLIDING_WINDOW
         #: client address → until when it is refused without verifying its key.
@@ -376,12 +380,19 @@ class RateLimits:
         Each process remembers refused addresses itself, so an address gets at most one more
         verified attempt per process and window than the limit.
         """
-        tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
-        suffix = SLIDING_KEY_SUFFIX if self._sliding else ""
-        counters = tuple(
-            Counter(f"apikeys:failed-auth:{tag}:{window}{suffix}", amount, window, self._sliding)
-            for amount, window in self._failed_auth
-        )
+        counters = self._failure_counters.get(address)
+        if counters is None:
+            tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
+            suffix = SLIDING_KEY_SUFFIX if self._sliding else ""
+            counters = self._failure_counters.put(
+                address,
+                tuple(
+                    Counter(
+                        f"apikeys:failed-auth:{tag}:{window}{suffix}", amount, window, self._sliding
+                    )
+                    for amount, window in self._failed_auth
+                ),
+            )
         outcome = self._take(counters)
         if outcome is None or outcome.refused is None:
             return

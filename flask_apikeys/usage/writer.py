@@ -13,7 +13,8 @@ If the database cannot be reached, the rows stay queued and are retried; past
 refuses for what they hold are found by halving the batch and dropped alone, with a warning;
 every value taken from a request is made storable when it is captured, so that stays rare.
 Refused authentication attempts are not usage (there is no key); they go to the audit trail
-through the same writer.
+through the same writer, repeats of one attempt between two flushes as one record with their
+count (:mod:`flask_apikeys.refusals`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .. import signals
 from ..audit import append as append_audit
 from ..forking import after_fork_in_child
 from ..models import APIKey
+from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
 from .insert import InsertPlan
 from .prepared import execute_many
@@ -114,6 +116,7 @@ class UsageWriter:
         self.max_queue = max_queue
         self._usage: deque[tuple[Any, ...]] = deque()
         self._audit: deque[dict[str, Any]] = deque()
+        self._refusals = RefusalTally()
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -133,6 +136,7 @@ class UsageWriter:
         writer thread and locks did not come along, so start with none of them."""
         self._usage = deque()
         self._audit = deque()
+        self._refusals = RefusalTally()
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread = None
@@ -151,6 +155,12 @@ class UsageWriter:
     def add_audit(self, record: dict[str, Any]) -> None:
         self._audit.append(record)
         self._after_add(len(self._audit))
+
+    def add_refusal(self, attempt: Attempt, build_record: Callable[[], dict[str, Any]]) -> None:
+        """Count a refused attempt: its audit record (built once, by ``build_record``) is written
+        by the next flush with the number of times ``attempt`` was refused until then."""
+        if self._refusals.add(attempt, build_record) or self.synchronous or self._stopped:
+            self._after_add(len(self._refusals) + len(self._audit))
 
     def _after_add(self, queued: int) -> None:
         if self.synchronous or self._stopped:  # closed: no thread will write it later
@@ -190,6 +200,7 @@ class UsageWriter:
         with self._flush_lock:
             rows = [self._usage.popleft() for _ in range(len(self._usage))]
             audits = [self._audit.popleft() for _ in range(len(self._audit))]
+            audits += self._refusals.take()
             written = 0
             try:
                 if rows:

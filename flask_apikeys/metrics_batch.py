@@ -1,0 +1,183 @@
+"""Requests counted in batches: a request appends its figures, a sync adds them up.
+
+Each prometheus_client update takes a lock and runs several Python calls; a request with the
+metrics on paid three (its counter, the latency histogram's sum and its bucket). Here a request
+appends one tuple to a :class:`collections.deque` (one C call, which many threads may make at
+once without losing any), and :meth:`RequestBatch.fold`, run by the recorder's sync under its
+lock (the only reader), pops what is there, adds it up in plain dicts and makes one update per
+series it touched: a thousand requests of one key become one increment. The price is staleness:
+prometheus_client sees a request at the next sync (:mod:`flask_apikeys.metrics`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from prometheus_client import Counter, Histogram
+
+from .usage.rows import UNMATCHED_ENDPOINT
+
+#: A finished request: (the verified key, its URL rule, the response's status, the seconds its
+#: verification took or ``None``, its cost, what the limits took or ``None``); for a refused
+#: credential, ``(None, None, 0, seconds, None, None)``.
+Finished = tuple[Any, Any, int, "float | None", Any, Any]
+#: Requests a process may hold between two syncs before the request that finds this many
+#: folds them itself (when the sync thread cannot keep up, or syncs rarely).
+MAX_PENDING = 10_000
+MAX_REMEMBERED_SERIES = 100_000
+
+
+def status_class(status: int) -> str:
+    """``"2xx"`` for 204: five values, whatever a view answers."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
+
+
+class LatencyTally:
+    """Observations of one histogram child, added up: a count per bucket and the sum."""
+
+    def __init__(self, child: Any, upper_bounds: list[float]) -> None:
+        self.child = child
+        self.upper_bounds = upper_bounds
+        self.counts = [0] * (len(upper_bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+        self.batched = batched_observations_supported(child, upper_bounds)
+
+    def add(self, values: list[float]) -> None:
+        """Count ``values`` in their buckets (each in the first whose bound is ≥ it, as
+        ``observe`` does)."""
+        if not self.batched:
+            for seconds in values:
+                self.child.observe(seconds)
+            return
+        counts, upper_bounds = self.counts, self.upper_bounds
+        for seconds in values:
+            counts[bisect.bisect_left(upper_bounds, seconds)] += 1
+        self.total += sum(values)
+
+    def move_into_child(self) -> None:
+        """Observe what was added, one update per bucket touched, and start again from 0."""
+        if not self.batched or not any(self.counts):
+            return
+        # What Histogram.observe does for one value (_sum, then the first bucket ≥ it), for all
+        # of them at once; batched_observations_supported checked the attributes exist.
+        self.child._sum.inc(self.total)
+        for bucket, count in enumerate(self.counts):
+            if count:
+                self.child._buckets[bucket].inc(count)
+        self.counts = [0] * len(self.counts)
+        self.total = 0.0
+
+
+def batched_observations_supported(child: Any, upper_bounds: list[float]) -> bool:
+    """Whether ``child`` (a labelled :class:`~prometheus_client.Histogram`) keeps its sum and
+    its buckets as prometheus_client has since 0.1 (``tests/test_metrics_batch.py`` checks the
+    installed version observes the same either way); if not, each value is observed alone."""
+    buckets = getattr(child, "_buckets", None)
+    return (
+        hasattr(getattr(child, "_sum", None), "inc")
+        and isinstance(buckets, list)
+        and all(hasattr(bucket, "inc") for bucket in buckets)
+        and list(getattr(child, "_upper_bounds", ())) == [*upper_bounds, math.inf]
+    )
+
+
+class RequestBatch:
+    """The requests a process finished since its last sync, and how they reach the metrics.
+
+    :param requests: ``apikeys_requests_total``; ``key_id_label`` when it has ``key_id``.
+    :param verification: the latency histogram, labelled by ``outcome``.
+    :param cost: ``apikeys_cost_usd_total``.
+    """
+
+    def __init__(
+        self,
+        requests: Counter,
+        verification: Histogram,
+        cost: Counter,
+        upper_bounds: tuple[float, ...],
+        *,
+        key_id_label: bool,
+    ) -> None:
+        self.requests = requests
+        self.cost = cost
+        self.key_id_label = key_id_label
+        #: Appended to by requests (any thread), popped only by :meth:`fold`.
+        self.finished: deque[Finished] = deque()
+        bounds = list(upper_bounds)
+        self.accepted = LatencyTally(verification.labels("accepted"), bounds)
+        self.refused = LatencyTally(verification.labels("refused"), bounds)
+        self._request_children: dict[tuple[Any, ...], Any] = {}
+
+    def forget_parent(self) -> None:
+        """In a forked worker: the parent's requests are the parent's to count."""
+        self.finished.clear()
+
+    def fold(self, see_quota: Callable[[Any, str, tuple[int, int]], None]) -> None:
+        """Add up the requests finished so far into the metrics; ``see_quota(organization id,
+        month, (used, limit))`` for each quota figure. The caller holds the sync lock: requests
+        appended meanwhile wait for the next fold, none is lost or counted twice."""
+        accepted: list[float] = []
+        refused: list[float] = []
+        # Added up by the identity of the key snapshot and the URL rule (alive in the tally, so
+        # an id is not reused during the fold): a key's UUID hashes in Python, a VerifiedKey
+        # (a frozen dataclass) hashes every field, and a Rule does not hash at all.
+        tallies: dict[tuple[int, int, int], list[Any]] = {}  # → [count, cost, key, rule]
+        quotas: dict[tuple[int, str], tuple[int, int, Any]] = {}  # → (used, limit, key)
+        finished, popleft = self.finished, self.finished.popleft
+        for _ in range(len(finished)):
+            key, rule, status, seconds, cost, result = popleft()
+            if key is None:  # a refused credential: always timed
+                refused.append(cast(float, seconds))
+                continue
+            if seconds is not None:  # None when a key function verified it outside the hook
+                accepted.append(seconds)
+            found = (id(key), id(rule), status)
+            tally = tallies.get(found)
+            if tally is None:
+                tally = tallies[found] = [0, 0.0, key, rule]
+            tally[0] += 1
+            if isinstance(cost, float) and cost > 0:
+                tally[1] += cost
+            if result is not None:
+                limits, outcome, month = result
+                index = limits.quota_index
+                if index is not None:
+                    used = outcome.values[index]
+                    quota = (id(key), month.label)
+                    # Two threads may finish out of order: the counter only grows.
+                    if used >= quotas.get(quota, (-1, 0, None))[0]:
+                        quotas[quota] = (used, limits.counters[index].limit, key)
+        costs: dict[Any, float] = {}
+        for (_, _, status), (count, cost, key, rule) in tallies.items():
+            organization_id = key.organization.id
+            endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+            series = (organization_id, endpoint, status, key.id if self.key_id_label else None)
+            self._request_child(series).inc(count)
+            if cost:
+                costs[organization_id] = costs.get(organization_id, 0.0) + cost
+        for organization_id, cost in costs.items():
+            self.cost.labels(str(organization_id)).inc(cost)
+        for (_, month_label), (used, limit, key) in quotas.items():
+            see_quota(key.organization.id, month_label, (used, limit))
+        self.accepted.add(accepted)
+        self.refused.add(refused)
+        self.accepted.move_into_child()
+        self.refused.move_into_child()
+
+    def _request_child(self, series: tuple[Any, ...]) -> Any:
+        """The labelled counter of a series, found by its raw values: ``labels()`` validates
+        and formats its arguments on every call."""
+        child = self._request_children.get(series)
+        if child is None:
+            organization_id, endpoint, status, key_id = series
+            labels = [str(organization_id), endpoint, status_class(status)]
+            if self.key_id_label:
+                labels.append(str(key_id))
+            if len(self._request_children) >= MAX_REMEMBERED_SERIES:
+                self._request_children.clear()
+            child = self._request_children[series] = self.requests.labels(*labels)
+        return child

@@ -1,0 +1,111 @@
+"""Refusals rendered from documents built once: each response still says what its error says."""
+
+from __future__ import annotations
+
+import gc
+import json
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from flask_apikeys import APIKeys
+from flask_apikeys.errors import (
+    APIKeyError,
+    InsufficientScope,
+    InvalidAPIKey,
+    QuotaExceeded,
+    RateLimitExceeded,
+)
+from flask_apikeys.keys import generate_key
+
+
+def rendered(error: APIKeyError) -> tuple[dict[str, Any], dict[str, str], int]:
+    response = error.get_response()
+    return json.loads(response.get_data()), dict(response.headers), response.status_code
+
+
+def rate_error(seconds: int) -> RateLimitExceeded:
+    return RateLimitExceeded(
+        f"The key's rate limit of 1 requests per 60 s is reached; retry in {seconds} s.",
+        retry_after=seconds,
+        policy="apikey",
+        limit=1,
+        window_seconds=60,
+    )
+
+
+def test_a_repeated_refusal_gets_its_own_seconds_in_body_and_header() -> None:
+    first, same, later = rendered(rate_error(5)), rendered(rate_error(5)), rendered(rate_error(4))
+    assert first == same
+    assert first[0]["detail"].endswith("retry in 5 s.") and first[1]["Retry-After"] == "5"
+    assert later[0]["detail"].endswith("retry in 4 s.") and later[1]["Retry-After"] == "4"
+    body, headers, status = first
+    assert status == 429 and headers["Content-Type"] == "application/problem+json"
+    assert headers["Content-Length"] == str(len(json.dumps(body)))
+    assert (body["policy"], body["limit"], body["window_seconds"]) == ("apikey", 1, 60)
+
+
+def test_errors_with_the_same_detail_keep_their_own_class_status_and_headers() -> None:
+    detail = "The organization's monthly quota of 5 requests is used up."
+    quota_soon = rendered(QuotaExceeded(detail, retry_after=10, limit=5, period="2026-12"))
+    quota_later = rendered(QuotaExceeded(detail, retry_after=20, limit=5, period="2026-12"))
+    assert quota_soon[0] == quota_later[0] and quota_soon[0]["code"] == "quota_exceeded"
+    assert (quota_soon[1]["Retry-After"], quota_later[1]["Retry-After"]) == ("10", "20")
+    invalid = rendered(InvalidAPIKey(detail))
+    assert (invalid[0]["code"], invalid[2]) == ("invalid_api_key", 401)
+    assert invalid[1]["WWW-Authenticate"].startswith('Bearer realm="api", error="invalid_token"')
+
+
+def test_members_that_cannot_be_remembered_and_overridden_documents_still_render() -> None:
+    app = Flask(__name__)
+    with app.test_request_context(headers={"Authorization": "Bearer x"}):
+        scope = rendered(InsufficientScope("Needs a:read.", required_scopes=["a:read"]))
+    assert scope[0]["required_scopes"] == ["a:read"] and scope[2] == 403
+    assert 'scope="a:read"' in scope[1]["WWW-Authenticate"]
+
+    class Teapot(APIKeyError):
+        code = 418
+        error_code = "teapot"
+
+        def problem(self) -> dict[str, Any]:
+            return {"brewing": self.detail}
+
+    assert rendered(Teapot("tea"))[0] == {"brewing": "tea"}
+    assert rendered(Teapot("coffee"))[0] == {"brewing": "coffee"}
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    # No flush and no key lookup while garbage is counted: only the requests' own objects.
+    return {"APIKEYS_USAGE_FLUSH_INTERVAL": 3600, "APIKEYS_CACHE_TTL": 3600}
+
+
+def cyclic_garbage_per_request(client: FlaskClient, key: str, requests: int = 20) -> float:
+    """Objects only the garbage collector can free, per request (collections held off)."""
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(requests):
+            client.get("/v1/whoami", headers={"X-API-Key": key})
+        return gc.collect() / requests
+    finally:
+        gc.enable()
+
+
+def test_a_refusal_leaves_no_more_cyclic_garbage_than_a_served_request(
+    app: Flask, apikeys: APIKeys
+) -> None:
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        served = apikeys.create_key(organization, "served", scopes=["*"]).key
+        limited = apikeys.create_key(organization, "limited", scopes=["*"], rate_limit="1/day")
+    client = app.test_client()
+    assert client.get("/v1/whoami", headers={"X-API-Key": limited.key}).status_code == 200
+    assert client.get("/v1/whoami", headers={"X-API-Key": served}).status_code == 200
+    assert client.get("/v1/whoami", headers={"X-API-Key": limited.key}).status_code == 429
+    baseline = cyclic_garbage_per_request(client, served)
+    # The error's traceback held the frames that held the environ that held the error.
+    assert cyclic_garbage_per_request(client, limited.key) <= baseline
+    assert cyclic_garbage_per_request(client, generate_key("pk", "live")) <= baseline
