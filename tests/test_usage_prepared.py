@@ -8,18 +8,24 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from flask_apikeys.models import ALL_KEYS, NO_ERROR_CODE, APIKeyUsageRollup
+from flask_apikeys.usage import rollups as rollups_module
 from flask_apikeys.usage.prepared import execute_many
 from flask_apikeys.usage.rollups import (
     ADDED_COLUMNS,
     GROUP_COLUMNS,
     HOUR,
+    ROW_COLUMNS,
     SUM_COLUMNS,
     _parameters,
+    _tuples,
     upsert_statement,
+    write_rollups,
 )
+from tests.test_usage_rollups import synthetic_row
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 
@@ -99,6 +105,43 @@ def test_cursor_listeners_see_the_prepared_rows(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_a_flush_of_tuples_stores_what_a_flush_of_dicts_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``write_rollups`` on SQLite builds the rollup rows as the driver's tuples; the same
+    queued rows through the dicts other dialects get (SQLAlchemy's bind processors) store the
+    same sums, twice (the second flush adds on conflict): many keys, equal ids held by
+    different objects, three organizations, hours of two days, errors, tokens and costs."""
+    chooser = random.Random(5)
+    organizations = [uuid.uuid4() for _ in range(3)]
+    keys = [(uuid.uuid4(), chooser.choice(organizations)) for _ in range(150)]
+    start = datetime(2026, 3, 1, 22, 30, tzinfo=UTC).timestamp()
+    queued = []
+    for _ in range(600):
+        key_id, organization_id = chooser.choice(keys)
+        if chooser.random() < 0.3:  # the same ids, other objects (as from another request)
+            key_id, organization_id = uuid.UUID(str(key_id)), uuid.UUID(str(organization_id))
+        moment = start + chooser.uniform(0, 3 * HOUR)
+        queued.append(synthetic_row(key_id, organization_id, moment, chooser))
+    engines = [sa.create_engine(f"sqlite:///{tmp_path / name}.sqlite") for name in "ab"]
+    for engine in engines:
+        rollups.create(engine)
+    for half in (queued[:300], queued[300:]):
+        with engines[0].begin() as connection:
+            write_rollups(connection, half)
+        with monkeypatch.context() as patched:
+            patched.setattr(rollups_module, "PREPARED_DIALECTS", frozenset())
+            with engines[1].begin() as connection:
+                write_rollups(connection, half)
+    as_tuples, as_dicts = stored(engines[0]), stored(engines[1])
+    assert {row[0] for row in as_tuples} == {"hour", "day"}
+    requests = 1 + len(GROUP_COLUMNS) + ADDED_COLUMNS.index("requests")
+    assert sum(row[requests] for row in as_tuples if row[0] == "day") == 2 * 600
+    assert as_tuples == as_dicts
+    for engine in engines:
+        engine.dispose()
+
+
 def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
     """Every process takes its row locks in one order: ids ordered by number, which is the
     order of their text (what earlier versions sorted by), so mixed versions agree."""
@@ -108,10 +151,21 @@ def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
         for organization in organizations
         for key in [uuid.uuid4(), ALL_KEYS]
     }
-    written = [(row["organization_id"], row["api_key_id"]) for row in _parameters_of(groups)]
-    assert written == sorted(written, key=lambda ids: (str(ids[0]), str(ids[1])))
-
-
-def _parameters_of(groups: dict[Any, list[Any]]) -> list[dict[str, Any]]:
-    padded = {group: sums + [0] * (len(SUM_COLUMNS) - len(sums)) for group, sums in groups.items()}
-    return _parameters("hour", HOUR, padded)
+    ids = {uuid.int: uuid for uuid in [*organizations, *(group[1] for group in groups)]}
+    by_numbers = {
+        (organization.int, key.int, *rest): sums + [0] * (len(SUM_COLUMNS) - len(sums))
+        for (organization, key, *rest), sums in groups.items()
+    }
+    in_dicts = [
+        (row["organization_id"], row["api_key_id"])
+        for row in _parameters("hour", HOUR, by_numbers, ids)
+    ]
+    texts = {number: str(value) for number, value in ids.items()}
+    organization, key = ROW_COLUMNS.index("organization_id"), ROW_COLUMNS.index("api_key_id")
+    in_tuples = [
+        (row[organization], row[key])
+        for row in _tuples("hour", HOUR, by_numbers, (texts, texts), str, ())
+    ]
+    assert in_dicts == sorted(in_dicts, key=lambda ids: (str(ids[0]), str(ids[1])))
+    assert in_tuples == sorted(in_tuples)
+    assert in_tuples == [(str(first), str(second)) for first, second in in_dicts]

@@ -44,6 +44,8 @@ class PreparedMany:
         }
         #: Per position: the parameter's name and its converter (``None``: passed as is).
         self.positions = tuple((name, processors.get(name)) for name in positions)
+        #: The parameters' names in the order the driver takes them.
+        self.order = tuple(positions)
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """The rows as the driver's tuples, each value object converted once.
@@ -71,6 +73,16 @@ class PreparedMany:
 _prepared: dict[tuple[sa.Executable, str, tuple[str, ...]], PreparedMany] = {}
 
 
+def prepare(statement: sa.Executable, dialect: sa.Dialect, names: Sequence[str]) -> PreparedMany:
+    """``statement`` compiled for ``dialect`` with parameters ``names``, remembered: it must be
+    built once (a module constant), not per call."""
+    remembered = (statement, dialect.name, tuple(names))
+    prepared = _prepared.get(remembered)
+    if prepared is None:
+        prepared = _prepared[remembered] = PreparedMany(statement, dialect, names)
+    return prepared
+
+
 def execute_many(
     connection: sa.Connection, statement: sa.Executable, rows: Sequence[Mapping[str, Any]]
 ) -> None:
@@ -85,9 +97,5 @@ def execute_many(
     if dialect.name not in PREPARED_DIALECTS:
         connection.execute(statement, list(rows))
         return
-    names = tuple(rows[0])
-    remembered = (statement, dialect.name, names)
-    prepared = _prepared.get(remembered)
-    if prepared is None:
-        prepared = _prepared[remembered] = PreparedMany(statement, dialect, names)
+    prepared = prepare(statement, dialect, tuple(rows[0]))
     connection.exec_driver_sql(prepared.sql, prepared.parameters(rows))

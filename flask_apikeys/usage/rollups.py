@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from operator import add
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,7 +35,7 @@ from ..models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
-from .prepared import execute_many
+from .prepared import PREPARED_DIALECTS, execute_many, prepare
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -54,33 +55,60 @@ GROUP_COLUMNS = (
 SUM_COLUMNS = ("requests", "latency_sum_ms", "tokens_used", "cost_usd", *LATENCY_BUCKET_COLUMNS)
 FIRST_BUCKET = 4  # where the histogram starts in a group's sums
 ADDED_COLUMNS = ("errors", *SUM_COLUMNS)
-#: A group: (organization, key, hour number since the epoch, method, endpoint, status class,
-#: error code).
-GroupKey = tuple[Any, Any, int, str, str, int, str]
+#: The columns of a rollup row in the order the flush builds its tuples (the table's order,
+#: which is the order SQLAlchemy binds an ``INSERT``'s parameters in).
+ROW_COLUMNS = (
+    "organization_id",
+    "granularity",
+    "bucket_start",
+    "api_key_id",
+    "method",
+    "endpoint",
+    "status_class",
+    "error_code",
+    "requests",
+    "errors",
+    *SUM_COLUMNS[1:],
+)
+#: A group: (organization's id number, key's id number, hour number since the epoch, method,
+#: endpoint, status class, error code). Ids by their ``UUID.int``: an int hashes in C where a
+#: UUID's ``__hash__`` is Python code, and orders as the UUID's text does (fixed-width hex).
+GroupKey = tuple[int, int, int, str, str, int, str]
+Groups = dict[GroupKey, list[Any]]
 
 
-def aggregate(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, list[Any]]:
+def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
     """Sum queued usage rows (in :data:`~flask_apikeys.usage.insert.USAGE_FIELDS` order, the
-    time a POSIX float) per hour group: requests, latency, tokens, cost, histogram.
+    time a POSIX float) per hour group: requests, latency, tokens, cost, histogram; and the id
+    objects by their numbers.
 
-    The loop runs once per request, inside the flush: it groups by the ids' objects
-    (``id()``, a C call) rather than hashing each UUID (a Python-level ``__hash__``), and
-    merges equal ids held by different objects afterwards, once per group.
+    The loop runs once per request, inside the flush: it groups by the ids' numbers (a slot
+    read) rather than the UUIDs themselves (a Python-level ``__hash__`` per use).
     """
-    by_object: dict[tuple[Any, ...], list[Any]] = {}
-    objects: dict[int, Any] = {}
+    groups: Groups = {}
+    ids: dict[int, Any] = {}
     edges = LATENCY_BUCKET_EDGES_MS
     empty = [0, 0.0, 0, 0.0] + [0] * len(LATENCY_BUCKET_COLUMNS)
     for (
         key_id, organization_id, moment, endpoint, method, status, elapsed, tokens, cost,
         _address, _agent, _message, code,
     ) in rows:  # fmt: skip
-        group = (id(organization_id), id(key_id), moment // HOUR, method, endpoint, status, code)
-        sums = by_object.get(group)
+        organization_number = organization_id.int
+        key_number = key_id.int
+        group = (
+            organization_number,
+            key_number,
+            int(moment // HOUR),
+            method,
+            endpoint,
+            status // 100,
+            code or NO_ERROR_CODE,
+        )
+        sums = groups.get(group)
         if sums is None:
-            objects[id(organization_id)] = organization_id
-            objects[id(key_id)] = key_id
-            sums = by_object[group] = empty.copy()
+            ids[organization_number] = organization_id
+            ids[key_number] = key_id
+            sums = groups[group] = empty.copy()
         sums[0] += 1
         sums[1] += elapsed
         if tokens:
@@ -88,64 +116,41 @@ def aggregate(rows: Iterable[tuple[Any, ...]]) -> dict[GroupKey, list[Any]]:
         if cost:
             sums[3] += cost
         sums[FIRST_BUCKET + bisect_left(edges, elapsed)] += 1
-    groups: dict[GroupKey, list[Any]] = {}
-    for (
-        organization_ref,
-        key_ref,
-        hour,
-        method,
-        endpoint,
-        status,
-        code,
-    ), sums in by_object.items():
-        merged: GroupKey = (
-            objects[organization_ref],
-            objects[key_ref],
-            int(hour),
-            method,
-            endpoint,
-            status // 100,
-            code or NO_ERROR_CODE,
-        )
-        total = groups.get(merged)
-        groups[merged] = (
-            sums if total is None else [a + b for a, b in zip(total, sums, strict=True)]
-        )
-    return groups
+    return groups, ids
 
 
-def _by_day(hours: dict[GroupKey, list[Any]]) -> dict[GroupKey, list[Any]]:
+def _by_day(hours: Groups) -> Groups:
     """The same sums per UTC day (the group's hour number becomes a day number)."""
-    days: dict[GroupKey, list[Any]] = {}
+    days: Groups = {}
     for (organization_id, key_id, hour, *rest), sums in hours.items():
-        group: GroupKey = (organization_id, key_id, hour // 24, *rest)
+        group: GroupKey = (organization_id, key_id, hour // 24, *rest)  # type: ignore[assignment]
         total = days.get(group)
         if total is None:
             days[group] = sums.copy()
         else:
-            days[group] = [a + b for a, b in zip(total, sums, strict=True)]
+            days[group] = list(map(add, total, sums))
     return days
 
 
-def _with_all_keys(groups: dict[GroupKey, list[Any]]) -> dict[GroupKey, list[Any]]:
+def _with_all_keys(groups: Groups) -> Groups:
     """The groups, and the same sums over every key of an organization (key :data:`ALL_KEYS`):
     what an organization's statistics read, a key's count of rows fewer."""
-    merged: dict[GroupKey, list[Any]] = dict(groups)
+    merged: Groups = dict(groups)
+    all_keys = ALL_KEYS.int
     for (organization_id, _key, *rest), sums in groups.items():
-        group: GroupKey = (organization_id, ALL_KEYS, *rest)
+        group: GroupKey = (organization_id, all_keys, *rest)  # type: ignore[assignment]
         total = merged.get(group)
-        merged[group] = (
-            sums.copy() if total is None else [a + b for a, b in zip(total, sums, strict=True)]
-        )
+        merged[group] = sums.copy() if total is None else list(map(add, total, sums))
     return merged
 
 
 def _parameters(
-    granularity: str, seconds: int, groups: dict[GroupKey, list[Any]]
+    granularity: str, seconds: int, groups: Groups, ids: dict[int, Any]
 ) -> list[dict[str, Any]]:
+    """The groups' rows as dicts, ordered by group (SQLAlchemy's ``executemany``)."""
     parameters = []
     starts: dict[int, datetime] = {}  # a flush spans a bucket or two, and has many groups
-    for group in sorted(groups, key=_sort_key):
+    for group in sorted(groups):
         organization_id, key_id, number, method, endpoint, status_class, code = group
         sums = groups[group]
         start = starts.get(number)
@@ -153,8 +158,8 @@ def _parameters(
             start = starts[number] = datetime.fromtimestamp(number * seconds, UTC)
         row = dict(zip(SUM_COLUMNS, sums, strict=True))
         row.update(
-            organization_id=organization_id,
-            api_key_id=key_id,
+            organization_id=ids[organization_id],
+            api_key_id=ids[key_id],
             granularity=granularity,
             bucket_start=start,
             method=method,
@@ -167,10 +172,45 @@ def _parameters(
     return parameters
 
 
-def _sort_key(group: GroupKey) -> tuple[int, int, int, str, str, int, str]:
-    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
-    organization_id, key_id, number, method, endpoint, status_class, code = group
-    return (organization_id.int, key_id.int, number, method, endpoint, status_class, code)
+def _tuples(
+    granularity: str,
+    seconds: int,
+    groups: Groups,
+    texts: tuple[dict[int, Any], dict[int, Any]],
+    convert_start: Callable[[Any], Any],
+    sum_processors: tuple[tuple[int, Callable[[Any], Any]], ...],
+) -> list[tuple[Any, ...]]:
+    """The groups' rows as the driver's tuples in :data:`ROW_COLUMNS` order, ordered by group:
+    each id converted once per flush (``texts``: the organizations', the keys'), each bucket's
+    start once per call."""
+    rows = []
+    starts: dict[int, Any] = {}
+    organization_texts, key_texts = texts
+    for group in sorted(groups):
+        sums = groups[group]
+        organization_id, key_id, number, method, endpoint, status_class, code = group
+        start = starts.get(number)
+        if start is None:
+            start = starts[number] = convert_start(datetime.fromtimestamp(number * seconds, UTC))
+        for index, convert in sum_processors:
+            sums[index] = convert(sums[index])
+        requests, *rest = sums
+        rows.append(
+            (
+                organization_texts[organization_id],
+                granularity,
+                start,
+                key_texts[key_id],
+                method,
+                endpoint,
+                status_class,
+                code,
+                requests,
+                requests if status_class >= 4 else 0,
+                *rest,
+            )
+        )
+    return rows
 
 
 @functools.cache
@@ -198,9 +238,52 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
     transaction that stores the raw rows)."""
     if not rows:
         return
-    hours = _with_all_keys(aggregate(rows))
-    parameters = _parameters("hour", HOUR, hours) + _parameters("day", DAY, _by_day(hours))
-    add_to_rollups(connection, parameters)
+    groups, ids = aggregate(rows)
+    ids[ALL_KEYS.int] = ALL_KEYS
+    hours = _with_all_keys(groups)
+    days = _by_day(hours)
+    dialect = connection.dialect
+    statement = upsert_statement(dialect.name)
+    if statement is not None and dialect.name in PREPARED_DIALECTS:
+        prepared = prepare(statement, dialect, ROW_COLUMNS)
+        processors = dict(prepared.positions)
+        if prepared.order == ROW_COLUMNS and _convertible(processors):
+            convert_key = processors["api_key_id"] or _same
+            convert_organization = processors["organization_id"] or _same
+            key_texts = {number: convert_key(value) for number, value in ids.items()}
+            organization_texts = {
+                number: convert_organization(ids[number])
+                for number in {group[0] for group in groups}
+            }
+            convert_start = processors["bucket_start"] or _same
+            sum_processors = tuple(
+                (index, convert)
+                for index, name in enumerate(SUM_COLUMNS)
+                if (convert := processors[name]) is not None
+            )
+            texts = (organization_texts, key_texts)
+            connection.exec_driver_sql(
+                prepared.sql,
+                _tuples("hour", HOUR, hours, texts, convert_start, sum_processors)
+                + _tuples("day", DAY, days, texts, convert_start, sum_processors),
+            )
+            return
+    add_to_rollups(
+        connection, _parameters("hour", HOUR, hours, ids) + _parameters("day", DAY, days, ids)
+    )
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _convertible(processors: dict[str, Callable[[Any], Any] | None]) -> bool:
+    """Whether the tuples' conversions (the ids, the bucket start, the sums) are all the
+    dialect makes: none for the group's texts and numbers."""
+    return all(
+        processors[name] is None
+        for name in ("granularity", "method", "endpoint", "status_class", "error_code", "errors")
+    )
 
 
 def add_to_rollups(connection: sa.Connection, parameters: list[dict[str, Any]]) -> None:
