@@ -746,6 +746,10 @@ def running_mariadb() -> Iterator[MariaDBServer]:
     """A throwaway MariaDB (Debian's mariadb-server) on 127.0.0.1, without durability."""
     workdir = scratch_directory("apikeys-mariadb-")
     data, log = workdir / "data", workdir / "server.log"
+    # A temporary directory of its own: a starting server deletes every "#sql*" file in its
+    # tmpdir, which in a shared /tmp are another xdist worker's server's tables being built.
+    scratch = workdir / "tmp"
+    scratch.mkdir()
     # mariadbd refuses to run as root unless told which user to be.
     user = "root" if os.geteuid() == 0 else getpass.getuser()
     process = None
@@ -756,6 +760,7 @@ def running_mariadb() -> Iterator[MariaDBServer]:
                 "--no-defaults",
                 f"--user={user}",
                 f"--datadir={data}",
+                f"--tmpdir={scratch}",
                 "--skip-test-db",
                 "--auth-root-authentication-method=normal",
             ],
@@ -768,6 +773,7 @@ def running_mariadb() -> Iterator[MariaDBServer]:
                 "--no-defaults",
                 f"--user={user}",
                 f"--datadir={data}",
+                f"--tmpdir={scratch}",
                 f"--bind-address={HOST}",
                 f"--port={port}",
                 f"--socket={workdir / 'mariadb.sock'}",
