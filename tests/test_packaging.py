@@ -61,9 +61,44 @@ def venv_seeing_the_runners_packages(environment: Path) -> Path:
     return python
 
 
+#: Never part of a distribution, and written by other tests while this one runs (a ``.pyc``
+#: is written under a temporary name, then renamed): a build that lists such a file and then
+#: copies it fails with "No such file or directory".
+NOT_SOURCES = shutil.ignore_patterns(
+    ".git",
+    "__pycache__",
+    "*.py[cod]",
+    "*.py[cod].*",
+    "*.egg-info",
+    "build",
+    "dist",
+    ".*_cache",
+    ".hypothesis",
+    "instance",
+    "node_modules",
+    "*.sqlite*",
+    "*.db",
+    "*.db-*",
+)
+
+
+def snapshot_of_the_checkout(destination: Path) -> Path:
+    """The checkout's sources, copied: built from there, the build sees no file that another
+    test is writing, and writes its ``build/`` and ``*.egg-info`` outside the checkout."""
+    try:
+        shutil.copytree(ROOT, destination, ignore=NOT_SOURCES)
+    except shutil.Error as error:
+        # copytree copies everything it can, then reports; only files that vanished are fine.
+        vanished = [reason for _, _, reason in error.args[0] if "No such file" in reason]
+        if len(vanished) != len(error.args[0]):
+            raise
+    return destination
+
+
 def build(tmp_path: Path) -> tuple[Path, Path]:
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)])
+    source = snapshot_of_the_checkout(tmp_path / "checkout")
+    run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source)])
     wheels, sdists = list(dist.glob("*.whl")), list(dist.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1
     run([sys.executable, "-m", "twine", "check", "--strict", *map(str, dist.iterdir())])
