@@ -103,14 +103,27 @@ def race(port: int, key: str, total: int, clients: int = 8) -> list[tuple[int, s
         return [answer for batch in pool.map(run, range(clients)) for answer in batch]
 
 
+def race_until_workers_answered(port: int, key: str, workers: int) -> list[tuple[int, str]]:
+    """:func:`race` for three times the limit, then more rounds until ``workers`` processes
+    have answered (at most five): which worker accepts a connection is the kernel's choice,
+    and on a busy machine two of them may take a whole round. Every later round must be
+    refused by whichever worker answers it: the limit is spent for all of them."""
+    results = race(port, key, 3 * LIMIT)
+    for _ in range(5):
+        if len({pid for _, pid in results}) >= workers:
+            break
+        results += race(port, key, LIMIT)
+    return results
+
+
 @pytest.mark.redis
 def test_four_workers_sharing_redis_let_exactly_the_limit_through_a_sliding_window(
     serve: Callable[..., Any], redis_url: str, tmp_path: Path
 ) -> None:
     with serve(f"sqlite:///{tmp_path / 'g.sqlite'}", redis_url) as (port, key, _):
-        results = race(port, key, 3 * LIMIT)
+        results = race_until_workers_answered(port, key, 3)
     statuses = [status for status, _ in results]
-    assert statuses.count(200) == LIMIT and statuses.count(429) == 2 * LIMIT
+    assert statuses.count(200) == LIMIT and statuses.count(429) == len(results) - LIMIT
     assert len({pid for _, pid in results}) >= 3  # the workers took turns
 
 
@@ -125,9 +138,9 @@ def test_four_workers_counting_in_the_database_let_exactly_the_limit_through(
     else:
         database_url = request.getfixturevalue("postgresql_url")
     with serve(database_url, "database") as (port, key, log):
-        results = race(port, key, 3 * LIMIT)
+        results = race_until_workers_answered(port, key, 3)
     statuses = [status for status, _ in results]
-    assert statuses.count(200) == LIMIT and statuses.count(429) == 2 * LIMIT
+    assert statuses.count(200) == LIMIT and statuses.count(429) == len(results) - LIMIT
     assert len({pid for _, pid in results}) >= 3
     assert PER_PROCESS_WARNING not in log.read_text()
 
