@@ -28,17 +28,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import (
-    ALL_KEYS,
-    LATENCY_BUCKET_EDGES_MS,
-    NO_ERROR_CODE,
-    APIKeyUsage,
-    APIKeyUsageRollup,
-)
-from .rollups import ADDED_COLUMNS, GROUP_COLUMNS
+from ..models import ALL_KEYS, LATENCY_BUCKET_EDGES_MS, NO_ERROR_CODE
+from .rollups import ADDED_COLUMNS, GROUP_COLUMNS, rollups, usage
 
-rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
-usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 ONE_HOUR = timedelta(hours=1)
 ONE_DAY = timedelta(days=1)
 #: The rollup columns a rebuilt row sets, in the order of the selects below.
