@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import secrets
 import sys
 import time
@@ -205,8 +206,11 @@ class TokenAuthority:
         Never outlives the key: ``exp`` is at most the key's own expiry.
         """
         scopes = self.grantable_scopes(key, scope)
-        now = int(time.time())
-        expires = now + self.lifetime
+        issued = time.time()
+        now = int(issued)
+        # Rounded up: a client counts ``expires_in`` from when the answer arrives, so the token
+        # must live at least that long (rounded down, it died up to a second early).
+        expires = math.ceil(issued + self.lifetime)
         if key.expires_at_timestamp is not None:
             expires = min(expires, int(key.expires_at_timestamp))
         claims = {
@@ -236,7 +240,7 @@ class TokenAuthority:
         return {
             "token_type": "Bearer",
             "access_token": token,
-            "expires_in": expires - now,
+            "expires_in": max(0, int(expires - issued)),  # whole seconds, never more than left
             "scope": claims["scope"],
         }
 
