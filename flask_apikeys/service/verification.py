@@ -205,7 +205,8 @@ class Verification:
 
         What keys share is made once and shared: their organization's view and plan (by the
         organization's columns), their effective scopes (by scopes, roles and the roles'
-        current definitions, level and plan) and their networks. A cache miss then builds only what is the key's own.
+        current definitions, level and plan) and their networks. A cache miss then builds only
+        what is the key's own.
         """
         organization, plan = self._organization_of(row[_ORGANIZATION_COLUMNS])
         # Tuples from the lookup's shared columns (``tuple()`` returns them as they are); lists
