@@ -128,7 +128,7 @@ class Verification:
         digest = cache_digest(presented)
         verified = self.cache.get(digest)  # only keys that passed every check below get cached
         if verified is None:
-            if keys.parse_key(presented, self.settings.key_prefix) is None:
+            if not keys.is_well_formed(presented, self.settings.key_prefix):
                 raise InvalidAPIKey("The API key is malformed.")
             if self.cache.is_unknown(digest):
                 raise InvalidAPIKey(NOT_RECOGNISED)
