@@ -2,7 +2,10 @@
 :func:`record_cost`, which a view calls to add its tokens and cost to it.
 
 Every value taken from the request is made storable here, when it is captured, so that the
-writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses.
+writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses. A queued
+row also carries, after its stored columns, what the receivers of
+:data:`~flask_apikeys.signals.usage_rows_taken` (the Prometheus metrics) count besides
+(:data:`TAKEN_FIELDS`): the writer stores only the columns.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ from ..environ import (
     COST_ENVIRON_KEY,
     ERROR_ENVIRON_KEY,
     OUTCOME_ENVIRON_KEY,
+    RESULT_ENVIRON_KEY,
     START_ENVIRON_KEY,
     TOKENS_ENVIRON_KEY,
+    VERIFICATION_SECONDS_ENVIRON_KEY,
 )
 from ..identity import VerifiedKey
 from ..network import client_address
 from ..storable import MAX_INTEGER, storable_text
+from .insert import USAGE_FIELDS
 from .writer import UsageWriter
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -33,6 +39,13 @@ UNMATCHED_ENDPOINT = "[unmatched]"
 MAX_STATUS = 32767
 #: The largest cost ``NUMERIC(12, 6)`` takes.
 MAX_COST = 999_999.999999
+#: A queued row: the stored columns, then the seconds the key's verification took (``None``
+#: when a key function verified it outside the hook) and what the rate limits took for the
+#: request (an internal object that may change; ``None`` when no limit applied).
+TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "limits_result")
+#: Where a queued row keeps what only the signal's receivers read.
+VERIFICATION_SECONDS_FIELD = TAKEN_FIELDS.index("verification_seconds")
+LIMITS_RESULT_FIELD = TAKEN_FIELDS.index("limits_result")
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -107,6 +120,8 @@ def make_usage_recorder(
                 None if user_agent is None else storable_text(user_agent, 300),
                 None if error is None else storable_text(str(error.detail), 500),
                 None if error is None else storable_text(error.error_code, 50),
+                environ.get(VERIFICATION_SECONDS_ENVIRON_KEY),
+                environ.get(RESULT_ENVIRON_KEY),
             )
         )
 
