@@ -30,6 +30,7 @@ Finished = tuple[Any, Any, int, "float | None", Any, Any]
 MAX_PENDING = 10_000
 MAX_REMEMBERED_SERIES = 100_000
 TAKEN_LENGTH = len(TAKEN_FIELDS)
+_NO_QUOTA = (-1, 0, None)
 
 
 def status_class(status: int) -> str:
@@ -211,8 +212,15 @@ class RequestBatch:
                 tally[0] += 1
                 if cost and cost > 0:
                     tally[1] += cost
-                if result is not None:
-                    _see_quota_result(quotas, organization_id, result)
+                if result is not None:  # inline: a call per row costs as much again
+                    limits, outcome, month = result
+                    index = limits.quota_index
+                    if index is not None:
+                        used = outcome.values[index]
+                        quota = (found[0], month.label)
+                        # Two threads may finish out of order: the counter only grows.
+                        if used >= quotas.get(quota, _NO_QUOTA)[0]:
+                            quotas[quota] = (used, limits.counters[index].limit, organization_id)
         for (_, _, endpoint, status), (count, cost, organization_id, key_id) in tallies.items():
             series = (organization_id, endpoint, status, key_id if with_key_id else None)
             _add(counted, series, count, cost)
