@@ -53,7 +53,8 @@ quota_refused = _signals.signal("quota-refused")
 usage_rows_written = _signals.signal("usage-rows-written")
 #: A usage writer took rows from its queue for the first time, before writing them (sender:
 #: the :class:`~flask_apikeys.usage.writer.UsageWriter`; ``rows``: a tuple of the rows, each
-#: in :data:`~flask_apikeys.usage.rows.TAKEN_FIELDS` order). Sent once per row, from the
+#: in :data:`~flask_apikeys.usage.rows.TAKEN_FIELDS` order; a row queued while the signal had
+#: no receiver has the stored columns only). Sent once per row, from the
 #: writer's thread (or a scrape's, or the request's in ``sync`` mode), also for rows the
 #: database will refuse or that are dropped later: one per authenticated request. Sent with
 #: no app context; keep receivers quick (the writer waits for them).

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Response, request
 
+from .. import signals
 from ..environ import (
     COST_ENVIRON_KEY,
     ERROR_ENVIRON_KEY,
@@ -39,9 +40,11 @@ UNMATCHED_ENDPOINT = "[unmatched]"
 MAX_STATUS = 32767
 #: The largest cost ``NUMERIC(12, 6)`` takes.
 MAX_COST = 999_999.999999
-#: A queued row: the stored columns, then the seconds the key's verification took (``None``
-#: when a key function verified it outside the hook) and what the rate limits took for the
-#: request (an internal object that may change; ``None`` when no limit applied).
+#: A queued row: the stored columns, then, while :data:`~flask_apikeys.signals.usage_rows_taken`
+#: has a receiver (only then: ~3.7k instructions per request otherwise, ``bench/README.md``),
+#: the seconds the key's verification took (``None`` when a key function verified it outside
+#: the hook) and what the rate limits took for the request (an internal object that may
+#: change; ``None`` when no limit applied).
 TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "limits_result")
 #: Where a queued row keeps what only the signal's receivers read.
 VERIFICATION_SECONDS_FIELD = TAKEN_FIELDS.index("verification_seconds")
@@ -83,6 +86,7 @@ def make_usage_recorder(
     """What the extension's ``after_request`` hook calls with the response, the request and its
     environ: queue a row for every request that a key authenticated."""
     add_usage = writer.add_usage
+    taken = signals.usage_rows_taken
 
     def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
         """Queue the finished request's row (its timestamp stays a float until written).
@@ -105,24 +109,23 @@ def make_usage_recorder(
         else:
             address = environ.get("REMOTE_ADDR") or ""
         status = response.status_code
-        add_usage(
-            (
-                key.id,
-                key.organization.id,
-                time.time(),
-                storable_text(endpoint, 300),
-                storable_text(current_request.method, 10),
-                status if 0 <= status <= MAX_STATUS else 0,
-                round(elapsed_ms, 3),
-                _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
-                _storable_cost(environ.get(COST_ENVIRON_KEY)),
-                storable_text(address, 45) or None,
-                None if user_agent is None else storable_text(user_agent, 300),
-                None if error is None else storable_text(str(error.detail), 500),
-                None if error is None else storable_text(error.error_code, 50),
-                environ.get(VERIFICATION_SECONDS_ENVIRON_KEY),
-                environ.get(RESULT_ENVIRON_KEY),
-            )
+        row: tuple[Any, ...] = (
+            key.id,
+            key.organization.id,
+            time.time(),
+            storable_text(endpoint, 300),
+            storable_text(current_request.method, 10),
+            status if 0 <= status <= MAX_STATUS else 0,
+            round(elapsed_ms, 3),
+            _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
+            _storable_cost(environ.get(COST_ENVIRON_KEY)),
+            storable_text(address, 45) or None,
+            None if user_agent is None else storable_text(user_agent, 300),
+            None if error is None else storable_text(str(error.detail), 500),
+            None if error is None else storable_text(error.error_code, 50),
         )
+        if taken.receivers:  # what only the signal's receivers (the metrics) read
+            row += (environ.get(VERIFICATION_SECONDS_ENVIRON_KEY), environ.get(RESULT_ENVIRON_KEY))
+        add_usage(row)
 
     return record_usage

@@ -342,7 +342,8 @@ class UsageWriter:
                 time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 - jitter
 
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
-        rows = list(map(_STORED, rows))  # without what only the signal's receivers read
+        if max(map(len, rows)) > len(USAGE_FIELDS):
+            rows = list(map(_STORED, rows))  # without what only the signal's receivers read
         # Per key: how many rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
         counts = Counter(key_ids)
