@@ -19,7 +19,7 @@ from typing import Any, cast
 
 from prometheus_client import Counter, Histogram
 
-from .usage.rows import UNMATCHED_ENDPOINT
+from .usage.rows import TAKEN_FIELDS, UNMATCHED_ENDPOINT
 
 #: A finished request: (the verified key, its URL rule, the response's status, the seconds its
 #: verification took or ``None``, its cost, what the limits took or ``None``); for a refused
@@ -29,6 +29,8 @@ Finished = tuple[Any, Any, int, "float | None", Any, Any]
 #: folds them itself (when the sync thread cannot keep up, or syncs rarely).
 MAX_PENDING = 10_000
 MAX_REMEMBERED_SERIES = 100_000
+TAKEN_LENGTH = len(TAKEN_FIELDS)
+_NO_QUOTA = (-1, 0, None)
 
 
 def status_class(status: int) -> str:
@@ -111,10 +113,14 @@ class RequestBatch:
         self.accepted = LatencyTally(verification.labels("accepted"), bounds)
         self.refused = LatencyTally(verification.labels("refused"), bounds)
         self._request_children: dict[tuple[Any, ...], Any] = {}
+        #: Batches of usage rows (:data:`~flask_apikeys.signals.usage_rows_taken`), appended
+        #: by the writer's receiver, popped only by :meth:`fold`.
+        self.taken: deque[tuple[tuple[Any, ...], ...]] = deque()
 
     def forget_parent(self) -> None:
         """In a forked worker: the parent's requests are the parent's to count."""
         self.finished.clear()
+        self.taken.clear()
 
     def fold(self, see_quota: Callable[[Any, str, tuple[int, int]], None]) -> None:
         """Add up the requests finished so far into the metrics; ``see_quota(organization id,
@@ -122,11 +128,38 @@ class RequestBatch:
         appended meanwhile wait for the next fold, none is lost or counted twice."""
         accepted: list[float] = []
         refused: list[float] = []
+        #: series (organization id, endpoint, status, key id or None) → [requests, cost]
+        counted: dict[tuple[Any, ...], list[Any]] = {}
+        quotas: dict[tuple[int, str], tuple[int, int, Any]] = {}  # → (used, limit, org id)
+        self._fold_finished(accepted, refused, counted, quotas)
+        self._fold_taken(accepted, counted, quotas)
+        costs: dict[Any, float] = {}
+        for series, (count, cost) in counted.items():
+            self._request_child(series).inc(count)
+            if cost:
+                costs[series[0]] = costs.get(series[0], 0.0) + cost
+        for organization_id, cost in costs.items():
+            self.cost.labels(str(organization_id)).inc(cost)
+        for (_, month_label), (used, limit, organization_id) in quotas.items():
+            see_quota(organization_id, month_label, (used, limit))
+        self.accepted.add(accepted)
+        self.refused.add(refused)
+        self.accepted.move_into_child()
+        self.refused.move_into_child()
+
+    def _fold_finished(
+        self,
+        accepted: list[float],
+        refused: list[float],
+        counted: dict[tuple[Any, ...], list[Any]],
+        quotas: dict[tuple[int, str], tuple[int, int, Any]],
+    ) -> None:
+        """The requests Flask's ``request_finished`` appended (usage tracking off or ``sync``),
+        and the refused credentials' latencies."""
         # Added up by the identity of the key snapshot and the URL rule (alive in the tally, so
         # an id is not reused during the fold): a key's UUID hashes in Python, a VerifiedKey
         # (a frozen dataclass) hashes every field, and a Rule does not hash at all.
         tallies: dict[tuple[int, int, int], list[Any]] = {}  # → [count, cost, key, rule]
-        quotas: dict[tuple[int, str], tuple[int, int, Any]] = {}  # → (used, limit, key)
         finished, popleft = self.finished, self.finished.popleft
         for _ in range(len(finished)):
             key, rule, status, seconds, cost, result = popleft()
@@ -143,30 +176,54 @@ class RequestBatch:
             if isinstance(cost, float) and cost > 0:
                 tally[1] += cost
             if result is not None:
-                limits, outcome, month = result
-                index = limits.quota_index
-                if index is not None:
-                    used = outcome.values[index]
-                    quota = (id(key), month.label)
-                    # Two threads may finish out of order: the counter only grows.
-                    if used >= quotas.get(quota, (-1, 0, None))[0]:
-                        quotas[quota] = (used, limits.counters[index].limit, key)
-        costs: dict[Any, float] = {}
+                _see_quota_result(quotas, key.organization.id, result)
         for (_, _, status), (count, cost, key, rule) in tallies.items():
-            organization_id = key.organization.id
             endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
-            series = (organization_id, endpoint, status, key.id if self.key_id_label else None)
-            self._request_child(series).inc(count)
-            if cost:
-                costs[organization_id] = costs.get(organization_id, 0.0) + cost
-        for organization_id, cost in costs.items():
-            self.cost.labels(str(organization_id)).inc(cost)
-        for (_, month_label), (used, limit, key) in quotas.items():
-            see_quota(key.organization.id, month_label, (used, limit))
-        self.accepted.add(accepted)
-        self.refused.add(refused)
-        self.accepted.move_into_child()
-        self.refused.move_into_child()
+            key_id = key.id if self.key_id_label else None
+            _add(counted, (key.organization.id, endpoint, status, key_id), count, cost)
+
+    def _fold_taken(
+        self,
+        accepted: list[float],
+        counted: dict[tuple[Any, ...], list[Any]],
+        quotas: dict[tuple[int, str], tuple[int, int, Any]],
+    ) -> None:
+        """The usage rows :data:`~flask_apikeys.signals.usage_rows_taken` handed over (usage
+        tracking on): one per authenticated request, each already holding its organization,
+        key, endpoint, status, cost, verification seconds and limits' result."""
+        with_key_id = self.key_id_label
+        # By the identity of the ids (alive in the rows): a UUID's hash is Python code.
+        tallies: dict[tuple[int, int, str, int], list[Any]] = {}  # → [count, cost, org, key]
+        taken, popleft = self.taken, self.taken.popleft
+        for _ in range(len(taken)):
+            for row in popleft():
+                if len(row) == TAKEN_LENGTH:
+                    (key_id, organization_id, _, endpoint, _, status, _, _, cost,
+                     _, _, _, _, seconds, result) = row  # fmt: skip
+                else:  # a row queued by other code: its stored columns only
+                    key_id, organization_id, _, endpoint, _, status, _, _, cost = row[:9]
+                    seconds = result = None
+                if seconds is not None:
+                    accepted.append(seconds)
+                found = (id(organization_id), id(key_id) if with_key_id else 0, endpoint, status)
+                tally = tallies.get(found)
+                if tally is None:
+                    tally = tallies[found] = [0, 0.0, organization_id, key_id]
+                tally[0] += 1
+                if cost and cost > 0:
+                    tally[1] += cost
+                if result is not None:  # inline: a call per row costs as much again
+                    limits, outcome, month = result
+                    index = limits.quota_index
+                    if index is not None:
+                        used = outcome.values[index]
+                        quota = (found[0], month.label)
+                        # Two threads may finish out of order: the counter only grows.
+                        if used >= quotas.get(quota, _NO_QUOTA)[0]:
+                            quotas[quota] = (used, limits.counters[index].limit, organization_id)
+        for (_, _, endpoint, status), (count, cost, organization_id, key_id) in tallies.items():
+            series = (organization_id, endpoint, status, key_id if with_key_id else None)
+            _add(counted, series, count, cost)
 
     def _request_child(self, series: tuple[Any, ...]) -> Any:
         """The labelled counter of a series, found by its raw values: ``labels()`` validates
@@ -181,3 +238,29 @@ class RequestBatch:
                 self._request_children.clear()
             child = self._request_children[series] = self.requests.labels(*labels)
         return child
+
+
+def _add(counted: dict[tuple[Any, ...], list[Any]], series: tuple[Any, ...], count: int,
+         cost: float) -> None:  # fmt: skip
+    """Add ``count`` requests and ``cost`` to a series of ``apikeys_requests_total``."""
+    total = counted.get(series)
+    if total is None:
+        counted[series] = [count, cost]
+    else:
+        total[0] += count
+        total[1] += cost
+
+
+def _see_quota_result(
+    quotas: dict[tuple[int, str], tuple[int, int, Any]], organization_id: Any, result: Any
+) -> None:
+    """Keep the largest quota figure of an organization's month from what the limits took
+    (``(limits, outcome, month)``); two threads may finish out of order, the counter only
+    grows."""
+    limits, outcome, month = result
+    index = limits.quota_index
+    if index is not None:
+        used = outcome.values[index]
+        quota = (id(organization_id), month.label)
+        if used >= quotas.get(quota, (-1, 0, None))[0]:
+            quotas[quota] = (used, limits.counters[index].limit, organization_id)

@@ -51,6 +51,14 @@ quota_refused = _signals.signal("quota-refused")
 #: ``count`` written, ``dropped``: refused by the database, or past
 #: ``APIKEYS_USAGE_MAX_QUEUE``).
 usage_rows_written = _signals.signal("usage-rows-written")
+#: A usage writer took rows from its queue for the first time, before writing them (sender:
+#: the :class:`~flask_apikeys.usage.writer.UsageWriter`; ``rows``: a tuple of the rows, each
+#: in :data:`~flask_apikeys.usage.rows.TAKEN_FIELDS` order; a row queued while the signal had
+#: no receiver has the stored columns only). Sent once per row, from the
+#: writer's thread (or a scrape's, or the request's in ``sync`` mode), also for rows the
+#: database will refuse or that are dropped later: one per authenticated request. Sent with
+#: no app context; keep receivers quick (the writer waits for them).
+usage_rows_taken = _signals.signal("usage-rows-taken")
 
 #: The service's event names (as the audit trail records them) and their signals.
 SERVICE_EVENTS = {

@@ -93,10 +93,12 @@ def test_requests_of_many_threads_are_all_counted_while_syncs_run_between_them(
 
 
 def test_receivers_hammered_from_threads_lose_nothing_to_a_concurrent_fold(
-    app: Flask, frequent_thread_switches: None
+    make_app: Any, frequent_thread_switches: None
 ) -> None:
     """Many more finished requests than real ones can give, appended by eight threads while a
-    ninth folds them as fast as it can: the totals are exact."""
+    ninth folds them as fast as it can: the totals are exact (Flask's ``request_finished``
+    counts them when usage tracking is off)."""
+    app = make_app(APIKEYS_USAGE_TRACKING=False)
     APIKeysMetrics(app, sync_interval=3600)
     (key,), _ = keys_of(app, 1)
     recorder = app.extensions["apikeys_metrics"]
@@ -174,10 +176,11 @@ def test_requests_reach_the_registry_within_a_sync_interval_without_a_scrape(app
 
 
 def test_a_request_that_finds_the_batch_full_folds_it_itself(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sync thread is late: the batch stays bounded."""
+    """The sync thread is late: the batch stays bounded (usage tracking off)."""
     monkeypatch.setattr(metrics, "MAX_PENDING", 4)
+    app = make_app(APIKEYS_USAGE_TRACKING=False)
     APIKeysMetrics(app, sync_interval=3600)
     (key,), _ = keys_of(app, 1)
     recorder = app.extensions["apikeys_metrics"]
@@ -244,17 +247,45 @@ def test_requests_not_yet_synced_are_written_at_exit(tmp_path: Path) -> None:
     assert verifications(registry, "refused") == 1
 
 
-def test_a_forked_worker_does_not_count_its_parents_requests(app: Flask) -> None:
+def test_a_batch_of_rows_that_finds_the_batch_full_folds_it_itself(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with usage tracking on: the batches the writer hands over stay bounded."""
+    monkeypatch.setattr(metrics, "MAX_PENDING", 4)
+    APIKeysMetrics(app, sync_interval=3600)
+    (key,), _ = keys_of(app, 1)
+    recorder = app.extensions["apikeys_metrics"]
+    writer = app.extensions["apikeys"].writer
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+        writer.hand_over()
+    assert (requests_counted(recorder.registry), len(recorder.batch.taken)) == (0, 3)
+    assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    writer.hand_over()
+    assert (requests_counted(recorder.registry), len(recorder.batch.taken)) == (4, 0)
+
+
+@pytest.mark.parametrize("usage_tracking", [True, False])
+def test_a_forked_worker_does_not_count_its_parents_requests(
+    make_app: Any, usage_tracking: bool
+) -> None:
     """gunicorn --preload forks after the app loaded: a finished request is counted once."""
+    app = make_app(APIKEYS_USAGE_TRACKING=usage_tracking)
     APIKeysMetrics(app, sync_interval=3600)
     (key,), _ = keys_of(app, 1)
     recorder = app.extensions["apikeys_metrics"]
     client = app.test_client()
     for _ in range(3):
         assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    writer = app.extensions["apikeys"].writer
+    if usage_tracking:
+        assert writer.hand_over() == 3
+    assert len(recorder.batch.finished) + sum(map(len, recorder.batch.taken)) == 3
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child process
-        os._exit(0 if len(recorder.batch.finished) == 0 else 1)
+        pending = len(recorder.batch.finished) + len(recorder.batch.taken) + writer.queued
+        os._exit(0 if pending == 0 else 1)
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     recorder.sync()
@@ -321,11 +352,12 @@ def test_a_histogram_with_other_buckets_is_observed_value_by_value() -> None:
     assert samples[("other_sum", "")] == pytest.approx(3.8)
 
 
-def test_receivers_are_plain_functions_connected_to_flask_like_any_user(app: Flask) -> None:
-    """The metrics subscribe to Flask's ``request_finished`` for this app, like any receiver
-    (and no private list of listeners)."""
+def test_receivers_are_plain_functions_connected_to_flask_like_any_user(make_app: Any) -> None:
+    """With usage tracking off, the metrics subscribe to Flask's ``request_finished`` for this
+    app, like any receiver (and no private list of listeners)."""
     from flask import request_finished
 
+    app = make_app(APIKEYS_USAGE_TRACKING=False)
     APIKeysMetrics(app)
     recorder = app.extensions["apikeys_metrics"]
     assert recorder.on_request_finished in list(request_finished.receivers_for(app))

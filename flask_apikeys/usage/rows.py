@@ -2,7 +2,10 @@
 :func:`record_cost`, which a view calls to add its tokens and cost to it.
 
 Every value taken from the request is made storable here, when it is captured, so that the
-writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses.
+writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses. A queued
+row also carries, after its stored columns, what the receivers of
+:data:`~flask_apikeys.signals.usage_rows_taken` (the Prometheus metrics) count besides
+(:data:`TAKEN_FIELDS`): the writer stores only the columns.
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from typing import Any
 
 from flask import Response, request
 
+from .. import signals
 from ..environ import (
     COST_ENVIRON_KEY,
     ERROR_ENVIRON_KEY,
     OUTCOME_ENVIRON_KEY,
+    RESULT_ENVIRON_KEY,
     START_ENVIRON_KEY,
     TOKENS_ENVIRON_KEY,
+    VERIFICATION_SECONDS_ENVIRON_KEY,
 )
 from ..identity import VerifiedKey
 from ..network import client_address
 from ..storable import MAX_INTEGER, storable_text
+from .insert import USAGE_FIELDS
 from .writer import UsageWriter
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -33,6 +40,15 @@ UNMATCHED_ENDPOINT = "[unmatched]"
 MAX_STATUS = 32767
 #: The largest cost ``NUMERIC(12, 6)`` takes.
 MAX_COST = 999_999.999999
+#: A queued row: the stored columns, then, while :data:`~flask_apikeys.signals.usage_rows_taken`
+#: has a receiver (only then: ~3.7k instructions per request otherwise, ``bench/README.md``),
+#: the seconds the key's verification took (``None`` when a key function verified it outside
+#: the hook) and what the rate limits took for the request (an internal object that may
+#: change; ``None`` when no limit applied).
+TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "limits_result")
+#: Where a queued row keeps what only the signal's receivers read.
+VERIFICATION_SECONDS_FIELD = TAKEN_FIELDS.index("verification_seconds")
+LIMITS_RESULT_FIELD = TAKEN_FIELDS.index("limits_result")
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -70,6 +86,7 @@ def make_usage_recorder(
     """What the extension's ``after_request`` hook calls with the response, the request and its
     environ: queue a row for every request that a key authenticated."""
     add_usage = writer.add_usage
+    taken = signals.usage_rows_taken
 
     def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
         """Queue the finished request's row (its timestamp stays a float until written).
@@ -92,22 +109,23 @@ def make_usage_recorder(
         else:
             address = environ.get("REMOTE_ADDR") or ""
         status = response.status_code
-        add_usage(
-            (
-                key.id,
-                key.organization.id,
-                time.time(),
-                storable_text(endpoint, 300),
-                storable_text(current_request.method, 10),
-                status if 0 <= status <= MAX_STATUS else 0,
-                round(elapsed_ms, 3),
-                _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
-                _storable_cost(environ.get(COST_ENVIRON_KEY)),
-                storable_text(address, 45) or None,
-                None if user_agent is None else storable_text(user_agent, 300),
-                None if error is None else storable_text(str(error.detail), 500),
-                None if error is None else storable_text(error.error_code, 50),
-            )
+        row: tuple[Any, ...] = (
+            key.id,
+            key.organization.id,
+            time.time(),
+            storable_text(endpoint, 300),
+            storable_text(current_request.method, 10),
+            status if 0 <= status <= MAX_STATUS else 0,
+            round(elapsed_ms, 3),
+            _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
+            _storable_cost(environ.get(COST_ENVIRON_KEY)),
+            storable_text(address, 45) or None,
+            None if user_agent is None else storable_text(user_agent, 300),
+            None if error is None else storable_text(str(error.detail), 500),
+            None if error is None else storable_text(error.error_code, 50),
         )
+        if taken.receivers:  # what only the signal's receivers (the metrics) read
+            row += (environ.get(VERIFICATION_SECONDS_ENVIRON_KEY), environ.get(RESULT_ENVIRON_KEY))
+        add_usage(row)
 
     return record_usage

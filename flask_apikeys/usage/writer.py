@@ -9,7 +9,11 @@ flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM)
 ``APIKEYS_USAGE_MODE = "sync"`` writes each request's row before the response instead.
 
 If the database cannot be reached, the rows stay queued and are retried; past
-``APIKEYS_USAGE_MAX_QUEUE`` rows the oldest are dropped and a warning says how many. Rows it
+``APIKEYS_USAGE_MAX_QUEUE`` rows the oldest are dropped and a warning says how many.
+Each row is handed to :data:`~flask_apikeys.signals.usage_rows_taken` once, when a flush (or
+:meth:`UsageWriter.hand_over`) first takes it, before it is written: a receiver (the
+Prometheus metrics) counts the requests even when the database is down and the rows are
+later dropped. Rows it
 refuses for what they hold are found by halving the batch and dropped alone, with a warning;
 every value taken from a request is made storable when it is captured, so that stays rare.
 Refused authentication attempts are not usage (there is no key); they go to the audit trail
@@ -40,7 +44,7 @@ from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
-from .insert import InsertPlan
+from .insert import USAGE_FIELDS, InsertPlan
 from .prepared import execute_many
 from .rollups import write_rollups
 
@@ -49,6 +53,9 @@ keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
 _STATUS = 5
+#: A queued row's stored columns (:data:`~.insert.USAGE_FIELDS`); what follows them is for
+#: :data:`~flask_apikeys.signals.usage_rows_taken`'s receivers only (:mod:`.rows`).
+_STORED = itemgetter(slice(0, len(USAGE_FIELDS)))
 #: What ``APIKEYS_USAGE_RAW_ROWS`` may say: which requests keep a raw row besides rollups.
 RAW_ROW_CHOICES = ("all", "errors", "none")
 _last_used = keys_table.c.last_used_at
@@ -115,10 +122,17 @@ class UsageWriter:
         self.batch_size = batch_size
         self.max_queue = max_queue
         self._usage: deque[tuple[Any, ...]] = deque()
+        #: How many rows at the front of the usage queue were sent with usage_rows_taken
+        #: already (rows put back after a failed write, or handed over); under _take_lock.
+        self._handed_over = 0
         self._audit: deque[dict[str, Any]] = deque()
         self._refusals = RefusalTally()
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
+        #: Held while rows leave or re-enter the front of the usage queue, and while they are
+        #: handed to the signal: a flush's write does not hold it, so a scrape never waits for
+        #: the database.
+        self._take_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
         self._plans: dict[str, InsertPlan] = {}
@@ -135,10 +149,12 @@ class UsageWriter:
         """In a forked child (gunicorn ``--preload``): the parent writes what it queued, and its
         writer thread and locks did not come along, so start with none of them."""
         self._usage = deque()
+        self._handed_over = 0
         self._audit = deque()
         self._refusals = RefusalTally()
         self._wake = threading.Event()
         self._flush_lock = threading.Lock()
+        self._take_lock = threading.Lock()
         self._thread = None
 
     def add_usage(self, row: tuple[Any, ...]) -> None:
@@ -151,6 +167,30 @@ class UsageWriter:
     def queued(self) -> int:
         """Usage rows waiting to be written."""
         return len(self._usage)
+
+    def hand_over(self) -> int:
+        """Send :data:`~flask_apikeys.signals.usage_rows_taken` now for the rows queued that
+        no flush took yet, and leave them queued (a scrape calls it, so that this process's
+        requests are counted at once); return how many were sent."""
+        with self._take_lock:
+            usage = self._usage
+            # Taken and put back from the front: requests append at the other end meanwhile.
+            rows = [usage.popleft() for _ in range(len(usage))]
+            usage.extendleft(reversed(rows))
+            fresh = rows[self._handed_over :]
+            self._handed_over = len(rows)
+            self._announce(fresh)
+        return len(fresh)
+
+    def _announce(self, rows: list[tuple[Any, ...]]) -> None:
+        """Send :data:`~flask_apikeys.signals.usage_rows_taken` for rows never sent before
+        (the caller holds the take lock: each row is sent once)."""
+        if not rows or not signals.usage_rows_taken.receivers:
+            return
+        try:
+            signals.usage_rows_taken.send(self, rows=tuple(rows))
+        except Exception:  # noqa: BLE001 - a receiver must not cost the rows
+            logger.exception("flask-apikeys: a usage_rows_taken receiver failed")
 
     def add_audit(self, record: dict[str, Any]) -> None:
         self._audit.append(record)
@@ -198,7 +238,10 @@ class UsageWriter:
         others written; when the database cannot be reached, everything stays queued.
         """
         with self._flush_lock:
-            rows = [self._usage.popleft() for _ in range(len(self._usage))]
+            with self._take_lock:
+                rows = [self._usage.popleft() for _ in range(len(self._usage))]
+                handed_over, self._handed_over = self._handed_over, 0
+                self._announce(rows[handed_over:] if handed_over else rows)
             audits = [self._audit.popleft() for _ in range(len(self._audit))]
             audits += self._refusals.take()
             written = 0
@@ -245,7 +288,7 @@ class UsageWriter:
                 continue
             except Exception:
                 left = batch + [row for later in reversed(pending) for row in later]
-                self._requeue(left, self._usage)
+                self._requeue_usage(left)
                 raise
             written += len(batch)
         signals.usage_rows_written.send(self, count=written, dropped=dropped)
@@ -261,11 +304,29 @@ class UsageWriter:
         queue.extendleft(reversed(items))
         excess = len(queue) - self.max_queue
         if excess > 0:
-            if queue is self._usage:
-                signals.usage_rows_written.send(self, count=0, dropped=excess)
             for _ in range(excess):
                 queue.pop()
             logger.warning("flask-apikeys dropped %d queued records: database unavailable", excess)
+
+    def _requeue_usage(self, rows: list[tuple[Any, ...]]) -> None:
+        """Put back at the front the rows a failed write left (sent with usage_rows_taken
+        already); past ``max_queue`` rows, drop the oldest, as documented."""
+        with self._take_lock:
+            usage = self._usage
+            usage.extendleft(reversed(rows))
+            self._handed_over += len(rows)
+            excess = len(usage) - self.max_queue
+            if excess <= 0:
+                return
+            # From the front, where nothing else takes or adds meanwhile (we hold the lock):
+            # the first rows dropped were sent; any beyond them are sent now, so every request
+            # is counted before its row goes.
+            dropped = [usage.popleft() for _ in range(excess)]
+            self._announce(dropped[self._handed_over :])
+            self._handed_over = max(0, self._handed_over - excess)
+        if signals.usage_rows_written.receivers:
+            signals.usage_rows_written.send(self, count=0, dropped=excess)
+        logger.warning("flask-apikeys dropped %d queued usage rows: database unavailable", excess)
 
     def _write_usage_retrying(self, rows: list[tuple[Any, ...]]) -> None:
         """:meth:`_write_usage`, again at once when the database chose it as a deadlock's
@@ -281,6 +342,8 @@ class UsageWriter:
                 time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))  # noqa: S311 - jitter
 
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
+        if max(map(len, rows)) > len(USAGE_FIELDS):
+            rows = list(map(_STORED, rows))  # without what only the signal's receivers read
         # Per key: how many rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
         counts = Counter(key_ids)
