@@ -32,8 +32,8 @@ from ..boundedcache import BoundedCache
 from ..cache import MAX_CACHE_BYTES, approximate_size
 from ..environ import RESULT_ENVIRON_KEY
 from ..errors import (
-    APIKeyError,
     BackendUnavailable,
+    LimitExceeded,
     QuotaExceeded,
     RateLimitExceeded,
 )
@@ -248,6 +248,16 @@ class RateLimits:
 
     def enforce(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of every limit of ``key``, or raise 429 and take none."""
+        refusal = self.check(key, current_request)
+        if refusal is not None:
+            raise refusal
+
+    def check(self, key: VerifiedKey, current_request: Request) -> LimitExceeded | None:
+        """Take one unit of every limit of ``key``, or take none and return the 429.
+
+        Returned, not raised: the request hook answers it directly (a refused client must
+        not cost more than a served one, and raising through the pipeline's frames does).
+        """
         now = windows.now()
         month = self._month
         if now >= month.end:
@@ -262,10 +272,11 @@ class RateLimits:
             outcome = store.take(limits.counters)
         except store.errors as error:
             self._storage_failed(error)
-            return
+            return None
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, now)
+            return self._refusal(limits, outcome, month, now)
+        return None
 
     def counters_of(self, key: VerifiedKey) -> dict[str, Counter]:
         """The counters a request with ``key`` takes this month, by policy name: ``quota``,
@@ -316,6 +327,12 @@ class RateLimits:
 
     def enforce_anonymous(self, current_request: Request) -> None:
         """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
+        refusal = self.check_anonymous(current_request)
+        if refusal is not None:
+            raise refusal
+
+    def check_anonymous(self, current_request: Request) -> LimitExceeded | None:
+        """:meth:`enforce_anonymous`, returning its 429 rather than raising it (:meth:`check`)."""
         address = client_address(current_request.environ, self.settings.trusted_proxies)
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
@@ -325,13 +342,14 @@ class RateLimits:
         limits = build_limits(policies, None, self._month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
-            return
+            return None
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, self._month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, self._month, windows.now())
+            return self._refusal(limits, outcome, self._month, windows.now())
+        return None
 
     @staticmethod
-    def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
+    def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> LimitExceeded:
         index = cast(int, outcome.refused)
         counter = limits.counters[index]
         if index == limits.quota_index:
