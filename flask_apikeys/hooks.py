@@ -77,7 +77,7 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
         if isinstance(admitted, LimitExceeded):  # returned, not raised: answered the same way
             handler = handler_for(admitted)
             if handler is None:
-                raise admitted
+                raise admitted.copy()
             return handler(admitted)
         return None
 
