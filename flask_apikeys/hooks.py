@@ -222,7 +222,7 @@ def admit(current_request: Request, state: ExtensionState) -> VerifiedKey | None
     refuse a read-only key's writes. ``None`` when no key was sent and that is allowed."""
     admitted = admission(current_request, state)
     if isinstance(admitted, LimitExceeded):
-        raise admitted
+        raise admitted.copy()
     return admitted
 
 
@@ -259,7 +259,7 @@ def authenticate_and_limit(
     :func:`authenticate_and_check`)."""
     key = authenticate_and_check(current_request, state, credential, enforce_limits=enforce_limits)
     if isinstance(key, LimitExceeded):
-        raise key
+        raise key.copy()
     return key
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -230,3 +231,44 @@ def exceptions_raised_during(send: Callable[[], Any]) -> tuple[int, list[str]]:
     finally:
         sys.settrace(None)
     return status, raised
+
+
+def test_a_refusal_is_built_once_per_second_to_wait_and_raised_as_the_requests_own(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [FROZEN_NOW]
+    monkeypatch.setattr(windows, "now", lambda: clock[0])
+    app = limited_app(make_app)
+    handled: list[APIKeyError] = []
+
+    @app.errorhandler(RateLimitExceeded)
+    def own_handler(error: RateLimitExceeded) -> tuple[dict[str, str], int]:
+        handled.append(error)
+        return {"error": "slow down"}, 429
+
+    apikeys: APIKeys = app.extensions["apikeys"].extension
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        key = apikeys.create_key(organization, "k", scopes=["*"], rate_limit="1/day").key
+    client = app.test_client()
+    headers = {"X-API-Key": key}
+    assert client.get("/hooked", headers=headers).status_code == 200
+    signalled: list[APIKeyError] = []
+    with rate_limit_refused.connected_to(lambda sender, error: signalled.append(error), app):
+        for path in ["/hooked", "/hooked", "/decorated", "/decorated"]:
+            refused = client.get(path, headers=headers)
+            assert refused.status_code == 429 and refused.json == {"error": "slow down"}
+            assert refused.headers["Retry-After"] == str(signalled[-1].retry_after)
+        clock[0] += 1
+        assert client.get("/hooked", headers=headers).status_code == 429
+    # The same seconds to wait: one error signalled; a second later, another one.
+    assert all(error is signalled[0] for error in signalled[:4])
+    assert signalled[4] is not signalled[0]
+    assert signalled[4].retry_after == signalled[0].retry_after - 1
+    assert f"retry in {signalled[4].retry_after} s." in signalled[4].detail
+    # Each raised one is the request's own (its traceback is), with the same content.
+    assert len({id(error) for error in handled}) == len(handled) == 5
+    assert all(error is not signalled[0] for error in handled)
+    assert [error.detail for error in handled[:4]] == [signalled[0].detail] * 4
+    depths = [len(traceback.extract_tb(error.__traceback__)) for error in handled[:4]]
+    assert depths[0] == depths[1] and depths[2] == depths[3]
