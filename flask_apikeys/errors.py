@@ -53,7 +53,8 @@ class APIKeyError(HTTPException):
         self.detail = detail or self.title
         self.extra = extra
         if has_request_context():
-            request.environ[RAISED_ENVIRON_KEY] = self
+            # The request itself, not the proxy's attribute lookup: errors are made per request.
+            request._get_current_object().environ[RAISED_ENVIRON_KEY] = self  # type: ignore[attr-defined]
 
     def __str__(self) -> str:
         return self.detail
