@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -59,4 +60,62 @@ def test_a_kept_connection_that_died_is_replaced_once(tmp_path: Path) -> None:
         dead.connection.dbapi_connection.close()  # the server went away under it
         assert apikeys.verify_key(created.key).id == created.api_key.id
         assert lookup._connection is not None and lookup._connection is not dead
+        db.engine.dispose()
+
+
+def test_keys_of_one_organization_share_what_they_have_in_common(tmp_path: Path) -> None:
+    """A cache miss builds only what is the key's own: keys with the same organization, scopes
+    and networks get the very same objects for them, and a change to any of those (the
+    organization's limits, a role's definition) gives the next lookup new ones."""
+    app, db, apikeys = create_app(
+        f"sqlite:///{tmp_path / 'lookup.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
+    )
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io", plan="enterprise")
+        created = [
+            apikeys.create_key(org, name, scopes=["read"], allowed_networks=["10.0.0.0/8"]).key
+            for name in ("one", "two")
+        ]
+        other = apikeys.create_key(org, "three", scopes=["write"]).key
+        first, second = (apikeys.verify_key(key) for key in created)
+        assert first.id != second.id
+        assert first.organization is second.organization
+        assert first.scopes is second.scopes and first.scopes == frozenset({"read"})
+        assert first.allowed_networks is second.allowed_networks
+        assert [str(network) for network in first.allowed_networks] == ["10.0.0.0/8"]
+        third = apikeys.verify_key(other)
+        assert third.organization is first.organization
+        assert third.scopes == frozenset({"write"})
+
+        apikeys.update_organization(org, rate_limit_per_minute=7)
+        changed = apikeys.verify_key(created[0])
+        assert changed.organization is not first.organization
+        assert changed.organization.rate_limit_per_minute == 7
+
+        apikeys.service.keys.define_role("viewer", ["reports:read"])
+        roled = apikeys.create_key(org, "roled", scopes=[], roles=["viewer"]).key
+        assert apikeys.verify_key(roled).scopes == frozenset({"reports:read"})
+        apikeys.service.keys.define_role("viewer", ["reports:write"])
+        assert apikeys.verify_key(roled).scopes == frozenset({"reports:write"})
+        db.engine.dispose()
+
+
+def test_a_lookup_leaves_no_statement_open_that_would_lock_writers_out(tmp_path: Path) -> None:
+    """The kept cursor reads every row of its statement: SQLite releases the read lock at once,
+    so another process can take the write lock right after a lookup (rollback journal)."""
+    path = tmp_path / "lookup.sqlite"
+    app, db, apikeys = create_app(f"sqlite:///{path}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False)
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io")
+        created = apikeys.create_key(org, "one")
+        for _ in range(2):
+            assert apikeys.verify_key(created.key).id == created.api_key.id
+            writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                writer.execute("BEGIN EXCLUSIVE")  # fails at once if a reader holds a lock
+                writer.execute("ROLLBACK")
+            finally:
+                writer.close()
         db.engine.dispose()

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flask_apikeys import keys
 
@@ -99,3 +102,18 @@ def test_bad_prefixes_are_refused_at_generation(prefix: str) -> None:
 def test_key_shaped_text_is_found_inside_longer_text() -> None:
     assert keys.looks_like_key(f"GET /v1?token={VALID} HTTP/1.1")
     assert not keys.looks_like_key("pk_live_short")
+
+
+@given(st.text(alphabet=keys.BASE62_ALPHABET + "_", min_size=1, max_size=70))
+def test_the_checksum_is_the_crc32_in_six_base62_digits(body: str) -> None:
+    """The two-digits-at-a-time checksum writes the CRC32 as :func:`keys.encode_base62` does."""
+    expected = keys.encode_base62(zlib.crc32(body.encode("ascii")), keys.CHECKSUM_LENGTH)
+    assert keys.compute_checksum(body) == expected
+
+
+def test_is_well_formed_answers_as_parse_key_does() -> None:
+    key = keys.generate_key("pk", "live")
+    assert keys.is_well_formed(key, "pk") and keys.is_well_formed(key)
+    assert not keys.is_well_formed(key, "sk")
+    assert not keys.is_well_formed(key[:-1] + ("A" if key[-1] != "A" else "B"), "pk")
+    assert not keys.is_well_formed(key + "x", "pk")

@@ -169,3 +169,50 @@ def test_groups_are_written_in_the_order_of_their_ids_text() -> None:
     assert in_dicts == sorted(in_dicts, key=lambda ids: (str(ids[0]), str(ids[1])))
     assert in_tuples == sorted(in_tuples)
     assert in_tuples == [(str(first), str(second)) for first, second in in_dicts]
+
+
+class CountedText(sa.TypeDecorator[str]):
+    """Text whose bind conversion counts its calls (a real SQLAlchemy type, not a mock)."""
+
+    impl = sa.String
+    cache_ok = True
+    calls = 0
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        CountedText.calls += 1
+        return None if value is None else value.upper()
+
+
+def test_a_parameter_bound_at_several_positions_is_converted_once_per_row(
+    tmp_path: Path,
+) -> None:
+    """A key's last use is compared and then stored (three positions, one value): converted
+    once per row, and stored as SQLAlchemy stores it."""
+    table = sa.Table(
+        "seen", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("last", CountedText(20)), sa.Column("first", CountedText(20)),
+    )  # fmt: skip
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'seen.sqlite'}")
+    table.metadata.create_all(engine)
+    seen = sa.bindparam("seen", type_=CountedText(20))
+    statement = (
+        sa.update(table)
+        .where(table.c.id == sa.bindparam("row_id"))
+        .values(
+            last=sa.case(
+                (sa.or_(table.c.last.is_(None), table.c.last < seen), seen), else_=table.c.last
+            ),
+            first=seen,
+        )
+    )
+    with engine.begin() as connection:
+        connection.execute(sa.insert(table), [{"id": n, "last": "b"} for n in range(1, 4)])
+    rows = [{"row_id": n, "seen": text} for n, text in zip(range(1, 4), "acz", strict=True)]
+    CountedText.calls = 0
+    with engine.begin() as connection:
+        execute_many(connection, statement, rows)
+    assert CountedText.calls == len(rows)
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(table).order_by(table.c.id)).all()
+    assert [tuple(row) for row in found] == [(1, "B", "A"), (2, "C", "C"), (3, "Z", "Z")]
+    engine.dispose()

@@ -46,6 +46,7 @@ from .headers import flask_limiter_writes_headers
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 from .processes import serves_several_processes, warn_per_process
+from .templates import KEY_PLACEHOLDER, LimitsTemplate
 from .windows import SLIDING_KEY_SUFFIX, SLIDING_WINDOW
 
 if TYPE_CHECKING:
@@ -84,7 +85,10 @@ class RateLimits:
         self._request_counters: Counters | None = None
         self._owns_storage = False
         self._lock = threading.Lock()
-        self._key_limits: BoundedCache[tuple[Any, ...], KeyLimits] = BoundedCache(MAX_REMEMBERED)
+        #: Key configurations' limits with the key left out (:mod:`~.templates`).
+        self._templates: BoundedCache[tuple[Any, ...], LimitsTemplate] = BoundedCache(
+            MAX_REMEMBERED
+        )
         # Bounded by memory as well: the entries keep snapshots alive (narrowed token ones
         # too) that the caches of snapshots have already let go of.
         self._by_snapshot: BoundedCache[int, tuple[VerifiedKey, Month, KeyLimits]] = BoundedCache(
@@ -296,26 +300,34 @@ class RateLimits:
         return dict(zip(limits.names, limits.counters, strict=True))
 
     def _resolve(self, key: VerifiedKey, month: Month) -> KeyLimits:
-        """The limits of a key snapshot not seen yet: shared by every snapshot of the same
-        configuration, so a key reloaded from the database each second builds nothing new."""
-        organization = key.organization
-        configuration = (
-            key.id,
-            key.custom_rate_limit,
-            organization.id,
-            organization.rate_limit_per_minute,
-            organization.monthly_request_limit,
-            month.label,
-        )
-        limits = self._key_limits.get(configuration)
-        if limits is None:
-            limits = self._key_limits.put(configuration, self._key_limits_for(key, month))
+        """The limits of a key snapshot not seen yet, from its configuration's template: a
+        key reloaded from the database each second, or a cold key, names its own counters and
+        shares everything else with the keys of the same configuration."""
+        limits = self._key_limits_for(key, month)
         # A snapshot is not hashable (its metadata is a dict), so it is found by identity: it
         # is kept in the entry, so its id() cannot be reused while the entry is there.
         self._by_snapshot.put(id(key), (key, month, limits), approximate_size(key))
         return limits
 
     def _key_limits_for(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        organization = key.organization
+        configuration = (
+            key.custom_rate_limit,
+            organization.id.int,
+            organization.rate_limit_per_minute,
+            organization.monthly_request_limit,
+            month.label,
+        )
+        template = self._templates.get(configuration)
+        if template is None:
+            template = self._templates.put(
+                configuration, LimitsTemplate.of(self._template_limits(key, month))
+            )
+        return template.for_key(str(key.id))
+
+    def _template_limits(self, key: VerifiedKey, month: Month) -> KeyLimits:
+        """The limits of ``key``'s configuration, with :data:`~.templates.KEY_PLACEHOLDER`
+        for its id."""
         organization = key.organization
         tag = f"{{{organization.id}}}"  # one Redis Cluster slot for all of an org's counters
         default = self.settings.default_rate_limit
@@ -328,7 +340,7 @@ class RateLimits:
         own = parse_limit(key_limit(key, default))
         for amount, window in own:
             name = "apikey" if len(own) == 1 else f"apikey-{window}s"
-            policies.append((name, f"apikeys:{tag}:key:{key.id}:{window}", amount, window))
+            policies.append((name, f"apikeys:{tag}:key:{KEY_PLACEHOLDER}:{window}", amount, window))
         monthly = organization.monthly_request_limit
         quota = None if monthly is None else (f"quota:{tag}:{month.label}", monthly)
         return build_limits(policies, quota, month, sliding=self._sliding)

@@ -10,6 +10,10 @@ the latest commit), and the values converted by the columns' own SQLAlchemy type
 cursor-event listener is registered on the engine (tracing, query counting), the statement runs
 as text through SQLAlchemy instead, so that the listener sees it.
 
+Values that many keys share (their organization's columns, the scope lists) are converted once
+and the converted value reused (:class:`CompiledLookup`'s ``shared_columns``), and the cursor
+is opened once with the connection.
+
 The kept connection is used by one thread at a time; a thread that finds it busy, a forked
 child until it opens its own, and an in-memory SQLite database (whose pool shares one
 connection with the session) take the session instead (:meth:`KeyLookup.first` returns
@@ -27,17 +31,39 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
+from ..boundedcache import BoundedCache
 from ..errors import BackendUnavailable
 from ..forking import after_fork_in_child
 
 #: What :meth:`KeyLookup.first` returns when the caller should run the query on the session.
 USE_SESSION = object()
+#: How many distinct values of each shared column keep their converted form.
+MAX_SHARED_VALUES = 1024
+
+
+#: A shared column's index, its conversion, and the converted values by their raw form.
+SharedConversion = tuple[int, Callable[[Any], Any], BoundedCache[Any, Any]]
+
+
+def immutable(value: Any) -> Any:
+    """``value`` safe to hand to many rows: a list (a JSON array) becomes a tuple."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 class CompiledLookup:
-    """A SELECT compiled for one dialect: its SQL, parameter order and value conversions."""
+    """A SELECT compiled for one dialect: its SQL, parameter order and value conversions.
 
-    def __init__(self, query: sa.Select[Any], dialect: sa.Dialect) -> None:
+    :param shared_columns: the columns whose values repeat from row to row (an organization's
+        fields, scope lists): each distinct value read is converted once, the result kept (a
+        JSON array as a tuple, since every row holding it gets the same object).
+    """
+
+    def __init__(
+        self,
+        query: sa.Select[Any],
+        dialect: sa.Dialect,
+        shared_columns: frozenset[str] = frozenset(),
+    ) -> None:
         compiled = query.compile(dialect=dialect)
         self.sql = compiled.string
         self.parameter_names = tuple(compiled.positiontup or ()) if dialect.positional else None
@@ -51,11 +77,22 @@ class CompiledLookup:
             "Row", [str(column.key) for column in columns]
         )
         # Only the columns that need converting (UUIDs, JSON, dates…): the rest pass as read.
-        self.conversions = tuple(
-            (index, processor)
+        conversions = [
+            (index, str(column.key), processor)
             for index, column in enumerate(columns)
             if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
             is not None
+        ]
+        self.conversions = tuple(
+            (index, processor)
+            for index, name, processor in conversions
+            if name not in shared_columns
+        )
+        #: (index, processor, the converted values seen so far by their raw form)
+        self.shared_conversions: tuple[SharedConversion, ...] = tuple(
+            (index, processor, BoundedCache(MAX_SHARED_VALUES))
+            for index, name, processor in conversions
+            if name in shared_columns
         )
 
     def parameters(self, values: Mapping[str, Any]) -> Any:
@@ -77,6 +114,18 @@ class CompiledLookup:
             value = values[index]
             if value is not None:
                 values[index] = processor(value)
+        for index, convert, converted in self.shared_conversions:
+            value = values[index]
+            if value is None:
+                continue
+            try:
+                known = converted.get(value)
+            except TypeError:  # a driver that parsed JSON itself: nothing to share it by
+                values[index] = convert(value)
+                continue
+            if known is None:
+                known = converted.put(value, immutable(convert(value)))
+            values[index] = known
         return self.row_type(*values)
 
 
@@ -85,12 +134,18 @@ class KeyLookup:
 
     :param find_engine: returns the engine of the keys' table; called inside an app context
         on first use.
+    :param shared_columns: see :class:`CompiledLookup`.
     """
 
-    def __init__(self, find_engine: Callable[[], sa.Engine]) -> None:
+    def __init__(
+        self, find_engine: Callable[[], sa.Engine], shared_columns: frozenset[str] = frozenset()
+    ) -> None:
         self._find_engine = find_engine
+        self._shared_columns = shared_columns
         self._engine: sa.Engine | None = None
         self._connection: sa.Connection | None = None
+        #: The bare DB-API cursor of ``_connection``, opened with it.
+        self._cursor: Any = None
         self._inherited: sa.Connection | None = None
         self._compiled: dict[sa.Select[Any], CompiledLookup] = {}
         self._lock = threading.Lock()
@@ -110,9 +165,11 @@ class KeyLookup:
                     return USE_SESSION
                 compiled = self._compiled.get(query)
                 if compiled is None:
-                    compiled = self._compiled[query] = CompiledLookup(query, connection.dialect)
+                    compiled = self._compiled[query] = CompiledLookup(
+                        query, connection.dialect, self._shared_columns
+                    )
                 try:
-                    raw = self._fetch_one(connection, compiled, values)
+                    raw = self._fetch_one(connection, self._cursor, compiled, values)
                 except sa.exc.SQLAlchemyError as error:
                     self._discard()
                     if attempt == 2 or not isinstance(error, sa.exc.DBAPIError):
@@ -134,7 +191,7 @@ class KeyLookup:
 
     @staticmethod
     def _fetch_one(
-        connection: sa.Connection, compiled: CompiledLookup, values: Mapping[str, Any]
+        connection: sa.Connection, cursor: Any, compiled: CompiledLookup, values: Mapping[str, Any]
     ) -> Any:
         """The driver's first row, on the bare DB-API cursor unless someone watches cursors.
 
@@ -143,17 +200,17 @@ class KeyLookup:
         taken only while a ``before_cursor_execute`` or ``after_cursor_execute`` listener is
         registered on the engine (tracing such as OpenTelemetry's, query counting), so that
         they still see every lookup; checked per call, as listeners come and go.
+
+        The bare cursor is the connection's own, kept open between lookups; every row is read
+        (the lookup finds one at most), so the statement is finished and holds no read lock.
         """
         dispatch = connection.dispatch
         if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
             # The statement as text: no compilation, no cache key; the events fire.
             return connection.exec_driver_sql(compiled.sql, compiled.parameters(values)).fetchone()
-        cursor = connection.connection.cursor()
-        try:
-            cursor.execute(compiled.sql, compiled.parameters(values))
-            return cursor.fetchone()
-        finally:
-            cursor.close()
+        cursor.execute(compiled.sql, compiled.parameters(values))
+        rows = cursor.fetchall()
+        return rows[0] if rows else None
 
     def close(self) -> None:
         """Give the kept connection back (the app is shutting down, or a test ends)."""
@@ -172,6 +229,11 @@ class KeyLookup:
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except sa.exc.SQLAlchemyError as error:
             raise BackendUnavailable("The key database could not be reached; try again.") from error
+        try:
+            self._cursor = connection.connection.cursor()
+        except Exception:
+            connection.close()
+            raise
         self._connection = connection
         return connection
 
@@ -183,9 +245,12 @@ class KeyLookup:
 
     def _discard(self, *, invalidate: bool = True) -> None:
         connection, self._connection = self._connection, None
+        cursor, self._cursor = self._cursor, None
         if connection is None:
             return
         # A connection that is gone already is what we want: nothing to report.
+        with contextlib.suppress(Exception):
+            cursor.close()
         with contextlib.suppress(Exception):
             if invalidate:
                 connection.invalidate()
@@ -195,4 +260,5 @@ class KeyLookup:
         # The parent's socket: closing it here, or letting the pool reset it when it is
         # collected, would talk to the server on the parent's session. Kept, never used.
         self._inherited, self._connection = self._connection, None
+        self._cursor = None
         self._lock = threading.Lock()

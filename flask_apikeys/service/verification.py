@@ -12,16 +12,20 @@ import functools
 import ipaddress
 import time
 import uuid
+from collections.abc import Mapping
 from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
 from .. import keys
+from ..boundedcache import BoundedCache
+from ..config import Plan
 from ..errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
 from ..hashing import cache_digest
 from ..identity import OrganizationInfo, VerifiedKey
 from ..models import APIKey, Organization
+from ..network import Network
 from ..permissions import effective_scopes, within_plan
 from .lookup import USE_SESSION, KeyLookup
 from .organizations import Organizations
@@ -67,6 +71,16 @@ _SNAPSHOT_QUERY = sa.select(
 _BY_ID = _SNAPSHOT_QUERY.where(APIKey.id == sa.bindparam("key_id"))
 _BIND = {"mapper": APIKey}
 NOT_RECOGNISED = "The API key is not recognised."
+#: Where a lookup row's organization columns are (they come last).
+_ORGANIZATION_COLUMNS = slice(len(_VERIFY_KEY_FIELDS), None)
+#: Columns whose values many keys share: converted once by the lookup, then reused.
+_SHARED_COLUMNS = frozenset(
+    {"scopes", "roles", "allowed_networks"}
+    | {f"organization_{name}" for name in _VERIFY_ORGANIZATION_FIELDS}
+)
+#: How many distinct organizations, scope combinations and network lists are remembered.
+MAX_SHARED = 1024
+NO_METADATA: Mapping[str, object] = MappingProxyType({})
 
 
 @functools.cache
@@ -92,7 +106,16 @@ class Verification:
         self.cache = store.cache
         self.settings = store.settings
         self.hasher = store.hasher
-        self.lookup = KeyLookup(lambda: store.session.get_bind(mapper=APIKey).engine)
+        self.lookup = KeyLookup(
+            lambda: store.session.get_bind(mapper=APIKey).engine, _SHARED_COLUMNS
+        )
+        # What keys share, made once (see :meth:`_snapshot_of_row`). A full cache is emptied.
+        self._organizations: BoundedCache[tuple[Any, ...], tuple[OrganizationInfo, Plan]]
+        self._organizations = BoundedCache(MAX_SHARED)
+        self._scopes: BoundedCache[tuple[Any, ...], tuple[frozenset[str], frozenset[str]]]
+        self._scopes = BoundedCache(MAX_SHARED)
+        self._networks: BoundedCache[tuple[str, ...], tuple[Network, ...]]
+        self._networks = BoundedCache(MAX_SHARED)
 
     def verify_key(self, presented: str) -> VerifiedKey:
         """Authenticate a presented key, or raise the error that says why not.
@@ -105,7 +128,7 @@ class Verification:
         digest = cache_digest(presented)
         verified = self.cache.get(digest)  # only keys that passed every check below get cached
         if verified is None:
-            if keys.parse_key(presented, self.settings.key_prefix) is None:
+            if not keys.is_well_formed(presented, self.settings.key_prefix):
                 raise InvalidAPIKey("The API key is malformed.")
             if self.cache.is_unknown(digest):
                 raise InvalidAPIKey(NOT_RECOGNISED)
@@ -178,23 +201,65 @@ class Verification:
         )
 
     def _snapshot_of_row(self, row: Any) -> VerifiedKey:
-        organization = SimpleNamespace(
-            **{name: getattr(row, f"organization_{name}") for name in _VERIFY_ORGANIZATION_FIELDS}
-        )
-        # The row has the key's fields by name; both stand in for the ORM objects.
-        return self.snapshot(row, organization)  # type: ignore[arg-type]
+        """The immutable view of a key that requests see as ``current_key``, from a lookup row.
 
-    def snapshot(self, api_key: APIKey, organization: Organization) -> VerifiedKey:
-        """The immutable view of a key that requests see as ``current_key``.
-
-        Reads only the attributes in ``_VERIFY_KEY_FIELDS`` and ``_VERIFY_ORGANIZATION_FIELDS``
-        (verification passes plain rows with just those).
+        What keys share is made once and shared: their organization's view and plan (by the
+        organization's columns), their effective scopes (by scopes, roles and the roles'
+        current definitions, level and plan) and their networks. A cache miss then builds only
+        what is the key's own.
         """
-        plan = self.organizations.plan_of(organization)
-        expires_at = api_key.expires_at
+        organization, plan = self._organization_of(row[_ORGANIZATION_COLUMNS])
+        # Tuples from the lookup's shared columns (``tuple()`` returns them as they are); lists
+        # where the driver parses JSON itself.
+        own_scopes = tuple(row.scopes or ())
+        roles = tuple(row.roles or ())
+        level = row.level
+        definitions = self.store.role_definitions  # may be redefined while the app runs
+        role_scopes = tuple(map(definitions.get, roles)) if roles else ()
+        scopes_entry = (own_scopes, roles, role_scopes, level, plan.scopes)
+        scopes = self._scopes.get(scopes_entry)
+        if scopes is None:
+            effective = effective_scopes(own_scopes, roles, level, definitions)
+            scopes = self._scopes.put(
+                scopes_entry, (within_plan(effective, plan.scopes), frozenset(own_scopes))
+            )
+        networks = tuple(row.allowed_networks or ())
+        if networks:
+            networks = self._networks.get(networks) or self._networks.put(
+                networks, tuple(ipaddress.ip_network(network) for network in networks)
+            )
+        metadata = row.key_metadata
+        expires_at = row.expires_at
         return VerifiedKey(
-            id=api_key.id,
-            organization=OrganizationInfo(
+            id=row.id,
+            organization=organization,
+            name=row.name,
+            environment=row.environment,
+            prefix=row.key_prefix,
+            hint=row.key_hint,
+            scopes=scopes[0],
+            metadata=MappingProxyType(dict(metadata)) if metadata else NO_METADATA,
+            custom_rate_limit=row.custom_rate_limit,
+            expires_at=expires_at,
+            revoked_at=row.revoked_at,
+            is_active=row.is_active,
+            expires_at_timestamp=None if expires_at is None else expires_at.timestamp(),
+            own_scopes=scopes[1],
+            roles=roles,
+            level=level,
+            allowed_networks=networks,
+        )
+
+    def _organization_of(self, columns: tuple[Any, ...]) -> tuple[OrganizationInfo, Plan]:
+        """The organization's view and effective plan, made once per distinct set of columns
+        (``_VERIFY_ORGANIZATION_FIELDS``, in order): a change to any column makes a new one."""
+        known = self._organizations.get(columns)
+        if known is None:
+            organization = SimpleNamespace(
+                **dict(zip(_VERIFY_ORGANIZATION_FIELDS, columns, strict=True))
+            )
+            plan = self.organizations.plan_of(organization)  # type: ignore[arg-type]
+            info = OrganizationInfo(
                 id=organization.id,
                 name=organization.name,
                 slug=organization.slug,
@@ -202,30 +267,6 @@ class Verification:
                 is_active=organization.is_active,
                 rate_limit_per_minute=plan.requests_per_minute,
                 monthly_request_limit=plan.monthly_requests,
-            ),
-            name=api_key.name,
-            environment=api_key.environment,
-            prefix=api_key.key_prefix,
-            hint=api_key.key_hint,
-            scopes=within_plan(
-                effective_scopes(
-                    api_key.scopes or (),
-                    api_key.roles or (),
-                    api_key.level,
-                    self.store.role_definitions,
-                ),
-                plan.scopes,
-            ),
-            metadata=MappingProxyType(dict(api_key.key_metadata or {})),
-            custom_rate_limit=api_key.custom_rate_limit,
-            expires_at=expires_at,
-            revoked_at=api_key.revoked_at,
-            is_active=api_key.is_active,
-            expires_at_timestamp=None if expires_at is None else expires_at.timestamp(),
-            own_scopes=frozenset(api_key.scopes or ()),
-            roles=tuple(api_key.roles or ()),
-            level=api_key.level,
-            allowed_networks=tuple(
-                ipaddress.ip_network(network) for network in api_key.allowed_networks or ()
-            ),
-        )
+            )
+            known = self._organizations.put(columns, (info, plan))
+        return known

@@ -46,6 +46,12 @@ class PreparedMany:
         self.positions = tuple((name, processors.get(name)) for name in positions)
         #: The parameters' names in the order the driver takes them.
         self.order = tuple(positions)
+        #: Each name once, with its converter: a name bound at several positions (a key's
+        #: last use, compared and then stored) is converted once per row.
+        self.distinct = tuple(dict.fromkeys(self.positions))
+        index_of = {name: index for index, (name, _) in enumerate(self.distinct)}
+        #: Where each position's value is among the distinct ones.
+        self._spread = [index_of[name] for name in positions]
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """The rows as the driver's tuples, each value object converted once.
@@ -54,11 +60,13 @@ class PreparedMany:
         UUID's or an aware datetime's own hash costs about as much as converting it, and a
         flush passes the same objects many times (an organization's id, a bucket's start).
         """
-        converted: list[dict[int, Any]] = [{} for _ in self.positions]
+        converted: list[dict[int, Any]] = [{} for _ in self.distinct]
+        spread = self._spread
+        repeated = len(spread) > len(self.distinct)
         result = []
         for row in rows:
             values = []
-            for (name, processor), seen in zip(self.positions, converted, strict=True):
+            for (name, processor), seen in zip(self.distinct, converted, strict=True):
                 value = row[name]
                 if processor is not None and value is not None:
                     known = seen.get(id(value), seen)
@@ -66,7 +74,7 @@ class PreparedMany:
                         known = seen[id(value)] = processor(value)
                     value = known
                 values.append(value)
-            result.append(tuple(values))
+            result.append(tuple([values[index] for index in spread]) if repeated else tuple(values))
         return result
 
 

@@ -122,8 +122,16 @@ def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
 def _by_day(hours: Groups) -> Groups:
     """The same sums per UTC day (the group's hour number becomes a day number)."""
     days: Groups = {}
-    for (organization_id, key_id, hour, *rest), sums in hours.items():
-        group: GroupKey = (organization_id, key_id, hour // 24, *rest)  # type: ignore[assignment]
+    for (
+        organization_id,
+        key_id,
+        hour,
+        method,
+        endpoint,
+        status_class,
+        code,
+    ), sums in hours.items():
+        group = (organization_id, key_id, hour // 24, method, endpoint, status_class, code)
         total = days.get(group)
         if total is None:
             days[group] = sums.copy()
@@ -137,8 +145,8 @@ def _with_all_keys(groups: Groups) -> Groups:
     what an organization's statistics read, a key's count of rows fewer."""
     merged: Groups = dict(groups)
     all_keys = ALL_KEYS.int
-    for (organization_id, _key, *rest), sums in groups.items():
-        group: GroupKey = (organization_id, all_keys, *rest)  # type: ignore[assignment]
+    for (organization_id, _key, hour, method, endpoint, status_class, code), sums in groups.items():
+        group = (organization_id, all_keys, hour, method, endpoint, status_class, code)
         total = merged.get(group)
         merged[group] = sums.copy() if total is None else list(map(add, total, sums))
     return merged
