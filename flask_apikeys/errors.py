@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from flask import Response, has_request_context, request
 from werkzeug.exceptions import (
@@ -53,7 +53,8 @@ class APIKeyError(HTTPException):
         self.detail = detail or self.title
         self.extra = extra
         if has_request_context():
-            request.environ[RAISED_ENVIRON_KEY] = self
+            # The request itself, not the proxy's attribute lookup: errors are made per request.
+            request._get_current_object().environ[RAISED_ENVIRON_KEY] = self  # type: ignore[attr-defined]
 
     def __str__(self) -> str:
         return self.detail
@@ -211,6 +212,19 @@ class LimitExceeded(APIKeyError, TooManyRequests):
 
     def response_headers(self) -> Mapping[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+    def copy(self) -> Self:
+        """The same error as a new object, without running ``__init__`` again.
+
+        The limits hand one error to every request refused alike
+        (:meth:`~flask_apikeys.limiting.RateLimits.check`); one that is raised must be the
+        request's own, as raising gives it the request's traceback.
+        """
+        error = type(self).__new__(type(self))
+        error.__dict__.update(self.__dict__)
+        if has_request_context():
+            request._get_current_object().environ[RAISED_ENVIRON_KEY] = error  # type: ignore[attr-defined]
+        return error
 
 
 class RateLimitExceeded(LimitExceeded):

@@ -30,6 +30,7 @@ from .errors import (
     APIKeyError,
     AuthenticationError,
     InsufficientScope,
+    LimitExceeded,
     MissingAPIKey,
     restore_required_headers,
 )
@@ -62,13 +63,9 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
         if current_request.method == "OPTIONS" or is_public_request(current_request, state):
             return None
         try:
-            admit(current_request, state)
+            admitted = admission(current_request, state)
         except APIKeyError as error:
-            error_class = type(error)
-            if error_class not in direct_handlers:
-                app = current_app._get_current_object()  # type: ignore[attr-defined]
-                direct_handlers[error_class] = sole_handler(app, error_class)
-            handler = direct_handlers[error_class]
+            handler = handler_for(error)
             if handler is None:
                 raise
             # Answered here, so its traceback is of no use, and would keep a cycle alive (the
@@ -77,7 +74,20 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
             # What Flask would do, without unwinding through its exception handling (a refused
             # client must not cost more than a served one): after_request hooks still run.
             return handler(error)
+        if isinstance(admitted, LimitExceeded):  # returned, not raised: answered the same way
+            handler = handler_for(admitted)
+            if handler is None:
+                raise admitted.copy()
+            return handler(admitted)
         return None
+
+    def handler_for(error: APIKeyError) -> Callable[[APIKeyError], Any] | None:
+        """Our handler for ``error``'s class, or ``None`` when Flask must route it."""
+        error_class = type(error)
+        if error_class not in direct_handlers:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+            direct_handlers[error_class] = sole_handler(app, error_class)
+        return direct_handlers[error_class]
 
     return authenticate_before_request
 
@@ -210,12 +220,25 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
 def admit(current_request: Request, state: ExtensionState) -> VerifiedKey | None:
     """Everything the hook does for a request that is not public: authenticate, limit, and
     refuse a read-only key's writes. ``None`` when no key was sent and that is allowed."""
-    key = authenticate_and_limit(current_request, state)
+    admitted = admission(current_request, state)
+    if isinstance(admitted, LimitExceeded):
+        raise admitted.copy()
+    return admitted
+
+
+def admission(
+    current_request: Request, state: ExtensionState
+) -> VerifiedKey | LimitExceeded | None:
+    """:func:`admit`, returning the rate limits' or quota's 429 instead of raising it (other
+    refusals are raised): the hook answers a client over its limit without an exception."""
+    key = authenticate_and_check(current_request, state)
     if key is None:
         if not state.settings.allow_unauthenticated:
             raise MissingAPIKey(
                 "Send your API key in the Authorization header (Bearer) or in X-API-Key."
             )
+    elif isinstance(key, LimitExceeded):
+        return key
     elif key.level == READ_ONLY and current_request.method not in SAFE_METHODS:
         raise InsufficientScope(
             f"This key is read-only: {current_request.method} is not allowed.",
@@ -232,7 +255,23 @@ def authenticate_and_limit(
     enforce_limits: bool = True,
 ) -> VerifiedKey | None:
     """:func:`~flask_apikeys.auth.authenticate`, then the rate limits and quota; a failed
-    attempt counts toward the address's block instead.
+    attempt counts toward the address's block instead. A refusal is raised (see
+    :func:`authenticate_and_check`)."""
+    key = authenticate_and_check(current_request, state, credential, enforce_limits=enforce_limits)
+    if isinstance(key, LimitExceeded):
+        raise key.copy()
+    return key
+
+
+def authenticate_and_check(
+    current_request: Request,
+    state: ExtensionState,
+    credential: str | None = None,
+    *,
+    enforce_limits: bool = True,
+) -> VerifiedKey | LimitExceeded | None:
+    """:func:`authenticate_and_limit`, but the 429 of the key's (or address's) rate limits or
+    quota is returned rather than raised; an authentication failure is still raised.
 
     Once per request (see :data:`~flask_apikeys.environ.LIMITED_ENVIRON_KEY`): the hook, a
     scope decorator and the token endpoint may all call it; only the first counts, later calls
@@ -257,7 +296,7 @@ def authenticate_and_limit(
     if not enforce_limits:
         return key
     if key is not None:
-        limits.enforce(key, current_request)
-    elif settings.allow_unauthenticated:
-        limits.enforce_anonymous(current_request)
-    return key
+        return limits.check(key, current_request) or key
+    if settings.allow_unauthenticated:
+        return limits.check_anonymous(current_request)
+    return None

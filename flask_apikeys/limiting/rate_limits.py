@@ -30,10 +30,10 @@ from limits.storage import Storage, storage_from_string
 from .. import signals
 from ..boundedcache import BoundedCache
 from ..cache import MAX_CACHE_BYTES, approximate_size
-from ..environ import RESULT_ENVIRON_KEY
+from ..environ import RAISED_ENVIRON_KEY, RESULT_ENVIRON_KEY
 from ..errors import (
-    APIKeyError,
     BackendUnavailable,
+    LimitExceeded,
     QuotaExceeded,
     RateLimitExceeded,
 )
@@ -63,6 +63,8 @@ POLICY_OWNERS = {
 }
 #: How many key configurations (and snapshots, and blocked addresses) are remembered at most.
 MAX_REMEMBERED = 10_000
+#: How many distinct 429s are remembered at most (a refused key has one per second to wait).
+MAX_REMEMBERED_REFUSALS = 1024
 
 
 #: What one request took, for the response headers: ``(KeyLimits, Outcome, Month)``. A plain
@@ -100,6 +102,10 @@ class RateLimits:
         )
         #: Windows slide (``APIKEYS_RATELIMIT_STRATEGY``); the monthly quota never does.
         self._sliding = settings.ratelimit_strategy == SLIDING_WINDOW
+        #: (limits id, refusing counter, seconds to wait) → (the limits, their 429).
+        self._refusals: BoundedCache[tuple[int, int, int], tuple[KeyLimits, LimitExceeded]] = (
+            BoundedCache(MAX_REMEMBERED_REFUSALS)
+        )
         #: client address → until when it is refused without verifying its key.
         self.blocked: dict[str, float] = {}
         self._last_warning = 0.0
@@ -248,10 +254,22 @@ class RateLimits:
             return
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, windows.now())
+            raise self._refusal(
+                limits, outcome, month, windows.now(), current_request.environ
+            ).copy()
 
     def enforce(self, key: VerifiedKey, current_request: Request) -> None:
         """Take one unit of every limit of ``key``, or raise 429 and take none."""
+        refusal = self.check(key, current_request)
+        if refusal is not None:
+            raise refusal.copy()
+
+    def check(self, key: VerifiedKey, current_request: Request) -> LimitExceeded | None:
+        """Take one unit of every limit of ``key``, or take none and return the 429.
+
+        Returned, not raised: the request hook answers it directly (a refused client must
+        not cost more than a served one, and raising through the pipeline's frames does).
+        """
         now = windows.now()
         month = self._month
         if now >= month.end:
@@ -266,10 +284,11 @@ class RateLimits:
             outcome = store.take(limits.counters)
         except store.errors as error:
             self._storage_failed(error)
-            return
+            return None
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, month, now)
+            return self._refusal(limits, outcome, month, now, current_request.environ)
+        return None
 
     def counters_of(self, key: VerifiedKey) -> dict[str, Counter]:
         """The counters a request with ``key`` takes this month, by policy name: ``quota``,
@@ -328,6 +347,12 @@ class RateLimits:
 
     def enforce_anonymous(self, current_request: Request) -> None:
         """Take one unit of the client address's limit (``APIKEYS_ALLOW_UNAUTHENTICATED``)."""
+        refusal = self.check_anonymous(current_request)
+        if refusal is not None:
+            raise refusal.copy()
+
+    def check_anonymous(self, current_request: Request) -> LimitExceeded | None:
+        """:meth:`enforce_anonymous`, returning its 429 rather than raising it (:meth:`check`)."""
         address = client_address(current_request.environ, self.settings.trusted_proxies)
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
@@ -337,35 +362,43 @@ class RateLimits:
         limits = build_limits(policies, None, self._month, sliding=self._sliding)
         outcome = self._take(limits.counters)
         if outcome is None:
-            return
+            return None
         current_request.environ[RESULT_ENVIRON_KEY] = (limits, outcome, self._month)
         if outcome.refused is not None:
-            raise self._refusal(limits, outcome, self._month, windows.now())
+            month = self._month
+            return self._refusal(limits, outcome, month, windows.now(), current_request.environ)
+        return None
 
-    @staticmethod
-    def _refusal(limits: KeyLimits, outcome: Outcome, month: Month, now: float) -> APIKeyError:
+    def _refusal(
+        self,
+        limits: KeyLimits,
+        outcome: Outcome,
+        month: Month,
+        now: float,
+        environ: dict[str, Any],
+    ) -> LimitExceeded:
+        """The 429 for the counter that refused, signalled; built once per distinct refusal
+        (limits, counter, seconds to wait): a client hammering past its limit gets the same
+        one many times a second, and building an error costs more than serving a request.
+
+        The error is shared: whoever raises it raises :meth:`~LimitExceeded.copy` of it.
+        """
         index = cast(int, outcome.refused)
-        counter = limits.counters[index]
         if index == limits.quota_index:
-            quota_error = QuotaExceeded(
-                f"The organization's monthly quota of {counter.limit} requests is used up; it "
-                "renews on the first day of next month (UTC).",
-                retry_after=math.ceil(month.end - now),
-                limit=counter.limit,
-                period=month.label,
-            )
-            return signals.send_limit_refusal(quota_error)
-        retry_after = math.ceil(outcome.resets[index] - now)
-        whose = POLICY_OWNERS.get(limits.names[index], "key's")
-        rate_error = RateLimitExceeded(
-            f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
-            f"is reached; retry in {max(1, retry_after)} s.",
-            retry_after=retry_after,
-            policy=limits.names[index],
-            limit=counter.limit,
-            window_seconds=counter.window_seconds,
-        )
-        return signals.send_limit_refusal(rate_error)
+            retry_after = math.ceil(month.end - now)
+        else:
+            retry_after = math.ceil(outcome.resets[index] - now)
+        identity = (id(limits), index, retry_after)
+        # The entry keeps its limits alive, so their id() cannot be reused while it is there.
+        remembered = self._refusals.get(identity)
+        if remembered is not None and remembered[0] is limits:
+            error = remembered[1]
+            environ[RAISED_ENVIRON_KEY] = error
+        else:
+            error = self._refusals.put(
+                identity, (limits, build_refusal(limits, index, retry_after, month))
+            )[1]
+        return signals.send_limit_refusal(error)
 
     # -- failed authentication ----------------------------------------------------------------
 
@@ -437,3 +470,25 @@ class RateLimits:
                 "writes them, and Retry-After, for Flask-Limiter's refusals too), or "
                 'APIKEYS_RATELIMIT_HEADERS = "none".'
             )
+
+
+def build_refusal(limits: KeyLimits, index: int, retry_after: int, month: Month) -> LimitExceeded:
+    """The 429 of ``limits``' counter ``index``, retried in ``retry_after`` seconds."""
+    counter = limits.counters[index]
+    if index == limits.quota_index:
+        return QuotaExceeded(
+            f"The organization's monthly quota of {counter.limit} requests is used up; it "
+            "renews on the first day of next month (UTC).",
+            retry_after=retry_after,
+            limit=counter.limit,
+            period=month.label,
+        )
+    whose = POLICY_OWNERS.get(limits.names[index], "key's")
+    return RateLimitExceeded(
+        f"The {whose} rate limit of {counter.limit} requests per {counter.window_seconds} s "
+        f"is reached; retry in {max(1, retry_after)} s.",
+        retry_after=retry_after,
+        policy=limits.names[index],
+        limit=counter.limit,
+        window_seconds=counter.window_seconds,
+    )
