@@ -43,12 +43,12 @@ MAX_COST = 999_999.999999
 #: A queued row: the stored columns, then, while :data:`~flask_apikeys.signals.usage_rows_taken`
 #: has a receiver (only then: ~3.7k instructions per request otherwise, ``bench/README.md``),
 #: the seconds the key's verification took (``None`` when a key function verified it outside
-#: the hook) and what the rate limits took for the request (an internal object that may
-#: change; ``None`` when no limit applied).
-TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "limits_result")
+#: the hook) and the organization's monthly quota as the request left it, ``(used, limit,
+#: month)`` (``None`` when no quota applied; :func:`quota_figure`).
+TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "quota")
 #: Where a queued row keeps what only the signal's receivers read.
 VERIFICATION_SECONDS_FIELD = TAKEN_FIELDS.index("verification_seconds")
-LIMITS_RESULT_FIELD = TAKEN_FIELDS.index("limits_result")
+QUOTA_FIELD = TAKEN_FIELDS.index("quota")
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -58,6 +58,23 @@ def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> 
         environ[TOKENS_ENVIRON_KEY] = (environ.get(TOKENS_ENVIRON_KEY) or 0) + int(tokens)
     if cost_usd is not None:
         environ[COST_ENVIRON_KEY] = (environ.get(COST_ENVIRON_KEY) or 0.0) + float(cost_usd)
+
+
+def quota_figure(result: Any) -> tuple[int, int, str] | None:
+    """The organization's monthly quota as a request left it, ``(used, limit, month)``, from
+    what the rate limits took (``(KeyLimits, Outcome, Month)``); ``None`` without a quota.
+
+    Plain numbers and the month's label, not the limits' objects: a row keeps them until the
+    writer takes it, and a queue of objects the garbage collector must visit costs every
+    request (~2.7k instructions each with the metrics on).
+    """
+    if result is None:
+        return None
+    limits, outcome, month = result
+    index = limits.quota_index
+    if index is None:
+        return None
+    return (outcome.values[index], limits.counters[index].limit, month.label)
 
 
 def _storable_tokens(tokens: Any) -> int | None:
@@ -125,7 +142,15 @@ def make_usage_recorder(
             None if error is None else storable_text(error.error_code, 50),
         )
         if taken.receivers:  # what only the signal's receivers (the metrics) read
-            row += (environ.get(VERIFICATION_SECONDS_ENVIRON_KEY), environ.get(RESULT_ENVIRON_KEY))
+            # quota_figure(), inline: a call per request is a tenth of what the metrics cost.
+            quota = None
+            result = environ.get(RESULT_ENVIRON_KEY)
+            if result is not None:
+                limits, outcome, month = result
+                index = limits.quota_index
+                if index is not None:
+                    quota = (outcome.values[index], limits.counters[index].limit, month.label)
+            row += (environ.get(VERIFICATION_SECONDS_ENVIRON_KEY), quota)
         add_usage(row)
 
     return record_usage
