@@ -335,6 +335,7 @@ def frequent_thread_switches() -> Iterator[None]:
     sys.setswitchinterval(before)
 
 
+@pytest.mark.slow  # 3 s: 18,000 rows through threads (the full suite runs it)
 def test_rows_added_from_threads_while_scrapes_and_flushes_take_them_are_each_handed_over_once(
     make_app: Any, frequent_thread_switches: None
 ) -> None:

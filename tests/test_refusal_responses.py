@@ -101,6 +101,7 @@ def cyclic_garbage_per_request(client: FlaskClient, key: str, requests: int = 20
         gc.enable()
 
 
+@pytest.mark.slow  # 3 s: counts the cyclic garbage of many requests (the full suite runs it)
 def test_a_refusal_leaves_no_more_cyclic_garbage_than_a_served_request(
     app: Flask, apikeys: APIKeys
 ) -> None:
