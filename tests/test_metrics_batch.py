@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
@@ -48,6 +49,17 @@ def requests_counted(registry: CollectorRegistry) -> float:
         for sample in family.samples
         if sample.name == "apikeys_requests_total"
     )
+
+
+def metrics_after_three_requests(app: Flask) -> tuple[Any, FlaskClient, str]:
+    """The metrics' recorder of ``app`` (syncing only when asked), a client and a key, after
+    three requests of that key."""
+    APIKeysMetrics(app, sync_interval=3600)
+    (key,), _ = keys_of(app, 1)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    return app.extensions["apikeys_metrics"], client, key
 
 
 def verifications(registry: CollectorRegistry, outcome: str) -> float | None:
@@ -181,12 +193,7 @@ def test_a_request_that_finds_the_batch_full_folds_it_itself(
     """The sync thread is late: the batch stays bounded (usage tracking off)."""
     monkeypatch.setattr(metrics, "MAX_PENDING", 4)
     app = make_app(APIKEYS_USAGE_TRACKING=False)
-    APIKeysMetrics(app, sync_interval=3600)
-    (key,), _ = keys_of(app, 1)
-    recorder = app.extensions["apikeys_metrics"]
-    client = app.test_client()
-    for _ in range(3):
-        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    recorder, client, key = metrics_after_three_requests(app)
     assert (requests_counted(recorder.registry), len(recorder.batch.finished)) == (0, 3)
     assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
     assert (requests_counted(recorder.registry), len(recorder.batch.finished)) == (4, 0)
@@ -272,12 +279,7 @@ def test_a_forked_worker_does_not_count_its_parents_requests(
 ) -> None:
     """gunicorn --preload forks after the app loaded: a finished request is counted once."""
     app = make_app(APIKEYS_USAGE_TRACKING=usage_tracking)
-    APIKeysMetrics(app, sync_interval=3600)
-    (key,), _ = keys_of(app, 1)
-    recorder = app.extensions["apikeys_metrics"]
-    client = app.test_client()
-    for _ in range(3):
-        assert client.get("/v1/whoami", headers={"X-API-Key": key}).status_code == 200
+    recorder, client, key = metrics_after_three_requests(app)
     writer = app.extensions["apikeys"].writer
     if usage_tracking:
         assert writer.hand_over() == 3

@@ -25,9 +25,7 @@ from flask_apikeys.usage.rows import TAKEN_FIELDS
 from flask_apikeys.usage.writer import UsageWriter
 
 from .factory import tampered
-from .test_metrics_counts import Samples, movable_database, scrape
-
-__all__ = ["movable_database"]  # a fixture of test_metrics_counts, used here too
+from .test_metrics_counts import Samples, scrape
 
 #: How the requests reach the metrics: the usage rows (the default), or request_finished.
 MODES = {
@@ -147,6 +145,16 @@ def test_refused_credentials_are_counted_and_timed(make_app: Any, mode: str) -> 
     assert samples[("apikeys_verification_seconds_sum", refused)] > 0
     assert samples[("apikeys_verification_seconds_count", accepted)] == 1
     assert sum(requests_by_series(samples).values()) == 1  # a refusal is not a served request
+
+
+@pytest.fixture
+def movable_database(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A SQLite file in a folder of its own, which a test may move away and back."""
+    folder = tmp_path / "database"
+    folder.mkdir()
+    yield f"sqlite:///{folder / 'apikeys.sqlite'}", folder
+    if not folder.exists():
+        (tmp_path / "away").rename(folder)
 
 
 def test_requests_are_counted_while_the_database_is_away_and_their_rows_dropped(
