@@ -36,6 +36,7 @@ from ..models import (
     APIKeyUsageRollup,
 )
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
+from .single_rollups import SINGLE_COLUMNS, SINGLE_COLUMNS_WITH_AMOUNTS, single_request_upsert
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -75,6 +76,8 @@ ROW_COLUMNS = (
 #: UUID's ``__hash__`` is Python code, and orders as the UUID's text does (fixed-width hex).
 GroupKey = tuple[int, int, int, str, str, int, str]
 Groups = dict[GroupKey, list[Any]]
+#: One-request rows by (histogram bucket, with tokens or cost), for :mod:`.single_rollups`.
+Singles = dict[tuple[int, bool], list[tuple[Any, ...]]]
 
 
 def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
@@ -187,10 +190,16 @@ def _tuples(
     texts: tuple[dict[int, Any], dict[int, Any]],
     convert_start: Callable[[Any], Any],
     sum_processors: tuple[tuple[int, Callable[[Any], Any]], ...],
+    singles: Singles | None = None,
 ) -> list[tuple[Any, ...]]:
     """The groups' rows as the driver's tuples in :data:`ROW_COLUMNS` order, ordered by group:
     each id converted once per flush (``texts``: the organizations', the keys'), each bucket's
-    start once per call."""
+    start once per call.
+
+    With ``singles``, a group of one request goes there instead, under its histogram bucket and
+    whether it has tokens or a cost, as a tuple of
+    :data:`~.single_rollups.SINGLE_COLUMNS` (or ``SINGLE_COLUMNS_WITH_AMOUNTS``).
+    """
     rows = []
     starts: dict[int, Any] = {}
     organization_texts, key_texts = texts
@@ -203,6 +212,26 @@ def _tuples(
         for index, convert in sum_processors:
             sums[index] = convert(sums[index])
         requests, *rest = sums
+        if singles is not None and requests == 1:
+            single = (
+                organization_texts[organization_id],
+                granularity,
+                start,
+                key_texts[key_id],
+                method,
+                endpoint,
+                status_class,
+                code,
+                1 if status_class >= 4 else 0,
+                sums[1],
+            )
+            bucket = sums.index(1, FIRST_BUCKET) - FIRST_BUCKET
+            tokens, cost = sums[2], sums[3]
+            if tokens or cost:
+                singles.setdefault((bucket, True), []).append((*single, tokens, cost))
+            else:
+                singles.setdefault((bucket, False), []).append(single)
+            continue
         rows.append(
             (
                 organization_texts[organization_id],
@@ -270,15 +299,43 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
                 if (convert := processors[name]) is not None
             )
             texts = (organization_texts, key_texts)
-            connection.exec_driver_sql(
-                prepared.sql,
-                _tuples("hour", HOUR, hours, texts, convert_start, sum_processors)
-                + _tuples("day", DAY, days, texts, convert_start, sum_processors),
-            )
+            singles: Singles | None = {} if _singles_prepared(dialect) else None
+            general = _tuples(
+                "hour", HOUR, hours, texts, convert_start, sum_processors, singles
+            ) + _tuples("day", DAY, days, texts, convert_start, sum_processors, singles)
+            if general:
+                connection.exec_driver_sql(prepared.sql, general)
+            # SQLite: the transaction holds the database's write lock, so the order of the
+            # statements across buckets takes no row locks out of order.
+            for (bucket, with_amounts), rows_of_bucket in sorted((singles or {}).items()):
+                single = prepare(
+                    single_request_upsert(bucket, with_amounts),
+                    dialect,
+                    SINGLE_COLUMNS_WITH_AMOUNTS if with_amounts else SINGLE_COLUMNS,
+                )
+                connection.exec_driver_sql(single.sql, rows_of_bucket)
             return
     add_to_rollups(
         connection, _parameters("hour", HOUR, hours, ids) + _parameters("day", DAY, days, ids)
     )
+
+
+def _singles_prepared(dialect: sa.Dialect) -> bool:
+    """Whether the one-request upserts bind what the tuples hold, as the general one does
+    (SQLite; the same columns, the same conversions)."""
+    if dialect.name != "sqlite":
+        return False
+    general = upsert_statement(dialect.name)
+    if general is None:
+        return False
+    processors = dict(prepare(general, dialect, ROW_COLUMNS).positions)
+    for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
+        single = prepare(single_request_upsert(0, with_amounts), dialect, names)
+        if single.order != names or any(
+            (convert is None) != (processors[name] is None) for name, convert in single.positions
+        ):
+            return False
+    return True
 
 
 def _same(value: Any) -> Any:
