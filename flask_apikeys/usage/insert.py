@@ -12,13 +12,14 @@ import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import chain, compress, groupby, repeat
-from operator import is_, mod, mul
+from operator import is_, itemgetter, mod, mul
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
+from .prepared import PREPARED_DIALECTS, execute_many, prepare
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 USAGE_FIELDS = (
@@ -42,6 +43,8 @@ TIMESTAMP_COLUMN = 2
 #: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
 ROWS_PER_STATEMENT = 64
 ALL_PRESENT = (True,) * len(USAGE_FIELDS)
+#: What a key counters' statement binds (:meth:`InsertPlan.add_requests`).
+COUNTER_PARAMETERS = ("key_id", "count", "seen")
 #: Statements remembered per dialect at most (row counts × patterns of NULL columns).
 MAX_STATEMENTS = 256
 
@@ -186,6 +189,38 @@ class InsertPlan:
             end = start + sum(1 for _ in run)
             self._insert_run(connection, columns, start, end, present_columns(pattern))
             start = end
+
+    def add_requests(
+        self, connection: Any, statement: sa.Executable, keys: list[tuple[Any, int, float]]
+    ) -> None:
+        """Run ``statement``, which binds :data:`COUNTER_PARAMETERS`, once per key of ``keys``
+        (its id, its requests, its latest POSIX time), in their order.
+
+        On SQLite the parameters are the driver's own, made as the raw rows' are (the id's
+        text, the time's text from the float): through ``execute_many`` each time went from a
+        float to an aware ``datetime``, a naive one and then text, per key, which with cold
+        keys is per row.
+        """
+        if not keys:
+            return
+        convert_id = self.id_processor
+        if self.dialect.name not in PREPARED_DIALECTS or not self.iso_text or convert_id is None:
+            execute_many(
+                connection,
+                statement,
+                [
+                    {"key_id": key_id, "count": count, "seen": datetime.fromtimestamp(seen, UTC)}
+                    for key_id, count, seen in keys
+                ],
+            )
+            return
+        prepared = prepare(statement, self.dialect, COUNTER_PARAMETERS)
+        # Each position's value from a (text of the id, count, text of the time) triple: a
+        # tuple, as the statement has several positions.
+        spread = itemgetter(*map(COUNTER_PARAMETERS.index, prepared.order))
+        ids, counts, times = zip(*keys, strict=True)
+        triples = zip(map(convert_id, ids), counts, self._timestamps(times), strict=True)
+        connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
 
     def _insert_run(
         self,

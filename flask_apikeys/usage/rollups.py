@@ -320,21 +320,25 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
     )
 
 
+@functools.cache
 def _singles_prepared(dialect: sa.Dialect) -> bool:
     """Whether the one-request upserts bind what the tuples hold, as the general one does
-    (SQLite; the same columns, the same conversions)."""
+    (SQLite; the same columns, the same conversions). All compiled at once, on a dialect's
+    first flush: a flush's rows need a few of them."""
     if dialect.name != "sqlite":
         return False
     general = upsert_statement(dialect.name)
     if general is None:
         return False
     processors = dict(prepare(general, dialect, ROW_COLUMNS).positions)
-    for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
-        single = prepare(single_request_upsert(0, with_amounts), dialect, names)
-        if single.order != names or any(
-            (convert is None) != (processors[name] is None) for name, convert in single.positions
-        ):
-            return False
+    for bucket in range(len(LATENCY_BUCKET_COLUMNS)):
+        for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
+            single = prepare(single_request_upsert(bucket, with_amounts), dialect, names)
+            if single.order != names or any(
+                (convert is None) != (processors[name] is None)
+                for name, convert in single.positions
+            ):
+                return False
     return True
 
 

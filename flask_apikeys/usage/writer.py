@@ -32,7 +32,6 @@ import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
@@ -45,7 +44,6 @@ from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
 from .insert import USAGE_FIELDS, InsertPlan
-from .prepared import execute_many
 from .rollups import write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
@@ -362,19 +360,16 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            execute_many(
+            plan = self._insert_plan(connection.dialect)
+            plan.add_requests(
                 connection,
                 _ADD_REQUESTS,
                 [
-                    {
-                        "key_id": key_id,
-                        "count": count,
-                        "seen": datetime.fromtimestamp(latest[key_id], UTC),
-                    }
+                    (key_id, count, latest[key_id])
                     for key_id, count in sorted(counts.items(), key=_key_text)
                 ],
             )
-            self._insert_plan(connection.dialect).execute(connection, raw)
+            plan.execute(connection, raw)
             write_rollups(connection, rows)
 
     def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
