@@ -87,7 +87,9 @@ def test_key_counters_as_driver_parameters_store_what_sqlalchemy_stores(
                     for (_, second), count, moment in zip(pairs, counts, moments, strict=True)
                 ],
             )
-    raw_texts = plan.columns([(None, None, moment) + (None,) * 10 for moment in moments])[2]
+    raw_texts = plan.columns(
+        [(uuid.uuid4(), uuid.uuid4(), moment) + (None,) * 10 for moment in moments]
+    )[2]
     for (first, second), count, start, raw_text in zip(
         pairs, counts, starts, raw_texts, strict=True
     ):

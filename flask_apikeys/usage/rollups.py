@@ -270,9 +270,14 @@ def upsert_statement(dialect_name: str) -> sa.Executable | None:
     return None
 
 
-def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+def write_rollups(
+    connection: sa.Connection,
+    rows: list[tuple[Any, ...]],
+    id_texts: dict[int, Any] | None = None,
+) -> None:
     """Add queued usage rows to their hour and day rollups, on ``connection`` (in the
-    transaction that stores the raw rows)."""
+    transaction that stores the raw rows); ``id_texts``: the driver's values of the rows' ids by
+    their numbers, if the flush made them already (:meth:`.insert.InsertPlan.id_texts`)."""
     if not rows:
         return
     groups, ids = aggregate(rows)
@@ -287,9 +292,13 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
         if prepared.order == ROW_COLUMNS and _convertible(processors):
             convert_key = processors["api_key_id"] or _same
             convert_organization = processors["organization_id"] or _same
-            key_texts = {number: convert_key(value) for number, value in ids.items()}
+            known = id_texts or {}
+            key_texts = {
+                number: known[number] if number in known else convert_key(value)
+                for number, value in ids.items()
+            }
             organization_texts = {
-                number: convert_organization(ids[number])
+                number: key_texts[number] if number in known else convert_organization(ids[number])
                 for number in {group[0] for group in groups}
             }
             convert_start = processors["bucket_start"] or _same
