@@ -10,7 +10,8 @@ The writer adds a flush's rows to both granularities with an upsert (``INSERT â€
 UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL and MariaDB) in the
 transaction that inserts the raw rows: either both are stored or neither is, whichever process
 flushes and whenever it dies. Groups are written in sorted order, so two workers flushing at
-once take their row locks in the same order.
+once take their row locks in the same order (SQLite has none: its first write locks the whole
+database until the commit, so there the order is left as it comes).
 
 :mod:`~flask_apikeys.usage.backfill` adds raw rows written before the rollups existed.
 """
@@ -191,10 +192,11 @@ def _tuples(
     convert_start: Callable[[Any], Any],
     sum_processors: tuple[tuple[int, Callable[[Any], Any]], ...],
     singles: Singles | None = None,
+    in_order: bool = True,
 ) -> list[tuple[Any, ...]]:
     """The groups' rows as the driver's tuples in :data:`ROW_COLUMNS` order, ordered by group:
     each id converted once per flush (``texts``: the organizations', the keys'), each bucket's
-    start once per call.
+    start once per call; ``in_order=False``: in the groups' order instead (SQLite).
 
     With ``singles``, a group of one request goes there instead, under its histogram bucket and
     whether it has tokens or a cost, as a tuple of
@@ -203,7 +205,7 @@ def _tuples(
     rows = []
     starts: dict[int, Any] = {}
     organization_texts, key_texts = texts
-    for group in sorted(groups):
+    for group in sorted(groups) if in_order else groups:
         sums = groups[group]
         organization_id, key_id, number, method, endpoint, status_class, code = group
         start = starts.get(number)
@@ -307,15 +309,17 @@ def write_rollups(
                 for index, name in enumerate(SUM_COLUMNS)
                 if (convert := processors[name]) is not None
             )
-            texts = (organization_texts, key_texts)
+            conversions = ((organization_texts, key_texts), convert_start, sum_processors)
             singles: Singles | None = {} if _singles_prepared(dialect) else None
-            general = _tuples(
-                "hour", HOUR, hours, texts, convert_start, sum_processors, singles
-            ) + _tuples("day", DAY, days, texts, convert_start, sum_processors, singles)
+            # SQLite: the transaction holds the database's write lock, so neither the groups'
+            # order nor the statements' across buckets takes row locks out of order.
+            in_order = dialect.name != "sqlite"
+            general = [
+                *_tuples("hour", HOUR, hours, *conversions, singles, in_order),
+                *_tuples("day", DAY, days, *conversions, singles, in_order),
+            ]
             if general:
                 connection.exec_driver_sql(prepared.sql, general)
-            # SQLite: the transaction holds the database's write lock, so the order of the
-            # statements across buckets takes no row locks out of order.
             for (bucket, with_amounts), rows_of_bucket in sorted((singles or {}).items()):
                 single = prepare(
                     single_request_upsert(bucket, with_amounts),
