@@ -213,7 +213,7 @@ def _tuples(
             start = starts[number] = convert_start(datetime.fromtimestamp(number * seconds, UTC))
         for index, convert in sum_processors:
             sums[index] = convert(sums[index])
-        requests, *rest = sums
+        requests = sums[0]
         if singles is not None and requests == 1:
             single = (
                 organization_texts[organization_id],
@@ -246,7 +246,7 @@ def _tuples(
                 code,
                 requests,
                 requests if status_class >= 4 else 0,
-                *rest,
+                *sums[1:],
             )
         )
     return rows
