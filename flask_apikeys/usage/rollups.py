@@ -333,11 +333,20 @@ def write_rollups(
     )
 
 
-@functools.cache
+_singles_checked: dict[str, bool] = {}
+
+
 def _singles_prepared(dialect: sa.Dialect) -> bool:
     """Whether the one-request upserts bind what the tuples hold, as the general one does
-    (SQLite; the same columns, the same conversions). All compiled at once, on a dialect's
-    first flush: a flush's rows need a few of them."""
+    (SQLite; the same columns, the same conversions), once per dialect. All compiled at once,
+    on the first flush: compiled as rows needed them, the flushes that met a new bucket paid."""
+    checked = _singles_checked.get(dialect.name)
+    if checked is None:
+        checked = _singles_checked[dialect.name] = _check_singles(dialect)
+    return checked
+
+
+def _check_singles(dialect: sa.Dialect) -> bool:
     if dialect.name != "sqlite":
         return False
     general = upsert_statement(dialect.name)
