@@ -181,3 +181,37 @@ def test_rollups_of_random_flushes_are_the_sums_of_their_rows(
         assert_same_sums(
             stored_rollups(connection, "day", True), over_every_key(days_from_hours(expected))
         )
+
+
+def test_many_cold_keys_go_in_multi_row_statements_that_store_the_same(
+    sqlite_engines: list[sa.Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thirty-eight keys with one request each in one bucket, twice (the second flush adds to the
+    rows the first created), and four with two: chunks of ``ROWS_PER_STATEMENT`` rows in one
+    statement, the rest one by one, every column as through the general upsert."""
+    specialised, general = sqlite_engines
+    keys = [uuid.uuid4() for _ in range(42)]
+    moment = START + 600
+    batch = [
+        (key, ORGANIZATIONS[0], moment, "/v1/a", "GET", 200, 4.5, None, None)
+        + ("127.0.0.1", "tests/1.0", None, None)
+        for key in [*keys, *keys[:4]]
+    ]
+    seen: list[str] = []
+
+    def record(_c: Any, _cursor: Any, statement: str, _p: Any, _x: Any, _many: bool) -> None:
+        seen.append(statement)
+
+    sa.event.listen(specialised, "before_cursor_execute", record)
+    for _ in range(2):
+        with specialised.begin() as connection:
+            write_rollups(connection, batch)
+        with monkeypatch.context() as patched:
+            patched.setattr(rollups_module, "_singles_prepared", lambda _dialect: False)
+            with general.begin() as connection:
+                write_rollups(connection, batch)
+    sa.event.remove(specialised, "before_cursor_execute", record)
+    assert every_column(specialised) == every_column(general)
+    multi_row = [text for text in seen if text.count("latency_bucket_03 + 1") == 1]
+    assert any(text.count("VALUES (") == 1 and "), (" in text for text in multi_row)
+    assert any("), (" not in text for text in multi_row)

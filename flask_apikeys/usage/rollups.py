@@ -37,7 +37,13 @@ from ..models import (
     APIKeyUsageRollup,
 )
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
-from .single_rollups import SINGLE_COLUMNS, SINGLE_COLUMNS_WITH_AMOUNTS, single_request_upsert
+from .single_rollups import (
+    SINGLE_COLUMNS,
+    SINGLE_COLUMNS_WITH_AMOUNTS,
+    multi_row_sql,
+    single_request_upsert,
+    write_single_requests,
+)
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -321,12 +327,7 @@ def write_rollups(
             if general:
                 connection.exec_driver_sql(prepared.sql, general)
             for (bucket, with_amounts), rows_of_bucket in sorted((singles or {}).items()):
-                single = prepare(
-                    single_request_upsert(bucket, with_amounts),
-                    dialect,
-                    SINGLE_COLUMNS_WITH_AMOUNTS if with_amounts else SINGLE_COLUMNS,
-                )
-                connection.exec_driver_sql(single.sql, rows_of_bucket)
+                write_single_requests(connection, bucket, with_amounts, rows_of_bucket)
             return
     add_to_rollups(
         connection, _parameters("hour", HOUR, hours, ids) + _parameters("day", DAY, days, ids)
@@ -356,6 +357,7 @@ def _check_singles(dialect: sa.Dialect) -> bool:
     for bucket in range(len(LATENCY_BUCKET_COLUMNS)):
         for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
             single = prepare(single_request_upsert(bucket, with_amounts), dialect, names)
+            multi_row_sql(dialect, bucket, with_amounts)  # compiled now, checked
             if single.order != names or any(
                 (convert is None) != (processors[name] is None)
                 for name, convert in single.positions
