@@ -5,7 +5,10 @@ one histogram bucket set to 1. The general upsert (:func:`~.rollups.upsert_state
 all 25 buckets and the sums for such a row, and adds 25 ``excluded`` values on conflict. The
 statements here name the one bucket the request adds to, as a constant: the other buckets are
 stored as constant zeros and left alone on conflict, and a row without tokens or cost binds
-neither. One statement per bucket (and per "has tokens or cost"), compiled once per dialect.
+neither. One statement per bucket (and per "has tokens or cost"), compiled once per dialect,
+in two sizes: a bucket's rows go :data:`ROWS_PER_STATEMENT` at a time in one multi-row
+statement (SQLite's upsert handles each row of its ``VALUES`` on its own, and a flush's groups
+are distinct), the rest one by one.
 
 Only the prepared path (:data:`~.prepared.PREPARED_DIALECTS`, SQLite) runs them: it holds the
 database's write lock for the whole transaction, so splitting a flush's upserts by statement
