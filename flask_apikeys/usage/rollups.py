@@ -337,6 +337,12 @@ def write_rollups(
 _singles_checked: dict[str, bool] = {}
 
 
+def prepare_rollups(dialect: sa.Dialect) -> None:
+    """Compile the statements a flush's rollups need on ``dialect``, once: the writer calls it
+    before its transaction's first write, since on SQLite that write locks the database."""
+    _singles_prepared(dialect)
+
+
 def _singles_prepared(dialect: sa.Dialect) -> bool:
     """Whether the one-request upserts bind what the tuples hold, as the general one does
     (SQLite; the same columns, the same conversions), once per dialect. All compiled at once,

@@ -43,7 +43,7 @@ from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
 from .insert import USAGE_FIELDS, InsertPlan
-from .rollups import write_rollups
+from .rollups import prepare_rollups, write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
@@ -359,6 +359,7 @@ class UsageWriter:
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
             plan = self._insert_plan(connection.dialect)
+            prepare_rollups(connection.dialect)  # compiled before the first write's lock
             texts = plan.id_texts(rows)  # each id converted once, for all three
             plan.add_requests(
                 connection,
