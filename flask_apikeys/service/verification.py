@@ -23,7 +23,7 @@ from ..boundedcache import BoundedCache
 from ..config import Plan
 from ..errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
 from ..hashing import cache_digest
-from ..identity import OrganizationInfo, VerifiedKey
+from ..identity import OrganizationInfo, VerifiedKey, build_verified_key
 from ..models import APIKey, Organization
 from ..network import Network
 from ..permissions import effective_scopes, within_plan
@@ -245,7 +245,7 @@ class Verification:
             )
         metadata = row.key_metadata
         expires_at = row.expires_at
-        return VerifiedKey(
+        return build_verified_key(
             id=row.id,
             organization=organization,
             name=row.name,
