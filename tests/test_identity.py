@@ -7,7 +7,6 @@ import inspect
 import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -92,11 +91,9 @@ def test_a_built_snapshot_is_the_one_the_constructor_makes(fields: dict[str, Any
     assert not hasattr(built, "__dict__")
 
 
-def test_a_cache_miss_builds_the_snapshot_the_constructor_would(tmp_path: Path) -> None:
+def test_a_cache_miss_builds_the_snapshot_the_constructor_would(backend_url: str) -> None:
     """Through the service: the snapshot of a stored key, field by field, and what it says."""
-    app, db, apikeys = create_app(
-        f"sqlite:///{tmp_path / 'identity.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
-    )
+    app, db, apikeys = create_app(backend_url, APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False)
     with app.app_context():
         apikeys.create_all()
         org = apikeys.create_organization(name="Acme", email="a@acme.io")
@@ -123,4 +120,6 @@ def test_a_cache_miss_builds_the_snapshot_the_constructor_would(tmp_path: Path) 
         assert [str(network) for network in verified.allowed_networks] == ["10.0.0.0/8"]
         with pytest.raises(dataclasses.FrozenInstanceError):
             verified.is_active = False  # type: ignore[misc]
+        apikeys.close(app)
+        db.session.remove()
         db.engine.dispose()

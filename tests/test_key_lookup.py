@@ -125,18 +125,20 @@ def test_a_lookup_leaves_no_statement_open_that_would_lock_writers_out(tmp_path:
         db.engine.dispose()
 
 
-def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(tmp_path: Path) -> None:
+def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(backend_url: str) -> None:
     """With a retired scheme configured, a current key costs one point lookup by one digest
     (no ``IN`` over every scheme's digest); a key under the retired scheme is found by a
     second lookup and stored again under the current one, after which it is one lookup too;
     an unknown key is looked for under both."""
-    url = f"sqlite:///{tmp_path / 'lookup.sqlite'}"
+    url = backend_url
     legacy_app, legacy_db, legacy = create_app(url, APIKEYS_AUDIT=False)
     with legacy_app.app_context():
         legacy.create_all()
         org = legacy.create_organization(name="Acme", email="a@acme.io")
         old_key = legacy.create_key(org, "old").key  # plain SHA-256: no secret yet
         organization_id = org.id
+        legacy.close(legacy_app)
+        legacy_db.session.remove()
         legacy_db.engine.dispose()
     app, db, apikeys = create_app(
         url, APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False, APIKEYS_HASH_SECRET="s" * 32
@@ -166,4 +168,6 @@ def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(tmp_path: 
             apikeys.verify_key(generate_key("pk", "live"))
         assert len(seen) == 2
         sa.event.remove(db.engine, "before_cursor_execute", record)
+        apikeys.close(app)
+        db.session.remove()
         db.engine.dispose()
