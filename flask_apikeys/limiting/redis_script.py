@@ -35,9 +35,10 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 #: How many packed commands are remembered (one per set of counters in use).
 MAX_PACKED = 4096
 
-#: Reads every counter; increments them all only if none would pass its limit. Returns the index
-#: (1-based) of the first counter that refused or 0, the counters' values, and the milliseconds
-#: until each resets. ``ARGV``: the amount, then per counter its limit, window and strategy
+#: Reads every counter; increments them all only if none would pass its limit. Returns, as one
+#: string of space-separated integers (:func:`parse_take_reply`), the index (1-based) of the
+#: first counter that refused or 0, the counters' values, and the milliseconds until each
+#: resets. ``ARGV``: the amount, then per counter its limit, window and strategy
 #: (1: sliding, a hash of the window's start ``s``, current ``c`` and previous ``p`` counts,
 #: on Redis' own clock; 0: fixed, a string and its TTL). :mod:`~.windows` has the arithmetic.
 TAKE_ALL_SCRIPT = """
@@ -116,8 +117,21 @@ for i = 1, #KEYS do
         resets[i] = ttl
     end
 end
-return {refused, values, resets}
+-- One bulk string of integers rather than nested arrays: a client parses it with one read
+-- and a split (redis-py parses a nested reply element by element, in Python).
+local reply = {refused}
+for i = 1, #KEYS do reply[#reply + 1] = string.format('%d', values[i]) end
+for i = 1, #KEYS do reply[#reply + 1] = string.format('%d', resets[i]) end
+return table.concat(reply, ' ')
 """
+
+
+def parse_take_reply(reply: bytes | str) -> tuple[int, list[int], list[int]]:
+    """:data:`TAKE_ALL_SCRIPT`'s reply: the refusing counter (1-based, 0: none), the values,
+    the milliseconds until each counter resets."""
+    numbers = [int(field) for field in reply.split()]
+    count = (len(numbers) - 1) // 2
+    return numbers[0], numbers[1 : 1 + count], numbers[1 + count :]
 
 
 class ScriptCaller:
