@@ -181,6 +181,9 @@ def usage_rows(database_url: str) -> int:
         engine.dispose()
 
 
+#: Seconds to wait before reading the counters: a PostgreSQL 15 backend reports its
+#: transactions to ``pg_stat_database`` at most once a second, when it goes idle.
+STATISTICS_DELAY = 1.1
 #: What print_costs shows per request: (key in accounting's figures, heading, digits).
 COSTS = (
     ("workers", "workers µs", 0),
@@ -236,8 +239,10 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace, mix: str)
             process, port = serve(variant, env, args.workers)
             try:
                 warmup = load(port, keys_file, keys, args.warmup)  # import, connect, cache
+                time.sleep(STATISTICS_DELAY)
                 before = snapshot(process.pid, database_url, redis_url)
                 result = load(port, keys_file, keys, args.duration)
+                time.sleep(STATISTICS_DELAY)
                 after = snapshot(process.pid, database_url, redis_url)
                 after["wrk"] = result["wrk"]
                 results[variant].append(result)
