@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Instructions per rate-limit check on Redis, client side, under callgrind.
 
-    python bench/bench_redis_calls.py [--n 2000 --shapes cold,exact,leased]
+    python bench/bench_redis_calls.py [--n 2000 --shapes cold,exact,leased,mixed]
         [--trees .,/path/to/another/checkout] [--redis-url redis://127.0.0.1:6379/0]
 
 What a worker spends to check a request's three counters (a monthly quota and an
@@ -12,6 +12,8 @@ Redis, through ``LeasedCounters`` over ``RedisCounters`` as the extension builds
           check is one script call, with a command packed for keys not seen before
   exact   one key, ``APIKEYS_RATELIMIT_LEASE_SECONDS = 0``: one script call per check
   leased  one key, leases of 0.1 s (the default): a script call every few hundred checks
+  mixed   every other check the busy key of ``leased``, the others cold keys (a busy client
+          among many quiet ones): the cold keys' cost, and whether the busy key keeps its lease
 
 Each shape runs in its own process under ``valgrind --tool=callgrind``, counting only the
 measured loop (``--toggle-collect`` on the ``functools.reduce`` that runs it); ``--trees``
@@ -32,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP = 300
-SHAPES = {"cold": 0.1, "exact": 0.0, "leased": 0.1}  # shape -> lease seconds
+SHAPES = {"cold": 0.1, "exact": 0.0, "leased": 0.1, "mixed": 0.1}  # shape -> lease seconds
 
 
 def run_shape(tree: str, shape: str, n: int, redis_url: str) -> None:
@@ -40,8 +42,10 @@ def run_shape(tree: str, shape: str, n: int, redis_url: str) -> None:
     sys.path.insert(0, tree)
     from limits.storage import storage_from_string
 
+    sys.path.insert(1, str(ROOT))
     from flask_apikeys.limiting.counters import Counter, counters_for
     from flask_apikeys.limiting.leases import LeasedCounters
+    from tests.servers import script_calls
 
     storage = storage_from_string(redis_url)
     counters = LeasedCounters(counters_for(storage), SHAPES[shape])
@@ -57,6 +61,10 @@ def run_shape(tree: str, shape: str, n: int, redis_url: str) -> None:
     if shape == "cold":
         warmup = [counters_of(uuid.uuid4()) for _ in range(WARMUP)]
         measured = [counters_of(uuid.uuid4()) for _ in range(n)]
+    elif shape == "mixed":
+        busy = counters_of(uuid.uuid4())
+        warmup = [busy] * WARMUP
+        measured = [busy if index % 2 else counters_of(uuid.uuid4()) for index in range(n)]
     else:
         warmup = measured = [counters_of(uuid.uuid4())] * max(n, WARMUP)
     for taken in warmup[:WARMUP]:
@@ -68,12 +76,14 @@ def run_shape(tree: str, shape: str, n: int, redis_url: str) -> None:
             raise SystemExit("a check was refused")
         return count + 1
 
+    before = script_calls(redis_url)
     functools.reduce(step, measured[:n], 0)  # callgrind counts inside this call only
+    print(f"SCRIPTS {script_calls(redis_url) - before}")
     counters.close()
 
 
-def measure(tree: str, shape: str, n: int, redis_url: str) -> int:
-    """Instructions counted for ``n`` checks."""
+def measure(tree: str, shape: str, n: int, redis_url: str) -> tuple[int, int]:
+    """Instructions counted for ``n`` checks, and the script calls they made."""
     completed = subprocess.run(
         [
             "valgrind",
@@ -98,9 +108,10 @@ def measure(tree: str, shape: str, n: int, redis_url: str) -> int:
         cwd=ROOT,
     )
     found = re.search(r"Collected : (\d+)", completed.stderr)
-    if completed.returncode != 0 or found is None:
+    scripts = re.search(r"SCRIPTS (\d+)", completed.stdout)
+    if completed.returncode != 0 or found is None or scripts is None:
         raise SystemExit(f"{shape} ({tree}) failed:\n{completed.stderr[-2000:]}")
-    return int(found.group(1))
+    return int(found.group(1)), int(scripts.group(1))
 
 
 def main() -> None:
@@ -108,7 +119,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--n", type=int, default=2000, help="checks per shape")
-    parser.add_argument("--shapes", default="cold,exact,leased")
+    parser.add_argument("--shapes", default="cold,exact,leased,mixed")
     parser.add_argument("--trees", default=str(ROOT), help="checkouts to measure, comma-separated")
     parser.add_argument("--redis-url", help="Redis URL (else a throwaway server)")
     parser.add_argument("--run", help=argparse.SUPPRESS)  # inside valgrind
@@ -123,12 +134,18 @@ def main() -> None:
     shapes = args.shapes.split(",")
     if unknown := set(shapes) - set(SHAPES):
         raise SystemExit(f"unknown shapes: {', '.join(sorted(unknown))}")
-    print(f"python {sys.version.split()[0]}, {args.n} checks per shape, callgrind Ir per check")
-    print(f"  {'shape':<10}" + "".join(f"{Path(tree).name:>24}" for tree in trees))
+    print(
+        f"python {sys.version.split()[0]}, {args.n} checks per shape; per check: callgrind Ir "
+        "(script calls to Redis)"
+    )
+    print(f"  {'shape':<10}" + "".join(f"{Path(tree).name:>26}" for tree in trees))
     with redis_server(args.redis_url) as url:
         for shape in shapes:
-            counts = [measure(tree, shape, args.n, url) / args.n for tree in trees]
-            print(f"  {shape:<10}" + "".join(f"{count:>24,.0f}" for count in counts), flush=True)
+            line = f"  {shape:<10}"
+            for tree in trees:
+                instructions, scripts = measure(tree, shape, args.n, url)
+                line += f"{instructions / args.n:>17,.0f} ({scripts / args.n:.3f})"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":
