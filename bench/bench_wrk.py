@@ -4,6 +4,7 @@
     python bench/bench_wrk.py [--runs 3 --duration 10 --warmup 2 --workers 2]
         [--backends sqlite,postgresql] [--mixes hot,cold]
         [--database-url postgresql+psycopg://…] [--redis-url redis://127.0.0.1:6379/0]
+        [--env APIKEYS_USAGE_TRACKING=false …]
 
 Backends (``--backends``, comma-separated; the first two by default):
   sqlite             a SQLite file, rate limits in process memory
@@ -24,6 +25,12 @@ also to the bare route. The protected share of bare throughput is paired within 
 Prints medians and min-max over the rounds. wrk runs on the same machine, so requests/s are
 machine-wide figures. The protected app has everything on: the key (cached after its first
 use), a scope, the rate limits with their headers and buffered usage tracking.
+
+Then, per request of the measured load (:mod:`bench.accounting`): the CPU µs of the gunicorn
+workers, the PostgreSQL backends, redis-server and wrk, and the Redis scripts, Redis commands
+(those the scripts ran included) and PostgreSQL transactions. On a shared machine these move
+far less than requests/s. ``--env`` passes settings to the protected app through the
+environment, e.g. usage tracking off to tell the usage writer's cost from the rest.
 """
 
 from __future__ import annotations
