@@ -4,6 +4,7 @@
     python bench/bench_wrk.py [--runs 3 --duration 10 --warmup 2 --workers 2]
         [--backends sqlite,postgresql] [--mixes hot,cold]
         [--database-url postgresql+psycopg://…] [--redis-url redis://127.0.0.1:6379/0]
+        [--env APIKEYS_USAGE_TRACKING=false …]
 
 Backends (``--backends``, comma-separated; the first two by default):
   sqlite             a SQLite file, rate limits in process memory
@@ -24,6 +25,12 @@ also to the bare route. The protected share of bare throughput is paired within 
 Prints medians and min-max over the rounds. wrk runs on the same machine, so requests/s are
 machine-wide figures. The protected app has everything on: the key (cached after its first
 use), a scope, the rate limits with their headers and buffered usage tracking.
+
+Then, per request of the measured load (:mod:`bench.accounting`): the CPU µs of the gunicorn
+workers, the PostgreSQL backends, redis-server and wrk, and the Redis scripts, Redis commands
+(those the scripts ran included) and PostgreSQL transactions. On a shared machine these move
+far less than requests/s. ``--env`` passes settings to the protected app through the
+environment, e.g. usage tracking off to tell the usage writer's cost from the rest.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -47,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.accounting import per_request, snapshot  # noqa: E402
 from bench.common import summary  # noqa: E402
 from bench.servers import postgresql_server, redis_server  # noqa: E402
 from tests.servers import free_port, script_calls  # noqa: E402
@@ -114,6 +123,8 @@ COLD_KEYS = 10_000
 
 
 def load(port: int, keys_file: str, keys: list[str], duration: int) -> dict[str, float]:
+    """wrk's figures: ``rps``, ``p50``, ``p99`` (ms), ``requests`` and wrk's own CPU seconds."""
+    spent = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", "-t2", "-c16", f"-d{duration}s", "--latency"]
     if len(keys) == 1:
         command += ["-H", f"Authorization: Bearer {keys[0]}"]
@@ -128,6 +139,8 @@ def load(port: int, keys_file: str, keys: list[str], duration: int) -> dict[str,
         timeout=duration + 60,
         env={**os.environ, "BENCH_KEYS_FILE": keys_file},
     ).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = after.ru_utime + after.ru_stime - spent.ru_utime - spent.ru_stime
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non_2xx:
         raise SystemExit(f"{non_2xx.group(1)} requests failed:\n{output}")
@@ -145,6 +158,8 @@ def load(port: int, keys_file: str, keys: list[str], duration: int) -> dict[str,
         "rps": float(field(r"Requests/sec:\s+([\d.]+)")),
         "p50": to_ms(field(r"\s50%\s+(\S+)")),
         "p99": to_ms(field(r"\s99%\s+(\S+)")),
+        "requests": float(field(r"(\d+) requests in")),
+        "wrk": wrk_cpu,
     }
 
 
@@ -173,6 +188,38 @@ def usage_rows(database_url: str) -> int:
         engine.dispose()
 
 
+#: Seconds to wait before reading the counters: a PostgreSQL 15 backend reports its
+#: transactions to ``pg_stat_database`` at most once a second, when it goes idle.
+STATISTICS_DELAY = 1.1
+#: What print_costs shows per request: (key in accounting's figures, heading, digits).
+COSTS = (
+    ("workers", "workers µs", 0),
+    ("postgres", "postgres µs", 0),
+    ("redis", "redis µs", 0),
+    ("wrk", "wrk µs", 0),
+    ("scripts", "Redis scripts", 3),
+    ("redis_calls", "Redis commands", 3),
+    ("pg_transactions", "PG xacts", 3),
+)
+
+
+def print_costs(costs: dict[str, list[dict[str, float]]]) -> None:
+    """CPU per request of each process and round trips per request, median (min-max) of the
+    rounds: figures that move much less with the machine's load than requests/s."""
+    shown = [
+        entry
+        for entry in COSTS
+        if entry[0] in costs["bare"][0] or entry[0] in costs["protected"][0]
+    ]
+    print("  per request, measured load only (CPU from /proc and INFO cpu):")
+    print(f"  {'variant':<11}" + "".join(f"{heading:>22}" for _, heading, _ in shown))
+    for variant, rounds in costs.items():
+        line = f"  {variant:<11}"
+        for name, _, digits in shown:
+            line += f"{summary([cost.get(name, 0.0) for cost in rounds], digits):>22}"
+        print(line)
+
+
 #: backend name -> (label, database, rate-limit storage)
 BACKENDS = {
     "sqlite": ("SQLite + memory storage", "sqlite", "memory"),
@@ -189,15 +236,24 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace, mix: str)
     Path(keys_file).write_text("\n".join(keys) + "\n")
     Path(keys_file + ".lua").write_text(COLD_SCRIPT)
     results: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
+    costs: dict[str, list[dict[str, float]]] = {"bare": [], "protected": []}
     requests = 0.0
+    database_url = env["DATABASE_URL"]
+    redis_url = env.get("REDIS_URL")
     for round_number in range(args.runs):
         order = ["bare", "protected"] if round_number % 2 == 0 else ["protected", "bare"]
         for variant in order:
             process, port = serve(variant, env, args.workers)
             try:
                 warmup = load(port, keys_file, keys, args.warmup)  # import, connect, cache
+                time.sleep(STATISTICS_DELAY)
+                before = snapshot(process.pid, database_url, redis_url)
                 result = load(port, keys_file, keys, args.duration)
+                time.sleep(STATISTICS_DELAY)
+                after = snapshot(process.pid, database_url, redis_url)
+                after["wrk"] = result["wrk"]
                 results[variant].append(result)
+                costs[variant].append(per_request(before, after, int(result["requests"])))
                 if variant == "protected":
                     requests += (warmup["rps"] * args.warmup) + (result["rps"] * args.duration)
             finally:
@@ -212,6 +268,7 @@ def measure(label: str, env: dict[str, str], args: argparse.Namespace, mix: str)
             line += f"{summary(values, digits):>22}"
         share = f"{statistics.median(shares):.0%} ({min(shares):.0%}-{max(shares):.0%})"
         print(line + f"{share:>20}")
+    print_costs(costs)
     rows = usage_rows(env["DATABASE_URL"])
     print(f"  usage rows written: {rows} (about {requests:.0f} protected requests were answered)")
     if "REDIS_URL" in env:
@@ -230,6 +287,14 @@ def main() -> None:
     parser.add_argument("--mixes", default="hot,cold", help="hot, cold or both")
     parser.add_argument("--database-url", help="PostgreSQL URL (else a throwaway server)")
     parser.add_argument("--redis-url", help="Redis URL (else a throwaway server)")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="APIKEYS_X=VALUE",
+        help="a setting for the protected app, through the environment (repeatable): e.g. "
+        "APIKEYS_USAGE_TRACKING=false to tell the usage writer's cost from the rest",
+    )
     args = parser.parse_args()
     backends = args.backends.split(",")
     if unknown := set(backends) - set(BACKENDS):
@@ -243,6 +308,11 @@ def main() -> None:
     )
     workdir = tempfile.mkdtemp(prefix="apikeys-wrk-")
     base_env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    for setting in args.env:
+        name, _, value = setting.partition("=")
+        if not name.startswith("APIKEYS_") or not value:
+            raise SystemExit(f"--env takes APIKEYS_NAME=value, not {setting!r}")
+        base_env[name] = value
     try:
         with ExitStack() as servers:
             for backend in backends:

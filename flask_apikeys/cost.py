@@ -28,8 +28,8 @@ def install(app: Flask, prices: dict[str, dict[str, float]]) -> None:
     """Price each authenticated request of ``app`` (nothing when ``prices`` is empty); the
     table was read and checked with the other settings (:func:`~.config_parsers.cost_table`).
 
-    Registered after the extension's own ``after_request`` hook, so it runs before it (Flask
-    runs them in reverse) and the usage row carries the cost.
+    An ``after_request`` hook: it runs before the extension's response step, which writes the
+    usage row, so the row carries the cost.
     """
     if not prices:
         return

@@ -342,18 +342,27 @@ class OAuthError(APIKeyError):
         return response
 
 
-def restore_required_headers(response: Response, environ: Mapping[str, Any]) -> None:
+def restore_required_headers(
+    status: int, wsgi_headers: list[tuple[str, str]], environ: Mapping[str, Any]
+) -> None:
     """Add the headers our error requires when an app's own error handler rendered it.
 
     Flask prefers a handler registered for a status code (``@app.errorhandler(429)``, as
     Flask-Limiter's docs show) over ours, and such a handler builds a response of its own.
+    Called with the WSGI header list as the response starts (:mod:`flask_apikeys.hooks`).
     """
     raised = environ.get(RAISED_ENVIRON_KEY)
-    if raised is None or response.status_code != raised.code:
+    if raised is None or status != raised.code:
         return
+    present = {name.lower() for name, _ in wsgi_headers}
     for name, value in raised.response_headers().items():
-        if name not in response.headers:
-            response.headers[name] = value
+        if name.lower() not in present:
+            wsgi_headers.append((name, _single_line(value)))
+
+
+def _single_line(value: str) -> str:
+    """A header value with no line break (ours never have one; a WSGI list is not checked)."""
+    return " ".join(value.splitlines())
 
 
 class MethodNotAllowedError(APIKeyError, MethodNotAllowed):

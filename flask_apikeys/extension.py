@@ -28,7 +28,7 @@ from .config import (
 from .dashboard import make_dashboard_blueprint
 from .environ import ERROR_ENVIRON_KEY
 from .errors import APIKeyError
-from .hooks import make_after_request_hook, make_before_request_hook
+from .hooks import install_response_step, make_before_request_hook, make_response_step
 from .identity import VerifiedKey
 from .limiting.flask_limiter import key_func, limit_for_key
 from .migrations import register_tables
@@ -93,9 +93,9 @@ class APIKeys:
         before_request = make_before_request_hook(state)
         if before_request is not None:
             app.before_request(before_request)
-        after_request = make_after_request_hook(state)
-        if after_request is not None:
-            app.after_request(after_request)
+        response_step = make_response_step(state)
+        if response_step is not None:
+            install_response_step(app, response_step)
         endpoints_before = set(app.view_functions)
         register_oauth_views(app, state)  # token endpoint, metadata, introspection, revocation
         if settings.admin_url_prefix:
@@ -107,7 +107,7 @@ class APIKeys:
         register_tables(db.metadata)
         app.cli.add_command(apikeys_cli)
         app.register_error_handler(APIKeyError, self._render_error)
-        cost.install(app, settings.cost_table)  # after our after_request hook
+        cost.install(app, settings.cost_table)
 
     # -- customisation ------------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ class KeyHasher:
         # Every cache miss computes all of them: passlib's hash() builds a handler object
         # per call and costs several times the digest itself.
         self._digesters = tuple(digesters)
+        self._current_digester = digesters[0]
+        self._retired_digesters = tuple(digesters[1:])
         self._context = CryptContext(schemes=list(handlers), deprecated=["auto"])
 
     @property
@@ -111,9 +113,24 @@ class KeyHasher:
         return str(self._context.hash(key))
 
     def lookup_candidates(self, key: str) -> list[str]:
-        """Every stored form ``key`` may have: one indexed ``IN`` query finds the row."""
+        """Every stored form ``key`` may have, the current one first."""
         encoded = key.encode()
         return [digest(encoded) for digest in self._digesters]
+
+    def current_digest(self, key: str) -> str:
+        """The stored form of ``key`` under the current scheme and secret (what :meth:`hash`
+        returns), without passlib: what a cache miss looks a key up by first."""
+        return self._current_digester(key.encode())
+
+    def retired_candidates(self, key: str) -> list[str]:
+        """The stored forms ``key`` may have under the retired schemes and secrets (empty when
+        there are none): looked for only when no key is stored under the current one."""
+        encoded = key.encode()
+        return [digest(encoded) for digest in self._retired_digesters]
+
+    def matches(self, candidate: str, stored_hash: str) -> bool:
+        """Whether ``stored_hash`` is ``candidate``, compared in constant time."""
+        return hmac.compare_digest(candidate.encode(), stored_hash.encode())
 
     def verify(self, key: str, stored_hash: str) -> bool:
         """Check ``key`` against a stored hash in constant time."""

@@ -10,19 +10,21 @@
    (:class:`flask_apikeys.limiting.RateLimits`), in :func:`authenticate_and_limit`;
 4. read-only — a read-only key may only read (:func:`admit`).
 
-``after_request`` (:func:`make_after_request_hook`): the rate-limit headers, then the usage row
+As the response starts (:func:`make_response_step`, run around ``app.wsgi_app`` by
+:func:`install_response_step`): the rate-limit headers, then the usage row
 (:mod:`flask_apikeys.usage.rows`). The scope decorators run steps 2-4 themselves when the hook
 did not (:mod:`flask_apikeys.decorators`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from time import perf_counter
 from typing import Any
 
-from flask import Blueprint, Flask, Request, Response, current_app, request
+from flask import Blueprint, Flask, Request, current_app, has_request_context, request
 
 from .auth import authenticate
 from .environ import LIMITED_ENVIRON_KEY, START_ENVIRON_KEY
@@ -40,6 +42,8 @@ from .network import client_address
 from .permissions import READ_ONLY, SAFE_METHODS
 from .state import ExtensionState
 from .usage.rows import make_usage_recorder
+
+logger = logging.getLogger("flask_apikeys")
 
 
 def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None:
@@ -111,12 +115,17 @@ def sole_handler(app: Flask, error_class: type[APIKeyError]) -> Callable[[Any], 
     return app.ensure_sync(ours)
 
 
-def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Response] | None:
-    """The one ``after_request`` hook of an app: rate-limit headers, then the usage row.
+#: What the response step is called with: the status, the WSGI header list (which it may add
+#: to) and the request's environ.
+ResponseStep = Callable[[int, "headers.WSGIHeaders", dict[str, Any]], None]
 
-    One hook rather than one per feature: each hook costs Flask a lookup and a call on every
-    request, and each would look the request up again. It also puts back the headers of our
-    errors that an app's own error handler dropped. ``None`` when the extension is off.
+
+def make_response_step(state: ExtensionState) -> ResponseStep | None:
+    """What the extension adds to a response as it starts: rate-limit headers, the usage row.
+
+    It puts back the headers of our errors that an app's own error handler dropped too. Run by
+    :func:`install_response_step` once Flask has built the response and every
+    ``after_request`` hook has run. ``None`` when the extension is off.
     """
     settings = state.settings
     if not settings.enabled:
@@ -130,22 +139,44 @@ def make_after_request_hook(state: ExtensionState) -> Callable[[Response], Respo
     if settings.usage_tracking and state.writer is not None:
         record_usage = make_usage_recorder(state.writer, settings.trusted_proxies)
 
-    def after_request(response: Response) -> Response:
-        current_request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = current_request.environ
-        if response.status_code >= 400:
-            restore_required_headers(response, environ)
-            if response.status_code == 429 and limits is not None:
+    def respond(status: int, wsgi_headers: headers.WSGIHeaders, environ: dict[str, Any]) -> None:
+        if status >= 400:
+            restore_required_headers(status, wsgi_headers, environ)
+            if status == 429 and limits is not None and has_request_context():
                 headers.describe_other_refusal(
-                    response, environ, limits.flask_limiter, limit_headers=limit_headers
+                    wsgi_headers, environ, limits.flask_limiter, limit_headers=limit_headers
                 )
         if write_headers is not None:
-            write_headers(response, environ)
+            write_headers(status, wsgi_headers, environ)
         if record_usage is not None:
-            record_usage(response, current_request, environ)
-        return response
+            record_usage(status, environ)
 
-    return after_request
+    return respond
+
+
+def install_response_step(app: Flask, step: ResponseStep) -> None:
+    """Run ``step`` on every response of ``app`` as it starts, around ``app.wsgi_app``.
+
+    Where WSGI middleware works rather than in an ``after_request`` hook: Flask's dispatch of a
+    hook, and werkzeug's checks of each header added to a ``Response`` and again when the
+    header list is made, cost more than the work itself (``bench/README.md``). Flask calls
+    ``start_response`` before it pops the request's context, so the step still sees the
+    request. It never fails a response: an error of ours is logged, and the response is sent
+    as the app made it.
+    """
+    inner = app.wsgi_app
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+        def start_response_with_step(status: str, wsgi_headers: Any, exc_info: Any = None) -> Any:
+            try:
+                step(int(status[:3]), wsgi_headers, environ)
+            except Exception:
+                logger.exception("flask-apikeys could not add its headers or usage row")
+            return start_response(status, wsgi_headers, exc_info)
+
+        return inner(environ, start_response_with_step)
+
+    app.wsgi_app = wsgi_app  # type: ignore[method-assign]
 
 
 #: How the hook treats an endpoint (see :func:`endpoint_access`).

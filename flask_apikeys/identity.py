@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from .network import Network
 from .scopes import scope_grants
@@ -66,3 +67,61 @@ class VerifiedKey:
         if self.expires_at_timestamp is None:
             return False
         return (time.time() if now is None else now) >= self.expires_at_timestamp
+
+
+class _VerifiedKeyFields:
+    """The memory layout of :class:`VerifiedKey` without its frozen ``__setattr__``: filled by
+    plain attribute stores, then made a :class:`VerifiedKey` (see :func:`build_verified_key`)."""
+
+    __slots__ = VerifiedKey.__slots__
+
+
+def build_verified_key(
+    *,
+    id: uuid.UUID,  # noqa: A002 (the field's name)
+    organization: OrganizationInfo,
+    name: str,
+    environment: str,
+    prefix: str,
+    hint: str,
+    scopes: frozenset[str],
+    metadata: Mapping[str, object],
+    custom_rate_limit: str | None,
+    expires_at: datetime | None,
+    revoked_at: datetime | None,
+    is_active: bool,
+    expires_at_timestamp: float | None,
+    own_scopes: frozenset[str],
+    roles: tuple[str, ...],
+    level: str | None,
+    allowed_networks: tuple[Network, ...],
+) -> VerifiedKey:
+    """The :class:`VerifiedKey` ``VerifiedKey(**fields)`` makes, for five times less work.
+
+    Every request whose key is not cached builds one. The frozen dataclass's ``__init__``
+    sets each of its 17 fields through ``object.__setattr__`` (about 1,700 instructions a
+    field, 36k a snapshot); here each is a plain slot store and the object then takes the
+    dataclass as its class (``__class__`` assignment, allowed between classes of the same
+    slots), about 7k in all (``bench/README.md``). The result is a :class:`VerifiedKey` in
+    every way: frozen, equal to and hashed as one built by its constructor.
+    """
+    snapshot: Any = object.__new__(_VerifiedKeyFields)  # typed by what it becomes
+    snapshot.id = id
+    snapshot.organization = organization
+    snapshot.name = name
+    snapshot.environment = environment
+    snapshot.prefix = prefix
+    snapshot.hint = hint
+    snapshot.scopes = scopes
+    snapshot.metadata = metadata
+    snapshot.custom_rate_limit = custom_rate_limit
+    snapshot.expires_at = expires_at
+    snapshot.revoked_at = revoked_at
+    snapshot.is_active = is_active
+    snapshot.expires_at_timestamp = expires_at_timestamp
+    snapshot.own_scopes = own_scopes
+    snapshot.roles = roles
+    snapshot.level = level
+    snapshot.allowed_networks = allowed_networks
+    snapshot.__class__ = VerifiedKey
+    return snapshot  # type: ignore[no-any-return]

@@ -82,3 +82,26 @@ def test_lookup_candidates_are_what_passlib_stores(schemes: list[str], secrets: 
                 stored.append(only.hash(key))
         assert hasher.lookup_candidates(key) == stored
         assert all(hasher.verify(key, digest) for digest in stored)
+
+
+@pytest.mark.parametrize(
+    ("schemes", "secrets"),
+    [
+        (["hex_sha256"], []),
+        (["hmac_sha256", "hex_sha256"], [SECRET_A]),
+        (["hmac_sha256", "hex_sha512", "hex_sha256"], [SECRET_B, SECRET_A]),
+    ],
+)
+def test_the_current_digest_and_the_retired_ones_are_the_lookup_candidates_split(
+    schemes: list[str], secrets: list[str]
+) -> None:
+    """A cache miss looks a key up by the current digest first and computes the retired ones
+    only when that finds nothing: together they must be every candidate, in order."""
+    hasher = KeyHasher(schemes, secrets)
+    key = "pk_live_" + "Q" * 46
+    assert hasher.current_digest(key) == hasher.hash(key)
+    assert [hasher.current_digest(key), *hasher.retired_candidates(key)] == (
+        hasher.lookup_candidates(key)
+    )
+    assert hasher.matches(hasher.current_digest(key), hasher.hash(key))
+    assert not hasher.matches(hasher.current_digest(key), hasher.hash(key + "x"))

@@ -6,7 +6,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
+
+from flask_apikeys.errors import InvalidAPIKey
+from flask_apikeys.keys import generate_key
 
 from .factory import create_app
 
@@ -118,4 +122,52 @@ def test_a_lookup_leaves_no_statement_open_that_would_lock_writers_out(tmp_path:
                 writer.execute("ROLLBACK")
             finally:
                 writer.close()
+        db.engine.dispose()
+
+
+def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(backend_url: str) -> None:
+    """With a retired scheme configured, a current key costs one point lookup by one digest
+    (no ``IN`` over every scheme's digest); a key under the retired scheme is found by a
+    second lookup and stored again under the current one, after which it is one lookup too;
+    an unknown key is looked for under both."""
+    url = backend_url
+    legacy_app, legacy_db, legacy = create_app(url, APIKEYS_AUDIT=False)
+    with legacy_app.app_context():
+        legacy.create_all()
+        org = legacy.create_organization(name="Acme", email="a@acme.io")
+        old_key = legacy.create_key(org, "old").key  # plain SHA-256: no secret yet
+        organization_id = org.id
+        legacy.close(legacy_app)
+        legacy_db.session.remove()
+        legacy_db.engine.dispose()
+    app, db, apikeys = create_app(
+        url, APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False, APIKEYS_HASH_SECRET="s" * 32
+    )
+    with app.app_context():
+        organization = apikeys.get_organization(organization_id)
+        current_key = apikeys.create_key(organization, "current").key
+        seen: list[tuple[str, Any]] = []
+
+        def record(
+            _connection: Any, _cursor: Any, statement: str, parameters: Any, *_: Any
+        ) -> None:
+            if "key_hash" in statement and statement.lstrip().upper().startswith("SELECT"):
+                seen.append((statement, parameters))
+
+        sa.event.listen(db.engine, "before_cursor_execute", record)
+        assert apikeys.verify_key(current_key).name == "current"
+        assert len(seen) == 1 and " IN " not in seen[0][0] and len(seen[0][1]) == 1
+        seen.clear()
+        assert apikeys.verify_key(old_key).name == "old"  # found under the retired scheme
+        assert len(seen) == 2
+        seen.clear()
+        assert apikeys.verify_key(old_key).name == "old"  # rehashed: the current digest now
+        assert len(seen) == 1
+        seen.clear()
+        with pytest.raises(InvalidAPIKey):
+            apikeys.verify_key(generate_key("pk", "live"))
+        assert len(seen) == 2
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+        apikeys.close(app)
+        db.session.remove()
         db.engine.dispose()

@@ -15,7 +15,7 @@ import redis.sentinel
 from limits.storage import MemoryStorage, storage_from_string
 
 from flask_apikeys.limiting.counters import Counter, GiveBackCounters, Outcome
-from flask_apikeys.limiting.leases import ALLOWANCE_SHARE, MAX_LEASE, LeasedCounters
+from flask_apikeys.limiting.leases import ALLOWANCE_SHARE, MAX_LEASE, MAX_LEASES, LeasedCounters
 from flask_apikeys.limiting.redis_script import caller_for
 
 from .factory import create_app
@@ -75,6 +75,27 @@ def test_a_busy_key_takes_its_units_a_few_at_a_time(shared: MemoryStorage) -> No
     assert values == sorted(values)  # one worker sees its own use count up, one by one
     # What the storage counted, less what the current lease has not handed out yet.
     assert values[-1] == taken - leftover == 2000
+
+
+def test_a_busy_key_keeps_its_lease_while_thousands_of_quiet_keys_pass(
+    shared: MemoryStorage,
+) -> None:
+    """Each quiet key leaves a record (its pace); a full table must not cost the busy key its
+    running lease (and a round trip, and the units it held)."""
+    leased = worker(shared, lease_seconds=30.0)
+    busy = Counter("busy", 1_000_000, 3600)
+    for _ in range(200):
+        leased.take((busy,))
+    exact: Any = leased.exact
+    held = leased._leases[(busy,)].units
+    assert held > 0
+    for index in range(MAX_LEASES + 100):  # the table fills up once on the way
+        assert leased.take((Counter(f"quiet-{index}", 100, 3600),)).refused is None
+    calls = exact.calls
+    assert leased.take((busy,)).refused is None
+    assert exact.calls == calls  # served from the lease it held
+    assert leased._leases[(busy,)].units == held - 1
+    assert len(leased._leases) < MAX_LEASES
 
 
 def test_near_a_limit_every_request_is_exact(shared: MemoryStorage) -> None:

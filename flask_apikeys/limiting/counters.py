@@ -32,7 +32,7 @@ from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage, Storage
 
 from . import windows
-from .redis_script import TAKE_ALL_SCRIPT, ScriptCaller, caller_for
+from .redis_script import TAKE_ALL_SCRIPT, ScriptCaller, caller_for, parse_take_reply
 
 try:  # the redis extra; without it there is no Redis storage to count in
     from redis.exceptions import RedisClusterException
@@ -355,8 +355,10 @@ class RedisCounters(GiveBackCounters):
         arguments: list[int] = [amount]
         for counter in counters:
             arguments += (counter.limit, counter.window_seconds, 1 if counter.sliding else 0)
-        refused, values, ttls = self._script(
-            keys=[storage.prefixed_key(counter.key) for counter in counters], args=arguments
+        refused, values, ttls = parse_take_reply(
+            self._script(
+                keys=[storage.prefixed_key(counter.key) for counter in counters], args=arguments
+            )
         )
         now = windows.now()
         resets = tuple(

@@ -1,6 +1,12 @@
 """The rate-limit response headers: ``X-RateLimit-*``, and the IETF draft's ``RateLimit`` and
 ``RateLimit-Policy`` with ``APIKEYS_RATELIMIT_HEADERS = "all"``, as the request took its
 counters (:class:`~flask_apikeys.limiting.RateLimits` left them in the environ).
+
+They are added to the WSGI header list as the response starts (the response step of
+:mod:`flask_apikeys.hooks`), after Flask and werkzeug have built it: werkzeug checks every
+header of a ``Response`` twice (when it is added and when the list is made), which cost more
+than the three headers themselves (``bench/README.md``). Every value here is a number or a
+text built from numbers and our policy names, so none can carry a line break.
 """
 
 from __future__ import annotations
@@ -11,17 +17,22 @@ from collections.abc import Callable
 from math import ceil
 from typing import Any
 
-from flask import Response, current_app
+from flask import current_app
 
 from ..environ import RESULT_ENVIRON_KEY
 from . import windows
 from .counters import Outcome
 from .policies import KeyLimits, Month
 
+#: The header list a WSGI app passes to ``start_response``.
+WSGIHeaders = list[tuple[str, str]]
 
-def write_headers(response: Response, environ: dict[str, Any], *, ietf: bool) -> None:
+
+def write_headers(
+    status: int, wsgi_headers: WSGIHeaders, environ: dict[str, Any], *, ietf: bool
+) -> None:
     """X-RateLimit-* (and, with ``ietf``, RateLimit and RateLimit-Policy), as the request took
-    its counters. Called by the ``after_request`` hook.
+    its counters, added to the response's ``wsgi_headers``.
 
     X-RateLimit-* describe the limit that refused the request, else the one with the least
     left; RateLimit lists every policy (draft-ietf-httpapi-ratelimit-headers). The constant
@@ -32,7 +43,7 @@ def write_headers(response: Response, environ: dict[str, Any], *, ietf: bool) ->
     if result is None:
         return
     limits, outcome, month = result
-    if outcome.refused is None and response.status_code == 429:
+    if outcome.refused is None and status == 429:
         return  # another limiter refused it: see describe_other_refusal
     values = outcome.values
     amounts = limits.amounts
@@ -47,19 +58,21 @@ def write_headers(response: Response, environ: dict[str, Any], *, ietf: bool) ->
         reset = month.end
     else:
         reset = outcome.resets[shown]
-    # add(), not item assignment: no scan for an existing header (these are ours alone).
-    add = response.headers.add
-    add("X-RateLimit-Limit", limits.amount_texts[shown])
     remaining = amounts[shown] - values[shown]
-    add("X-RateLimit-Remaining", str(remaining) if remaining > 0 else "0")
-    add("X-RateLimit-Reset", str(int(reset + 1)))
+    wsgi_headers += (
+        ("X-RateLimit-Limit", limits.amount_texts[shown]),
+        ("X-RateLimit-Remaining", str(remaining) if remaining > 0 else "0"),
+        ("X-RateLimit-Reset", str(int(reset + 1))),
+    )
     if ietf:
-        add("RateLimit-Policy", limits.policy_header)
-        add("RateLimit", ratelimit_field(limits, outcome, month))
+        wsgi_headers += (
+            ("RateLimit-Policy", limits.policy_header),
+            ("RateLimit", ratelimit_field(limits, outcome, month)),
+        )
 
 
 def describe_other_refusal(
-    response: Response,
+    wsgi_headers: WSGIHeaders,
     environ: dict[str, Any],
     find_limiter: Callable[[], Any],
     *,
@@ -83,11 +96,15 @@ def describe_other_refusal(
         return
     reset_at = int(refusing.reset_at)
     if limit_headers:
-        response.headers["X-RateLimit-Limit"] = str(refusing.limit.amount)
-        response.headers["X-RateLimit-Remaining"] = "0"
-        response.headers["X-RateLimit-Reset"] = str(reset_at)
-    if "Retry-After" not in response.headers:
-        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+        ours = {"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"}
+        wsgi_headers[:] = [header for header in wsgi_headers if header[0].lower() not in ours]
+        wsgi_headers += (
+            ("X-RateLimit-Limit", str(int(refusing.limit.amount))),
+            ("X-RateLimit-Remaining", "0"),
+            ("X-RateLimit-Reset", str(reset_at)),
+        )
+    if not any(name.lower() == "retry-after" for name, _ in wsgi_headers):
+        wsgi_headers.append(("Retry-After", str(max(1, math.ceil(reset_at - time.time())))))
 
 
 def ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:

@@ -106,7 +106,7 @@ class LeasedCounters(Counters):
         leftover = size - amount  # 0 after an exact call: the record still keeps the pace
         with self._lock:
             if len(self._leases) >= MAX_LEASES:
-                self._leases.clear()
+                self._make_room(finished)
             self._leases[counters] = Lease(
                 units=leftover,
                 values=outcome.values,
@@ -118,6 +118,18 @@ class LeasedCounters(Counters):
         if not leftover:
             return outcome
         return Outcome(None, tuple(value - leftover for value in outcome.values), outcome.resets)
+
+    def _make_room(self, now: float) -> None:
+        """Under the lock, with the table full: forget the keys that hold no units (a quiet key
+        is remembered only for its pace, and many cold keys pass through), keep the leases
+        still running, so a busy key does not lose its units to them; if those alone fill
+        half the table, forget everything (their units are abandoned, as a lease that ends)."""
+        running = {
+            counters: lease
+            for counters, lease in self._leases.items()
+            if lease.units and now < lease.ends_at
+        }
+        self._leases = running if len(running) < MAX_LEASES // 2 else {}
 
     @staticmethod
     def _windows_end(counters: tuple[Counter, ...], outcome: Outcome, now: float) -> float:

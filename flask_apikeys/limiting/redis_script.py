@@ -9,7 +9,10 @@ keeps what stays the same between calls:
 - connections of its own, on a lock-free free list: taken for one call, given back only after
   a complete reply, so one that is given back has nothing left to read and needs no probe;
   a connection that failed is closed and dropped. After a fork the child starts a new list.
-- the packed command per argument tuple (the counters of a key rarely change).
+- the command's framing (RESP: ``*<count>``, then ``$<length>`` and the bytes of each part)
+  up to its keys, and its packed arguments (the limits and windows, the same for every key
+  of a configuration): a cold key's command only frames its keys anew, where redis-py's
+  ``pack_command`` cost a tenth of the whole call.
 
 Connections are made by redis-py (``pool.connection_class`` with the pool's settings: host,
 TLS, password, database, timeouts), so every URL the client accepts works the same. Only a
@@ -32,12 +35,13 @@ try:  # the redis extra; without it there is no Redis storage to call
 except ImportError:  # pragma: no cover - exercised only without the extra
     redis = None  # type: ignore[assignment]
 
-#: How many packed commands are remembered (one per set of counters in use).
+#: How many packed argument lists are remembered (one per limits configuration in use).
 MAX_PACKED = 4096
 
-#: Reads every counter; increments them all only if none would pass its limit. Returns the index
-#: (1-based) of the first counter that refused or 0, the counters' values, and the milliseconds
-#: until each resets. ``ARGV``: the amount, then per counter its limit, window and strategy
+#: Reads every counter; increments them all only if none would pass its limit. Returns, as one
+#: string of space-separated integers (:func:`parse_take_reply`), the index (1-based) of the
+#: first counter that refused or 0, the counters' values, and the milliseconds until each
+#: resets. ``ARGV``: the amount, then per counter its limit, window and strategy
 #: (1: sliding, a hash of the window's start ``s``, current ``c`` and previous ``p`` counts,
 #: on Redis' own clock; 0: fixed, a string and its TTL). :mod:`~.windows` has the arithmetic.
 TAKE_ALL_SCRIPT = """
@@ -116,8 +120,21 @@ for i = 1, #KEYS do
         resets[i] = ttl
     end
 end
-return {refused, values, resets}
+-- One bulk string of integers rather than nested arrays: a client parses it with one read
+-- and a split (redis-py parses a nested reply element by element, in Python).
+local reply = {refused}
+for i = 1, #KEYS do reply[#reply + 1] = string.format('%d', values[i]) end
+for i = 1, #KEYS do reply[#reply + 1] = string.format('%d', resets[i]) end
+return table.concat(reply, ' ')
 """
+
+
+def parse_take_reply(reply: bytes | str) -> tuple[int, list[int], list[int]]:
+    """:data:`TAKE_ALL_SCRIPT`'s reply: the refusing counter (1-based, 0: none), the values,
+    the milliseconds until each counter resets."""
+    numbers = [int(field) for field in reply.split()]
+    count = (len(numbers) - 1) // 2
+    return numbers[0], numbers[1 : 1 + count], numbers[1 + count :]
 
 
 class ScriptCaller:
@@ -128,9 +145,11 @@ class ScriptCaller:
         self._script = script
         self._sha = hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
         self._packer = pool.connection_class(**pool.connection_kwargs)  # packs, never connects
+        self._encode = self._packer.encoder.encode  # the client's encoding of a str or int
         self._free: deque[Any] = deque()
         after_fork_in_child(self, ScriptCaller._drop_parent_connections)
-        self._packed: BoundedCache[tuple[Any, ...], list[bytes]] = BoundedCache(MAX_PACKED)
+        #: (number of keys, *arguments) → the command up to its keys, the arguments after them.
+        self._packed: BoundedCache[tuple[Any, ...], tuple[bytes, bytes]] = BoundedCache(MAX_PACKED)
 
     def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
         """The script's reply; a failed call raises redis-py's error (a ``RedisError``).
@@ -139,10 +158,13 @@ class ScriptCaller:
         before the script could run, so that call is made once more on a new connection;
         a timeout is not retried (the script may have run).
         """
-        lookup = (*keys, *args)
-        packed = self._packed.get(lookup)
-        if packed is None:
-            packed = self._packed.put(lookup, self._pack("EVALSHA", self._sha, keys, args))
+        lookup = (len(keys), *args)
+        framing = self._packed.get(lookup)
+        if framing is None:
+            framing = self._packed.put(lookup, self._framing(len(keys), args))
+        head, tail = framing
+        encode = self._encode
+        packed = [head + b"".join([_bulk(encode(key)) for key in keys]) + tail]
         try:
             return self._call(packed, keys, args)
         except redis.TimeoutError:
@@ -181,10 +203,23 @@ class ScriptCaller:
             pool = self._pool
             return pool.connection_class(**pool.connection_kwargs)
 
+    def _framing(self, key_count: int, args: Sequence[int | str]) -> tuple[bytes, bytes]:
+        """``EVALSHA``'s RESP array up to its keys, and its arguments packed."""
+        parts = 3 + key_count + len(args)  # EVALSHA, the digest, the number of keys
+        head = b"*%d\r\n" % parts + b"".join(
+            _bulk(self._encode(part)) for part in ("EVALSHA", self._sha, key_count)
+        )
+        return head, b"".join(_bulk(self._encode(arg)) for arg in args)
+
     def _pack(
         self, command: str, script: str, keys: Sequence[str], args: Sequence[int | str]
     ) -> list[bytes]:
         return list(self._packer.pack_command(command, script, len(keys), *keys, *args))
+
+
+def _bulk(part: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(part), part)
 
 
 def caller_for(client: Any, script: str) -> ScriptCaller | None:

@@ -1,5 +1,6 @@
-"""The usage row: what the ``after_request`` hook captures of each authenticated request, and
-:func:`record_cost`, which a view calls to add its tokens and cost to it.
+"""The usage row: what the response step (:mod:`flask_apikeys.hooks`) captures of each
+authenticated request as its response starts, and :func:`record_cost`, which a view calls to
+add its tokens and cost to it.
 
 Every value taken from the request is made storable here, when it is captured, so that the
 writer (:mod:`flask_apikeys.usage.writer`) rarely meets a row the database refuses. A queued
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, request
+from flask import request
 
 from .. import signals
 from ..environ import (
@@ -99,13 +100,13 @@ def _storable_cost(cost: Any) -> float | None:
 
 def make_usage_recorder(
     writer: UsageWriter, trusted_proxies: Any
-) -> Callable[[Response, Any, dict[str, Any]], None]:
-    """What the extension's ``after_request`` hook calls with the response, the request and its
+) -> Callable[[int, dict[str, Any]], None]:
+    """What the extension's response step calls with the response's status and the request's
     environ: queue a row for every request that a key authenticated."""
     add_usage = writer.add_usage
     taken = signals.usage_rows_taken
 
-    def record_usage(response: Response, current_request: Any, environ: dict[str, Any]) -> None:
+    def record_usage(status: int, environ: dict[str, Any]) -> None:
         """Queue the finished request's row (its timestamp stays a float until written).
 
         One function, not a chain of helpers: it runs on every authenticated request.
@@ -115,6 +116,8 @@ def make_usage_recorder(
             return
         started = environ.get(START_ENVIRON_KEY)
         elapsed_ms = 0.0 if started is None else (time.perf_counter() - started) * 1000
+        # A key was verified, so the request's context is still there (see hooks.py).
+        current_request = request._get_current_object()  # type: ignore[attr-defined]
         rule = current_request.url_rule
         # The rule, never the raw path: a path is the client's text (of any length, with
         # %00 in it), and a 404 path is not an endpoint of the app.
@@ -125,7 +128,6 @@ def make_usage_recorder(
             address = client_address(environ, trusted_proxies)
         else:
             address = environ.get("REMOTE_ADDR") or ""
-        status = response.status_code
         row: tuple[Any, ...] = (
             key.id,
             key.organization.id,

@@ -1,8 +1,8 @@
 """Usage tracking: one row per authenticated request, written off the request's critical path.
 
-The ``after_request`` step only appends a tuple to an in-memory queue. A daemon thread per app
-writes the queue every ``APIKEYS_USAGE_FLUSH_INTERVAL`` seconds (or sooner when
-``APIKEYS_USAGE_BATCH_SIZE`` rows wait) with one bulk ``INSERT`` and one atomic
+The response step (:mod:`flask_apikeys.hooks`) only appends a tuple to an in-memory queue. A
+daemon thread per app writes the queue every ``APIKEYS_USAGE_FLUSH_INTERVAL`` seconds (or
+sooner when ``APIKEYS_USAGE_BATCH_SIZE`` rows wait) with one bulk ``INSERT`` and one atomic
 ``total_requests = total_requests + n`` update per key, on a connection of its own. The queue is
 flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM). A hard kill
 (SIGKILL, power loss) loses what was queued since the last flush: at most one interval's rows.
