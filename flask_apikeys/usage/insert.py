@@ -12,13 +12,14 @@ import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from itertools import chain, compress, groupby, repeat
-from operator import is_, mod, mul
+from operator import attrgetter, is_, itemgetter, mod, mul
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
+from .prepared import PREPARED_DIALECTS, execute_many, prepare
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
 USAGE_FIELDS = (
@@ -42,6 +43,12 @@ TIMESTAMP_COLUMN = 2
 #: 13 columns × 64 rows = 832 parameters, under the 999 that older SQLite builds allow.
 ROWS_PER_STATEMENT = 64
 ALL_PRESENT = (True,) * len(USAGE_FIELDS)
+#: An id's number (``UUID.int``): hashed in C, where a ``UUID``'s ``__hash__`` is Python code.
+_NUMBER = attrgetter("int")
+#: The driver's values of a flush's ids, by their numbers (:meth:`InsertPlan.id_texts`).
+IdTexts = dict[int, Any]
+#: What a key counters' statement binds (:meth:`InsertPlan.add_requests`).
+COUNTER_PARAMETERS = ("key_id", "count", "seen")
 #: Statements remembered per dialect at most (row counts × patterns of NULL columns).
 MAX_STATEMENTS = 256
 
@@ -147,11 +154,27 @@ class InsertPlan:
             )
         return statement
 
-    def execute(self, connection: Any, rows: list[tuple[Any, ...]]) -> None:
-        """Insert the queued rows on ``connection`` (a SQLAlchemy connection in a transaction)."""
+    def id_texts(self, rows: list[tuple[Any, ...]]) -> IdTexts | None:
+        """The driver's value of every key's and organization's id in the queued ``rows``, by
+        the id's number, each converted once: a flush binds a cold key's id three times (its
+        counters, its raw row, its rollups). ``None``: the driver takes ids as they are."""
+        convert_id = self.id_processor
+        if convert_id is None:
+            return None
+        ids: dict[int, Any] = {}
+        for index in ID_COLUMNS:
+            column = list(map(itemgetter(index), rows))
+            ids.update(zip(map(_NUMBER, column), column, strict=True))
+        return {number: convert_id(value) for number, value in ids.items()}
+
+    def execute(
+        self, connection: Any, rows: list[tuple[Any, ...]], texts: IdTexts | None = None
+    ) -> None:
+        """Insert the queued rows on ``connection`` (a SQLAlchemy connection in a transaction);
+        ``texts``: their ids' :meth:`id_texts`, if made already."""
         if not rows:
             return
-        columns = self.columns(rows)
+        columns = self.columns(rows, texts)
         if self.method == "copy":
             cursor = connection.connection.cursor()  # the same transaction's DBAPI cursor
             try:
@@ -187,6 +210,46 @@ class InsertPlan:
             self._insert_run(connection, columns, start, end, present_columns(pattern))
             start = end
 
+    def add_requests(
+        self,
+        connection: Any,
+        statement: sa.Executable,
+        keys: list[tuple[Any, int, float]],
+        texts: IdTexts | None = None,
+    ) -> None:
+        """Run ``statement``, which binds :data:`COUNTER_PARAMETERS`, once per key of ``keys``
+        (its id, its requests, its latest POSIX time), in their order; ``texts``: the ids'
+        :meth:`id_texts`, if made already.
+
+        On SQLite the parameters are the driver's own, made as the raw rows' are (the id's
+        text, the time's text from the float): through ``execute_many`` each time went from a
+        float to an aware ``datetime``, a naive one and then text, per key, which with cold
+        keys is per row.
+        """
+        if not keys:
+            return
+        convert_id = self.id_processor
+        if self.dialect.name not in PREPARED_DIALECTS or not self.iso_text or convert_id is None:
+            execute_many(
+                connection,
+                statement,
+                [
+                    {"key_id": key_id, "count": count, "seen": datetime.fromtimestamp(seen, UTC)}
+                    for key_id, count, seen in keys
+                ],
+            )
+            return
+        prepared = prepare(statement, self.dialect, COUNTER_PARAMETERS)
+        # Each position's value from a (text of the id, count, text of the time) triple: a
+        # tuple, as the statement has several positions.
+        spread = itemgetter(*map(COUNTER_PARAMETERS.index, prepared.order))
+        ids, counts, times = zip(*keys, strict=True)
+        id_texts = (
+            map(convert_id, ids) if texts is None else map(texts.__getitem__, map(_NUMBER, ids))
+        )
+        triples = zip(id_texts, counts, self._timestamps(times), strict=True)
+        connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
+
     def _insert_run(
         self,
         connection: Any,
@@ -212,21 +275,21 @@ class InsertPlan:
             )
             start += size
 
-    def columns(self, rows: list[tuple[Any, ...]]) -> list[Sequence[Any]]:
+    def columns(
+        self, rows: list[tuple[Any, ...]], texts: IdTexts | None = None
+    ) -> list[Sequence[Any]]:
         """The queued rows (whose timestamps are still floats) column by column, as the driver
-        takes them.
+        takes them (the ids from ``texts``, or converted here).
 
         By column rather than by row: each conversion then runs as one ``map`` over a column,
         in C, where a loop over rows cost more per row than the database's own work.
         """
         columns: list[Sequence[Any]] = list(zip(*rows, strict=True))
-        convert_id = self.id_processor
-        if convert_id is not None:
-            # A batch holds few distinct ids: convert each once.
+        if texts is None:
+            texts = self.id_texts(rows)
+        if texts is not None:
             for index in ID_COLUMNS:
-                column = columns[index]
-                converted = {value: convert_id(value) for value in set(column)}
-                columns[index] = list(map(converted.__getitem__, column))
+                columns[index] = list(map(texts.__getitem__, map(_NUMBER, columns[index])))
         columns[TIMESTAMP_COLUMN] = self._timestamps(columns[TIMESTAMP_COLUMN])
         for index, convert in self.processors:
             columns[index] = list(map(convert, columns[index]))

@@ -10,7 +10,8 @@ The writer adds a flush's rows to both granularities with an upsert (``INSERT â€
 UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL and MariaDB) in the
 transaction that inserts the raw rows: either both are stored or neither is, whichever process
 flushes and whenever it dies. Groups are written in sorted order, so two workers flushing at
-once take their row locks in the same order.
+once take their row locks in the same order (SQLite has none: its first write locks the whole
+database until the commit, so there the order is left as it comes).
 
 :mod:`~flask_apikeys.usage.backfill` adds raw rows written before the rollups existed.
 """
@@ -36,6 +37,13 @@ from ..models import (
     APIKeyUsageRollup,
 )
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
+from .single_rollups import (
+    SINGLE_COLUMNS,
+    SINGLE_COLUMNS_WITH_AMOUNTS,
+    multi_row_sql,
+    single_request_upsert,
+    write_single_requests,
+)
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 usage: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -75,6 +83,8 @@ ROW_COLUMNS = (
 #: UUID's ``__hash__`` is Python code, and orders as the UUID's text does (fixed-width hex).
 GroupKey = tuple[int, int, int, str, str, int, str]
 Groups = dict[GroupKey, list[Any]]
+#: One-request rows by (histogram bucket, with tokens or cost), for :mod:`.single_rollups`.
+Singles = dict[tuple[int, bool], list[tuple[Any, ...]]]
 
 
 def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
@@ -187,14 +197,21 @@ def _tuples(
     texts: tuple[dict[int, Any], dict[int, Any]],
     convert_start: Callable[[Any], Any],
     sum_processors: tuple[tuple[int, Callable[[Any], Any]], ...],
+    singles: Singles | None = None,
+    in_order: bool = True,
 ) -> list[tuple[Any, ...]]:
     """The groups' rows as the driver's tuples in :data:`ROW_COLUMNS` order, ordered by group:
     each id converted once per flush (``texts``: the organizations', the keys'), each bucket's
-    start once per call."""
+    start once per call; ``in_order=False``: in the groups' order instead (SQLite).
+
+    With ``singles``, a group of one request goes there instead, under its histogram bucket and
+    whether it has tokens or a cost, as a tuple of
+    :data:`~.single_rollups.SINGLE_COLUMNS` (or ``SINGLE_COLUMNS_WITH_AMOUNTS``).
+    """
     rows = []
     starts: dict[int, Any] = {}
     organization_texts, key_texts = texts
-    for group in sorted(groups):
+    for group in sorted(groups) if in_order else groups:
         sums = groups[group]
         organization_id, key_id, number, method, endpoint, status_class, code = group
         start = starts.get(number)
@@ -202,7 +219,27 @@ def _tuples(
             start = starts[number] = convert_start(datetime.fromtimestamp(number * seconds, UTC))
         for index, convert in sum_processors:
             sums[index] = convert(sums[index])
-        requests, *rest = sums
+        requests = sums[0]
+        if singles is not None and requests == 1:
+            single = (
+                organization_texts[organization_id],
+                granularity,
+                start,
+                key_texts[key_id],
+                method,
+                endpoint,
+                status_class,
+                code,
+                1 if status_class >= 4 else 0,
+                sums[1],
+            )
+            bucket = sums.index(1, FIRST_BUCKET) - FIRST_BUCKET
+            tokens, cost = sums[2], sums[3]
+            if tokens or cost:
+                singles.setdefault((bucket, True), []).append((*single, tokens, cost))
+            else:
+                singles.setdefault((bucket, False), []).append(single)
+            continue
         rows.append(
             (
                 organization_texts[organization_id],
@@ -215,7 +252,7 @@ def _tuples(
                 code,
                 requests,
                 requests if status_class >= 4 else 0,
-                *rest,
+                *sums[1:],
             )
         )
     return rows
@@ -241,9 +278,14 @@ def upsert_statement(dialect_name: str) -> sa.Executable | None:
     return None
 
 
-def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> None:
+def write_rollups(
+    connection: sa.Connection,
+    rows: list[tuple[Any, ...]],
+    id_texts: dict[int, Any] | None = None,
+) -> None:
     """Add queued usage rows to their hour and day rollups, on ``connection`` (in the
-    transaction that stores the raw rows)."""
+    transaction that stores the raw rows); ``id_texts``: the driver's values of the rows' ids by
+    their numbers, if the flush made them already (:meth:`.insert.InsertPlan.id_texts`)."""
     if not rows:
         return
     groups, ids = aggregate(rows)
@@ -258,9 +300,13 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
         if prepared.order == ROW_COLUMNS and _convertible(processors):
             convert_key = processors["api_key_id"] or _same
             convert_organization = processors["organization_id"] or _same
-            key_texts = {number: convert_key(value) for number, value in ids.items()}
+            known = id_texts or {}
+            key_texts = {
+                number: known[number] if number in known else convert_key(value)
+                for number, value in ids.items()
+            }
             organization_texts = {
-                number: convert_organization(ids[number])
+                number: key_texts[number] if number in known else convert_organization(ids[number])
                 for number in {group[0] for group in groups}
             }
             convert_start = processors["bucket_start"] or _same
@@ -269,16 +315,61 @@ def write_rollups(connection: sa.Connection, rows: list[tuple[Any, ...]]) -> Non
                 for index, name in enumerate(SUM_COLUMNS)
                 if (convert := processors[name]) is not None
             )
-            texts = (organization_texts, key_texts)
-            connection.exec_driver_sql(
-                prepared.sql,
-                _tuples("hour", HOUR, hours, texts, convert_start, sum_processors)
-                + _tuples("day", DAY, days, texts, convert_start, sum_processors),
-            )
+            conversions = ((organization_texts, key_texts), convert_start, sum_processors)
+            singles: Singles | None = {} if _singles_prepared(dialect) else None
+            # SQLite: the transaction holds the database's write lock, so neither the groups'
+            # order nor the statements' across buckets takes row locks out of order.
+            in_order = dialect.name != "sqlite"
+            general = [
+                *_tuples("hour", HOUR, hours, *conversions, singles, in_order),
+                *_tuples("day", DAY, days, *conversions, singles, in_order),
+            ]
+            if general:
+                connection.exec_driver_sql(prepared.sql, general)
+            for (bucket, with_amounts), rows_of_bucket in sorted((singles or {}).items()):
+                write_single_requests(connection, bucket, with_amounts, rows_of_bucket)
             return
     add_to_rollups(
         connection, _parameters("hour", HOUR, hours, ids) + _parameters("day", DAY, days, ids)
     )
+
+
+_singles_checked: dict[str, bool] = {}
+
+
+def prepare_rollups(dialect: sa.Dialect) -> None:
+    """Compile the statements a flush's rollups need on ``dialect``, once: the writer calls it
+    before its transaction's first write, since on SQLite that write locks the database."""
+    _singles_prepared(dialect)
+
+
+def _singles_prepared(dialect: sa.Dialect) -> bool:
+    """Whether the one-request upserts bind what the tuples hold, as the general one does
+    (SQLite; the same columns, the same conversions), once per dialect. All compiled at once,
+    on the first flush: compiled as rows needed them, the flushes that met a new bucket paid."""
+    checked = _singles_checked.get(dialect.name)
+    if checked is None:
+        checked = _singles_checked[dialect.name] = _check_singles(dialect)
+    return checked
+
+
+def _check_singles(dialect: sa.Dialect) -> bool:
+    if dialect.name != "sqlite":
+        return False
+    general = upsert_statement(dialect.name)
+    if general is None:
+        return False
+    processors = dict(prepare(general, dialect, ROW_COLUMNS).positions)
+    for bucket in range(len(LATENCY_BUCKET_COLUMNS)):
+        for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
+            single = prepare(single_request_upsert(bucket, with_amounts), dialect, names)
+            multi_row_sql(dialect, bucket, with_amounts)  # compiled now, checked
+            if single.order != names or any(
+                (convert is None) != (processors[name] is None)
+                for name, convert in single.positions
+            ):
+                return False
+    return True
 
 
 def _same(value: Any) -> Any:

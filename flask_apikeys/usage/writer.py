@@ -28,12 +28,10 @@ import logging
 import random
 import threading
 import time
-import uuid
 import weakref
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import UTC, datetime
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,13 +43,13 @@ from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
 from ..storable import ROW_ERRORS
 from .insert import USAGE_FIELDS, InsertPlan
-from .prepared import execute_many
-from .rollups import write_rollups
+from .rollups import prepare_rollups, write_rollups
 
 logger = logging.getLogger("flask_apikeys.usage")
 keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 _KEY_ID = itemgetter(0)  # of a queued usage row
 _TIMESTAMP = itemgetter(2)
+_NUMBER = attrgetter("int")  # of a UUID
 _STATUS = 5
 #: A queued row's stored columns (:data:`~.insert.USAGE_FIELDS`); what follows them is for
 #: :data:`~flask_apikeys.signals.usage_rows_taken`'s receivers only (:mod:`.rows`).
@@ -90,11 +88,6 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     if code is None and original is not None and original.args:
         code = original.args[0]
     return code in _DEADLOCK_CODES
-
-
-def _key_text(item: tuple[uuid.UUID, int]) -> int:
-    # A UUID's number orders as its text does (fixed-width hex), without formatting the text.
-    return item[0].int
 
 
 class UsageWriter:
@@ -344,13 +337,16 @@ class UsageWriter:
     def _write_usage(self, rows: list[tuple[Any, ...]]) -> None:
         if max(map(len, rows)) > len(USAGE_FIELDS):
             rows = list(map(_STORED, rows))  # without what only the signal's receivers read
-        # Per key: how many rows, and the latest.
+        # Per key, by its id's number (hashed in C; a UUID's hash is Python code): how many
+        # rows, and the latest.
         key_ids = list(map(_KEY_ID, rows))
-        counts = Counter(key_ids)
-        latest: dict[uuid.UUID, float] = {}
-        for key_id, seen in zip(key_ids, map(_TIMESTAMP, rows), strict=True):
-            if seen > latest.get(key_id, 0.0):
-                latest[key_id] = seen
+        key_numbers = list(map(_NUMBER, key_ids))
+        counts = Counter(key_numbers)
+        ids = dict(zip(key_numbers, key_ids, strict=True))
+        latest: dict[int, float] = {}
+        for number, seen in zip(key_numbers, map(_TIMESTAMP, rows), strict=True):
+            if seen > latest.get(number, 0.0):
+                latest[number] = seen
         if self.raw_rows == "all":
             raw = rows
         elif self.raw_rows == "errors":
@@ -362,20 +358,21 @@ class UsageWriter:
             # keys first, in one order in every process: their row locks then queue two
             # flushes of the same key (on MySQL and MariaDB a foreign key check's shared lock
             # taken before would make two flushes deadlock on the update).
-            execute_many(
+            plan = self._insert_plan(connection.dialect)
+            prepare_rollups(connection.dialect)  # compiled before the first write's lock
+            texts = plan.id_texts(rows)  # each id converted once, for all three
+            plan.add_requests(
                 connection,
                 _ADD_REQUESTS,
                 [
-                    {
-                        "key_id": key_id,
-                        "count": count,
-                        "seen": datetime.fromtimestamp(latest[key_id], UTC),
-                    }
-                    for key_id, count in sorted(counts.items(), key=_key_text)
+                    # In the order of the ids' numbers, which is their text's.
+                    (ids[number], count, latest[number])
+                    for number, count in sorted(counts.items())
                 ],
+                texts,
             )
-            self._insert_plan(connection.dialect).execute(connection, raw)
-            write_rollups(connection, rows)
+            plan.execute(connection, raw, texts)
+            write_rollups(connection, rows, texts)
 
     def _insert_plan(self, dialect: sa.Dialect) -> InsertPlan:
         plan = self._plans.get(dialect.name)
