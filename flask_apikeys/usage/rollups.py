@@ -38,6 +38,7 @@ from ..models import (
 )
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
 from .single_rollups import (
+    GROUP_IN_TABLE_ORDER,
     SINGLE_COLUMNS,
     SINGLE_COLUMNS_WITH_AMOUNTS,
     multi_row_sql,
@@ -65,19 +66,7 @@ FIRST_BUCKET = 4  # where the histogram starts in a group's sums
 ADDED_COLUMNS = ("errors", *SUM_COLUMNS)
 #: The columns of a rollup row in the order the flush builds its tuples (the table's order,
 #: which is the order SQLAlchemy binds an ``INSERT``'s parameters in).
-ROW_COLUMNS = (
-    "organization_id",
-    "granularity",
-    "bucket_start",
-    "api_key_id",
-    "method",
-    "endpoint",
-    "status_class",
-    "error_code",
-    "requests",
-    "errors",
-    *SUM_COLUMNS[1:],
-)
+ROW_COLUMNS = (*GROUP_IN_TABLE_ORDER, "requests", "errors", *SUM_COLUMNS[1:])
 #: A group: (organization's id number, key's id number, hour number since the epoch, method,
 #: endpoint, status class, error code). Ids by their ``UUID.int``: an int hashes in C where a
 #: UUID's ``__hash__`` is Python code, and orders as the UUID's text does (fixed-width hex).
@@ -220,19 +209,18 @@ def _tuples(
         for index, convert in sum_processors:
             sums[index] = convert(sums[index])
         requests = sums[0]
+        group_values = (
+            organization_texts[organization_id],
+            granularity,
+            start,
+            key_texts[key_id],
+            method,
+            endpoint,
+            status_class,
+            code,
+        )
         if singles is not None and requests == 1:
-            single = (
-                organization_texts[organization_id],
-                granularity,
-                start,
-                key_texts[key_id],
-                method,
-                endpoint,
-                status_class,
-                code,
-                1 if status_class >= 4 else 0,
-                sums[1],
-            )
+            single = (*group_values, 1 if status_class >= 4 else 0, sums[1])
             bucket = sums.index(1, FIRST_BUCKET) - FIRST_BUCKET
             tokens, cost = sums[2], sums[3]
             if tokens or cost:
@@ -240,21 +228,7 @@ def _tuples(
             else:
                 singles.setdefault((bucket, False), []).append(single)
             continue
-        rows.append(
-            (
-                organization_texts[organization_id],
-                granularity,
-                start,
-                key_texts[key_id],
-                method,
-                endpoint,
-                status_class,
-                code,
-                requests,
-                requests if status_class >= 4 else 0,
-                *sums[1:],
-            )
-        )
+        rows.append((*group_values, requests, requests if status_class >= 4 else 0, *sums[1:]))
     return rows
 
 

@@ -29,9 +29,9 @@ from .prepared import prepare
 
 rollups: sa.Table = APIKeyUsageRollup.__table__  # type: ignore[assignment]
 
-#: What a one-request row binds, in the order the flush builds its tuples: the group (in the
-#: table's order), then the errors (0 or 1) and the latency.
-SINGLE_COLUMNS = (
+#: The columns that name a rollup row's group, in the table's order: what every row the flush
+#: builds starts with (:data:`~.rollups.ROW_COLUMNS` too).
+GROUP_IN_TABLE_ORDER = (
     "organization_id",
     "granularity",
     "bucket_start",
@@ -40,9 +40,10 @@ SINGLE_COLUMNS = (
     "endpoint",
     "status_class",
     "error_code",
-    "errors",
-    "latency_sum_ms",
 )
+#: What a one-request row binds, in the order the flush builds its tuples: the group, then the
+#: errors (0 or 1) and the latency.
+SINGLE_COLUMNS = (*GROUP_IN_TABLE_ORDER, "errors", "latency_sum_ms")
 #: The same, for a row that also has tokens or a cost.
 SINGLE_COLUMNS_WITH_AMOUNTS = (*SINGLE_COLUMNS, "tokens_used", "cost_usd")
 _UNIQUE = (
