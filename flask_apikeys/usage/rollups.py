@@ -41,6 +41,7 @@ from .single_rollups import (
     GROUP_IN_TABLE_ORDER,
     SINGLE_COLUMNS,
     SINGLE_COLUMNS_WITH_AMOUNTS,
+    UNIQUE_GROUP_COLUMNS,
     multi_row_sql,
     single_request_upsert,
     write_single_requests,
@@ -236,12 +237,11 @@ def _tuples(
 def upsert_statement(dialect_name: str) -> sa.Executable | None:
     """The statement that adds a group's sums to its rollup row, creating it when missing
     (``None``: the dialect has no upsert; see :func:`_update_then_insert`)."""
-    unique = ["organization_id", "granularity", *GROUP_COLUMNS[1:]]
     if dialect_name in ("sqlite", "postgresql"):
         module: Any = sqlite if dialect_name == "sqlite" else postgresql
         statement = module.insert(rollups)
         return statement.on_conflict_do_update(  # type: ignore[no-any-return]
-            index_elements=unique,
+            index_elements=list(UNIQUE_GROUP_COLUMNS),
             set_={name: rollups.c[name] + statement.excluded[name] for name in ADDED_COLUMNS},
         )
     if dialect_name in ("mysql", "mariadb"):

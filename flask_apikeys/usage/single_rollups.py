@@ -46,15 +46,12 @@ GROUP_IN_TABLE_ORDER = (
 SINGLE_COLUMNS = (*GROUP_IN_TABLE_ORDER, "errors", "latency_sum_ms")
 #: The same, for a row that also has tokens or a cost.
 SINGLE_COLUMNS_WITH_AMOUNTS = (*SINGLE_COLUMNS, "tokens_used", "cost_usd")
-_UNIQUE = (
-    "organization_id",
-    "granularity",
-    "api_key_id",
-    "bucket_start",
-    "method",
-    "endpoint",
-    "status_class",
-    "error_code",
+#: The conflict target of every rollup upsert: the columns of the table's unique constraint.
+UNIQUE_GROUP_COLUMNS = next(
+    tuple(constraint.columns.keys())
+    for constraint in rollups.constraints
+    if isinstance(constraint, sa.UniqueConstraint)
+    and constraint.name == "uq_api_key_usage_rollups_bucket"
 )
 #: One-request rows per multi-row statement (12 parameters each at most).
 ROWS_PER_STATEMENT = 16
@@ -91,7 +88,7 @@ def single_request_upsert(bucket: int, with_amounts: bool, rows: int = 1) -> sql
     changes: dict[str, Any] = {name: rollups.c[name] + statement.excluded[name] for name in added}
     counted = ("requests", LATENCY_BUCKET_COLUMNS[bucket])
     changes.update({name: rollups.c[name] + _ONE for name in counted})
-    return statement.on_conflict_do_update(index_elements=list(_UNIQUE), set_=changes)
+    return statement.on_conflict_do_update(index_elements=list(UNIQUE_GROUP_COLUMNS), set_=changes)
 
 
 @functools.cache
