@@ -105,6 +105,19 @@ def sqlite_engines(tmp_path: Path) -> Iterator[list[sa.Engine]]:
         engine.dispose()
 
 
+def write_both_ways(
+    batch: Any, specialised: sa.Engine, general: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Write ``batch``'s rollups on ``specialised`` as a flush does (one-request statements
+    included), and on ``general`` with the general upsert alone."""
+    with specialised.begin() as connection:
+        write_rollups(connection, batch)
+    with monkeypatch.context() as patched:
+        patched.setattr(rollups_module, "_singles_prepared", lambda _dialect: False)
+        with general.begin() as connection:
+            write_rollups(connection, batch)
+
+
 @examples
 @given(batches=flushes)
 def test_one_request_upserts_store_what_the_general_upsert_stores(
@@ -125,12 +138,7 @@ def test_one_request_upserts_store_what_the_general_upsert_stores(
             with engine.begin() as connection:
                 connection.execute(rollups.delete())
         for batch in batches:
-            with specialised.begin() as connection:
-                write_rollups(connection, batch)
-            with monkeypatch.context() as patched:
-                patched.setattr(rollups_module, "_singles_prepared", lambda _dialect: False)
-                with general.begin() as connection:
-                    write_rollups(connection, batch)
+            write_both_ways(batch, specialised, general, monkeypatch)
     finally:
         sa.event.remove(specialised, "before_cursor_execute", record)
     assert every_column(specialised) == every_column(general)
@@ -204,12 +212,7 @@ def test_many_cold_keys_go_in_multi_row_statements_that_store_the_same(
 
     sa.event.listen(specialised, "before_cursor_execute", record)
     for _ in range(2):
-        with specialised.begin() as connection:
-            write_rollups(connection, batch)
-        with monkeypatch.context() as patched:
-            patched.setattr(rollups_module, "_singles_prepared", lambda _dialect: False)
-            with general.begin() as connection:
-                write_rollups(connection, batch)
+        write_both_ways(batch, specialised, general, monkeypatch)
     sa.event.remove(specialised, "before_cursor_execute", record)
     assert every_column(specialised) == every_column(general)
     multi_row = [text for text in seen if text.count("latency_bucket_03 + 1") == 1]
