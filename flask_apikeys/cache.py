@@ -167,6 +167,11 @@ class VerifiedKeyCache:
         if self.ttl_seconds > 0:
             self._unknown.put(digest, self.clock())
 
+    @property
+    def organization_count(self) -> int:
+        """How many organizations are held (at most :data:`MAX_ORGANIZATIONS`)."""
+        return len(self._organizations)
+
     def organization(self, organization_id: uuid.UUID) -> tuple[float, OrganizationEntry] | None:
         """When the organization's entry was stored and the entry, if that was less than the
         TTL ago and no change was announced since (checked by the :meth:`get` that missed
