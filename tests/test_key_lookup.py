@@ -171,3 +171,25 @@ def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(backend_ur
         apikeys.close(app)
         db.session.remove()
         db.engine.dispose()
+
+
+def test_keys_with_the_same_metadata_each_get_a_read_only_view_of_it(tmp_path: Path) -> None:
+    """The metadata's JSON text is parsed once per distinct text and shared by the lookup; each
+    snapshot gets its own read-only copy, so nothing done with one reaches another."""
+    app, db, apikeys = create_app(
+        f"sqlite:///{tmp_path / 'lookup.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
+    )
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io")
+        same = [apikeys.create_key(org, name, metadata={"team": "a"}).key for name in "xy"]
+        other = apikeys.create_key(org, "z", metadata={"team": "b"}).key
+        plain = apikeys.create_key(org, "none").key
+        first, second = (apikeys.verify_key(key).metadata for key in same)
+        assert dict(first) == dict(second) == {"team": "a"}
+        with pytest.raises(TypeError):
+            first["team"] = "changed"  # type: ignore[index]
+        assert dict(apikeys.verify_key(same[0]).metadata) == {"team": "a"}
+        assert dict(apikeys.verify_key(other).metadata) == {"team": "b"}
+        assert dict(apikeys.verify_key(plain).metadata) == {}
+        db.engine.dispose()

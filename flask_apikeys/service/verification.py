@@ -93,9 +93,10 @@ NOT_RECOGNISED = "The API key is not recognised."
 #: the key's (the first of them is the organization's id, as in a key row).
 _KEY_ROW_LENGTH = len(_VERIFY_KEY_FIELDS) + 1
 _ORGANIZATION_COLUMNS = slice(len(_VERIFY_KEY_FIELDS), None)
-#: Columns whose values many keys share: converted once by the lookup, then reused.
+#: Columns whose values many keys share: converted once by the lookup, then reused (the
+#: metadata too: most keys have none, ``{}``, and the snapshot copies what it is given).
 _SHARED_COLUMNS = frozenset(
-    {"scopes", "roles", "allowed_networks"}
+    {"scopes", "roles", "allowed_networks", "key_metadata"}
     | {f"organization_{name}" for name in _VERIFY_ORGANIZATION_FIELDS}
 )
 #: How many distinct organizations, scope combinations and network lists are remembered.
