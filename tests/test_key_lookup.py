@@ -181,7 +181,7 @@ def test_keys_with_the_same_metadata_each_get_a_read_only_view_of_it(tmp_path: P
     )
     with app.app_context():
         apikeys.create_all()
-        org = apikeys.create_organization(name="Acme", email="a@acme.io")
+        org = apikeys.create_organization(name="Acme", email="a@acme.io", plan="enterprise")
         same = [apikeys.create_key(org, name, metadata={"team": "a"}).key for name in "xy"]
         other = apikeys.create_key(org, "z", metadata={"team": "b"}).key
         plain = apikeys.create_key(org, "none").key
