@@ -193,3 +193,31 @@ def test_keys_with_the_same_metadata_each_get_a_read_only_view_of_it(tmp_path: P
         assert dict(apikeys.verify_key(other).metadata) == {"team": "b"}
         assert dict(apikeys.verify_key(plain).metadata) == {}
         db.engine.dispose()
+
+
+def test_a_listener_on_every_engine_sees_the_lookups_too(tmp_path: Path) -> None:
+    """A cursor listener registered for all engines (on the ``Engine`` class, as some tracers
+    do) after the kept connection was opened sees the lookups, as one on the engine does."""
+    app, db, apikeys = create_app(
+        f"sqlite:///{tmp_path / 'lookup.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
+    )
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io")
+        created = apikeys.create_key(org, "one")
+        apikeys.verify_key(created.key)
+        assert app.extensions["apikeys"].service.verification.lookup._connection is not None
+        seen: list[str] = []
+
+        def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        sa.event.listen(sa.Engine, "after_cursor_execute", record)
+        try:
+            assert apikeys.verify_key(created.key).id == created.api_key.id
+        finally:
+            sa.event.remove(sa.Engine, "after_cursor_execute", record)
+        assert len(seen) == 1 and "key_hash" in seen[0]
+        apikeys.verify_key(created.key)
+        assert len(seen) == 1
+        db.engine.dispose()
