@@ -225,6 +225,7 @@ print(registry.get_sample_value(
 """
 
 
+@pytest.mark.slow  # a child interpreter that imports Flask and the metrics: seconds
 def test_requests_not_yet_synced_are_written_at_exit(tmp_path: Path) -> None:
     """A gunicorn worker that exits between two syncs: its last requests reach the shared
     files all the same (multiprocess mode, the exit hook)."""

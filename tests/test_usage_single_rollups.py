@@ -169,6 +169,7 @@ def backend_engine(backend_url: str) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+@pytest.mark.slow  # Hypothesis examples of whole flushes, on each database: seconds
 @examples
 @given(batches=flushes)
 def test_rollups_of_random_flushes_are_the_sums_of_their_rows(
