@@ -340,7 +340,7 @@ def _check_singles(dialect: sa.Dialect) -> bool:
     for bucket in range(len(LATENCY_BUCKET_COLUMNS)):
         for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
             single = prepare(single_request_upsert(bucket, with_amounts), dialect, names)
-            multi_row_sql(dialect, bucket, with_amounts)  # compiled now, checked
+            multi_row_sql(dialect, bucket, with_amounts)  # made now, checked
             if single.order != names or any(
                 (convert is None) != (processors[name] is None)
                 for name, convert in single.positions
