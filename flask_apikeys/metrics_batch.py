@@ -14,22 +14,48 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
+from itertools import groupby
+from operator import is_not, itemgetter
 from typing import Any, cast
 
 from prometheus_client import Counter, Histogram
 
-from .usage.rows import TAKEN_FIELDS, UNMATCHED_ENDPOINT, quota_figure
+from .usage.insert import USAGE_FIELDS
+from .usage.rows import (
+    QUOTA_FIELD,
+    TAKEN_FIELDS,
+    UNMATCHED_ENDPOINT,
+    VERIFICATION_SECONDS_FIELD,
+    quota_figure,
+)
 
 #: A finished request: (the verified key, its URL rule, the response's status, the seconds its
 #: verification took or ``None``, its cost, what the limits took or ``None``); for a refused
 #: credential, ``(None, None, 0, seconds, None, None)``.
 Finished = tuple[Any, Any, int, "float | None", Any, Any]
+#: A usage row's series: organization, endpoint, status (and key, when labelled by key).
+_SERIES = itemgetter(*map(TAKEN_FIELDS.index, ("organization_id", "endpoint", "status_code")))
+_SERIES_WITH_KEY = itemgetter(
+    *map(TAKEN_FIELDS.index, ("organization_id", "endpoint", "status_code", "api_key_id"))
+)
+_SECONDS = itemgetter(VERIFICATION_SECONDS_FIELD)
+_QUOTA = itemgetter(QUOTA_FIELD)
+_COST = itemgetter(TAKEN_FIELDS.index("cost_usd"))
+_IS_NOT_NONE = partial(is_not, None)
+_TAKEN_LENGTH = len(TAKEN_FIELDS)
 #: Requests a process may hold between two syncs before the request that finds this many
 #: folds them itself (when the sync thread cannot keep up, or syncs rarely).
 MAX_PENDING = 10_000
 MAX_REMEMBERED_SERIES = 100_000
-TAKEN_LENGTH = len(TAKEN_FIELDS)
+
+
+def _padded(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row with its stored columns only, as one from the response step without metrics."""
+    if len(row) == _TAKEN_LENGTH:
+        return row
+    return (*row[: len(USAGE_FIELDS)], None, None)
 
 
 def status_class(status: int) -> str:
@@ -54,9 +80,14 @@ class LatencyTally:
             for seconds in values:
                 self.child.observe(seconds)
             return
-        counts, upper_bounds = self.counts, self.upper_bounds
-        for seconds in values:
-            counts[bisect.bisect_left(upper_bounds, seconds)] += 1
+        # Sorted once (in C), each bucket's count is where its bound falls: no Python per value.
+        counts, ordered = self.counts, sorted(values)
+        below = 0
+        for bucket, bound in enumerate(self.upper_bounds):
+            up_to = bisect.bisect_right(ordered, bound, below)
+            counts[bucket] += up_to - below
+            below = up_to
+        counts[-1] += len(ordered) - below
         self.total += sum(values)
 
     def move_into_child(self) -> None:
@@ -189,41 +220,28 @@ class RequestBatch:
     ) -> None:
         """The usage rows :data:`~flask_apikeys.signals.usage_rows_taken` handed over (usage
         tracking on): one per authenticated request, each already holding its organization,
-        key, endpoint, status, cost, verification seconds and limits' result."""
-        with_key_id = self.key_id_label
-        # By the identity of the ids (alive in the rows): a UUID's hash is Python code.
-        #: → [count, cost, organization id, key id, the quota figure of its latest row]
-        tallies: dict[tuple[int, int, str, int], list[Any]] = {}
+        key, endpoint, status, cost, verification seconds and limits' result.
+
+        A batch is walked by C code (``map``, ``itemgetter``, ``groupby``) and Python runs once
+        per run of rows of one series, not once per row: a batch is mostly a few keys' runs.
+        """
+        series_of = _SERIES_WITH_KEY if self.key_id_label else _SERIES
         taken, popleft = self.taken, self.taken.popleft
         for _ in range(len(taken)):
-            for row in popleft():
-                if len(row) == TAKEN_LENGTH:
-                    (key_id, organization_id, _, endpoint, _, status, _, _, cost,
-                     _, _, _, _, seconds, quota) = row  # fmt: skip
-                else:  # a row queued by other code: its stored columns only
-                    key_id, organization_id, _, endpoint, _, status, _, _, cost = row[:9]
-                    seconds = quota = None
-                if seconds is not None:
-                    accepted.append(seconds)
-                found = (id(organization_id), id(key_id) if with_key_id else 0, endpoint, status)
-                tally = tallies.get(found)
-                if tally is None:
-                    tally = tallies[found] = [0, 0.0, organization_id, key_id, None]
-                tally[0] += 1
-                if cost and cost > 0:
-                    tally[1] += cost
-                if quota is not None:
-                    tally[4] = quota
-        for (_, _, endpoint, status), tally in tallies.items():
-            count, cost, organization_id, key_id, quota = tally
-            series = (organization_id, endpoint, status, key_id if with_key_id else None)
-            _add(counted, series, count, cost)
-            if quota is not None:
-                # The quota figure of each series' latest request, not of every request: a
-                # third of the fold's work per row. Of two requests finishing out of order
-                # the later may report less; the gauge never goes down, and the next sync
-                # with a newer request of the organization brings it up to date.
-                _see_quota(quotas, organization_id, quota)
+            rows: Sequence[tuple[Any, ...]] = popleft()
+            if min(map(len, rows), default=_TAKEN_LENGTH) < _TAKEN_LENGTH:  # queued by other code
+                rows = [_padded(row) for row in rows]
+            accepted.extend(filter(_IS_NOT_NONE, map(_SECONDS, rows)))
+            with_costs = any(map(_COST, rows))
+            for series, run in groupby(rows, series_of):
+                run_rows = list(run)
+                cost = 0.0
+                if with_costs:
+                    cost = sum(cost for cost in map(_COST, run_rows) if cost and cost > 0)
+                organization_id = series[0]
+                key_id = series[-1] if self.key_id_label else None
+                _add(counted, (organization_id, series[1], series[2], key_id), len(run_rows), cost)
+                _see_run_quotas(quotas, organization_id, run_rows)
 
     def _request_child(self, series: tuple[Any, ...]) -> Any:
         """The labelled counter of a series, found by its raw values: ``labels()`` validates
@@ -238,6 +256,28 @@ class RequestBatch:
                 self._request_children.clear()
             child = self._request_children[series] = self.requests.labels(*labels)
         return child
+
+
+def _see_run_quotas(
+    quotas: dict[tuple[int, str], tuple[int, int, Any]],
+    organization_id: Any,
+    run_rows: list[tuple[Any, ...]],
+) -> None:
+    """See the quota figure of a run's latest request, not of every request, unless the run
+    crosses into a new month: then each figure, so the month that ended keeps its last one.
+
+    Of two requests finishing out of order the later may report less; the gauge never goes
+    down, and the next sync with a newer request of the organization brings it up to date.
+    """
+    latest = next(filter(_IS_NOT_NONE, map(_QUOTA, reversed(run_rows))), None)
+    if latest is None:
+        return
+    earliest = next(filter(_IS_NOT_NONE, map(_QUOTA, run_rows)))
+    if earliest[2] == latest[2]:
+        _see_quota(quotas, organization_id, latest)
+        return
+    for figure in filter(_IS_NOT_NONE, map(_QUOTA, run_rows)):
+        _see_quota(quotas, organization_id, figure)
 
 
 def _add(counted: dict[tuple[Any, ...], list[Any]], series: tuple[Any, ...], count: int,

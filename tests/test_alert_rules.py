@@ -40,6 +40,7 @@ def test_the_alert_rules_pass_their_promtool_tests() -> None:
 
 
 @needs_promtool
+@pytest.mark.slow  # promtool in a child process per threshold: seconds
 @pytest.mark.parametrize(
     ("threshold", "changed"),
     [

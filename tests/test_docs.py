@@ -111,6 +111,7 @@ def run_blocks(blocks: list[tuple[str, str]], workdir: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # runs the page's blocks and curl in child processes: seconds
 def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     output = run_blocks(code_blocks(ROOT / "docs/quickstart.rst"), tmp_path)
     keys = re.findall(r"^pk_live_[0-9A-Za-z]{46}$", output, re.MULTILINE)
@@ -119,6 +120,7 @@ def test_the_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert statuses == ["200", "200", "200"], output
 
 
+@pytest.mark.slow  # runs the README's blocks in child processes: seconds
 def test_the_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     blocks = [block for block in code_blocks(ROOT / "README.rst") if block[0] == "python"]
     output = run_blocks(blocks, tmp_path)

@@ -171,3 +171,53 @@ def test_a_key_stored_under_the_current_scheme_is_found_by_one_digest(backend_ur
         apikeys.close(app)
         db.session.remove()
         db.engine.dispose()
+
+
+def test_keys_with_the_same_metadata_each_get_a_read_only_view_of_it(tmp_path: Path) -> None:
+    """The metadata's JSON text is parsed once per distinct text and shared by the lookup; each
+    snapshot gets its own read-only copy, so nothing done with one reaches another."""
+    app, db, apikeys = create_app(
+        f"sqlite:///{tmp_path / 'lookup.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
+    )
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io", plan="enterprise")
+        same = [apikeys.create_key(org, name, metadata={"team": "a"}).key for name in "xy"]
+        other = apikeys.create_key(org, "z", metadata={"team": "b"}).key
+        plain = apikeys.create_key(org, "none").key
+        first, second = (apikeys.verify_key(key).metadata for key in same)
+        assert dict(first) == dict(second) == {"team": "a"}
+        with pytest.raises(TypeError):
+            first["team"] = "changed"  # type: ignore[index]
+        assert dict(apikeys.verify_key(same[0]).metadata) == {"team": "a"}
+        assert dict(apikeys.verify_key(other).metadata) == {"team": "b"}
+        assert dict(apikeys.verify_key(plain).metadata) == {}
+        db.engine.dispose()
+
+
+def test_a_listener_on_every_engine_sees_the_lookups_too(tmp_path: Path) -> None:
+    """A cursor listener registered for all engines (on the ``Engine`` class, as some tracers
+    do) after the kept connection was opened sees the lookups, as one on the engine does."""
+    app, db, apikeys = create_app(
+        f"sqlite:///{tmp_path / 'lookup.sqlite'}", APIKEYS_CACHE_TTL=0, APIKEYS_AUDIT=False
+    )
+    with app.app_context():
+        apikeys.create_all()
+        org = apikeys.create_organization(name="Acme", email="a@acme.io")
+        created = apikeys.create_key(org, "one")
+        apikeys.verify_key(created.key)
+        assert app.extensions["apikeys"].service.verification.lookup._connection is not None
+        seen: list[str] = []
+
+        def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            seen.append(statement)
+
+        sa.event.listen(sa.Engine, "after_cursor_execute", record)
+        try:
+            assert apikeys.verify_key(created.key).id == created.api_key.id
+        finally:
+            sa.event.remove(sa.Engine, "after_cursor_execute", record)
+        assert len(seen) == 1 and "key_hash" in seen[0]
+        apikeys.verify_key(created.key)
+        assert len(seen) == 1
+        db.engine.dispose()

@@ -4,12 +4,14 @@ histogram equal to observing each value."""
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +21,17 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from flask_apikeys import metrics
 from flask_apikeys.metrics import LATENCY_BUCKETS, APIKeysMetrics
-from flask_apikeys.metrics_batch import LatencyTally, batched_observations_supported
+from flask_apikeys.metrics_batch import (
+    LatencyTally,
+    RequestBatch,
+    batched_observations_supported,
+    status_class,
+)
 
 from .test_metrics_counts import keys_of, scrape
 
@@ -225,6 +232,7 @@ print(registry.get_sample_value(
 """
 
 
+@pytest.mark.slow  # a child interpreter that imports Flask and the metrics: seconds
 def test_requests_not_yet_synced_are_written_at_exit(tmp_path: Path) -> None:
     """A gunicorn worker that exits between two syncs: its last requests reach the shared
     files all the same (multiprocess mode, the exit hook)."""
@@ -364,3 +372,97 @@ def test_receivers_are_plain_functions_connected_to_flask_like_any_user(make_app
     recorder = app.extensions["apikeys_metrics"]
     assert recorder.on_request_finished in list(request_finished.receivers_for(app))
     assert recorder.on_request_finished not in list(request_finished.receivers_for(object()))
+
+
+ORGANIZATIONS = [uuid.UUID(int=number) for number in (1, 2)]
+KEYS = [uuid.UUID(int=number) for number in (11, 12, 13)]
+
+
+@st.composite
+def usage_row_batches(draw: st.DrawFn) -> list[list[tuple[Any, ...]]]:
+    """Batches of usage rows as the writer hands them over: runs of a few series, interleaved,
+    some rows with their stored columns only (queued by other code), quota figures that grow
+    in row order within an organization's month, as the shared counter does, and a month that
+    may end in the middle of a run."""
+    used: dict[tuple[Any, str], int] = {}
+    months: set[str] = set()  # the months rows were taken in so far: the clock runs forward
+    batches = []
+    for _ in range(draw(st.integers(1, 4))):
+        batch = []
+        for _ in range(draw(st.integers(1, 25))):
+            key = draw(st.sampled_from(KEYS))
+            organization = ORGANIZATIONS[KEYS.index(key) % 2]
+            stored = (
+                key, organization, 0.0, draw(st.sampled_from(["/a", "/b/<id>"])), "GET",
+                draw(st.sampled_from([200, 204, 404, 429, 500])), 1.0, None,
+                draw(st.one_of(st.none(), st.sampled_from([0.0, 0.25, -1.0, 3.5]))),
+                None, None, None, None,
+            )  # fmt: skip
+            if draw(st.booleans()) and draw(st.booleans()):
+                batch.append(stored)  # a row without what only the metrics read
+                continue
+            quota = None
+            if draw(st.booleans()):
+                month = "2026-12" if draw(st.booleans()) or "2026-12" in months else "2026-11"
+                months.add(month)
+                taken = used[organization, month] = used.get((organization, month), 0) + 1
+                quota = (taken, 1000, month)
+            seconds = draw(st.one_of(st.none(), st.floats(0, 2, allow_nan=False)))
+            batch.append((*stored, seconds, quota))
+        batches.append(batch)
+    return batches
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=usage_row_batches(), key_id_label=st.booleans())
+def test_folding_usage_rows_counts_what_each_row_says(
+    batches: list[list[tuple[Any, ...]]], key_id_label: bool
+) -> None:
+    """The fold of handed-over rows (walked in runs of one series, in C) gives each series the
+    requests and cost of its rows, the histogram every timed row, each organization's month
+    its latest quota figure."""
+    registry = CollectorRegistry()
+    labels = ["organization", "endpoint", "status_class"] + (["key_id"] if key_id_label else [])
+    requests = Counter("requests", "requests", labels, registry=registry)
+    cost = Counter("cost", "cost", ["organization"], registry=registry)
+    histogram = Histogram("seconds", "seconds", ["outcome"], buckets=LATENCY_BUCKETS,
+                          registry=registry)  # fmt: skip
+    batch = RequestBatch(requests, histogram, cost, LATENCY_BUCKETS, key_id_label=key_id_label)
+    for rows in batches:
+        batch.taken.append(tuple(rows))
+    seen: dict[tuple[str, str], tuple[int, int]] = {}
+    batch.fold(
+        lambda organization, month, figure: seen.__setitem__((str(organization), month), figure)
+    )
+
+    rows = [row for rows in batches for row in rows]
+    expected_requests: collections.Counter[tuple[str, ...]] = collections.Counter()
+    expected_cost: dict[str, float] = {}
+    expected_quota: dict[tuple[str, str], tuple[int, int]] = {}
+    timed = []
+    for row in rows:
+        series = (str(row[1]), row[3], status_class(row[5]))
+        expected_requests[series + ((str(row[0]),) if key_id_label else ())] += 1
+        if row[8] is not None and row[8] > 0:
+            expected_cost[str(row[1])] = expected_cost.get(str(row[1]), 0.0) + row[8]
+        if len(row) > 13 and row[13] is not None:
+            timed.append(row[13])
+        if len(row) > 13 and row[14] is not None:
+            used, limit, month = row[14]
+            expected_quota[str(row[1]), month] = (used, limit)
+    got_requests = {
+        tuple(sample.labels[name] for name in labels): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "requests_total"
+    }
+    assert got_requests == expected_requests
+    for organization, total in expected_cost.items():
+        assert registry.get_sample_value("cost_total", {"organization": organization}) == (
+            pytest.approx(total)
+        )
+    assert registry.get_sample_value("seconds_count", {"outcome": "accepted"}) == len(timed)
+    assert registry.get_sample_value("seconds_sum", {"outcome": "accepted"}) == (
+        pytest.approx(sum(timed))
+    )
+    assert seen == expected_quota

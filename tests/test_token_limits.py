@@ -130,6 +130,7 @@ def test_narrowed_token_snapshots_are_bounded_by_memory(
     assert authority._narrowed.size <= budget
 
 
+@pytest.mark.slow  # 500 snapshots of 200 scopes under tracemalloc: seconds
 def test_the_key_cache_is_bounded_by_memory(app: Flask, apikeys: APIKeys) -> None:
     scopes = many_scopes(200)
     key = new_key(app, apikeys, scopes)

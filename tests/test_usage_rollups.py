@@ -34,6 +34,7 @@ from flask_apikeys.models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
+from flask_apikeys.usage.rollups import FIRST_BUCKET, aggregate
 from flask_apikeys.usage.stats import percentile
 from flask_apikeys.usage.writer import UsageWriter
 
@@ -575,3 +576,35 @@ def test_any_period_counts_the_rows_of_its_whole_hours(
         assert sum(day["requests"] for day in stats["by_day"]) == expected
 
     check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(LATENCY_BUCKET_EDGES_MS),
+            st.sampled_from(LATENCY_BUCKET_EDGES_MS).map(float),
+            st.integers(min_value=0, max_value=100_000),
+            st.floats(min_value=0, max_value=100_000, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_a_flush_puts_each_latency_in_its_histogram_bucket_edges_included(
+    latencies: list[float],
+) -> None:
+    """The flush bisects float edges (cheaper for float latencies): an int latency, and one on
+    an edge, still land in the bucket the edges' definition gives."""
+    key_id, organization_id = uuid.uuid4(), uuid.uuid4()
+    rows = [
+        (key_id, organization_id, 1_767_225_600.0, "/r", "GET", 200, latency, None, None)
+        + (None, None, None, None)
+        for latency in latencies
+    ]
+    groups, _ = aggregate(rows)
+    (sums,) = groups.values()
+    expected = [0] * len(LATENCY_BUCKET_COLUMNS)
+    for latency in latencies:
+        expected[bucket_of(latency)] += 1
+    assert sums[FIRST_BUCKET:] == expected

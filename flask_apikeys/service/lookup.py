@@ -204,7 +204,10 @@ class KeyLookup:
         The bare cursor is the connection's own, kept open between lookups; every row is read
         (the lookup finds one at most), so the statement is finished and holds no read lock.
         """
-        dispatch = connection.dispatch
+        # The engine's listeners (and those of every engine: the class's) are the ones that
+        # matter: the kept connection is private, nobody can listen to it alone. Asking the
+        # engine costs half of asking the connection, whose dispatch joins both.
+        dispatch = connection.engine.dispatch
         if dispatch.before_cursor_execute or dispatch.after_cursor_execute:
             # The statement as text: no compilation, no cache key; the events fire.
             return connection.exec_driver_sql(compiled.sql, compiled.parameters(values)).fetchone()

@@ -75,6 +75,9 @@ GroupKey = tuple[int, int, int, str, str, int, str]
 Groups = dict[GroupKey, list[Any]]
 #: One-request rows by (histogram bucket, with tokens or cost), for :mod:`.single_rollups`.
 Singles = dict[tuple[int, bool], list[tuple[Any, ...]]]
+#: The histogram's edges as floats, the latencies' own type: ``bisect_left`` compares a float
+#: with an int through a slower path, once per edge it looks at, per request of a flush.
+_FLOAT_EDGES_MS = tuple(map(float, LATENCY_BUCKET_EDGES_MS))
 
 
 def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
@@ -87,7 +90,7 @@ def aggregate(rows: Iterable[tuple[Any, ...]]) -> tuple[Groups, dict[int, Any]]:
     """
     groups: Groups = {}
     ids: dict[int, Any] = {}
-    edges = LATENCY_BUCKET_EDGES_MS
+    edges = _FLOAT_EDGES_MS
     empty = [0, 0.0, 0, 0.0] + [0] * len(LATENCY_BUCKET_COLUMNS)
     for (
         key_id, organization_id, moment, endpoint, method, status, elapsed, tokens, cost,
@@ -337,7 +340,7 @@ def _check_singles(dialect: sa.Dialect) -> bool:
     for bucket in range(len(LATENCY_BUCKET_COLUMNS)):
         for with_amounts, names in ((False, SINGLE_COLUMNS), (True, SINGLE_COLUMNS_WITH_AMOUNTS)):
             single = prepare(single_request_upsert(bucket, with_amounts), dialect, names)
-            multi_row_sql(dialect, bucket, with_amounts)  # compiled now, checked
+            multi_row_sql(dialect, bucket, with_amounts)  # made now, checked
             if single.order != names or any(
                 (convert is None) != (processors[name] is None)
                 for name, convert in single.positions
