@@ -248,46 +248,64 @@ class LocalCounters(Counters):
                 useds.append(used)
                 if refused is None and used + amount > counter.limit:
                     refused = index
-            if refused is None:
+            values: list[int] = []
+            resets: list[float] = []
+            if refused is None:  # take from every counter, reading each back as it goes
                 for index, counter in enumerate(counters):
                     entry = found[index]
                     if counter.sliding:
                         entry[1] += amount
+                        left = counter.limit - useds[index] - amount
+                        if left >= 1:  # the common case, inline
+                            values.append(counter.limit - int(left))
+                            resets.append(entry[3])
+                            continue
+                        value, reset = windows.sliding_view(
+                            counter.limit,
+                            counter.window_seconds,
+                            entry[0],
+                            entry[2],
+                            entry[1],
+                            now,
+                        )
                     elif entry is None:
-                        found[index] = entries[counter.key] = [amount, now + counter.window_seconds]
+                        reset = now + counter.window_seconds
+                        entries[counter.key] = [amount, reset]
+                        value = amount
                     else:
                         entry[0] += amount
-                if len(entries) >= self._sweep_at:
-                    self._sweep(now)
-            values = []
-            resets = []
-            taken = amount if refused is None else 0
-            for index, entry in enumerate(found):
-                counter = counters[index]
-                if counter.sliding:
-                    left = counter.limit - useds[index] - taken
-                    if left >= 1 and index != refused:  # the common case, inline
-                        values.append(counter.limit - int(left))
-                        resets.append(entry[3])
-                        continue
-                    value, reset = windows.sliding_view(
-                        counter.limit,
-                        counter.window_seconds,
-                        entry[0],
-                        entry[2],
-                        entry[1],
-                        now,
-                        amount if index == refused else 0,
-                    )
+                        value, reset = entry[0], entry[1]
                     values.append(value)
                     resets.append(reset)
-                elif entry is None:
-                    values.append(0)
-                    resets.append(now + counter.window_seconds)
-                else:
-                    values.append(entry[0])
-                    resets.append(entry[1])
-        return Outcome(refused, tuple(values), tuple(resets))
+                if len(entries) >= self._sweep_at:
+                    self._sweep(now)
+            else:  # take from none, and show each counter as it is
+                for index, counter in enumerate(counters):
+                    entry = found[index]
+                    if counter.sliding:
+                        left = counter.limit - useds[index]
+                        if left >= 1 and index != refused:
+                            values.append(counter.limit - int(left))
+                            resets.append(entry[3])
+                            continue
+                        value, reset = windows.sliding_view(
+                            counter.limit,
+                            counter.window_seconds,
+                            entry[0],
+                            entry[2],
+                            entry[1],
+                            now,
+                            amount if index == refused else 0,
+                        )
+                    elif entry is None:
+                        value, reset = 0, now + counter.window_seconds
+                    else:
+                        value, reset = entry[0], entry[1]
+                    values.append(value)
+                    resets.append(reset)
+        # tuple.__new__ rather than Outcome(...): the named tuple's own __new__ is a Python
+        # function, and calling it cost more than the rest of this method's bookkeeping.
+        return tuple.__new__(Outcome, (refused, tuple(values), tuple(resets)))
 
     def peek(self, counter: Counter) -> tuple[int, float]:
         now = windows.now()

@@ -19,6 +19,7 @@ from typing import Any
 from flask import request
 
 from .. import signals
+from ..boundedcache import BoundedCache
 from ..environ import (
     COST_ENVIRON_KEY,
     ERROR_ENVIRON_KEY,
@@ -50,6 +51,9 @@ TAKEN_FIELDS = (*USAGE_FIELDS, "verification_seconds", "quota")
 #: Where a queued row keeps what only the signal's receivers read.
 VERIFICATION_SECONDS_FIELD = TAKEN_FIELDS.index("verification_seconds")
 QUOTA_FIELD = TAKEN_FIELDS.index("quota")
+#: How many (rule, method) pairs a recorder remembers as storable text: an app's routes and
+#: their methods (a request that matched no rule is not remembered: its method is any text).
+MAX_REMEMBERED_ROUTES = 1024
 
 
 def record_cost(*, tokens: int | None = None, cost_usd: float | None = None) -> None:
@@ -105,6 +109,10 @@ def make_usage_recorder(
     environ: queue a row for every request that a key authenticated."""
     add_usage = writer.add_usage
     taken = signals.usage_rows_taken
+    #: (rule, method) → both as storable text: the same few pairs on every request.
+    route_texts: BoundedCache[tuple[str, str], tuple[str, str]] = BoundedCache(
+        MAX_REMEMBERED_ROUTES
+    )
 
     def record_usage(status: int, environ: dict[str, Any]) -> None:
         """Queue the finished request's row (its timestamp stays a float until written).
@@ -121,9 +129,17 @@ def make_usage_recorder(
         rule = current_request.url_rule
         # The rule, never the raw path: a path is the client's text (of any length, with
         # %00 in it), and a 404 path is not an endpoint of the app.
-        endpoint = UNMATCHED_ENDPOINT if rule is None else rule.rule
+        if rule is None:
+            endpoint, method = UNMATCHED_ENDPOINT, storable_text(current_request.method, 10)
+        else:
+            route = (rule.rule, current_request.method)
+            endpoint, method = route_texts.get(route) or route_texts.put(
+                route, (storable_text(route[0], 300), storable_text(route[1], 10))
+            )
         error = environ.get(ERROR_ENVIRON_KEY)
         user_agent = environ.get("HTTP_USER_AGENT")
+        tokens = environ.get(TOKENS_ENVIRON_KEY)
+        cost = environ.get(COST_ENVIRON_KEY)
         if trusted_proxies:
             address = client_address(environ, trusted_proxies)
         else:
@@ -132,12 +148,12 @@ def make_usage_recorder(
             key.id,
             key.organization.id,
             time.time(),
-            storable_text(endpoint, 300),
-            storable_text(current_request.method, 10),
+            endpoint,
+            method,
             status if 0 <= status <= MAX_STATUS else 0,
             round(elapsed_ms, 3),
-            _storable_tokens(environ.get(TOKENS_ENVIRON_KEY)),
-            _storable_cost(environ.get(COST_ENVIRON_KEY)),
+            None if tokens is None else _storable_tokens(tokens),
+            None if cost is None else _storable_cost(cost),
             storable_text(address, 45) or None,
             None if user_agent is None else storable_text(user_agent, 300),
             None if error is None else storable_text(str(error.detail), 500),
