@@ -21,6 +21,7 @@ from .helpers import assert_problem
 from .servers import PostgreSQLServer
 
 
+@pytest.mark.slow  # stops and restarts PostgreSQL, waits out the cache: seconds
 @pytest.mark.postgres
 def test_database_gone_means_503_never_a_pass_and_recovery_needs_no_restart(
     postgresql_server: PostgreSQLServer,

@@ -137,6 +137,7 @@ def test_workers_sharing_a_limit_never_exceed_it(shared: MemoryStorage) -> None:
     assert admitted >= limit * 0.95, admitted
 
 
+@pytest.mark.slow  # waits for the window to end: up to a second
 def test_a_lease_ends_with_its_window(shared: MemoryStorage) -> None:
     """Units leased in one window are never spent in the next one."""
     leased = worker(shared, lease_seconds=10)  # long leases: only the window can end them

@@ -162,6 +162,7 @@ def test_authlib_raises_on_a_wrong_secret_instead_of_storing_the_error(
     assert response.json()["error"] == "invalid_client"
 
 
+@pytest.mark.slow  # waits a second for the token to expire
 def test_authlib_refetches_an_expired_client_credentials_token(
     make_app: Callable[..., Flask],
 ) -> None:
