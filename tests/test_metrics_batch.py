@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -413,7 +413,15 @@ def usage_row_batches(draw: st.DrawFn) -> list[list[tuple[Any, ...]]]:
     return batches
 
 
-@settings(max_examples=60, deadline=None)
+def month_crossing_run() -> list[list[tuple[Any, ...]]]:
+    """One key's run of rows whose quota figures cross from one month into the next."""
+    stored = (KEYS[0], ORGANIZATIONS[0], 0.0, "/a", "GET", 200, 1.0, None, None, None, None,
+              None, None)  # fmt: skip
+    return [[(*stored, 0.1, (7, 1000, "2026-11")), (*stored, 0.1, (1, 1000, "2026-12"))]]
+
+
+@settings(max_examples=25, deadline=None)
+@example(batches=month_crossing_run(), key_id_label=False)
 @given(batches=usage_row_batches(), key_id_label=st.booleans())
 def test_folding_usage_rows_counts_what_each_row_says(
     batches: list[list[tuple[Any, ...]]], key_id_label: bool
