@@ -24,9 +24,7 @@ import functools
 import gc
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +33,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_instructions import (  # noqa: E402 - after the path is set
+from bench.bench_instructions import (  # noqa: E402
     CONFIG,
     WARMUP,
     prepare,
     requester,
 )
+from bench.callgrind import count_instructions  # noqa: E402 - after the path is set
 
 
 def run_variant(variant: str, n: int, database_url: str, keys_file: str) -> None:
@@ -75,35 +74,12 @@ def measure(variant: str, n: int, keep: str | None) -> int:
         keys_file = f"{scratch}/keys.json"
         prepare(variant, database_url, keys_file)
         output = f"{scratch}/callgrind.out"
-        completed = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--collect-atstart=no",
-                "--toggle-collect=functools_reduce",
-                f"--callgrind-out-file={output}",
-                sys.executable,
-                __file__,
-                "--run",
-                variant,
-                "--n",
-                str(n),
-                "--database-url",
-                database_url,
-                "--keys-file",
-                keys_file,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-        )
+        arguments = ["--run", variant, "--n", str(n)]
+        arguments += ["--database-url", database_url, "--keys-file", keys_file]
+        counted, _ = count_instructions(__file__, arguments, output=output)
         if keep is not None and os.path.exists(output):
             shutil.copy(output, Path(keep) / f"flush-{variant}.out")
-    found = re.search(r"Collected : (\d+)", completed.stderr)
-    if completed.returncode != 0 or found is None:
-        raise SystemExit(f"{variant} failed:\n{completed.stderr[-2000:]}")
-    return int(found.group(1))
+    return counted
 
 
 def main() -> None:

@@ -49,8 +49,6 @@ import gc
 import io
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -60,6 +58,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.callgrind import count_instructions  # noqa: E402 - after the path is set
 
 #: Seconds of real time one request stands for on the virtual clock (a WSGI request's order).
 VIRTUAL_STEP = 100e-6
@@ -205,35 +205,10 @@ def measure(variant: str, mode: str, n: int) -> int:
         database_url = f"sqlite:///{scratch}/bench.sqlite"
         keys_file = f"{scratch}/keys.json"
         prepare(variant, database_url, keys_file)
-        completed = subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--collect-atstart=no",
-                "--toggle-collect=functools_reduce",
-                f"--callgrind-out-file={scratch}/callgrind.out",
-                sys.executable,
-                __file__,
-                "--run",
-                variant,
-                "--mode",
-                mode,
-                "--n",
-                str(n),
-                "--database-url",
-                database_url,
-                "--keys-file",
-                keys_file,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-        )
-    found = re.search(r"Collected : (\d+)", completed.stderr)
-    if completed.returncode != 0 or found is None:
-        raise SystemExit(f"{variant} ({mode}) failed:\n{completed.stderr[-2000:]}")
-    return int(found.group(1))
+        arguments = ["--run", variant, "--mode", mode, "--n", str(n)]
+        arguments += ["--database-url", database_url, "--keys-file", keys_file]
+        counted, _ = count_instructions(__file__, arguments)
+    return counted
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import re
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -84,34 +83,14 @@ def run_shape(tree: str, shape: str, n: int, redis_url: str) -> None:
 
 def measure(tree: str, shape: str, n: int, redis_url: str) -> tuple[int, int]:
     """Instructions counted for ``n`` checks, and the script calls they made."""
-    completed = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=functools_reduce",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "--run",
-            shape,
-            "--trees",
-            tree,
-            "--n",
-            str(n),
-            "--redis-url",
-            redis_url,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-    )
-    found = re.search(r"Collected : (\d+)", completed.stderr)
+    from bench.callgrind import count_instructions  # main() put the checkout on the path
+
+    arguments = ["--run", shape, "--trees", tree, "--n", str(n), "--redis-url", redis_url]
+    counted, completed = count_instructions(__file__, arguments)
     scripts = re.search(r"SCRIPTS (\d+)", completed.stdout)
-    if completed.returncode != 0 or found is None or scripts is None:
-        raise SystemExit(f"{shape} ({tree}) failed:\n{completed.stderr[-2000:]}")
-    return int(found.group(1)), int(scripts.group(1))
+    if scripts is None:
+        raise SystemExit(f"{shape} ({tree}) printed no script count:\n{completed.stdout[-2000:]}")
+    return counted, int(scripts.group(1))
 
 
 def main() -> None:
