@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
+from .key_counters import joined_update, update_postgresql, update_sqlite
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -229,6 +230,11 @@ class InsertPlan:
         if not keys:
             return
         convert_id = self.id_processor
+        joined = joined_update(self.dialect)
+        if joined == "unnest":
+            ids, counts, times = zip(*keys, strict=True)
+            update_postgresql(connection, ids, counts, self._timestamps(times))
+            return
         if self.dialect.name not in PREPARED_DIALECTS or not self.iso_text or convert_id is None:
             execute_many(
                 connection,
@@ -248,6 +254,9 @@ class InsertPlan:
             map(convert_id, ids) if texts is None else map(texts.__getitem__, map(_NUMBER, ids))
         )
         triples = zip(id_texts, counts, self._timestamps(times), strict=True)
+        if joined == "values":
+            update_sqlite(connection, list(triples))
+            return
         connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
 
     def _insert_run(
