@@ -253,11 +253,13 @@ class InsertPlan:
         id_texts = (
             map(convert_id, ids) if texts is None else map(texts.__getitem__, map(_NUMBER, ids))
         )
-        triples = zip(id_texts, counts, self._timestamps(times), strict=True)
+        triples: Sequence[tuple[Any, int, str]] = list(
+            zip(id_texts, counts, self._timestamps(times), strict=True)
+        )
         if joined == "values":
-            update_sqlite(connection, list(triples))
-            return
-        connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
+            triples = update_sqlite(connection, triples)
+        if triples:
+            connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
 
     def _insert_run(
         self,

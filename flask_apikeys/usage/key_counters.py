@@ -36,6 +36,8 @@ keys_table: sa.Table = APIKey.__table__  # type: ignore[assignment]
 SQLITE_UPDATE_FROM = (3, 33, 0)
 #: Keys per SQLite statement: three parameters each, under the 999 of older builds.
 KEYS_PER_STATEMENT = 256
+#: Keys per statement for the rest of a flush's keys, then one statement per key.
+KEYS_PER_SMALL_STATEMENT = 16
 
 
 def joined_update(dialect: sa.Dialect) -> str | None:
@@ -75,8 +77,9 @@ def sqlite_sql(dialect: sa.Dialect, keys: int) -> str:
     """The SQLite statement updating ``keys`` keys, bound as (id, count, time) per key."""
     names = _names(dialect)
     values = ", ".join(["(?, ?, ?)"] * keys)
+    # Identifiers quoted by the dialect, placeholders only: no value is in the text.
     return (
-        f"UPDATE {names['table']} SET "
+        f"UPDATE {names['table']} SET "  # noqa: S608
         f"{_assignments(names, 'counted.column2', 'counted.column3')} "
         f"FROM (VALUES {values}) AS counted "
         f"WHERE {names['table']}.{names['id']} = counted.column1"
@@ -92,8 +95,9 @@ def postgresql_sql(dialect: sa.Dialect) -> str:
     id_type = keys_table.c.id.type.compile(dialect=dialect)
     count_type = keys_table.c.total_requests.type.compile(dialect=dialect)
     time_type = keys_table.c.last_used_at.type.compile(dialect=dialect)
+    # Identifiers quoted by the dialect, placeholders only: no value is in the text.
     return (
-        f"WITH locked AS (SELECT {key} FROM {table} "
+        f"WITH locked AS (SELECT {key} FROM {table} "  # noqa: S608
         f"WHERE {key} = ANY(CAST(%(key_ids)s AS {id_type}[])) ORDER BY {key} FOR UPDATE) "
         f"UPDATE {table} SET {_assignments(names, 'counted.added', 'counted.seen')} "
         f"FROM locked JOIN unnest(CAST(%(key_ids)s AS {id_type}[]), "
@@ -103,18 +107,31 @@ def postgresql_sql(dialect: sa.Dialect) -> str:
     )
 
 
-def update_sqlite(connection: sa.Connection, keys: Sequence[tuple[Any, int, str]]) -> None:
+def update_sqlite(
+    connection: sa.Connection, keys: Sequence[tuple[Any, int, str]]
+) -> Sequence[tuple[Any, int, str]]:
     """Add to the counters of ``keys`` (the id's and the time's text as SQLite stores them,
-    the requests) in statements of :data:`KEYS_PER_STATEMENT` keys, then of powers of two (a
-    handful of distinct statements, each prepared once by the driver's statement cache)."""
+    the requests) :data:`KEYS_PER_STATEMENT` keys per statement, then
+    :data:`KEYS_PER_SMALL_STATEMENT`; return the keys left (fewer than that), for the
+    statement of one key.
+
+    Two sizes only: each distinct statement is prepared by SQLite once per connection (the
+    driver's statement cache), and preparing one of many keys costs about as much as updating
+    a few hundred keys one by one.
+    """
     dialect = connection.dialect
     start = 0
-    while start < len(keys):
-        left = len(keys) - start
-        size = KEYS_PER_STATEMENT if left >= KEYS_PER_STATEMENT else 1 << (left.bit_length() - 1)
-        parameters = tuple(chain.from_iterable(keys[start : start + size]))
-        connection.exec_driver_sql(sqlite_sql(dialect, size), parameters)
-        start += size
+    for size in (KEYS_PER_STATEMENT, KEYS_PER_SMALL_STATEMENT):
+        whole = start + (len(keys) - start) // size * size
+        if whole == start:
+            continue
+        chunks = [
+            tuple(chain.from_iterable(keys[first : first + size]))
+            for first in range(start, whole, size)
+        ]
+        connection.exec_driver_sql(sqlite_sql(dialect, size), chunks)
+        start = whole
+    return keys[start:]
 
 
 def update_postgresql(
