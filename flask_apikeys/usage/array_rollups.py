@@ -60,7 +60,7 @@ def unnest_sql(dialect: sa.Dialect, upsert: sa.Executable, columns: tuple[str, .
     if not insert.endswith(f"({', '.join(map(quote, columns))})"):
         raise RuntimeError(f"unexpected rollup upsert for {dialect.name}: {compiled.string}")
     arrays = ", ".join(
-        f"CAST(%({name})s AS {_MODIFIERS.sub('', rollups.c[name].type.compile(dialect=dialect))}[])"
+        f"CAST(%({name})b AS {_MODIFIERS.sub('', rollups.c[name].type.compile(dialect=dialect))}[])"
         for name in columns
     )
     return f"{insert} SELECT * FROM unnest({arrays}) ON CONFLICT {rest}"  # noqa: S608

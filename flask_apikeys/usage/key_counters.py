@@ -98,10 +98,10 @@ def postgresql_sql(dialect: sa.Dialect) -> str:
     # Identifiers quoted by the dialect, placeholders only: no value is in the text.
     return (
         f"WITH locked AS (SELECT {key} FROM {table} "  # noqa: S608
-        f"WHERE {key} = ANY(CAST(%(key_ids)s AS {id_type}[])) ORDER BY {key} FOR UPDATE) "
+        f"WHERE {key} = ANY(CAST(%(key_ids)b AS {id_type}[])) ORDER BY {key} FOR UPDATE) "
         f"UPDATE {table} SET {_assignments(names, 'counted.added', 'counted.seen')} "
-        f"FROM locked JOIN unnest(CAST(%(key_ids)s AS {id_type}[]), "
-        f"CAST(%(counts)s AS {count_type}[]), CAST(%(seen)s AS {time_type}[])) "
+        f"FROM locked JOIN unnest(CAST(%(key_ids)b AS {id_type}[]), "
+        f"CAST(%(counts)b AS {count_type}[]), CAST(%(seen)b AS {time_type}[])) "
         f"AS counted (key_id, added, seen) ON counted.key_id = locked.{key} "
         f"WHERE {table}.{key} = locked.{key}"
     )
