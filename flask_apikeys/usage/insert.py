@@ -218,9 +218,11 @@ class InsertPlan:
         keys: list[tuple[Any, int, float]],
         texts: IdTexts | None = None,
     ) -> None:
-        """Run ``statement``, which binds :data:`COUNTER_PARAMETERS`, once per key of ``keys``
-        (its id, its requests, its latest POSIX time), in their order; ``texts``: the ids'
-        :meth:`id_texts`, if made already.
+        """Add to the counters of ``keys`` (its id, its requests, its latest POSIX time), in
+        their order: many keys per statement where the dialect joins an ``UPDATE`` with their
+        values (:mod:`.key_counters`), else ``statement``, which binds
+        :data:`COUNTER_PARAMETERS`, once per key; ``texts``: the ids' :meth:`id_texts`, if made
+        already.
 
         On SQLite the parameters are the driver's own, made as the raw rows' are (the id's
         text, the time's text from the float): through ``execute_many`` each time went from a

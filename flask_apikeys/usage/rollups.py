@@ -11,7 +11,8 @@ UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL and Mari
 transaction that inserts the raw rows: either both are stored or neither is, whichever process
 flushes and whenever it dies. Groups are written in sorted order, so two workers flushing at
 once take their row locks in the same order (SQLite has none: its first write locks the whole
-database until the commit, so there the order is left as it comes).
+database until the commit, so there the order is left as it comes). On PostgreSQL with
+psycopg 3 the rows go in that order as arrays, in one statement (:mod:`.array_rollups`).
 
 :mod:`~flask_apikeys.usage.backfill` adds raw rows written before the rollups existed.
 """
