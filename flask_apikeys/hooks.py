@@ -64,7 +64,9 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         if track_usage:
             current_request.environ[START_ENVIRON_KEY] = perf_counter()
-        if current_request.method == "OPTIONS" or is_public_request(current_request, state):
+        if (
+            current_request.method == "OPTIONS" and flask_answers_options(current_request)
+        ) or is_public_request(current_request, state):
             return None
         try:
             admitted = admission(current_request, state)
@@ -226,6 +228,18 @@ def path_is_public(path: str, state: ExtensionState) -> bool:
     if (path.rstrip("/") or "/") in state.public_exact_paths:
         return True
     return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
+
+
+def flask_answers_options(current_request: Request) -> bool:
+    """Whether Flask answers this ``OPTIONS`` request itself, the view never running (its
+    automatic answer, or a 404/405): a CORS preflight carries no credential, so it passes.
+
+    A view that handles ``OPTIONS`` itself (``methods=["GET", "OPTIONS"]``, a ``MethodView``
+    with ``options``) runs, and is authenticated like any other method: it may answer with
+    what ``GET`` does.
+    """
+    rule = current_request.url_rule
+    return rule is None or getattr(rule, "provide_automatic_options", False) is True
 
 
 def is_public_request(current_request: Request, state: ExtensionState) -> bool:

@@ -1,0 +1,79 @@
+"""Attack pass: requests that reach a view without a key by their method or their path's shape.
+
+Public is decided by what will answer the request: a view that runs gets a key checked, unless
+the view itself is public. Flask's own automatic ``OPTIONS`` answer (the view never runs) and
+the configured public paths, matched exactly, are the only ways past the hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from flask.views import MethodView
+
+from flask_apikeys import require_scopes
+
+from .helpers import assert_problem
+
+SECRET_BODY = {"secret": "the view ran"}
+
+
+def add_views_answering_options(app: Flask) -> None:
+    """Views that handle ``OPTIONS`` themselves, as apps that "enable CORS" by hand do."""
+
+    @app.route("/v1/report", methods=["GET", "OPTIONS"])
+    def report() -> dict[str, Any]:
+        return SECRET_BODY
+
+    @app.route("/v1/scoped-report", methods=["GET", "OPTIONS"])
+    @require_scopes("reports:read")
+    def scoped_report() -> dict[str, Any]:
+        return SECRET_BODY
+
+    class Items(MethodView):
+        def get(self) -> dict[str, Any]:
+            return SECRET_BODY
+
+        def options(self) -> dict[str, Any]:
+            return {**SECRET_BODY, "method": request.method}
+
+    app.add_url_rule("/v1/attack-items", view_func=Items.as_view("attack_items"))
+
+    @app.get("/v1/automatic")
+    def automatic() -> dict[str, Any]:
+        return SECRET_BODY
+
+
+@pytest.mark.parametrize("path", ["/v1/report", "/v1/scoped-report", "/v1/attack-items"])
+def test_a_view_that_answers_options_itself_needs_a_key_for_it(app: Flask, path: str) -> None:
+    add_views_answering_options(app)
+    response = app.test_client().options(path)
+    assert_problem(response, 401, "missing_api_key")
+    assert b"the view ran" not in response.data
+
+
+def test_a_view_that_answers_options_itself_runs_for_a_key_with_the_scope(
+    app: Flask, make_key: Callable[..., str]
+) -> None:
+    add_views_answering_options(app)
+    client = app.test_client()
+    key = make_key(scopes=["reports:read"])
+    assert client.options("/v1/scoped-report", headers={"X-API-Key": key}).json == SECRET_BODY
+    other = make_key(scopes=["presentations:read"])
+    response = client.options("/v1/scoped-report", headers={"X-API-Key": other})
+    assert_problem(response, 403, "insufficient_scope")
+
+
+def test_flasks_own_options_answer_still_needs_no_key(app: Flask) -> None:
+    """A CORS preflight carries no credential: where Flask answers it (the view never runs),
+    it passes as before."""
+    add_views_answering_options(app)
+    response = app.test_client().options(
+        "/v1/automatic", headers={"Access-Control-Request-Method": "GET"}
+    )
+    assert response.status_code == 200
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "OPTIONS"}
+    assert b"the view ran" not in response.data
