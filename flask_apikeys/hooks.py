@@ -223,9 +223,15 @@ def is_static_view(app: Flask, endpoint: str, view: Any) -> bool:
     )
 
 
-def path_is_public(path: str, state: ExtensionState) -> bool:
-    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``."""
-    if (path.rstrip("/") or "/") in state.public_exact_paths:
+def path_is_public(path: str, state: ExtensionState, rule: str | None = None) -> bool:
+    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``.
+
+    A trailing slash counts only where the matched ``rule`` is that very path (``/health``
+    configured, the app's route written ``/health/``): a route with variables (a catch-all
+    ``/<path:p>``) would otherwise serve ``/health/`` or ``/health//`` without a key.
+    """
+    exact = state.public_exact_paths
+    if path in exact or (rule == path and path[:-1] in exact and path.endswith("/")):
         return True
     return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
 
@@ -258,7 +264,7 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
         return path_is_public(path, state)
     access = endpoint_access(rule.endpoint, state)
     if access == ORDINARY:
-        return path_is_public(current_request.path, state)
+        return path_is_public(current_request.path, state, rule.rule)
     return access == SKIPPED
 
 

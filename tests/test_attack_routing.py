@@ -77,3 +77,38 @@ def test_flasks_own_options_answer_still_needs_no_key(app: Flask) -> None:
     assert response.status_code == 200
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "OPTIONS"}
     assert b"the view ran" not in response.data
+
+
+def add_catch_all(app: Flask) -> None:
+    """A catch-all route (a single-page app's or a proxy's), and a route written with a slash."""
+
+    @app.get("/<path:anything>")
+    def catch_all(anything: str) -> dict[str, Any]:
+        return {**SECRET_BODY, "path": anything}
+
+    @app.get("/status/")
+    def status_with_slash() -> dict[str, Any]:
+        return {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/", "/health//", "/health%2F", "/docs/", "/openapi.json/", "/openapi.json//"]
+)
+def test_a_public_path_with_slashes_added_is_not_public_for_a_catch_all(
+    app: Flask, path: str
+) -> None:
+    add_catch_all(app)
+    response = app.test_client().get(path)
+    assert_problem(response, 401, "missing_api_key")
+    assert b"the view ran" not in response.data
+
+
+@pytest.mark.parametrize("app_config", [{"APIKEYS_PUBLIC_PATHS": ["/status", "/health"]}])
+def test_a_route_written_with_the_slash_of_a_public_path_stays_public(app: Flask) -> None:
+    """The one trailing slash the docs allow: the app's own route is ``/status/``."""
+    add_catch_all(app)
+    client = app.test_client()
+    assert client.get("/status/").json == {"ok": True}
+    assert client.get("/status", follow_redirects=True).json == {"ok": True}
+    assert client.get("/health").json == {"status": "ok"}
+    assert_problem(client.get("/status//"), 401, "missing_api_key")
