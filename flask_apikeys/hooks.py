@@ -261,7 +261,7 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
         path = current_request.path
         if prefix and (path == prefix or path.startswith(prefix + "/")):
             return True
-        return path_is_public(path, state)
+        return path_is_public(path, state, path)  # no view runs: one trailing slash may pass
     access = endpoint_access(rule.endpoint, state)
     if access == ORDINARY:
         return path_is_public(current_request.path, state, rule.rule)
