@@ -152,12 +152,13 @@ class Verification:
                 raise InvalidAPIKey("The API key is malformed.")
             if self.cache.is_unknown(digest):
                 raise InvalidAPIKey(NOT_RECOGNISED)
+            changes_before = self.cache.changes  # a change while reading: not cached
             try:
                 verified, read_at = self._load_verified_key(presented)
             except InvalidAPIKey:
                 self.cache.put_unknown(digest)
                 raise
-            self.cache.put(digest, verified, read_at)
+            self.cache.put(digest, verified, read_at, changes_before)
         self.check_usable(verified)
         return verified
 
@@ -172,11 +173,12 @@ class Verification:
         verified = self.cache.get(cache_entry)
         if verified is None:
             query = _BY_ID[self.cache.ttl_seconds <= 0]
+            changes_before = self.cache.changes
             row = self._snapshot_row(query, {"key_id": key_id})
             if row is None:
                 return None
             verified, read_at = self._snapshot_of_row(row)
-            self.cache.put(cache_entry, verified, read_at)
+            self.cache.put(cache_entry, verified, read_at, changes_before)
         return verified
 
     def check_usable(self, verified: VerifiedKey) -> None:
