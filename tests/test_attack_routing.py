@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask, request
 from flask.views import MethodView
+from flask_cors import CORS, cross_origin
 
 from flask_apikeys import require_scopes
 
@@ -77,6 +78,43 @@ def test_flasks_own_options_answer_still_needs_no_key(app: Flask) -> None:
     assert response.status_code == 200
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "OPTIONS"}
     assert b"the view ran" not in response.data
+
+
+PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+
+
+def test_flask_cors_preflights_pass_without_a_key_and_requests_still_need_one(app: Flask) -> None:
+    """``CORS(app)``, flask-cors' usual setup: Flask answers the preflight, flask-cors adds its
+    headers, no view runs."""
+    CORS(app)
+    client = app.test_client()
+    preflight = client.options("/v1/presentations", headers=PREFLIGHT)
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] in {"*", "https://app.example"}
+    assert_problem(
+        client.get("/v1/presentations", headers={"Origin": "https://app.example"}),
+        401,
+        "missing_api_key",
+    )
+
+
+def test_flask_cors_cross_origin_answers_options_inside_the_view_so_it_needs_a_key(
+    app: Flask, make_key: Callable[..., str]
+) -> None:
+    """``@cross_origin`` turns Flask's automatic answer off and answers OPTIONS from inside
+    the view's wrapper: the extension cannot tell that wrapper from a view that serves data on
+    OPTIONS, so it asks for a key (docs/quickstart.rst: use ``CORS(app)`` for preflights)."""
+
+    @app.route("/v1/cross-origin")
+    @cross_origin()
+    def cross() -> dict[str, Any]:
+        return SECRET_BODY
+
+    client = app.test_client()
+    assert_problem(client.options("/v1/cross-origin", headers=PREFLIGHT), 401, "missing_api_key")
+    answered = client.options("/v1/cross-origin", headers={**PREFLIGHT, "X-API-Key": make_key()})
+    assert answered.status_code == 200 and b"the view ran" not in answered.data
+    assert answered.headers["Access-Control-Allow-Origin"] in {"*", "https://app.example"}
 
 
 def add_catch_all(app: Flask) -> None:
