@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 
-from .helpers import assert_problem
+from .helpers import HS256, assert_problem
 
 pytestmark = pytest.mark.postgres
 
@@ -29,7 +29,7 @@ LONG_TTL = 60
 def change_key_or_organization(app: Flask, change: str, key_id: Any, organization_id: Any) -> None:
     apikeys = app.extensions["apikeys"].extension
     with app.app_context():
-        if change == "revoke":
+        if change.startswith("revoke"):
             apikeys.revoke_key(key_id)
         else:
             apikeys.update_organization(organization_id, is_active=False)
@@ -57,10 +57,11 @@ def app_for_race(postgresql_url_with_tables: str, make_app: Callable[..., Flask]
         postgresql_url_with_tables,
         APIKEYS_CACHE_TTL=LONG_TTL,
         APIKEYS_CACHE_CHECK_INTERVAL=0,
+        **HS256,
     )
 
 
-@pytest.mark.parametrize("change", ["revoke", "deactivate"])
+@pytest.mark.parametrize("change", ["revoke", "deactivate", "revoke-under-token"])
 def test_what_a_lookup_read_before_a_change_is_not_cached_past_it(
     app_for_race: Flask, engine_listener: Callable[[Callable[..., None]], None], change: str
 ) -> None:
@@ -73,6 +74,10 @@ def test_what_a_lookup_read_before_a_change_is_not_cached_past_it(
         bystander = apikeys.create_key(organization_id, "bystander", scopes=["*"])
         victim_id = victim.api_key.id
     client = app.test_client()
+    credential = {"X-API-Key": victim.key}
+    if change == "revoke-under-token":  # an access token of the key: its snapshot by id
+        issued = client.post("/auth/token", headers=credential)
+        credential = {"Authorization": f"Bearer {issued.json['access_token']}"}
     fired = threading.Event()
     bystander_answers: list[int] = []
 
@@ -81,6 +86,8 @@ def test_what_a_lookup_read_before_a_change_is_not_cached_past_it(
     def reads_what_changes(statement: str) -> bool:
         if change == "revoke":
             return "api_keys.key_hash =" in statement
+        if change == "revoke-under-token":
+            return "api_keys.id =" in statement
         return "FROM organizations" in statement and "FROM api_keys" not in statement
 
     def change_during_the_read(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
@@ -106,13 +113,15 @@ def test_what_a_lookup_read_before_a_change_is_not_cached_past_it(
 
     engine_listener(change_during_the_read)
     # The request whose read began before the change may still be answered as before it.
-    first = client.get("/v1/whoami", headers={"X-API-Key": victim.key})
+    first = client.get("/v1/whoami", headers=credential)
     assert fired.is_set()
     assert first.status_code in {200, 401, 403}, first.get_data(as_text=True)
-    assert bystander_answers == [200 if change == "revoke" else 403]
+    assert bystander_answers == [403 if change == "deactivate" else 200]
     # Any later request is refused: what it read must not have been cached for the TTL.
-    later = client.get("/v1/whoami", headers={"X-API-Key": victim.key})
+    later = client.get("/v1/whoami", headers=credential)
     if change == "revoke":
         assert_problem(later, 401, "revoked_api_key")
+    elif change == "revoke-under-token":
+        assert_problem(later, 401, "invalid_token")
     else:
         assert_problem(later, 403, "organization_inactive")
