@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 from flask import Request
 
 from .admin.access import ADMIN_SCOPE, AdminCaller
-from .auth import authenticate, extract_credential
+from .auth import authenticate, extract_credential, refuse_blocked_address
 from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
@@ -89,6 +89,11 @@ def _challenge(method: str) -> str:
 def invalid_client(detail: str, method: str = CLIENT_SECRET_BASIC) -> OAuthError:
     error = "invalid_token" if method == HEADER_CREDENTIAL else "invalid_client"
     return OAuthError(error, detail, status=401, challenge=_challenge(method))
+
+
+def _too_many(error: LimitExceeded) -> OAuthError:
+    """A 429 (a limit, or the failed-attempt block) as an RFC 6749 error, its headers kept."""
+    return OAuthError(error.error_code, error.detail, status=429, headers=error.response_headers())
 
 
 def invalid_request(detail: str) -> OAuthError:
@@ -174,6 +179,10 @@ def authenticate_client(current_request: Request, state: ExtensionState) -> Clie
     method = credentials.method
     digest = state.settings.admin_key_digest
     if method == HEADER_CREDENTIAL and digest is not None:
+        try:  # a blocked address may not try the bootstrap key here either
+            refuse_blocked_address(current_request.environ, state)
+        except LimitExceeded as error:
+            raise _too_many(error) from None
         if hmac.compare_digest(admin_key_digest(credentials.secret), digest):
             return Client(key=None, method=method)
     tokens = state.tokens
@@ -187,9 +196,7 @@ def authenticate_client(current_request: Request, state: ExtensionState) -> Clie
     except (AuthenticationError, AuthorizationError) as error:
         raise invalid_client(error.detail, method) from None
     except LimitExceeded as error:
-        raise OAuthError(
-            error.error_code, error.detail, status=429, headers=error.response_headers()
-        ) from None
+        raise _too_many(error) from None
     except APIKeyError as error:
         code = "invalid_request" if error.code == 400 else error.error_code
         raise OAuthError(code, error.detail, status=error.code or 400) from None
