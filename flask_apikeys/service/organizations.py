@@ -234,7 +234,12 @@ class Organizations:
         return int(session.scalar(sa.select(sa.func.count(APIKey.id)).where(*authenticating)) or 0)
 
     def check_key_count(self, organization: Organization) -> None:
-        """Raise if the organization now has more authenticating keys than its plan allows."""
+        """Raise if the organization now has more authenticating keys than its plan allows.
+
+        Called under the organization's lock (:meth:`lock`): its plan is read again there, so
+        that a downgrade committed since the organization was loaded is the limit checked.
+        """
+        self.store.session.refresh(organization, ["plan", "max_api_keys"], with_for_update=True)
         maximum = self.plan_of(organization).max_keys
         if maximum is None:
             return
