@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from flask import Flask
 
 from flask_apikeys import APIKeys
-from flask_apikeys.errors import KeyLimitReached
+from flask_apikeys.errors import AlreadyRevoked, KeyLimitReached
 from flask_apikeys.models import APIKey, Organization
 
 
@@ -67,3 +67,43 @@ def test_a_key_created_while_the_plan_is_lowered_is_counted_against_the_new_limi
         # Not a stale view either way: the next creation, with nothing racing, is refused too.
         with pytest.raises(KeyLimitReached):
             apikeys.create_key(organization_id, "still-too-many")
+
+
+def test_a_key_revoked_while_it_is_being_changed_is_not_changed(
+    app: Flask, apikeys: APIKeys, db: Any
+) -> None:
+    """ "A revoked key cannot be changed" held only for a revocation committed before the
+    change read the key: one committed in between let the change through (200, a
+    ``key.updated`` after the ``key.revoked``) onto a revoked key."""
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        key_id = apikeys.create_key(organization, "k", scopes=["reports:read"]).api_key.id
+        engine = db.engine
+        committed: list[bool] = []
+
+        def revocation_commits_first(connection: Any, cursor: Any, statement: str, *_: Any) -> None:
+            """Just before the change is written, another request's revocation commits."""
+            if committed or not statement.lstrip().upper().startswith("UPDATE API_KEYS"):
+                return
+            committed.append(True)
+            with engine.connect() as other:
+                other.execute(
+                    sa.update(APIKey)
+                    .where(APIKey.id == key_id)
+                    .values(is_active=False, revoked_at=sa.func.now(), revoked_reason="leaked")
+                )
+                other.commit()
+
+        sa.event.listen(engine, "before_cursor_execute", revocation_commits_first)
+        try:
+            with pytest.raises(AlreadyRevoked):
+                apikeys.update_key(key_id, name="renamed", scopes=["reports:write"])
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", revocation_commits_first)
+        assert committed, "the race was not staged"
+        db.session.rollback()
+        stored = db.session.execute(
+            sa.select(APIKey.name, APIKey.scopes, APIKey.revoked_at).where(APIKey.id == key_id)
+        ).one()
+        assert (stored.name, list(stored.scopes)) == ("k", ["reports:read"])
+        assert stored.revoked_at is not None
