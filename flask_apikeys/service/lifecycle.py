@@ -25,6 +25,7 @@ from ..errors import (
     InvalidInput,
 )
 from ..identity import VerifiedKey
+from ..logmask import mask_secrets
 from ..models import APIKey, Organization, utcnow
 from ..storable import unstorable_reason
 from . import validation
@@ -148,7 +149,8 @@ class KeyLifecycle:
             if api_key.organization_id != self.organizations.get_organization(organization).id:
                 api_key = None
         if api_key is None:
-            raise APIKeyNotFound(f"No API key {str(key_id)!r}.")
+            # A key pasted where its id belongs is not printed back (terminals, logs keep it).
+            raise APIKeyNotFound(f"No API key {mask_secrets(repr(str(key_id)))}.")
         return api_key
 
     def update_key(

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from ..config import Plan
 from ..errors import InvalidInput, KeyLimitReached, OrganizationNotFound
 from ..limiting.policies import requests_per_minute_allowed
+from ..logmask import mask_secrets
 from ..models import APIKey, Organization, utcnow
 from ..permissions import effective_scopes, scopes_beyond
 from . import validation
@@ -174,7 +175,7 @@ class Organizations:
             # Only what can be a slug reaches the database: a URL's text may hold anything.
             organization = self.find_by_slug(reference)
         if organization is None:
-            raise OrganizationNotFound(f"No organization {str(reference)!r}.")
+            raise OrganizationNotFound(f"No organization {mask_secrets(repr(str(reference)))}.")
         return organization
 
     def list_organizations(
