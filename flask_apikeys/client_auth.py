@@ -42,6 +42,9 @@ CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
 HEADER_CREDENTIAL = "bearer"
 BASIC_CHALLENGE = 'Basic realm="api"'
 FORM_MIMETYPE = "application/x-www-form-urlencoded"
+#: The largest body the OAuth endpoints read before the caller is authenticated; a token
+#: request is a few hundred bytes.
+MAX_UNAUTHENTICATED_BODY = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +106,22 @@ def invalid_request(detail: str) -> OAuthError:
 # -- reading the request ----------------------------------------------------------------------
 
 
+def refuse_big_body(current_request: Request) -> None:
+    """413 for a body larger than a token request ever is, before any of it is read: the
+    OAuth endpoints read their body before the caller is authenticated."""
+    length = current_request.content_length
+    if length is not None and length > MAX_UNAUTHENTICATED_BODY:
+        raise OAuthError(
+            "invalid_request",
+            f"The request body is larger than {MAX_UNAUTHENTICATED_BODY} bytes.",
+            status=413,
+        )
+    current_request.max_content_length = MAX_UNAUTHENTICATED_BODY  # a body without a length
+
+
 def form_parameters(current_request: Request, *names: str) -> dict[str, str]:
     """The form fields ``names`` that were sent, each at most once (RFC 6749 3.2)."""
+    refuse_big_body(current_request)
     if current_request.mimetype != FORM_MIMETYPE:
         raise invalid_request(f"Send the parameters as {FORM_MIMETYPE}.")
     form = current_request.form
