@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from flask_apikeys.models import APIKey
 
 from .factory import create_app
+
+
+@pytest.fixture
+def database_url(backend_url: str) -> str:
+    return backend_url
 
 
 def test_a_key_rehashed_by_another_request_between_the_two_lookups_still_verifies(
@@ -26,6 +32,8 @@ def test_a_key_rehashed_by_another_request_between_the_two_lookups_still_verifie
         organization = legacy.create_organization(name="Acme", email="a@acme.com")
         key = legacy.create_key(organization, "k").key
         old_hash = legacy_app.extensions["sqlalchemy"].session.scalar(sa.select(APIKey.key_hash))
+    legacy.close(legacy_app)
+    with legacy_app.app_context():
         legacy_app.extensions["sqlalchemy"].engine.dispose()
 
     keyed_app, keyed_db, keyed = create_app(database_url, APIKEYS_HASH_SECRET="s" * 32)
@@ -60,4 +68,7 @@ def test_a_key_rehashed_by_another_request_between_the_two_lookups_still_verifie
         keyed.state.cache.clear()
         assert keyed.verify_key(key).name == "k"
         assert keyed_db.session.scalar(sa.select(APIKey.key_hash)) == new_hash
-        engine.dispose()
+        keyed_db.session.remove()
+    keyed.close(keyed_app)
+    with keyed_app.app_context():
+        keyed_db.engine.dispose()
