@@ -700,3 +700,22 @@ def test_text_in_the_charts_is_escaped(
     text = signed_in.get(PREFIX + "/usage").text
     assert "<script>alert" not in text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+
+
+def test_a_big_form_is_refused_unread_before_anyone_signs_in(app: Flask) -> None:
+    """The sign-in form is read before anyone is signed in: a body bigger than a form of
+    the dashboard ever is gets 413 without being read."""
+    from .test_oauth import CountingStream
+
+    size = 20 * 1024 * 1024
+    # Signed out, a form page sends to sign-in (303) unread as well.
+    for path, status in (("/sign-in", 413), ("/keys", 303)):
+        body = CountingStream(size)
+        response = app.test_client().post(
+            PREFIX + path,
+            content_type="application/x-www-form-urlencoded",
+            environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
+        )
+        assert response.status_code == status, (path, response.status_code)
+        assert body.read_bytes < 64 * 1024
+        assert response.headers["X-Frame-Options"] == "DENY"

@@ -117,7 +117,7 @@ def own_metadata(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
 
 @functools.cache
 def _by_retired_digests(count: int, joined: bool) -> sa.Select[Any]:
-    """The lookup by any of ``count`` digests under retired schemes and secrets.
+    """The lookup by any of ``count`` digests: the current one, then retired schemes' and secrets'.
 
     One plain parameter per digest: an "expanding" ``IN`` would be re-rendered on every call.
     """
@@ -219,12 +219,18 @@ class Verification:
         retired = self.hasher.retired_candidates(presented)
         if not retired:
             raise InvalidAPIKey(NOT_RECOGNISED)
-        query = _by_retired_digests(len(retired), joined)
+        # The current digest again, in the same query: another request may have rehashed this
+        # key between the two lookups (it would otherwise be a spurious 401, remembered).
+        candidates = [current, *retired]
+        query = _by_retired_digests(len(candidates), joined)
         row = self._snapshot_row(
-            query, {f"d{index}": digest for index, digest in enumerate(retired)}
+            query, {f"d{index}": digest for index, digest in enumerate(candidates)}
         )
-        if row is None or self.hasher.match_index(retired, row.key_hash) is None:
+        matched = None if row is None else self.hasher.match_index(candidates, row.key_hash)
+        if matched is None:
             raise InvalidAPIKey(NOT_RECOGNISED)
+        if matched == 0:
+            return self._snapshot_of_row(row)
         rehash = sa.update(APIKey).where(APIKey.id == row.id)
         rehash = rehash.values(key_hash=self.hasher.hash(presented))
 
