@@ -148,6 +148,9 @@ class VerifiedKeyCache:
         #: Changes made so far to the organizations: a load that began before one is not kept
         #: (see :meth:`put_organization`).
         self.organization_changes = 0
+        #: Changes dropped from the cache so far (a key's, an organization's, everything): a
+        #: key read before one is not kept (see :meth:`put`).
+        self.changes = 0
         self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> VerifiedKey | None:
@@ -214,16 +217,27 @@ class VerifiedKeyCache:
                     self._organizations.put(organization_id, (now, entry))
         return now
 
-    def put(self, digest: bytes, key: VerifiedKey, stored_at: float | None = None) -> None:
+    def put(
+        self,
+        digest: bytes,
+        key: VerifiedKey,
+        stored_at: float | None = None,
+        changes_before: int | None = None,
+    ) -> None:
         """Remember ``key``; a full cache is emptied rather than scanned for the oldest entry.
 
         :param stored_at: when what the snapshot holds was read, if before now (the cached
             organization it was built with): the entry expires as if stored then.
+        :param changes_before: :attr:`changes` read before the key was: if the cache dropped
+            anything in between (a revocation, an announced change), the row read may predate
+            it and is not kept; it would otherwise outlive the change until the TTL ends.
         """
         if self.ttl_seconds <= 0:
             return
         size = approximate_size(key)
         with self._lock:
+            if changes_before is not None and changes_before != self.changes:
+                return
             if len(self._entries) >= self.max_entries or self.size + size > self.max_bytes:
                 self._entries.clear()
                 self.size = 0
@@ -243,6 +257,7 @@ class VerifiedKeyCache:
         the others."""
         with self._lock:
             self.organization_changes += 1
+            self.changes += 1
             self._organizations.pop(organization_id, None)
         self._forget(lambda key: key.organization.id == organization_id)
         self._announce()
@@ -257,6 +272,7 @@ class VerifiedKeyCache:
             self._entries.clear()
             self.size = 0
             self.organization_changes += 1
+            self.changes += 1
             self._organizations.clear()
 
     def _announce(self) -> None:
@@ -274,6 +290,7 @@ class VerifiedKeyCache:
 
     def _forget(self, matches: object) -> None:
         with self._lock:
+            self.changes += 1
             for digest, (_, key, size) in list(self._entries.items()):
                 if matches(key):  # type: ignore[operator]
                     del self._entries[digest]
