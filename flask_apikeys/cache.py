@@ -53,8 +53,26 @@ def strings_size(strings: Collection[str]) -> int:
     return sys.getsizeof(strings) + sum(map(sys.getsizeof, strings))
 
 
+#: The snapshot :func:`approximate_size` sized last, and its size. A cache miss sizes its new
+#: snapshot for the key cache, then the rate limiter sizes the same one for its own cache: a
+#: snapshot is immutable, so the second answer is the first (one entry: it keeps at most one
+#: snapshot alive, and a tuple is replaced in one store, whatever the threads do).
+_last_sized: tuple[VerifiedKey | None, int] = (None, 0)
+
+
 def approximate_size(key: VerifiedKey) -> int:
     """Roughly how many bytes a snapshot keeps alive (its scopes dominate, then metadata)."""
+    global _last_sized
+    last_key, last_size = _last_sized
+    if last_key is key:
+        return last_size
+    size = _computed_size(key)
+    _last_sized = (key, size)
+    return size
+
+
+def _computed_size(key: VerifiedKey) -> int:
+    """:func:`approximate_size`, computed."""
     size = SNAPSHOT_OVERHEAD + strings_size(key.scopes)
     if key.own_scopes is not key.scopes:
         size += strings_size(key.own_scopes)
