@@ -53,8 +53,26 @@ def strings_size(strings: Collection[str]) -> int:
     return sys.getsizeof(strings) + sum(map(sys.getsizeof, strings))
 
 
+#: The snapshot :func:`approximate_size` sized last, and its size. A cache miss sizes its new
+#: snapshot for the key cache, then the rate limiter sizes the same one for its own cache: a
+#: snapshot is immutable, so the second answer is the first (one entry: it keeps at most one
+#: snapshot alive, and a tuple is replaced in one store, whatever the threads do).
+_last_sized: tuple[VerifiedKey | None, int] = (None, 0)
+
+
 def approximate_size(key: VerifiedKey) -> int:
     """Roughly how many bytes a snapshot keeps alive (its scopes dominate, then metadata)."""
+    global _last_sized
+    last_key, last_size = _last_sized
+    if last_key is key:
+        return last_size
+    size = _computed_size(key)
+    _last_sized = (key, size)
+    return size
+
+
+def _computed_size(key: VerifiedKey) -> int:
+    """:func:`approximate_size`, computed."""
     size = SNAPSHOT_OVERHEAD + strings_size(key.scopes)
     if key.own_scopes is not key.scopes:
         size += strings_size(key.own_scopes)
@@ -130,6 +148,9 @@ class VerifiedKeyCache:
         #: Changes made so far to the organizations: a load that began before one is not kept
         #: (see :meth:`put_organization`).
         self.organization_changes = 0
+        #: Changes dropped from the cache so far (a key's, an organization's, everything): a
+        #: key read before one is not kept (see :meth:`put`).
+        self.changes = 0
         self._lock = threading.Lock()
 
     def get(self, digest: bytes) -> VerifiedKey | None:
@@ -196,16 +217,27 @@ class VerifiedKeyCache:
                     self._organizations.put(organization_id, (now, entry))
         return now
 
-    def put(self, digest: bytes, key: VerifiedKey, stored_at: float | None = None) -> None:
+    def put(
+        self,
+        digest: bytes,
+        key: VerifiedKey,
+        stored_at: float | None = None,
+        changes_before: int | None = None,
+    ) -> None:
         """Remember ``key``; a full cache is emptied rather than scanned for the oldest entry.
 
         :param stored_at: when what the snapshot holds was read, if before now (the cached
             organization it was built with): the entry expires as if stored then.
+        :param changes_before: :attr:`changes` read before the key was: if the cache dropped
+            anything in between (a revocation, an announced change), the row read may predate
+            it and is not kept; it would otherwise outlive the change until the TTL ends.
         """
         if self.ttl_seconds <= 0:
             return
         size = approximate_size(key)
         with self._lock:
+            if changes_before is not None and changes_before != self.changes:
+                return
             if len(self._entries) >= self.max_entries or self.size + size > self.max_bytes:
                 self._entries.clear()
                 self.size = 0
@@ -225,6 +257,7 @@ class VerifiedKeyCache:
         the others."""
         with self._lock:
             self.organization_changes += 1
+            self.changes += 1
             self._organizations.pop(organization_id, None)
         self._forget(lambda key: key.organization.id == organization_id)
         self._announce()
@@ -239,6 +272,7 @@ class VerifiedKeyCache:
             self._entries.clear()
             self.size = 0
             self.organization_changes += 1
+            self.changes += 1
             self._organizations.clear()
 
     def _announce(self) -> None:
@@ -256,6 +290,7 @@ class VerifiedKeyCache:
 
     def _forget(self, matches: object) -> None:
         with self._lock:
+            self.changes += 1
             for digest, (_, key, size) in list(self._entries.items()):
                 if matches(key):  # type: ignore[operator]
                     del self._entries[digest]

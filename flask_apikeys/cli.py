@@ -22,6 +22,7 @@ from flask.cli import AppGroup
 from .admin import schemas
 from .errors import APIKeyError, InvalidInput
 from .keys import ENVIRONMENTS
+from .logmask import mask_secrets
 from .migrations import install_revisions
 from .models import Organization
 from .permissions import LEVELS
@@ -71,7 +72,7 @@ def reports_errors(command: Command) -> Command:
 
 
 def fail(message: str) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {mask_secrets(message)}", err=True)  # never a key pasted by mistake
     sys.exit(1)
 
 

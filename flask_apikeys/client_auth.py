@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 from flask import Request
 
 from .admin.access import ADMIN_SCOPE, AdminCaller
-from .auth import authenticate, extract_credential
+from .auth import authenticate, extract_credential, refuse_blocked_address
 from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
@@ -42,6 +42,9 @@ CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
 HEADER_CREDENTIAL = "bearer"
 BASIC_CHALLENGE = 'Basic realm="api"'
 FORM_MIMETYPE = "application/x-www-form-urlencoded"
+#: The largest body the OAuth endpoints read before the caller is authenticated; a token
+#: request is a few hundred bytes.
+MAX_UNAUTHENTICATED_BODY = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,11 @@ def invalid_client(detail: str, method: str = CLIENT_SECRET_BASIC) -> OAuthError
     return OAuthError(error, detail, status=401, challenge=_challenge(method))
 
 
+def _too_many(error: LimitExceeded) -> OAuthError:
+    """A 429 (a limit, or the failed-attempt block) as an RFC 6749 error, its headers kept."""
+    return OAuthError(error.error_code, error.detail, status=429, headers=error.response_headers())
+
+
 def invalid_request(detail: str) -> OAuthError:
     return OAuthError("invalid_request", detail)
 
@@ -98,8 +106,22 @@ def invalid_request(detail: str) -> OAuthError:
 # -- reading the request ----------------------------------------------------------------------
 
 
+def refuse_big_body(current_request: Request) -> None:
+    """413 for a body larger than a token request ever is, before any of it is read: the
+    OAuth endpoints read their body before the caller is authenticated."""
+    length = current_request.content_length
+    if length is not None and length > MAX_UNAUTHENTICATED_BODY:
+        raise OAuthError(
+            "invalid_request",
+            f"The request body is larger than {MAX_UNAUTHENTICATED_BODY} bytes.",
+            status=413,
+        )
+    current_request.max_content_length = MAX_UNAUTHENTICATED_BODY  # a body without a length
+
+
 def form_parameters(current_request: Request, *names: str) -> dict[str, str]:
     """The form fields ``names`` that were sent, each at most once (RFC 6749 3.2)."""
+    refuse_big_body(current_request)
     if current_request.mimetype != FORM_MIMETYPE:
         raise invalid_request(f"Send the parameters as {FORM_MIMETYPE}.")
     form = current_request.form
@@ -174,6 +196,10 @@ def authenticate_client(current_request: Request, state: ExtensionState) -> Clie
     method = credentials.method
     digest = state.settings.admin_key_digest
     if method == HEADER_CREDENTIAL and digest is not None:
+        try:  # a blocked address may not try the bootstrap key here either
+            refuse_blocked_address(current_request.environ, state)
+        except LimitExceeded as error:
+            raise _too_many(error) from None
         if hmac.compare_digest(admin_key_digest(credentials.secret), digest):
             return Client(key=None, method=method)
     tokens = state.tokens
@@ -187,9 +213,7 @@ def authenticate_client(current_request: Request, state: ExtensionState) -> Clie
     except (AuthenticationError, AuthorizationError) as error:
         raise invalid_client(error.detail, method) from None
     except LimitExceeded as error:
-        raise OAuthError(
-            error.error_code, error.detail, status=429, headers=error.response_headers()
-        ) from None
+        raise _too_many(error) from None
     except APIKeyError as error:
         code = "invalid_request" if error.code == 400 else error.error_code
         raise OAuthError(code, error.detail, status=error.code or 400) from None

@@ -448,7 +448,7 @@ class Settings:
         "APIKEYS_METRICS_SCOPE",
         "apikeys:metrics",
         parse.scope,
-        "the scope a key needs to read the metrics",
+        "the scope a key must be given by name (not through '*' or a level) to read the metrics",
     )
     metrics_key_id_label: bool = option(
         "APIKEYS_METRICS_KEY_ID_LABEL",

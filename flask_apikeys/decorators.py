@@ -56,25 +56,26 @@ def _scope_decorator(
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             current_request = request._get_current_object()  # type: ignore[attr-defined]
-            if current_request.method != "OPTIONS":
-                environ = current_request.environ
-                outcome = environ.get(OUTCOME_ENVIRON_KEY)
-                if (
-                    outcome is None
-                    or isinstance(outcome, APIKeyError)
-                    or LIMITED_ENVIRON_KEY not in environ
-                ):
-                    # The hook did not run for this view (a public path or view, a wrapper that
-                    # hid the scopes from it), or refused: do all it does, limits included.
-                    state = get_state()
-                    outcome = admit(current_request, state) if state.settings.enabled else True
-                if outcome is None:
-                    raise MissingAPIKey("This endpoint needs an API key.")
-                if outcome is not True and not granted(outcome.scopes):
-                    raise InsufficientScope(
-                        f"This endpoint needs {wording}: {', '.join(required)}.",
-                        required_scopes=list(required),
-                    )
+            # No exception for OPTIONS: the view runs only when it handles OPTIONS itself
+            # (Flask answers the others without it), and may then answer what GET does.
+            environ = current_request.environ
+            outcome = environ.get(OUTCOME_ENVIRON_KEY)
+            if (
+                outcome is None
+                or isinstance(outcome, APIKeyError)
+                or LIMITED_ENVIRON_KEY not in environ
+            ):
+                # The hook did not run for this view (a public path or view, a wrapper that
+                # hid the scopes from it), or refused: do all it does, limits included.
+                state = get_state()
+                outcome = admit(current_request, state) if state.settings.enabled else True
+            if outcome is None:
+                raise MissingAPIKey("This endpoint needs an API key.")
+            if outcome is not True and not granted(outcome.scopes):
+                raise InsufficientScope(
+                    f"This endpoint needs {wording}: {', '.join(required)}.",
+                    required_scopes=list(required),
+                )
             if is_async:
                 return current_app.ensure_sync(view)(*args, **kwargs)
             return view(*args, **kwargs)

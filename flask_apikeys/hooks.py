@@ -64,7 +64,9 @@ def make_before_request_hook(state: ExtensionState) -> Callable[[], None] | None
         current_request = request._get_current_object()  # type: ignore[attr-defined]
         if track_usage:
             current_request.environ[START_ENVIRON_KEY] = perf_counter()
-        if current_request.method == "OPTIONS" or is_public_request(current_request, state):
+        if (
+            current_request.method == "OPTIONS" and flask_answers_options(current_request)
+        ) or is_public_request(current_request, state):
             return None
         try:
             admitted = admission(current_request, state)
@@ -221,11 +223,29 @@ def is_static_view(app: Flask, endpoint: str, view: Any) -> bool:
     )
 
 
-def path_is_public(path: str, state: ExtensionState) -> bool:
-    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``."""
-    if (path.rstrip("/") or "/") in state.public_exact_paths:
+def path_is_public(path: str, state: ExtensionState, rule: str | None = None) -> bool:
+    """Whether a configured public path names ``path``: exactly, or below a ``/prefix/*``.
+
+    A trailing slash counts only where the matched ``rule`` is that very path (``/health``
+    configured, the app's route written ``/health/``): a route with variables (a catch-all
+    ``/<path:p>``) would otherwise serve ``/health/`` or ``/health//`` without a key.
+    """
+    exact = state.public_exact_paths
+    if path in exact or (rule == path and path[:-1] in exact and path.endswith("/")):
         return True
     return bool(state.public_path_prefixes) and path.startswith(state.public_path_prefixes)
+
+
+def flask_answers_options(current_request: Request) -> bool:
+    """Whether Flask answers this ``OPTIONS`` request itself, the view never running (its
+    automatic answer, or a 404/405): a CORS preflight carries no credential, so it passes.
+
+    A view that handles ``OPTIONS`` itself (``methods=["GET", "OPTIONS"]``, a ``MethodView``
+    with ``options``) runs, and is authenticated like any other method: it may answer with
+    what ``GET`` does.
+    """
+    rule = current_request.url_rule
+    return rule is None or getattr(rule, "provide_automatic_options", False) is True
 
 
 def is_public_request(current_request: Request, state: ExtensionState) -> bool:
@@ -241,10 +261,10 @@ def is_public_request(current_request: Request, state: ExtensionState) -> bool:
         path = current_request.path
         if prefix and (path == prefix or path.startswith(prefix + "/")):
             return True
-        return path_is_public(path, state)
+        return path_is_public(path, state, path)  # no view runs: one trailing slash may pass
     access = endpoint_access(rule.endpoint, state)
     if access == ORDINARY:
-        return path_is_public(current_request.path, state)
+        return path_is_public(current_request.path, state, rule.rule)
     return access == SKIPPED
 
 

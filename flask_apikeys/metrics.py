@@ -50,9 +50,11 @@ from .environ import (
     RESULT_ENVIRON_KEY,
     VERIFICATION_SECONDS_ENVIRON_KEY,
 )
+from .errors import InsufficientScope
 from .forking import after_fork_in_child
 from .identity import VerifiedKey
 from .metrics_batch import MAX_PENDING, RequestBatch
+from .permissions import names_scope
 
 #: Every metric name this module exports (the dashboard and the alert rules use only these).
 METRIC_NAMES = (
@@ -151,8 +153,21 @@ class APIKeysMetrics:
 
 
 def serve_metrics() -> Response:
-    """The metrics in Prometheus' text format; all workers' under multiprocess mode."""
+    """The metrics in Prometheus' text format; all workers' under multiprocess mode.
+
+    They name every organization, so the key must hold the metrics scope by name
+    (:func:`~flask_apikeys.permissions.names_scope`): a tenant's ``*`` key reads none of it.
+    """
     recorder = cast(_Recorder, current_app.extensions["apikeys_metrics"])
+    scope = recorder.state.settings.metrics_scope
+    key = get_current_key()
+    definitions = recorder.state.service.store.role_definitions
+    if key is None or not names_scope(scope, key.own_scopes, key.roles, definitions):
+        raise InsufficientScope(
+            f"The metrics need a key given the {scope} scope by name (not through '*' or a "
+            "level): they cover every organization.",
+            required_scopes=[scope],
+        )
     recorder.hand_over_and_sync()  # this process's figures are exact; other workers' later
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

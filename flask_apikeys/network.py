@@ -9,12 +9,16 @@ default), ``X-Forwarded-For`` is ignored entirely.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_NETWORKS = 100
+#: The prefix length an IPv6 client is counted by: a subscriber's /64 (RFC 6177), any
+#: address of which its host may pick for each request.
+IPV6_CLIENT_PREFIX = 64
 
 
 def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
@@ -27,6 +31,25 @@ def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
     if len(forwarded) < trusted_proxies:
         return peer  # fewer hops than configured: do not guess, use the peer we can see
     return forwarded[-trusted_proxies]
+
+
+@functools.lru_cache(maxsize=4096)
+def counted_address(address: str) -> str:
+    """What per-address limits (the failed-attempt block, anonymous requests) count ``address``
+    as: an IPv6 address by its /64, so a host cannot escape a block by taking another of its
+    2**64 addresses; an IPv4-mapped one as its IPv4 address; anything else as it is."""
+    if ":" not in address:
+        return address
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if not isinstance(parsed, ipaddress.IPv6Address):  # pragma: no cover - a ":" means IPv6
+        return address
+    if parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    network = ipaddress.IPv6Network((parsed, IPV6_CLIENT_PREFIX), strict=False)
+    return str(network)
 
 
 def parse_networks(values: Iterable[Any]) -> list[str]:

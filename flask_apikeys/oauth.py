@@ -25,11 +25,13 @@ from .client_auth import (
     CLIENT_SECRET_POST,
     FORM_MIMETYPE,
     HEADER_CREDENTIAL,
+    MAX_UNAUTHENTICATED_BODY,
     Client,
     authenticate_client,
     form_parameters,
     invalid_client,
     invalid_request,
+    refuse_big_body,
 )
 from .decorators import public
 from .environ import CLAIMS_ENVIRON_KEY
@@ -73,8 +75,12 @@ def is_client_credentials_request(current_request: Request) -> bool:
     if current_request.mimetype == FORM_MIMETYPE:
         form = current_request.form
         return any(name in form for name in ("grant_type", "client_id", "client_secret"))
+    # Read before anyone is authenticated: only a body as small as a token request is.
+    length = current_request.content_length
+    if not current_request.is_json or length is None or length > MAX_UNAUTHENTICATED_BODY:
+        return False  # the key exchange answers it, once the key is verified
     raw = current_request.get_data(cache=True)
-    if current_request.is_json and raw:
+    if raw:
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):  # RecursionError: nested beyond the parser's stack
@@ -113,6 +119,7 @@ def client_credentials_grant(current_request: Request, state: ExtensionState) ->
 def token_endpoint() -> Response:
     """``POST APIKEYS_JWT_TOKEN_PATH``: the client credentials grant, or the key exchange."""
     current_request = request._get_current_object()  # type: ignore[attr-defined]
+    refuse_big_body(current_request)
     if is_client_credentials_request(current_request):
         return client_credentials_grant(current_request, get_state())
     return issue_token()

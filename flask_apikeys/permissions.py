@@ -62,6 +62,21 @@ def effective_scopes(
     return frozenset(granted)
 
 
+def names_scope(
+    scope: str,
+    own_scopes: Iterable[str],
+    roles: Iterable[str],
+    role_definitions: Mapping[str, Iterable[str]],
+) -> bool:
+    """Whether a key holds ``scope`` by name, in its own scopes or its roles', not through a
+    wildcard or a level.
+
+    For a scope that reaches beyond the key's organization (the metrics name every
+    organization): a tenant's ``*`` or admin key is the tenant's, never the operator's.
+    """
+    return scope in own_scopes or any(scope in role_definitions.get(role, ()) for role in roles)
+
+
 def scopes_beyond(granter_scopes: Iterable[str], requested: Iterable[str]) -> list[str]:
     """The requested scopes that the granter's own scopes do not cover (no escalation)."""
     granted = frozenset(granter_scopes)

@@ -60,6 +60,9 @@ class TokenDenyList:
         self._local: dict[str, float] = {}
         #: jti → until when (monotonic) "not revoked" is trusted.
         self._not_revoked: BoundedCache[str, float] = BoundedCache(MAX_REMEMBERED)
+        #: Revocations recorded by this process so far: a check that read the list before one
+        #: does not remember its "not revoked" (see :meth:`is_revoked`).
+        self._revocations = 0
 
     def _resolve(self) -> Any:
         if not self._resolved:
@@ -75,7 +78,6 @@ class TokenDenyList:
         if remaining <= 0:
             return  # already refused by its exp
         storage = self._resolve()
-        self._not_revoked.pop(jti, None)
         if storage is None:
             with self._lock:
                 # Live entries are never dropped (that would un-revoke a token): the list is
@@ -83,15 +85,20 @@ class TokenDenyList:
                 if len(self._local) >= MAX_REMEMBERED:
                     self._sweep()
                 self._local[jti] = time.time() + remaining
-            return
-        try:
-            storage.incr(KEY_PREFIX + jti, remaining)
-        except self._errors as error:
-            # The client was told nothing yet: it must not believe the token is gone.
-            logger.warning("Could not record a revoked token (%s)", type(error).__name__)
-            raise BackendUnavailable(
-                "The token could not be revoked right now; retry shortly."
-            ) from None
+        else:
+            try:
+                storage.incr(KEY_PREFIX + jti, remaining)
+            except self._errors as error:
+                # The client was told nothing yet: it must not believe the token is gone.
+                logger.warning("Could not record a revoked token (%s)", type(error).__name__)
+                raise BackendUnavailable(
+                    "The token could not be revoked right now; retry shortly."
+                ) from None
+        # After the write: a check that read the list before it may be about to remember
+        # "not revoked"; the count tells it not to, and what it remembered already goes.
+        with self._lock:
+            self._revocations += 1
+            self._not_revoked.pop(jti, None)
 
     def is_revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked (a cached "no" for at most ``answer_ttl`` seconds)."""
@@ -100,6 +107,7 @@ class TokenDenyList:
         if trusted_until is not None and now < trusted_until:
             return False
         storage = self._resolve()
+        revocations_before = self._revocations
         if storage is None:
             until = self._local.get(jti)
             revoked = until is not None and time.time() < until
@@ -117,7 +125,9 @@ class TokenDenyList:
                 )
                 return False
         if not revoked and self.answer_ttl > 0:
-            self._not_revoked.put(jti, now + self.answer_ttl)
+            with self._lock:
+                if self._revocations == revocations_before:  # else the answer may be stale
+                    self._not_revoked.put(jti, now + self.answer_ttl)
         return revoked
 
     def _sweep(self) -> None:

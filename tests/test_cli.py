@@ -374,3 +374,27 @@ def test_choices_come_from_the_constants(runner: Any) -> None:
     help_text = " ".join(ok(runner, "key", "create", "--help").split())
     assert "[" + "|".join(ENVIRONMENTS) + "]" in help_text
     assert "[" + "|".join(LEVELS) + "]" in help_text
+
+
+def test_a_key_given_where_an_id_or_slug_belongs_is_never_echoed(app: Flask, runner: Any) -> None:
+    """An operator who pastes the key itself instead of its id gets a one-line error that
+    does not print the key back (terminals, CI logs and shell history keep what is printed)."""
+    ok(runner, "org", "create", "--name", "Acme", "--email", "a@acme.io")
+    key = ok(runner, "key", "create", "--org", "acme", "--name", "k", "--json")["key"]
+    for args in (
+        ("key", "revoke", "--key", key, "--reason", "oops"),
+        ("key", "rotate", "--key", key),
+        ("key", "update", "--key", key, "--name", "renamed"),
+        ("usage", "--org", "acme", "--key", key),
+        ("org", "show", "--slug", key),
+        ("key", "list", "--org", key),
+    ):
+        line = refused(runner, *args)
+        assert key not in line and key[12:] not in line, args
+    # The admin API's 404s do not echo it either (problem details end up in clients' logs).
+    admin = app.test_client()
+    organization = ok(runner, "org", "show", "--slug", "acme", "--json")["id"]
+    for path in (f"/organizations/{key}", f"/organizations/{organization}/keys/{key}"):
+        response = admin.get("/admin" + path, headers={"X-API-Key": ADMIN_KEY})
+        assert response.status_code == 404
+        assert key[12:] not in response.get_data(as_text=True)

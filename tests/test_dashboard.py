@@ -208,6 +208,31 @@ def test_the_bootstrap_key_signs_in_to_the_organization_it_names(
     assert ("dashboard.signed_in", "bootstrap-admin-key") in audit_events(app)
 
 
+def test_replacing_the_bootstrap_key_ends_the_sessions_it_started(
+    app: Flask,
+    client: FlaskClient,
+    organization: uuid.UUID,
+    make_app: Callable[..., Flask],
+    app_config: dict[str, Any],
+) -> None:
+    """A leaked bootstrap key is replaced (a new ``APIKEYS_ADMIN_KEY``, the app restarted):
+    a session the leaked key started must end too, not only when the setting is unset."""
+    assert sign_in(client, BOOTSTRAP_KEY, "acme").status_code == 303
+    token = client.get_cookie("apikeys_dashboard_session", path=PREFIX)
+    assert token is not None
+    assert client.get(PREFIX + "/keys").status_code == 200
+    restarted = make_app(**{**app_config, "APIKEYS_ADMIN_KEY": "replaced-" + "e" * 32})
+    replay = restarted.test_client()
+    replay.set_cookie("apikeys_dashboard_session", token.value, path=PREFIX)
+    response = replay.get(PREFIX + "/keys")
+    assert response.status_code == 303 and "/sign-in" in response.headers["Location"]
+    # The new key signs in; a restart that keeps the key keeps its sessions.
+    assert sign_in(restarted.test_client(), "replaced-" + "e" * 32, "acme").status_code == 303
+    kept = make_app(**app_config).test_client()
+    kept.set_cookie("apikeys_dashboard_session", token.value, path=PREFIX)
+    assert kept.get(PREFIX + "/keys").status_code == 200
+
+
 def test_an_access_token_shaped_value_or_an_empty_one_is_refused(
     app: Flask, client: FlaskClient
 ) -> None:
@@ -675,3 +700,22 @@ def test_text_in_the_charts_is_escaped(
     text = signed_in.get(PREFIX + "/usage").text
     assert "<script>alert" not in text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+
+
+def test_a_big_form_is_refused_unread_before_anyone_signs_in(app: Flask) -> None:
+    """The sign-in form is read before anyone is signed in: a body bigger than a form of
+    the dashboard ever is gets 413 without being read."""
+    from .test_oauth import CountingStream
+
+    size = 20 * 1024 * 1024
+    # Signed out, a form page sends to sign-in (303) unread as well.
+    for path, status in (("/sign-in", 413), ("/keys", 303)):
+        body = CountingStream(size)
+        response = app.test_client().post(
+            PREFIX + path,
+            content_type="application/x-www-form-urlencoded",
+            environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
+        )
+        assert response.status_code == status, (path, response.status_code)
+        assert body.read_bytes < 64 * 1024
+        assert response.headers["X-Frame-Options"] == "DENY"

@@ -151,3 +151,62 @@ def test_a_key_function_that_runs_first_does_not_look_at_a_blocked_address_crede
         app.extensions["apikeys"].writer.close()
         with app.app_context():
             db.engine.dispose()
+
+
+def test_an_ipv6_client_cannot_escape_the_block_by_changing_its_address(
+    blocking_app: Flask,
+) -> None:
+    """A host on IPv6 is handed a /64 and picks any of its 2**64 addresses: the failed
+    attempts of a /64 count together, and its block covers the whole /64 (IPv4, and other
+    /64s, stay apart)."""
+    keys = keys_of(blocking_app)
+    client = blocking_app.test_client()
+    wrong = tampered(keys["ordinary"])
+    for host in (1, 2):
+        refused = call(client, "GET", "/v1/whoami", wrong, f"2001:db8:aa:bb::{host}")
+        assert_problem(refused, 401, "invalid_api_key")
+    # Past the limit: another address of the same /64 is refused before any comparison,
+    # its right key included.
+    assert_problem(
+        call(client, "GET", "/v1/whoami", wrong, "2001:db8:aa:bb:ffff::3"),
+        429,
+        "rate_limit_exceeded",
+    )
+    assert_problem(
+        call(client, "GET", "/v1/whoami", keys["ordinary"], "2001:db8:aa:bb::9"),
+        429,
+        "rate_limit_exceeded",
+    )
+    assert (
+        call(client, "GET", "/v1/whoami", keys["ordinary"], "2001:db8:aa:cc::1").status_code == 200
+    )
+    assert call(client, "GET", "/v1/whoami", keys["ordinary"], ELSEWHERE).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/auth/introspect", "/auth/revoke"])
+def test_a_blocked_address_gets_429_for_the_bootstrap_key_at_the_oauth_endpoints(
+    blocking_app: Flask, path: str
+) -> None:
+    """Introspection and revocation take the bootstrap key in a header too: a blocked
+    address must not be able to try it there (it was compared before the block was read)."""
+    keys = keys_of(blocking_app)
+    client = blocking_app.test_client()
+    for _ in range(3):
+        call(client, "GET", "/v1/whoami", tampered(keys["ordinary"]))
+    form = {"token": keys["ordinary"]}
+    for address, status in ((BLOCKED, 429), (ELSEWHERE, 200)):
+        response = client.post(
+            path,
+            headers={"X-API-Key": ADMIN_KEY},
+            data=form if path.endswith("introspect") else {"token": "not-a-key"},
+            environ_base={"REMOTE_ADDR": address},
+        )
+        assert response.status_code == status, response.get_data(as_text=True)
+    refused = client.post(
+        path,
+        headers={"X-API-Key": ADMIN_KEY},
+        data=form,
+        environ_base={"REMOTE_ADDR": BLOCKED},
+    )
+    assert refused.get_json()["error"] == "rate_limit_exceeded"
+    assert int(refused.headers["Retry-After"]) >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from typing import Any
@@ -13,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
-from flask_apikeys.limiting.policies import Month, build_limits
+from flask_apikeys.limiting.counters import Counter
+from flask_apikeys.limiting.policies import KeyLimits, Month, build_limits
 from flask_apikeys.limiting.templates import KEY_PLACEHOLDER, LimitsTemplate
 
 MONTH = Month.containing(1_767_225_600.0)  # 2026-01-01 00:00 UTC
@@ -58,7 +60,16 @@ def test_a_template_filled_with_a_key_is_what_building_for_that_key_gives(
     expected = build_limits(
         policies_for(str(key_id), organization, own), quota_entry, MONTH, sliding=sliding
     )
-    assert template.for_key(str(key_id)) == expected
+    filled = template.for_key(str(key_id))
+    assert filled == expected
+    # Built by slot stores (cheaper than the constructors), yet the very classes: frozen, hashed.
+    assert type(filled) is KeyLimits and all(type(c) is Counter for c in filled.counters)
+    assert hash(filled) == hash(expected)
+    assert hash(filled.counters[-1]) == hash(expected.counters[-1])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        filled.counters = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        filled.counters[-1].key = "other"  # type: ignore[misc]
 
 
 def test_a_template_refuses_shared_counters_after_the_keys_own() -> None:

@@ -780,3 +780,37 @@ def test_paths_and_scope_are_configurable_and_the_endpoints_can_be_left_off(
 def test_bad_oauth_settings_stop_init_app(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({name: value}, environ={})
+
+
+class CountingStream:
+    """A request body that counts what the app reads of it."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        wanted = self.left if size is None or size < 0 else min(size, self.left)
+        self.left -= wanted
+        self.read_bytes += wanted
+        return b" " * wanted
+
+
+@pytest.mark.parametrize("path", [TOKEN_PATH, "/auth/introspect", "/auth/revoke"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "text/plain", "application/x-www-form-urlencoded"]
+)
+def test_a_big_body_is_refused_unread(client: FlaskClient, path: str, content_type: str) -> None:
+    """Nobody can make the OAuth endpoints read and parse megabytes before authenticating
+    (they read all of any body, from anyone: a JSON one to tell OAuth from the key exchange,
+    a form for its credentials)."""
+    size = 20 * 1024 * 1024
+    body = CountingStream(size)
+    response = client.post(
+        path,
+        content_type=content_type,
+        environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
+    )
+    assert response.status_code == 413, response.get_data(as_text=True)[:200]
+    assert response.json is not None and response.json["error"] == "invalid_request"
+    assert body.read_bytes < 64 * 1024

@@ -279,6 +279,51 @@ def test_metrics_need_the_metrics_scope(app: Flask, client: FlaskClient, make_ke
     assert client.get("/apikeys/metrics", headers={"X-API-Key": other}).status_code == 403
 
 
+def test_a_wildcard_or_admin_level_key_of_an_organization_cannot_read_every_organizations_metrics(
+    app: Flask, apikeys: APIKeys, client: FlaskClient
+) -> None:
+    """The metrics name every organization (ids, traffic, quota used): only a key that holds
+    the metrics scope by name reads them, never one of a tenant's ``*`` or admin keys."""
+    APIKeysMetrics(app)
+    with app.app_context():
+        acme = apikeys.create_organization(name="Acme", email="a@acme.test")
+        rival = apikeys.create_organization(name="Rival", email="r@rival.test", plan="pro")
+        acme_key = apikeys.create_key(acme, "a", scopes=["presentations:read"]).key
+        wildcard = apikeys.create_key(rival, "w", scopes=["*"]).key
+        admin_level = apikeys.create_key(rival, "l", level="admin").key
+        reader = apikeys.create_key(rival, "m", scopes=["apikeys:metrics"]).key
+        acme_id = str(acme.id)
+    client.get("/v1/whoami", headers={"X-API-Key": acme_key})
+    for tenant_key in (wildcard, admin_level):
+        refused = client.get("/apikeys/metrics", headers={"X-API-Key": tenant_key})
+        assert refused.status_code == 403, refused.get_data(as_text=True)[:200]
+        assert acme_id not in refused.get_data(as_text=True)
+    assert acme_id in client.get("/apikeys/metrics", headers={"X-API-Key": reader}).text
+
+
+def test_an_organization_admin_cannot_hand_out_the_metrics_scope_it_holds_only_by_wildcard(
+    app: Flask, apikeys: APIKeys, client: FlaskClient
+) -> None:
+    APIKeysMetrics(app)
+    with app.app_context():
+        rival = apikeys.create_organization(name="Rival", email="r@rival.test", plan="pro")
+        admin = apikeys.create_key(rival, "admin", scopes=["*"]).key
+        before = len(apikeys.list_keys(rival)[0])
+    for fields in ({"scopes": ["apikeys:metrics"]}, {"scopes": ["reports:read"]}):
+        response = client.post(
+            f"/admin/organizations/{rival.id}/keys",
+            json={"name": "scraper", **fields},
+            headers={"X-API-Key": admin},
+        )
+        if "apikeys:metrics" in fields["scopes"]:
+            assert response.status_code == 403, response.json
+            assert response.json["code"] == "insufficient_scope"
+        else:
+            assert response.status_code == 201, response.json
+    with app.app_context():
+        assert len(apikeys.list_keys(rival)[0]) == before + 1
+
+
 def test_rate_limit_refusals_are_counted_by_organization_and_policy(
     app: Flask, apikeys: APIKeys, client: FlaskClient
 ) -> None:
@@ -300,7 +345,7 @@ def test_key_id_is_a_label_only_when_asked(make_app: Any) -> None:
     apikeys = app.extensions["apikeys"].extension
     with app.app_context():
         organization = apikeys.create_organization(name="K", email="k@k.test")
-        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+        key = apikeys.create_key(organization, "k", scopes=["*", "apikeys:metrics"]).key
     client = app.test_client()
     client.get("/v1/whoami", headers={"X-API-Key": key})
     samples = scrape(client, key)
@@ -436,7 +481,7 @@ def test_cost_table_prices_every_request_into_the_usage_row_and_the_metric(
     with app.app_context():
         organization = apikeys.create_organization(name="C", email="c@c.test")
         org = str(organization.id)
-        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+        key = apikeys.create_key(organization, "k", scopes=["*", "apikeys:metrics"]).key
     client = app.test_client()
     headers = {"X-API-Key": key}
     # the view records 1200 tokens and 0.0125 USD itself: 0.01 + 1.2 * 0.5 + 0.0125
@@ -521,7 +566,7 @@ def test_the_cost_table_and_metrics_settings_come_from_the_environment_too(
     apikeys = app.extensions["apikeys"].extension
     with app.app_context():
         organization = apikeys.create_organization(name="E", email="e@e.test")
-        key = apikeys.create_key(organization, "k", scopes=["*"]).key
+        key = apikeys.create_key(organization, "k", scopes=["*", "apikeys:metrics"]).key
         org = organization.id
     client = app.test_client()
     client.get("/v1/whoami", headers={"X-API-Key": key})

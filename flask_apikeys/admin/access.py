@@ -29,6 +29,7 @@ from ..errors import InsufficientScope, MissingAPIKey, OrganizationNotFound
 from ..hashing import admin_key_digest
 from ..hooks import authenticate_and_limit
 from ..identity import VerifiedKey
+from ..logmask import mask_secrets
 from ..models import Organization
 from ..state import get_state
 
@@ -138,5 +139,5 @@ def managed_organization(reference: str) -> Organization:
     """The organization of the URL, if the caller may manage it; otherwise 404, as if missing."""
     organization = get_state().service.organizations.get_organization(reference)
     if not caller().may_manage(organization.id):
-        raise OrganizationNotFound(f"No organization {reference!r}.")
+        raise OrganizationNotFound(f"No organization {mask_secrets(repr(reference))}.")
     return organization

@@ -19,6 +19,9 @@ from .views import PUBLIC_ENDPOINTS, ROUTES, render
 
 __all__ = ["make_dashboard_blueprint"]
 
+#: The largest form body the dashboard reads: its forms hold a few fields of text.
+MAX_FORM_BYTES = 64 * 1024
+
 
 def make_dashboard_blueprint(url_prefix: str) -> Blueprint:
     """A fresh blueprint per app (apps must not share state), mounted at ``url_prefix``."""
@@ -35,6 +38,9 @@ def make_dashboard_blueprint(url_prefix: str) -> Blueprint:
     def require_session() -> Response | None:
         """Refuse cross-site posts, then find the signed-in admin or send to sign-in."""
         if request.method == "POST":
+            # Read none of a body bigger than our forms ever are (413): sign-in is read
+            # before anyone is signed in.
+            request.max_content_length = MAX_FORM_BYTES
             refuse_foreign_origin()
         endpoint = (request.endpoint or "").rpartition(".")[2]
         if endpoint in PUBLIC_ENDPOINTS:

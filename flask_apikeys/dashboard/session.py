@@ -73,8 +73,17 @@ class SignedIn:
     expires_at: datetime
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+def token_hash(token: str, bootstrap_digest: bytes | None = None) -> str:
+    """What the database keeps of a session's token.
+
+    A session of the bootstrap admin key keeps it bound to that key (an HMAC keyed by the
+    key's digest): once ``APIKEYS_ADMIN_KEY`` is replaced, as after a leak, its sessions are
+    found no more, like those of a revoked key.
+    """
+    material = token.encode("utf-8", "surrogateescape")
+    if bootstrap_digest is not None:
+        return hmac.new(bootstrap_digest, material, hashlib.sha256).hexdigest()
+    return hashlib.sha256(material).hexdigest()
 
 
 def now() -> datetime:
@@ -121,8 +130,9 @@ def start_session(caller: AdminCaller, organization: Organization) -> tuple[str,
     state = get_state()
     token = secrets.token_urlsafe(32)
     started = now()
+    bootstrap_digest = state.settings.admin_key_digest if caller.key is None else None
     row = DashboardSession(
-        token_hash=token_hash(token),
+        token_hash=token_hash(token, bootstrap_digest),
         api_key_id=None if caller.key is None else caller.key.id,
         organization_id=organization.id,
         created_at=started,
@@ -146,12 +156,15 @@ def end_session(token: str | None) -> None:
     """Delete the session of ``token`` (signing out; nothing happens for an unknown token)."""
     if not token:
         return
-    store = get_state().service.store
-    hashed = token_hash(token)
+    state = get_state()
+    store = state.service.store
+    hashed = {token_hash(token)}
+    if state.settings.admin_key_digest is not None:
+        hashed.add(token_hash(token, state.settings.admin_key_digest))
 
     def delete() -> None:
         store.session.execute(
-            sa.delete(DashboardSession).where(DashboardSession.token_hash == hashed)
+            sa.delete(DashboardSession).where(DashboardSession.token_hash.in_(hashed))
         )
 
     store.commit(delete)
@@ -166,7 +179,17 @@ def load_session() -> SignedIn | None:
     state = get_state()
     store = state.service.store
     row = store.read(lambda: store.session.get(DashboardSession, token_hash(token)))
-    if row is None:
+    bootstrap_digest = state.settings.admin_key_digest
+    if row is None and bootstrap_digest is not None:
+        # A bootstrap key's session, found only while the key that started it is configured.
+        hashed = token_hash(token, bootstrap_digest)
+        row = store.read(lambda: store.session.get(DashboardSession, hashed))
+        if row is None or row.api_key_id is not None:
+            return None
+    elif row is None:
+        return None
+    elif row.api_key_id is None:  # a bootstrap session not bound to the key: end it
+        end_session(token)
         return None
     caller = None if row.expires_at <= now() else _still_allowed(row)
     if caller is None:

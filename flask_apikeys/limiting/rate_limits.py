@@ -38,7 +38,7 @@ from ..errors import (
     RateLimitExceeded,
 )
 from ..forking import after_fork_in_child
-from ..network import client_address
+from ..network import client_address, counted_address
 from . import windows
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .database import DATABASE_URI, DatabaseCounters
@@ -353,7 +353,9 @@ class RateLimits:
 
     def check_anonymous(self, current_request: Request) -> LimitExceeded | None:
         """:meth:`enforce_anonymous`, returning its 429 rather than raising it (:meth:`check`)."""
-        address = client_address(current_request.environ, self.settings.trusted_proxies)
+        address = counted_address(
+            client_address(current_request.environ, self.settings.trusted_proxies)
+        )
         tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address
         policies = [
             ("address", f"apikeys:address:{tag}:{window}", amount, window)
@@ -403,7 +405,8 @@ class RateLimits:
     # -- failed authentication ----------------------------------------------------------------
 
     def refuse_if_blocked(self, address: str) -> None:
-        """Raise 429 while ``address`` is blocked for failed attempts."""
+        """Raise 429 while ``address`` (an IPv6 one's /64) is blocked for failed attempts."""
+        address = counted_address(address)
         until = self.blocked.get(address)
         if until is None:
             return
@@ -423,8 +426,10 @@ class RateLimits:
         """Count a failed attempt; past the limit, answer 429 and refuse the address for a while.
 
         Each process remembers refused addresses itself, so an address gets at most one more
-        verified attempt per process and window than the limit.
+        verified attempt per process and window than the limit. An IPv6 address counts as its
+        /64 (:func:`~flask_apikeys.network.counted_address`).
         """
+        address = counted_address(address)
         counters = self._failure_counters.get(address)
         if counters is None:
             tag = f"{{{address}}}"  # one Redis Cluster slot for all windows of an address

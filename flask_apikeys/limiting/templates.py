@@ -11,6 +11,7 @@ takes the rest as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .counters import Counter
 from .policies import KeyLimits
@@ -62,22 +63,54 @@ class LimitsTemplate:
 
     def for_key(self, key_id: str) -> KeyLimits:
         """The limits of the key whose id is ``key_id``: shared counters and texts as they are,
-        its own counters named."""
+        its own counters named.
+
+        A cold key's first request builds them, so the frozen dataclasses are filled by plain
+        slot stores (:class:`_KeyLimitsFields`): their constructors set each field through
+        ``object.__setattr__``, which cost three times as much (``bench/README.md``).
+        """
         limits = self.limits
         counters = self.shared + tuple(
             [
-                Counter(
+                _counter(
                     f"{own.prefix}{key_id}{own.suffix}", own.limit, own.window_seconds, own.sliding
                 )
                 for own in self.own
             ]
         )
-        return KeyLimits(
-            limits.names,
-            counters,
-            limits.policy_header,
-            limits.quota_index,
-            limits.field_prefixes,
-            limits.amounts,
-            limits.amount_texts,
-        )
+        named: Any = object.__new__(_KeyLimitsFields)  # typed by what it becomes
+        named.names = limits.names
+        named.counters = counters
+        named.policy_header = limits.policy_header
+        named.quota_index = limits.quota_index
+        named.field_prefixes = limits.field_prefixes
+        named.amounts = limits.amounts
+        named.amount_texts = limits.amount_texts
+        named.__class__ = KeyLimits
+        return named  # type: ignore[no-any-return]
+
+
+class _KeyLimitsFields:
+    """The memory layout of :class:`~.policies.KeyLimits` without its frozen ``__setattr__``:
+    filled by plain attribute stores, then made a ``KeyLimits`` (``__class__`` assignment,
+    allowed between classes of the same slots), as
+    :func:`~flask_apikeys.identity.build_verified_key` does for snapshots."""
+
+    __slots__ = KeyLimits.__slots__
+
+
+class _CounterFields:
+    """The same for :class:`~.counters.Counter`."""
+
+    __slots__ = Counter.__slots__
+
+
+def _counter(key: str, limit: int, window_seconds: int, sliding: bool) -> Counter:
+    """``Counter(key, limit, window_seconds, sliding)``, by plain slot stores."""
+    counter: Any = object.__new__(_CounterFields)
+    counter.key = key
+    counter.limit = limit
+    counter.window_seconds = window_seconds
+    counter.sliding = sliding
+    counter.__class__ = Counter
+    return counter  # type: ignore[no-any-return]

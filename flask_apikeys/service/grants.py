@@ -15,7 +15,7 @@ from ..identity import VerifiedKey
 from ..limiting.policies import per_minute, requests_per_minute_allowed
 from ..models import APIKey, Organization
 from ..network import networks_beyond
-from ..permissions import effective_scopes, scopes_beyond, within_plan
+from ..permissions import effective_scopes, names_scope, scopes_beyond, within_plan
 from .organizations import Organizations
 from .store import Store
 
@@ -70,6 +70,19 @@ class Grants:
         if beyond:
             raise InsufficientScope(
                 f"A key cannot grant what it does not have: {', '.join(beyond)}.", beyond=beyond
+            )
+        # Nor a scope that reaches beyond the organization, unless it holds it by name.
+        operator_scope = self.store.settings.metrics_scope
+        definitions = self.store.role_definitions
+        if names_scope(
+            operator_scope, values.get("scopes") or (), values.get("roles") or (), definitions
+        ) and not names_scope(
+            operator_scope, granter.scopes or (), granter.roles or (), definitions
+        ):
+            raise InsufficientScope(
+                f"Only a key given {operator_scope} by name may hand it out: it reads every "
+                "organization's metrics. An operator grants it with the CLI or the bootstrap key.",
+                beyond=[operator_scope],
             )
         expires_at = values.get("expires_at")
         if granter.expires_at is not None and (

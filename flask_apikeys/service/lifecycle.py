@@ -25,6 +25,7 @@ from ..errors import (
     InvalidInput,
 )
 from ..identity import VerifiedKey
+from ..logmask import mask_secrets
 from ..models import APIKey, Organization, utcnow
 from ..storable import unstorable_reason
 from . import validation
@@ -148,7 +149,8 @@ class KeyLifecycle:
             if api_key.organization_id != self.organizations.get_organization(organization).id:
                 api_key = None
         if api_key is None:
-            raise APIKeyNotFound(f"No API key {str(key_id)!r}.")
+            # A key pasted where its id belongs is not printed back (terminals, logs keep it).
+            raise APIKeyNotFound(f"No API key {mask_secrets(repr(str(key_id)))}.")
         return api_key
 
     def update_key(
@@ -177,9 +179,19 @@ class KeyLifecycle:
         changed = sorted(
             field for field, value in values.items() if getattr(api_key, field) != value
         )
-        for field in changed:
-            setattr(api_key, field, values[field])
-        self.store.commit(lambda: None, api_key)
+        # Conditional, as a revocation is: one committed since the key was read wins.
+        change = (
+            sa.update(APIKey)
+            .where(APIKey.id == api_key.id, APIKey.revoked_at.is_(None))
+            .values({field: values[field] for field in changed})
+            .execution_options(synchronize_session=False)
+        )
+
+        def write() -> None:
+            if changed and self.store.session.execute(change).rowcount != 1:  # type: ignore[attr-defined]
+                raise AlreadyRevoked("The key was revoked by another request just now.")
+
+        self.store.commit(write, api_key)
         self.store.cache.forget_key(api_key.id)
         if changed:
             self.store.notify("key.updated", api_key=api_key, actor=actor, changes=changed)

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from ..config import Plan
 from ..errors import InvalidInput, KeyLimitReached, OrganizationNotFound
 from ..limiting.policies import requests_per_minute_allowed
+from ..logmask import mask_secrets
 from ..models import APIKey, Organization, utcnow
 from ..permissions import effective_scopes, scopes_beyond
 from . import validation
@@ -174,7 +175,7 @@ class Organizations:
             # Only what can be a slug reaches the database: a URL's text may hold anything.
             organization = self.find_by_slug(reference)
         if organization is None:
-            raise OrganizationNotFound(f"No organization {str(reference)!r}.")
+            raise OrganizationNotFound(f"No organization {mask_secrets(repr(str(reference)))}.")
         return organization
 
     def list_organizations(
@@ -234,7 +235,12 @@ class Organizations:
         return int(session.scalar(sa.select(sa.func.count(APIKey.id)).where(*authenticating)) or 0)
 
     def check_key_count(self, organization: Organization) -> None:
-        """Raise if the organization now has more authenticating keys than its plan allows."""
+        """Raise if the organization now has more authenticating keys than its plan allows.
+
+        Called under the organization's lock (:meth:`lock`): its plan is read again there, so
+        that a downgrade committed since the organization was loaded is the limit checked.
+        """
+        self.store.session.refresh(organization, ["plan", "max_api_keys"], with_for_update=True)
         maximum = self.plan_of(organization).max_keys
         if maximum is None:
             return

@@ -9,6 +9,7 @@ id (a second point lookup) only when no key of it was read within the cache TTL.
 
 from __future__ import annotations
 
+import copy
 import functools
 import ipaddress
 import time
@@ -104,9 +105,19 @@ MAX_SHARED = 1024
 NO_METADATA: Mapping[str, object] = MappingProxyType({})
 
 
+def own_metadata(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A snapshot's own read-only copy of metadata that the lookup converted once for every
+    key with the same JSON: nested lists and objects copied too, so that a view changing one
+    changes no other key's (of any organization). Flat metadata costs one shallow copy."""
+    for value in metadata.values():
+        if isinstance(value, dict | list):
+            return MappingProxyType(copy.deepcopy(dict(metadata)))
+    return MappingProxyType(dict(metadata))
+
+
 @functools.cache
 def _by_retired_digests(count: int, joined: bool) -> sa.Select[Any]:
-    """The lookup by any of ``count`` digests under retired schemes and secrets.
+    """The lookup by any of ``count`` digests: the current one, then retired schemes' and secrets'.
 
     One plain parameter per digest: an "expanding" ``IN`` would be re-rendered on every call.
     """
@@ -152,12 +163,13 @@ class Verification:
                 raise InvalidAPIKey("The API key is malformed.")
             if self.cache.is_unknown(digest):
                 raise InvalidAPIKey(NOT_RECOGNISED)
+            changes_before = self.cache.changes  # a change while reading: not cached
             try:
                 verified, read_at = self._load_verified_key(presented)
             except InvalidAPIKey:
                 self.cache.put_unknown(digest)
                 raise
-            self.cache.put(digest, verified, read_at)
+            self.cache.put(digest, verified, read_at, changes_before)
         self.check_usable(verified)
         return verified
 
@@ -172,11 +184,12 @@ class Verification:
         verified = self.cache.get(cache_entry)
         if verified is None:
             query = _BY_ID[self.cache.ttl_seconds <= 0]
+            changes_before = self.cache.changes
             row = self._snapshot_row(query, {"key_id": key_id})
             if row is None:
                 return None
             verified, read_at = self._snapshot_of_row(row)
-            self.cache.put(cache_entry, verified, read_at)
+            self.cache.put(cache_entry, verified, read_at, changes_before)
         return verified
 
     def check_usable(self, verified: VerifiedKey) -> None:
@@ -206,12 +219,18 @@ class Verification:
         retired = self.hasher.retired_candidates(presented)
         if not retired:
             raise InvalidAPIKey(NOT_RECOGNISED)
-        query = _by_retired_digests(len(retired), joined)
+        # The current digest again, in the same query: another request may have rehashed this
+        # key between the two lookups (it would otherwise be a spurious 401, remembered).
+        candidates = [current, *retired]
+        query = _by_retired_digests(len(candidates), joined)
         row = self._snapshot_row(
-            query, {f"d{index}": digest for index, digest in enumerate(retired)}
+            query, {f"d{index}": digest for index, digest in enumerate(candidates)}
         )
-        if row is None or self.hasher.match_index(retired, row.key_hash) is None:
+        matched = None if row is None else self.hasher.match_index(candidates, row.key_hash)
+        if matched is None:
             raise InvalidAPIKey(NOT_RECOGNISED)
+        if matched == 0:
+            return self._snapshot_of_row(row)
         rehash = sa.update(APIKey).where(APIKey.id == row.id)
         rehash = rehash.values(key_hash=self.hasher.hash(presented))
 
@@ -277,7 +296,7 @@ class Verification:
             prefix=row.key_prefix,
             hint=row.key_hint,
             scopes=scopes[0],
-            metadata=MappingProxyType(dict(metadata)) if metadata else NO_METADATA,
+            metadata=own_metadata(metadata) if metadata else NO_METADATA,
             custom_rate_limit=row.custom_rate_limit,
             expires_at=expires_at,
             revoked_at=row.revoked_at,
