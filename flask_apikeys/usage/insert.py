@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from ..boundedcache import BoundedCache
 from ..models import APIKeyUsage
+from .key_counters import joined_update, update_postgresql, update_sqlite
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
 
 usage_table: sa.Table = APIKeyUsage.__table__  # type: ignore[assignment]
@@ -217,9 +218,11 @@ class InsertPlan:
         keys: list[tuple[Any, int, float]],
         texts: IdTexts | None = None,
     ) -> None:
-        """Run ``statement``, which binds :data:`COUNTER_PARAMETERS`, once per key of ``keys``
-        (its id, its requests, its latest POSIX time), in their order; ``texts``: the ids'
-        :meth:`id_texts`, if made already.
+        """Add to the counters of ``keys`` (its id, its requests, its latest POSIX time), in
+        their order: many keys per statement where the dialect joins an ``UPDATE`` with their
+        values (:mod:`.key_counters`), else ``statement``, which binds
+        :data:`COUNTER_PARAMETERS`, once per key; ``texts``: the ids' :meth:`id_texts`, if made
+        already.
 
         On SQLite the parameters are the driver's own, made as the raw rows' are (the id's
         text, the time's text from the float): through ``execute_many`` each time went from a
@@ -229,6 +232,11 @@ class InsertPlan:
         if not keys:
             return
         convert_id = self.id_processor
+        joined = joined_update(self.dialect)
+        if joined == "unnest":
+            ids, counts, times = zip(*keys, strict=True)
+            update_postgresql(connection, ids, counts, self._timestamps(times))
+            return
         if self.dialect.name not in PREPARED_DIALECTS or not self.iso_text or convert_id is None:
             execute_many(
                 connection,
@@ -247,8 +255,13 @@ class InsertPlan:
         id_texts = (
             map(convert_id, ids) if texts is None else map(texts.__getitem__, map(_NUMBER, ids))
         )
-        triples = zip(id_texts, counts, self._timestamps(times), strict=True)
-        connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
+        triples: Sequence[tuple[Any, int, str]] = list(
+            zip(id_texts, counts, self._timestamps(times), strict=True)
+        )
+        if joined == "values":
+            triples = update_sqlite(connection, triples)
+        if triples:
+            connection.exec_driver_sql(prepared.sql, list(map(spread, triples)))
 
     def _insert_run(
         self,

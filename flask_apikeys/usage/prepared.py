@@ -8,9 +8,9 @@ spent storing the rows. Here the statement is compiled once per dialect, each va
 converted once per call (a flush passes the same ids and bucket starts many times), and the
 rows go to the driver as tuples through ``exec_driver_sql``, so cursor events still see them.
 
-Only SQLite takes this path: on PostgreSQL SQLAlchemy batches an ``executemany`` into
-multi-row ``VALUES`` (one round trip per batch instead of per row), which a driver's plain
-``executemany`` would lose; MySQL and MariaDB keep SQLAlchemy's path too.
+Only SQLite takes this path: PostgreSQL with psycopg 3 sends a flush's key counters and
+rollups as arrays instead (:mod:`.key_counters`, :mod:`.array_rollups`); MySQL and MariaDB
+keep SQLAlchemy's path.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ UPDATE`` on SQLite and PostgreSQL, ``ON DUPLICATE KEY UPDATE`` on MySQL and Mari
 transaction that inserts the raw rows: either both are stored or neither is, whichever process
 flushes and whenever it dies. Groups are written in sorted order, so two workers flushing at
 once take their row locks in the same order (SQLite has none: its first write locks the whole
-database until the commit, so there the order is left as it comes).
+database until the commit, so there the order is left as it comes). On PostgreSQL with
+psycopg 3 the rows go in that order as arrays, in one statement (:mod:`.array_rollups`).
 
 :mod:`~flask_apikeys.usage.backfill` adds raw rows written before the rollups existed.
 """
@@ -36,6 +37,7 @@ from ..models import (
     APIKeyUsage,
     APIKeyUsageRollup,
 )
+from .array_rollups import column_processors, unnest_upsert, upsert_arrays
 from .prepared import PREPARED_DIALECTS, execute_many, prepare
 from .single_rollups import (
     GROUP_IN_TABLE_ORDER,
@@ -306,9 +308,39 @@ def write_rollups(
             for (bucket, with_amounts), rows_of_bucket in sorted((singles or {}).items()):
                 write_single_requests(connection, bucket, with_amounts, rows_of_bucket)
             return
+    if statement is not None and unnest_upsert(dialect):
+        _write_arrays(connection, statement, hours, days, ids)
+        return
     add_to_rollups(
         connection, _parameters("hour", HOUR, hours, ids) + _parameters("day", DAY, days, ids)
     )
+
+
+def _write_arrays(
+    connection: sa.Connection,
+    statement: sa.Executable,
+    hours: Groups,
+    days: Groups,
+    ids: dict[int, Any],
+) -> None:
+    """PostgreSQL: the rows of both granularities in one statement (:mod:`.array_rollups`),
+    in the general path's order (hours, then days, each sorted by group)."""
+    processors = column_processors(connection.dialect, ROW_COLUMNS)
+    if not _convertible(processors):
+        raise RuntimeError(f"unexpected rollup conversions for {connection.dialect.name}")
+    convert_key = processors["api_key_id"] or _same
+    convert_organization = processors["organization_id"] or _same
+    key_values = {number: convert_key(value) for number, value in ids.items()}
+    organization_values = {number: convert_organization(value) for number, value in ids.items()}
+    convert_start = processors["bucket_start"] or _same
+    sum_processors = tuple(
+        (index, convert)
+        for index, name in enumerate(SUM_COLUMNS)
+        if (convert := processors[name]) is not None
+    )
+    conversions = ((organization_values, key_values), convert_start, sum_processors)
+    rows = [*_tuples("hour", HOUR, hours, *conversions), *_tuples("day", DAY, days, *conversions)]
+    upsert_arrays(connection, statement, ROW_COLUMNS, rows)
 
 
 _singles_checked: dict[str, bool] = {}

@@ -2,10 +2,12 @@
 
 The response step (:mod:`flask_apikeys.hooks`) only appends a tuple to an in-memory queue. A
 daemon thread per app writes the queue every ``APIKEYS_USAGE_FLUSH_INTERVAL`` seconds (or
-sooner when ``APIKEYS_USAGE_BATCH_SIZE`` rows wait) with one bulk ``INSERT`` and one atomic
-``total_requests = total_requests + n`` update per key, on a connection of its own. The queue is
-flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM). A hard kill
-(SIGKILL, power loss) loses what was queued since the last flush: at most one interval's rows.
+sooner when ``APIKEYS_USAGE_BATCH_SIZE`` rows wait) with one bulk ``INSERT`` and an atomic
+``total_requests = total_requests + n`` update of each key (many keys per statement where the
+database joins one with their values: :mod:`.key_counters`), on a connection of its own. The
+queue is flushed at interpreter exit, which covers a graceful gunicorn shutdown (SIGTERM). A
+hard kill (SIGKILL, power loss) loses what was queued since the last flush: at most one
+interval's rows.
 ``APIKEYS_USAGE_MODE = "sync"`` writes each request's row before the response instead.
 
 If the database cannot be reached, the rows stay queued and are retried; past
