@@ -89,6 +89,18 @@ def is_client_credentials_request(current_request: Request) -> bool:
     return False
 
 
+def reads_body_before_authenticating(current_request: Request) -> bool:
+    """Whether the token endpoint must read this request's body before it knows the client:
+    HTTP Basic or a form (RFC 6749's client credentials, whose client may be in the body).
+
+    The key exchange (a key in a header, a JSON body) is authenticated first and read after,
+    like the admin API, and its refusals stay problem documents.
+    """
+    authorization = current_request.environ.get("HTTP_AUTHORIZATION", "")
+    basic = authorization.strip().partition(" ")[0].lower() == "basic"
+    return basic or current_request.mimetype == FORM_MIMETYPE
+
+
 def client_credentials_grant(current_request: Request, state: ExtensionState) -> Response:
     """RFC 6749 4.4: a token for the key the client authenticated with."""
     parameters = form_parameters(current_request, "grant_type", "scope")
@@ -119,7 +131,8 @@ def client_credentials_grant(current_request: Request, state: ExtensionState) ->
 def token_endpoint() -> Response:
     """``POST APIKEYS_JWT_TOKEN_PATH``: the client credentials grant, or the key exchange."""
     current_request = request._get_current_object()  # type: ignore[attr-defined]
-    refuse_big_body(current_request)
+    if reads_body_before_authenticating(current_request):
+        refuse_big_body(current_request)  # an OAuth error: the client speaks OAuth
     if is_client_credentials_request(current_request):
         return client_credentials_grant(current_request, get_state())
     return issue_token()

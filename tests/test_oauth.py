@@ -811,6 +811,25 @@ def test_a_big_body_is_refused_unread(client: FlaskClient, path: str, content_ty
         content_type=content_type,
         environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(size)},
     )
-    assert response.status_code == 413, response.get_data(as_text=True)[:200]
-    assert response.json is not None and response.json["error"] == "invalid_request"
+    if path == TOKEN_PATH and content_type != "application/x-www-form-urlencoded":
+        # The key exchange (no Basic, no form): authenticated before its body is read.
+        assert_problem(response, 401, "missing_api_key")
+    else:
+        assert response.status_code == 413, response.get_data(as_text=True)[:200]
+        assert response.json is not None and response.json["error"] == "invalid_request"
     assert body.read_bytes < 64 * 1024
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_the_key_exchange_answers_a_big_body_with_a_problem_document(
+    client: FlaskClient, app: Flask, content_type: str
+) -> None:
+    """The key exchange speaks problem documents, whatever its body's size (an OAuth error
+    there would be a client's surprise): a key in the header, 20 KiB of nested JSON."""
+    key = new_key(app)
+    body = '{"scope": ' + '{"a": ' * 3000 + "1" + "}" * 3000 + "}"
+    response = client.post(
+        TOKEN_PATH, headers={"X-API-Key": key.secret}, data=body, content_type=content_type
+    )
+    assert response.status_code in (400, 422), response.get_data(as_text=True)[:200]
+    assert response.mimetype == "application/problem+json"
