@@ -63,7 +63,7 @@ def unnest_sql(dialect: sa.Dialect, upsert: sa.Executable, columns: tuple[str, .
         f"CAST(%({name})b AS {_MODIFIERS.sub('', rollups.c[name].type.compile(dialect=dialect))}[])"
         for name in columns
     )
-    return f"{insert} SELECT * FROM unnest({arrays}) ON CONFLICT {rest}"  # noqa: S608
+    return f"{insert} SELECT * FROM unnest({arrays}) ON CONFLICT {rest}"  # noqa: S608  # nosec B608
 
 
 def upsert_arrays(

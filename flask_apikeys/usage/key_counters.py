@@ -79,7 +79,7 @@ def sqlite_sql(dialect: sa.Dialect, keys: int) -> str:
     values = ", ".join(["(?, ?, ?)"] * keys)
     # Identifiers quoted by the dialect, placeholders only: no value is in the text.
     return (
-        f"UPDATE {names['table']} SET "  # noqa: S608
+        f"UPDATE {names['table']} SET "  # noqa: S608  # nosec B608
         f"{_assignments(names, 'counted.column2', 'counted.column3')} "
         f"FROM (VALUES {values}) AS counted "
         f"WHERE {names['table']}.{names['id']} = counted.column1"
@@ -97,7 +97,7 @@ def postgresql_sql(dialect: sa.Dialect) -> str:
     time_type = keys_table.c.last_used_at.type.compile(dialect=dialect)
     # Identifiers quoted by the dialect, placeholders only: no value is in the text.
     return (
-        f"WITH locked AS (SELECT {key} FROM {table} "  # noqa: S608
+        f"WITH locked AS (SELECT {key} FROM {table} "  # noqa: S608  # nosec B608
         f"WHERE {key} = ANY(CAST(%(key_ids)b AS {id_type}[])) ORDER BY {key} FOR UPDATE) "
         f"UPDATE {table} SET {_assignments(names, 'counted.added', 'counted.seen')} "
         f"FROM locked JOIN unnest(CAST(%(key_ids)b AS {id_type}[]), "
