@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from operator import add
 from typing import Any
@@ -288,13 +288,7 @@ def write_rollups(
                 number: key_texts[number] if number in known else convert_organization(ids[number])
                 for number in {group[0] for group in groups}
             }
-            convert_start = processors["bucket_start"] or _same
-            sum_processors = tuple(
-                (index, convert)
-                for index, name in enumerate(SUM_COLUMNS)
-                if (convert := processors[name]) is not None
-            )
-            conversions = ((organization_texts, key_texts), convert_start, sum_processors)
+            conversions = ((organization_texts, key_texts), *_value_conversions(processors))
             singles: Singles | None = {} if _singles_prepared(dialect) else None
             # SQLite: the transaction holds the database's write lock, so neither the groups'
             # order nor the statements' across buckets takes row locks out of order.
@@ -316,6 +310,19 @@ def write_rollups(
     )
 
 
+def _value_conversions(
+    processors: Mapping[str, Callable[[Any], Any] | None],
+) -> tuple[Callable[[Any], Any], tuple[tuple[int, Callable[[Any], Any]], ...]]:
+    """A rollup row's bucket start conversion, and its sums' (position, conversion) pairs for
+    the sums the dialect converts."""
+    sum_processors = tuple(
+        (index, convert)
+        for index, name in enumerate(SUM_COLUMNS)
+        if (convert := processors[name]) is not None
+    )
+    return processors["bucket_start"] or _same, sum_processors
+
+
 def _write_arrays(
     connection: sa.Connection,
     statement: sa.Executable,
@@ -332,13 +339,7 @@ def _write_arrays(
     convert_organization = processors["organization_id"] or _same
     key_values = {number: convert_key(value) for number, value in ids.items()}
     organization_values = {number: convert_organization(value) for number, value in ids.items()}
-    convert_start = processors["bucket_start"] or _same
-    sum_processors = tuple(
-        (index, convert)
-        for index, name in enumerate(SUM_COLUMNS)
-        if (convert := processors[name]) is not None
-    )
-    conversions = ((organization_values, key_values), convert_start, sum_processors)
+    conversions = ((organization_values, key_values), *_value_conversions(processors))
     rows = [*_tuples("hour", HOUR, hours, *conversions), *_tuples("day", DAY, days, *conversions)]
     upsert_arrays(connection, statement, ROW_COLUMNS, rows)
 
