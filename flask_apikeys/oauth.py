@@ -73,6 +73,7 @@ def is_client_credentials_request(current_request: Request) -> bool:
     if authorization.strip().partition(" ")[0].lower() == "basic":
         return True
     if current_request.mimetype == FORM_MIMETYPE:
+        refuse_big_body(current_request)  # a form is read before anyone is authenticated
         form = current_request.form
         return any(name in form for name in ("grant_type", "client_id", "client_secret"))
     # Read before anyone is authenticated: only a body as small as a token request is.
@@ -87,18 +88,6 @@ def is_client_credentials_request(current_request: Request) -> bool:
             return False  # the key exchange answers it (400/422), as any body that is not JSON
         return isinstance(body, dict) and "grant_type" in body
     return False
-
-
-def reads_body_before_authenticating(current_request: Request) -> bool:
-    """Whether the token endpoint must read this request's body before it knows the client:
-    HTTP Basic or a form (RFC 6749's client credentials, whose client may be in the body).
-
-    The key exchange (a key in a header, a JSON body) is authenticated first and read after,
-    like the admin API, and its refusals stay problem documents.
-    """
-    authorization = current_request.environ.get("HTTP_AUTHORIZATION", "")
-    basic = authorization.strip().partition(" ")[0].lower() == "basic"
-    return basic or current_request.mimetype == FORM_MIMETYPE
 
 
 def client_credentials_grant(current_request: Request, state: ExtensionState) -> Response:
@@ -131,8 +120,6 @@ def client_credentials_grant(current_request: Request, state: ExtensionState) ->
 def token_endpoint() -> Response:
     """``POST APIKEYS_JWT_TOKEN_PATH``: the client credentials grant, or the key exchange."""
     current_request = request._get_current_object()  # type: ignore[attr-defined]
-    if reads_body_before_authenticating(current_request):
-        refuse_big_body(current_request)  # an OAuth error: the client speaks OAuth
     if is_client_credentials_request(current_request):
         return client_credentials_grant(current_request, get_state())
     return issue_token()
