@@ -102,6 +102,21 @@ def refuse_blocked_address(environ: dict[str, Any], state: ExtensionState) -> No
         limits.refuse_if_blocked(client_address(environ, state.settings.trusted_proxies))
 
 
+def refuse_outside_networks(
+    key: VerifiedKey, environ: dict[str, Any], trusted_proxies: int
+) -> None:
+    """Refuse (403) a request from outside the key's ``allowed_networks`` (none: anywhere).
+
+    Every credential made from a key (the key, its access tokens, a dashboard session it
+    started) is used only from where the key may be.
+    """
+    if key.allowed_networks:
+        address = client_address(environ, trusted_proxies)
+        if not address_allowed(address, key.allowed_networks):
+            refusal = IPNotAllowed(f"This key may not be used from {address}.")
+            raise refusal.about_key(key.id, key.organization.id)
+
+
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
     return authenticate(request._get_current_object(), get_state())  # type: ignore[attr-defined]
@@ -135,9 +150,7 @@ def authenticate(
             else:
                 outcome = state.service.verification.verify_key(presented)
             if outcome is not None and outcome.allowed_networks:
-                address = client_address(environ, state.settings.trusted_proxies)
-                if not address_allowed(address, outcome.allowed_networks):
-                    raise IPNotAllowed(f"This key may not be used from {address}.")
+                refuse_outside_networks(outcome, environ, state.settings.trusted_proxies)
         except APIKeyError as error:
             outcome = error
             if presented is not None:

@@ -47,6 +47,10 @@ class APIKeyError(HTTPException):
 
     error_code: ClassVar[str] = "api_key_error"
     title: ClassVar[str] = "API key error"
+    #: The stored key a refusal is about, as ``(key id, organization id)``, when the credential
+    #: matched one (revoked, expired, used from elsewhere): the audit record of the refused
+    #: attempt belongs to that organization. Never part of the problem document.
+    refused_key: tuple[Any, Any] | None = None
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(description=detail or self.title)
@@ -58,6 +62,11 @@ class APIKeyError(HTTPException):
 
     def __str__(self) -> str:
         return self.detail
+
+    def about_key(self, key_id: Any, organization_id: Any) -> Self:
+        """This error, noting the stored key it refuses (see :attr:`refused_key`)."""
+        self.refused_key = (key_id, organization_id)
+        return self
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""

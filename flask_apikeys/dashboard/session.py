@@ -23,7 +23,7 @@ from flask import g, request
 from werkzeug.wrappers import Response
 
 from ..admin.access import ADMIN_SCOPE, AdminCaller
-from ..auth import authenticate, refuse_blocked_address
+from ..auth import authenticate, refuse_blocked_address, refuse_outside_networks
 from ..environ import CLAIMS_ENVIRON_KEY
 from ..errors import (
     APIKeyError,
@@ -207,8 +207,10 @@ def _still_allowed(row: DashboardSession) -> AdminCaller | None:
     if key is None or key.organization.id != row.organization_id:
         return None
     try:
-        # Revoked, expired (a rotation's overlap over), organization switched off.
+        # Revoked, expired (a rotation's overlap over), organization switched off; and used
+        # from outside the key's networks: the cookie is the key's, it works where the key does.
         state.service.verification.check_usable(key)
+        refuse_outside_networks(key, request.environ, state.settings.trusted_proxies)
     except APIKeyError:
         return None
     return AdminCaller(key=key) if key.has_scope(ADMIN_SCOPE) else None
