@@ -75,16 +75,22 @@ def extract_credential(environ: dict[str, Any]) -> str | None:
 def refuse_key_in_url(current_request: Request, *, tokens_enabled: bool = False) -> None:
     """Refuse (400) a request that carries a key in its query string, where it leaks to logs.
 
-    With access tokens on, a JWT-shaped value or an ``access_token`` parameter is refused too.
+    A key-shaped parameter name counts as much as a value (``?pk_live_…``, a key appended to
+    the URL as it is). With access tokens on, a JWT-shaped name or value or an
+    ``access_token`` parameter is refused too.
     """
     for name, value in current_request.args.items(multi=True):
         lowered = name.lower()
-        if lowered in URL_KEY_PARAMETERS or looks_like_key(value):
+        if lowered in URL_KEY_PARAMETERS or looks_like_key(value) or looks_like_key(name):
             raise APIKeyInURL(
                 "API keys must not be sent in the URL, where logs and browser history keep them. "
                 "Send it in the Authorization or X-API-Key header, and revoke this key."
             )
-        if tokens_enabled and (lowered in URL_TOKEN_PARAMETERS or looks_like_access_token(value)):
+        if tokens_enabled and (
+            lowered in URL_TOKEN_PARAMETERS
+            or looks_like_access_token(value)
+            or looks_like_access_token(name)
+        ):
             raise APIKeyInURL(
                 "Access tokens must not be sent in the URL, where logs and browser history keep "
                 "them. Send it in the Authorization header (Bearer)."
