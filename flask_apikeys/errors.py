@@ -28,6 +28,7 @@ from werkzeug.exceptions import (
 )
 
 from .environ import RAISED_ENVIRON_KEY
+from .logmask import mask_secrets
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
@@ -277,8 +278,25 @@ class InvalidInput(APIKeyError, UnprocessableEntity):
     def __init__(
         self, detail: str | None = None, *, errors: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__(detail, **({"errors": dict(errors)} if errors else {}))
-        self.errors = dict(errors or {})
+        # Field names and messages may repeat what the caller sent, a pasted key included:
+        # masked, as in a log line, since clients and gateways log error documents.
+        masked = _masked(dict(errors or {}))
+        super().__init__(
+            None if detail is None else mask_secrets(detail),
+            **({"errors": masked} if masked else {}),
+        )
+        self.errors = masked
+
+
+def _masked(value: Any) -> Any:
+    """``value`` (error messages: text, lists and mappings of them) with every secret masked."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return {_masked(name): _masked(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 class KeyLimitReached(APIKeyError, Conflict):
