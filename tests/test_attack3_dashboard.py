@@ -25,8 +25,9 @@ ELSEWHERE = "203.0.113.99"
 
 
 @pytest.fixture
-def app_config() -> dict[str, Any]:
-    return {"APIKEYS_DASHBOARD_URL_PREFIX": PREFIX, "APIKEYS_USAGE_MODE": "sync"}
+def app_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    extra = getattr(request, "param", {})
+    return {"APIKEYS_DASHBOARD_URL_PREFIX": PREFIX, "APIKEYS_USAGE_MODE": "sync", **extra}
 
 
 def from_address(app: Flask, address: str) -> FlaskClient:
@@ -138,3 +139,26 @@ def test_a_made_up_key_with_an_organizations_prefix_is_not_put_in_its_audit_page
     outsider = from_address(app, "192.0.2.66")
     assert outsider.get("/v1/presentations", headers={"X-API-Key": forged}).status_code == 401
     assert "192.0.2.66" not in audit_page_of(app, created.key)
+
+
+@pytest.mark.parametrize("app_config", [{"APIKEYS_ADMIN_RATE_LIMIT": "3/minute"}], indirect=True)
+def test_the_dashboard_spends_the_same_admin_budget_as_the_admin_api(
+    app: Flask, apikeys: APIKeys
+) -> None:
+    """A signed-in key's pages and forms took nothing from its admin budget: a script holding
+    the cookie created, rotated and listed keys without the ``APIKEYS_ADMIN_RATE_LIMIT`` that
+    the admin API holds the same key to."""
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@acme.io", plan="pro")
+        key = apikeys.create_key(organization, "admin", scopes=["admin"]).key
+        organization_id = organization.id
+    browser = from_address(app, OFFICE)
+    assert sign_in(browser, key).status_code == 303  # signing in spends none of it
+    assert [browser.get(PREFIX + "/keys").status_code for _ in range(3)] == [200, 200, 200]
+    refused = browser.get(PREFIX + "/keys")
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    # One budget: the admin API is refused for the same key now.
+    api = app.test_client().get(
+        f"/admin/organizations/{organization_id}/keys", headers={"X-API-Key": key}
+    )
+    assert api.status_code == 429

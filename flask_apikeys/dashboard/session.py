@@ -216,6 +216,16 @@ def _still_allowed(row: DashboardSession) -> AdminCaller | None:
     return AdminCaller(key=key) if key.has_scope(ADMIN_SCOPE) else None
 
 
+def spend_admin_budget(signed_in: SignedIn) -> None:
+    """Take one unit of the signed-in key's admin budget (``APIKEYS_ADMIN_RATE_LIMIT``), or
+    raise 429: the dashboard is another door to the admin API's operations, not a way around
+    its limit. The bootstrap key has no budget there either."""
+    limits = get_state().limits
+    key = signed_in.caller.key
+    if limits is not None and key is not None:
+        limits.enforce_admin(key, request._get_current_object())  # type: ignore[attr-defined]
+
+
 def signed_in() -> SignedIn:
     """The signed-in admin of the current request (set by the blueprint's ``before_request``)."""
     return cast(SignedIn, g._apikeys_dashboard)
