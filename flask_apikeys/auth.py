@@ -16,7 +16,11 @@ from flask import Request, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from . import signals
-from .environ import OUTCOME_ENVIRON_KEY, VERIFICATION_SECONDS_ENVIRON_KEY
+from .environ import (
+    CREDENTIAL_ENVIRON_KEY,
+    OUTCOME_ENVIRON_KEY,
+    VERIFICATION_SECONDS_ENVIRON_KEY,
+)
 from .errors import (
     APIKeyError,
     APIKeyInURL,
@@ -123,6 +127,19 @@ def refuse_outside_networks(
             raise refusal.about_key(key.id, key.organization.id)
 
 
+def refuse_other_credential(environ: dict[str, Any], credential: str) -> None:
+    """Refuse (401) ``credential`` when the request was authenticated with another one.
+
+    Only callers that pass a credential of their own get here, never the hook's hot path.
+    """
+    authenticated = environ.get(CREDENTIAL_ENVIRON_KEY)
+    if authenticated is None:  # the headers' credential, read by the first call
+        header = extract_credential(environ)
+        authenticated = None if header is None else hash(header)
+    if authenticated != hash(credential):
+        raise InvalidAPIKey("Two different keys were sent; send one.")
+
+
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
     return authenticate(request._get_current_object(), get_state())  # type: ignore[attr-defined]
@@ -134,10 +151,14 @@ def authenticate(
     """:func:`authenticate_request` for callers that already hold the request and state.
 
     :param credential: the key or token to verify instead of the one in the headers (the
-        OAuth endpoints read it from HTTP Basic or the form body).
+        OAuth endpoints read it from HTTP Basic or the form body). If the request was already
+        authenticated with another credential (the headers', by a key function that ran
+        first), it is refused as two different keys, never answered with the other's outcome.
     """
     environ = current_request.environ
     outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
+    if credential is not None and outcome is not _NOT_YET and outcome is not None:
+        refuse_other_credential(environ, credential)
     # A key function run before the view may have found no header credential; the credential
     # given now is still verified.
     if outcome is _NOT_YET or (outcome is None and credential is not None):
@@ -162,6 +183,8 @@ def authenticate(
             if presented is not None:
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
+        if credential is not None:
+            environ[CREDENTIAL_ENVIRON_KEY] = hash(credential)
         if presented is not None:
             seconds = environ[VERIFICATION_SECONDS_ENVIRON_KEY] = (
                 perf_counter() - verification_started
