@@ -135,7 +135,9 @@ def refuse_other_credential(environ: dict[str, Any], credential: str) -> None:
     authenticated = environ.get(CREDENTIAL_ENVIRON_KEY)
     if authenticated is None:  # the headers' credential, read by the first call
         header = extract_credential(environ)
-        authenticated = None if header is None else hash(header)
+        if header is None:
+            return  # a refusal about no credential (a blocked address, a key in the URL) stands
+        authenticated = hash(header)
     if authenticated != hash(credential):
         raise InvalidAPIKey("Two different keys were sent; send one.")
 

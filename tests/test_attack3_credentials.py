@@ -34,6 +34,7 @@ def limited_app(tmp_path: Path) -> Iterator[tuple[Flask, APIKeys]]:
         TESTING=True,
         SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'keys.sqlite'}",
         APIKEYS_DASHBOARD_URL_PREFIX=PREFIX,
+        APIKEYS_FAILED_AUTH_LIMIT="3/minute",
     )
     db = SQLAlchemy(app)
     apikeys = APIKeys()
@@ -78,3 +79,19 @@ def test_the_dashboard_signs_in_with_the_pasted_key_never_with_a_header_key(
     # The same key in both places is one credential: signed in.
     assert post_sign_in(client, visitor_admin, visitor_admin) == 303
     assert "Visitor" in client.get(PREFIX + "/keys").text
+
+
+def test_a_refusal_about_no_credential_stands_when_a_key_function_ran_first(
+    limited_app: tuple[Flask, APIKeys],
+) -> None:
+    """A refusal the key function made before reading any credential (a key in the URL) stays
+    the answer to a client secret sent in the form: 400, not "two different keys"."""
+    app, apikeys = limited_app
+    with app.app_context():
+        organization = apikeys.create_organization(name="Acme", email="a@a.io", plan="pro")
+        created = apikeys.create_key(organization, "admin", scopes=["admin"])
+    form = {"client_id": str(created.api_key.id), "client_secret": created.key, "token": "x"}
+    response = app.test_client().post(f"/auth/revoke?{created.key}", data=form)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_request"
+    assert created.key not in response.get_data(as_text=True)
