@@ -163,8 +163,11 @@ def authorization_server_metadata() -> Response:
         document["revocation_endpoint"] = url_for("apikeys_oauth.revoke", _external=True)
         document["revocation_endpoint_auth_methods_supported"] = AUTH_METHODS
     response = jsonify(document)
-    response.cache_control.public = True
+    # Its URLs come from the request's host: a shared cache that does not key on it (or on
+    # X-Forwarded-Host) would hand every client an attacker's token endpoint.
+    response.cache_control.private = True
     response.cache_control.max_age = METADATA_MAX_AGE
+    response.vary.update(("Host", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"))
     return response
 
 

@@ -11,7 +11,7 @@ in the sign-in form signed in as the header's key.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -95,3 +95,21 @@ def test_a_refusal_about_no_credential_stands_when_a_key_function_ran_first(
     assert response.status_code == 400, response.get_data(as_text=True)
     assert response.get_json()["error"] == "invalid_request"
     assert created.key not in response.get_data(as_text=True)
+
+
+def test_the_oauth_metadata_built_from_the_host_is_not_kept_by_shared_caches(
+    make_app: Callable[..., Flask],
+) -> None:
+    """The RFC 8414 document names the token endpoint by the request's host (or
+    ``X-Forwarded-Host`` behind ``ProxyFix``) and was sent ``Cache-Control: public``: a CDN
+    that does not key on that header kept a document naming an attacker's host for every
+    client, who then sent their keys (client secrets) there."""
+    app = make_app(APIKEYS_JWT_ENABLED=True, APIKEYS_JWT_SECRET="s" * 40)
+    response = app.test_client().get(
+        "/.well-known/oauth-authorization-server", headers={"Host": "attacker.example"}
+    )
+    assert response.status_code == 200
+    assert response.get_json()["token_endpoint"].startswith("http://attacker.example/")
+    assert not response.cache_control.public
+    assert response.cache_control.private and response.cache_control.max_age == 300
+    assert "Host" in response.vary
