@@ -122,7 +122,9 @@ def verify_admin_credential(presented: str) -> AdminCaller:
             "Only a key with the admin scope may sign in to the dashboard.",
             required_scopes=[ADMIN_SCOPE],
         )
-    return AdminCaller(key=key)
+    caller = AdminCaller(key=key)
+    spend_admin_budget(caller)  # each sign-in stores a session and an audit record
+    return caller
 
 
 def start_session(caller: AdminCaller, organization: Organization) -> tuple[str, DashboardSession]:
@@ -216,12 +218,12 @@ def _still_allowed(row: DashboardSession) -> AdminCaller | None:
     return AdminCaller(key=key) if key.has_scope(ADMIN_SCOPE) else None
 
 
-def spend_admin_budget(signed_in: SignedIn) -> None:
-    """Take one unit of the signed-in key's admin budget (``APIKEYS_ADMIN_RATE_LIMIT``), or
-    raise 429: the dashboard is another door to the admin API's operations, not a way around
-    its limit. The bootstrap key has no budget there either."""
+def spend_admin_budget(caller: AdminCaller) -> None:
+    """Take one unit of the caller's admin budget (``APIKEYS_ADMIN_RATE_LIMIT``), or raise
+    429: the dashboard is another door to the admin API's operations, not a way around its
+    limit. The bootstrap key has no budget there either."""
     limits = get_state().limits
-    key = signed_in.caller.key
+    key = caller.key
     if limits is not None and key is not None:
         limits.enforce_admin(key, request._get_current_object())  # type: ignore[attr-defined]
 
