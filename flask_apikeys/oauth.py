@@ -205,6 +205,9 @@ def introspection(state: ExtensionState, client: Client, token: str) -> dict[str
         return {"active": False}
     if not (client.key is None or client.key.organization.id == key.organization.id):
         return {"active": False}  # another organization's credential: not ours to describe
+    if key.allowed_networks:
+        # Where the client is, only the gateway knows: it applies the allowlist with these.
+        answer["allowed_networks"] = [str(network) for network in key.allowed_networks]
     return {
         "active": True,
         "scope": " ".join(sorted(key.scopes)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import requests
@@ -10,12 +11,17 @@ INTROSPECTION_URL = "https://api.example.com/auth/introspect"
 
 
 def check_credential(
-    presented: str, gateway_key: str, url: str = INTROSPECTION_URL
+    presented: str,
+    gateway_key: str,
+    url: str = INTROSPECTION_URL,
+    client_address: str | None = None,
 ) -> dict[str, Any] | None:
     """What the presented key or access token may do, or ``None`` if it must be refused.
 
-    ``gateway_key`` is a key with the ``apikeys:introspect`` scope. The answer carries
-    ``scope`` (space-separated), ``client_id`` (the key's id), ``org``, ``exp``...
+    ``gateway_key`` is a key with the ``apikeys:introspect`` scope; ``client_address`` is
+    where the request being checked came from. The answer carries ``scope``
+    (space-separated), ``client_id`` (the key's id), ``org``, ``exp``..., and
+    ``allowed_networks`` for a key bound to networks, which only the gateway can apply.
     """
     response = requests.post(
         url,
@@ -25,4 +31,17 @@ def check_credential(
     )
     response.raise_for_status()  # 401/403: the gateway's own key is wrong; 429: slow down
     answer: dict[str, Any] = response.json()
-    return answer if answer["active"] else None
+    if not answer["active"]:
+        return None
+    networks = answer.get("allowed_networks")
+    if networks and not _inside(client_address, networks):
+        return None  # a key bound to networks, used from elsewhere (or from we know not where)
+    return answer
+
+
+def _inside(address: str | None, networks: list[str]) -> bool:
+    try:
+        client = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(client in ipaddress.ip_network(network) for network in networks)
