@@ -205,9 +205,12 @@ def introspection(state: ExtensionState, client: Client, token: str) -> dict[str
         return {"active": False}
     if not (client.key is None or client.key.organization.id == key.organization.id):
         return {"active": False}  # another organization's credential: not ours to describe
+    # What only the gateway can apply, knowing where the client is and what it asks for: the
+    # key's networks, and its level (a read-only key may use safe methods only).
     if key.allowed_networks:
-        # Where the client is, only the gateway knows: it applies the allowlist with these.
         answer["allowed_networks"] = [str(network) for network in key.allowed_networks]
+    if key.level is not None:
+        answer["level"] = key.level
     return {
         "active": True,
         "scope": " ".join(sorted(key.scopes)),

@@ -1,8 +1,9 @@
-"""The third attack pass on introspection: a gateway can apply a key's network allowlist.
+"""The third attack pass on introspection: a gateway can apply what only it can check.
 
 The docs told gateways to apply a key's ``allowed_networks`` themselves (introspection cannot
 know where the client is), but the answer never said what the networks were: through the
-documented gateway, a leaked key bound to the office network worked from anywhere.
+documented gateway, a leaked key bound to the office network worked from anywhere. Nor did it
+say that a key was ``read-only``, which the API itself holds to safe methods on every route.
 """
 
 from __future__ import annotations
@@ -67,3 +68,14 @@ def test_the_documented_gateway_refuses_a_bound_key_from_elsewhere(app: Flask) -
         assert example.check_credential(bound.secret, gateway.secret, url, "203.0.113.5") is None
         # A gateway that cannot say where its client is gets no answer for a bound key.
         assert example.check_credential(bound.secret, gateway.secret, url) is None
+
+
+def test_a_read_only_key_is_said_so_and_the_gateway_lets_it_only_read(app: Flask) -> None:
+    gateway = new_key(app, scopes=["apikeys:introspect"])
+    reader = new_key(app, scopes=["*"], level="read-only")
+    example = gateway_example()
+    with serving(app) as base_url:
+        url = base_url + INTROSPECT_PATH
+        answer = example.check_credential(reader.secret, gateway.secret, url)
+        assert answer is not None and answer["level"] == "read-only"
+        assert example.check_credential(reader.secret, gateway.secret, url, None, "POST") is None

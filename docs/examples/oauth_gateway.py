@@ -8,6 +8,7 @@ from typing import Any
 import requests
 
 INTROSPECTION_URL = "https://api.example.com/auth/introspect"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def check_credential(
@@ -15,13 +16,15 @@ def check_credential(
     gateway_key: str,
     url: str = INTROSPECTION_URL,
     client_address: str | None = None,
+    method: str = "GET",
 ) -> dict[str, Any] | None:
     """What the presented key or access token may do, or ``None`` if it must be refused.
 
-    ``gateway_key`` is a key with the ``apikeys:introspect`` scope; ``client_address`` is
-    where the request being checked came from. The answer carries ``scope``
-    (space-separated), ``client_id`` (the key's id), ``org``, ``exp``..., and
-    ``allowed_networks`` for a key bound to networks, which only the gateway can apply.
+    ``gateway_key`` is a key with the ``apikeys:introspect`` scope; ``client_address`` and
+    ``method`` are where the request being checked came from and what it does. The answer
+    carries ``scope`` (space-separated), ``client_id`` (the key's id), ``org``, ``exp``...,
+    and what only the gateway can apply: ``allowed_networks`` for a key bound to networks,
+    ``level`` (``read-only``: safe methods only).
     """
     response = requests.post(
         url,
@@ -36,6 +39,8 @@ def check_credential(
     networks = answer.get("allowed_networks")
     if networks and not _inside(client_address, networks):
         return None  # a key bound to networks, used from elsewhere (or from we know not where)
+    if answer.get("level") == "read-only" and method.upper() not in SAFE_METHODS:
+        return None
     return answer
 
 
