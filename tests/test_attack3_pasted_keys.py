@@ -118,3 +118,11 @@ def test_the_python_api_refuses_a_key_in_what_it_stores(app: Flask, apikeys: API
         with pytest.raises(InvalidInput):
             apikeys.create_key("acme", "ci", scopes=[pasted])
     assert pasted not in stored_text(app)
+
+
+def test_an_unknown_admin_path_holding_a_key_is_not_printed_back(app: Flask) -> None:
+    admin = new_key(app, scopes=["*"])
+    pasted = new_key(app, scopes=["reports:read"]).secret
+    response = app.test_client().get(f"/admin/keys/{pasted}", headers=bearer(admin.secret))
+    assert_problem(response, 404, "not_found")
+    assert pasted not in response.get_data(as_text=True)
