@@ -49,6 +49,7 @@ from .errors import (
 from .hooks import authenticate_and_limit
 from .identity import VerifiedKey
 from .keys import looks_like_key
+from .oauth_routes import add_oauth_route
 from .revocation import TokenDenyList
 from .state import ExtensionState, get_state
 from .tokens import JWKS_MAX_AGE, JWKS_PATH, TokenAuthority
@@ -319,18 +320,17 @@ def register_oauth_views(app: Flask, state: ExtensionState) -> None:
             answer_ttl=settings.cache_ttl,
             fail_open=settings.ratelimit_fail_open,
         )
-        blueprint.add_url_rule(
+        add_oauth_route(
+            blueprint,
             METADATA_PATH,
             "authorization_server_metadata",
             authorization_server_metadata,
-            methods=["GET"],
+            "GET",
         )
     if settings.introspection_path:
-        blueprint.add_url_rule(
-            settings.introspection_path, "introspect", introspect, methods=["POST"]
-        )
+        add_oauth_route(blueprint, settings.introspection_path, "introspect", introspect, "POST")
     if settings.revocation_path:
-        blueprint.add_url_rule(settings.revocation_path, "revoke", revoke, methods=["POST"])
+        add_oauth_route(blueprint, settings.revocation_path, "revoke", revoke, "POST")
     app.register_blueprint(blueprint)
 
 
@@ -394,7 +394,7 @@ def register_token_views(
     also speaks the client credentials grant (:func:`token_endpoint`).
     """
     blueprint = Blueprint("apikeys_tokens", __name__)
-    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
+    add_oauth_route(blueprint, tokens.token_path, "issue_token", token_view, "POST")
     if tokens.public_jwks:
-        blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
+        add_oauth_route(blueprint, JWKS_PATH, "jwks", jwks, "GET")
     app.register_blueprint(blueprint)
