@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Request, Response, jsonify, request, url_for
 
+from .bodies import read_body
 from .client_auth import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
@@ -31,7 +32,7 @@ from .client_auth import (
     form_parameters,
     invalid_client,
     invalid_request,
-    refuse_big_body,
+    read_form,
 )
 from .decorators import public
 from .environ import CLAIMS_ENVIRON_KEY
@@ -74,14 +75,13 @@ def is_client_credentials_request(current_request: Request) -> bool:
     if authorization.strip().partition(" ")[0].lower() == "basic":
         return True
     if current_request.mimetype == FORM_MIMETYPE:
-        refuse_big_body(current_request)  # a form is read before anyone is authenticated
-        form = current_request.form
+        form = read_form(current_request)  # read before anyone is authenticated: capped
         return any(name in form for name in ("grant_type", "client_id", "client_secret"))
     # Read before anyone is authenticated: only a body as small as a token request is.
     length = current_request.content_length
     if not current_request.is_json or length is None or length > MAX_UNAUTHENTICATED_BODY:
         return False  # the key exchange answers it, once the key is verified
-    raw = current_request.get_data(cache=True)
+    raw = read_body(current_request)
     if raw:
         try:
             body = json.loads(raw)
@@ -339,9 +339,9 @@ def register_oauth_views(app: Flask, state: ExtensionState) -> None:
 
 def _requested_scope(current_request: Request) -> str | None:
     """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
-    if current_request.mimetype == "application/x-www-form-urlencoded":
-        return current_request.form.get("scope")
-    raw = current_request.get_data(cache=True)
+    if current_request.mimetype == FORM_MIMETYPE:
+        return read_form(current_request).get("scope")
+    raw = read_body(current_request)
     if not raw:
         return None
     body = None
