@@ -151,6 +151,28 @@ def test_unknown_admin_paths_and_methods_are_problem_documents(
     assert response.headers.get("Allow") == allow
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/admin/nothing/here", 404),
+        ("GET", "/admin/", 404),
+        ("PATCH", "/admin/organizations", 405),
+        ("POST", "/admin/organizations/acme", 405),
+        ("GET", "/admin/organizations/acme/keys/k/rotate", 405),
+    ],
+)
+def test_unknown_admin_paths_and_methods_need_no_key(
+    database_url: str, method: str, path: str, status: int
+) -> None:
+    """As docs/admin.rst says: the routes are public in the OpenAPI document anyway, so a
+    client is told its method or path is wrong before it is asked for a key."""
+    client = build_app(database_url).test_client()
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert "WWW-Authenticate" not in response.headers
+
+
 def test_options_lists_exactly_the_paths_methods(database_url: str) -> None:
     client = build_app(database_url).test_client()
     response = client.options("/admin/organizations/acme/keys/k/rotate")
