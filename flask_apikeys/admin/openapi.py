@@ -51,6 +51,8 @@ BODY_ERRORS = (413,)
 #: Shared enums: one component each, so a generated client gets one type, not one per field.
 SHARED_ENUMS = {"Level": list(LEVELS), "Environment": list(ENVIRONMENTS)}
 PROJECT_URL = "https://flask-apikeys.readthedocs.io/"
+#: OpenAPI 3.0's way to say "null and nothing else" (it has no ``null`` type).
+NULL_ONLY = {"type": "string", "nullable": True, "enum": [None]}
 
 
 def schema_name(resolver_input: type[Schema] | Schema) -> str:
@@ -238,12 +240,13 @@ def _share_enums(schemas: dict[str, Any], *, plans: list[str]) -> None:
                 component = "Plan"
             if component is None:
                 continue
-            reference = {"$ref": f"#/components/schemas/{component}"}
+            reference: dict[str, Any] = {"$ref": f"#/components/schemas/{component}"}
             if field.get("nullable"):
-                nullable = {"type": "string", "nullable": True, "allOf": [reference]}
-                schema["properties"][field_name] = nullable
-            else:
-                schema["properties"][field_name] = reference
+                # The component or null. Not ``nullable`` beside ``allOf``: in OpenAPI 3.0 that
+                # does not admit null into the referenced enum, and generated clients (such as
+                # openapi-python-client's) then refuse a ``null`` they were sent.
+                reference = {"anyOf": [reference, NULL_ONLY]}
+            schema["properties"][field_name] = reference
 
 
 def _all_optional(schema: type[Schema]) -> bool:
