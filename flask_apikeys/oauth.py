@@ -98,8 +98,11 @@ def client_credentials_grant(current_request: Request, state: ExtensionState) ->
     if not grant_type:
         raise invalid_request("The grant_type parameter is required (client_credentials).")
     if grant_type != CLIENT_CREDENTIALS:
+        # requests-oauthlib's auto_refresh_url sends a refresh grant even without a token.
         raise OAuthError(
-            "unsupported_grant_type", f"Only the {CLIENT_CREDENTIALS} grant is supported."
+            "unsupported_grant_type",
+            f"Only the {CLIENT_CREDENTIALS} grant is supported; no refresh token is ever "
+            f"issued: fetch a new token with {CLIENT_CREDENTIALS} when one expires.",
         )
     client = authenticate_client(current_request, state)
     if client.key is None:
@@ -133,6 +136,7 @@ def _scope_refusal(error: APIKeyError) -> str:
 
 
 def _no_store(response: Response) -> Response:
+    """RFC 6749 5.1: a token (or anything about one) is never cached."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
@@ -369,10 +373,7 @@ def issue_token() -> Response:
     if CLAIMS_ENVIRON_KEY in current_request.environ:
         raise InvalidAPIKey("An access token cannot be exchanged for another: send the API key.")
     tokens = cast(TokenAuthority, state.tokens)
-    response = jsonify(tokens.issue(key, _requested_scope(current_request)))
-    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: never cache a token
-    response.headers["Pragma"] = "no-cache"
-    return response
+    return _no_store(jsonify(tokens.issue(key, _requested_scope(current_request))))
 
 
 @public

@@ -1,4 +1,5 @@
-"""A method an OAuth endpoint does not serve: RFC 6749's error format, never the API's 401.
+"""A method an OAuth endpoint does not serve: RFC 6749's error format, never the API's 401;
+and what standard clients do when their token expires.
 
 The token, introspection and revocation paths and the metadata and JWKS documents are published
 (in the metadata itself), so a wrong method on them is told apart from a missing key, as the
@@ -8,7 +9,10 @@ and stores whatever JSON comes back as its token unless it holds ``error``.
 
 from __future__ import annotations
 
+import importlib.util
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +20,9 @@ from authlib.integrations.requests_client import OAuth2Session, OAuthError
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask
 from flask.testing import FlaskClient
+from oauthlib.oauth2 import BackendApplicationClient
+from oauthlib.oauth2.rfc6749.errors import UnsupportedGrantTypeError
+from requests_oauthlib import OAuth2Session as RequestsOAuth2Session
 
 from .helpers import HS256, TOKEN_PATH, bearer, new_key, private_pem
 from .test_oauth import INTROSPECT_PATH, METADATA_PATH, REVOKE_PATH, serving
@@ -114,3 +121,58 @@ def test_wrong_methods_under_hs256_tokens_leave_the_unpublished_jwks_path_alone(
     app = make_app(**HS256)
     response = app.test_client().get(JWKS_PATH)
     assert response.status_code == 401
+
+
+# -- requests-oauthlib at expiry ----------------------------------------------------------------
+
+
+def load_example(name: str) -> Any:
+    path = Path(__file__).resolve().parent.parent / "docs" / "examples" / name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def expire(session: Any) -> str:
+    """Make the session's token expired on the client's side; return it."""
+    token = dict(session.token, expires_in=-10, expires_at=time.time() - 10)
+    session.token = token
+    return str(token["access_token"])
+
+
+def test_the_documented_requests_oauthlib_client_fetches_a_new_token_at_expiry(
+    app: Flask, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")  # plain HTTP on 127.0.0.1 only
+    key = new_key(app, scopes=["presentations:read"])
+    example = load_example("oauth_client_requests_oauthlib.py")
+    session = example.APISession(
+        str(key.id), key.secret, base_url + TOKEN_PATH, scope="presentations:read"
+    )
+    assert session.get(base_url + "/v1/presentations").status_code == 200
+    first = expire(session)
+    assert session.get(base_url + "/v1/presentations").status_code == 200
+    assert session.token["access_token"] != first
+
+
+def test_auto_refresh_url_is_told_that_there_are_no_refresh_tokens(
+    app: Flask, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests-oauthlib's ``auto_refresh_url`` sends a refresh grant with no refresh token;
+    the refusal says what to do instead (docs/tokens.rst shows it)."""
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    key = new_key(app, scopes=["presentations:read"])
+    session = RequestsOAuth2Session(
+        client=BackendApplicationClient(client_id=str(key.id)),
+        auto_refresh_url=base_url + TOKEN_PATH,
+        auto_refresh_kwargs={"client_id": str(key.id), "client_secret": key.secret},
+        token_updater=lambda token: None,
+    )
+    session.fetch_token(base_url + TOKEN_PATH, client_id=str(key.id), client_secret=key.secret)
+    expire(session)
+    with pytest.raises(UnsupportedGrantTypeError) as raised:
+        session.get(base_url + "/v1/presentations")
+    assert "client_credentials" in str(raised.value.description)
+    assert "refresh token" in str(raised.value.description)
