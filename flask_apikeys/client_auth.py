@@ -23,11 +23,12 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .admin.access import ADMIN_SCOPE, AdminCaller
-from .auth import authenticate, extract_credential, refuse_blocked_address
+from .auth import authenticate, extract_credential, refuse_blocked_address, refuse_key_in_url
 from .bodies import too_large
 from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
+    APIKeyInURL,
     AuthenticationError,
     AuthorizationError,
     LimitExceeded,
@@ -209,7 +210,16 @@ def _names_key(client_id: str, key: VerifiedKey) -> bool:
 
 
 def authenticate_client(current_request: Request, state: ExtensionState) -> Client:
-    """Verify the client's credentials the way every request is verified, or refuse."""
+    """Verify the client's credentials the way every request is verified, or refuse.
+
+    A key or token in the URL is refused first, whatever else is wrong and whoever calls (the
+    bootstrap key too): RFC 6749 2.3.1 keeps credentials out of the URI, where logs keep them.
+    """
+    if current_request.query_string:
+        try:
+            refuse_key_in_url(current_request, tokens_enabled=state.tokens is not None)
+        except APIKeyInURL as error:
+            raise invalid_request(error.detail) from None
     credentials = read_client_credentials(current_request)
     method = credentials.method
     digest = state.settings.admin_key_digest

@@ -176,3 +176,43 @@ def test_auto_refresh_url_is_told_that_there_are_no_refresh_tokens(
         session.get(base_url + "/v1/presentations")
     assert "client_credentials" in str(raised.value.description)
     assert "refresh token" in str(raised.value.description)
+
+
+# -- a key in the URL ------------------------------------------------------------------------------
+
+BOOTSTRAP = "bootstrap-admin-" + "k" * 32
+
+
+@pytest.mark.parametrize(
+    ("path", "how"),
+    [
+        (TOKEN_PATH, "client_secret_post"),  # the secret in the URL, the rest in the form
+        (TOKEN_PATH, "malformed_basic"),
+        (INTROSPECT_PATH, "bootstrap"),
+        (REVOKE_PATH, "bootstrap"),
+        (REVOKE_PATH, "no_credentials"),
+    ],
+)
+def test_a_key_in_the_url_is_refused_whatever_else_the_request_gets_wrong(
+    make_app: Any, path: str, how: str
+) -> None:
+    """RFC 6749 2.3.1: credentials never in the URI; the docs: a key there is refused with
+    400, and the client told to revoke it, before the client is authenticated (the bootstrap
+    key's path and the client authentication failures included)."""
+    app = make_app(**HS256, APIKEYS_ADMIN_KEY=BOOTSTRAP)
+    key, leaked = new_key(app), new_key(app)
+    form: dict[str, str] = {"grant_type": "client_credentials", "token": leaked.secret}
+    headers: dict[str, str] = {}
+    url = f"{path}?token={leaked.secret}"
+    if how == "client_secret_post":
+        url, form = f"{path}?client_secret={key.secret}", {**form, "client_id": str(key.id)}
+    elif how == "malformed_basic":
+        headers = {"Authorization": "Basic not-base64!"}
+    elif how == "bootstrap":
+        headers = bearer(BOOTSTRAP)
+    response = app.test_client().post(url, headers=headers, data=form)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"] == "invalid_request" and "URL" in body["error_description"]
+    with app.app_context():
+        assert app.extensions["apikeys"].extension.get_key(leaked.id).revoked_at is None
