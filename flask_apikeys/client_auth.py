@@ -19,12 +19,16 @@ from typing import Any, cast
 from urllib.parse import unquote_plus
 
 from flask import Request
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .admin.access import ADMIN_SCOPE, AdminCaller
-from .auth import authenticate, extract_credential, refuse_blocked_address
+from .auth import authenticate, extract_credential, refuse_blocked_address, refuse_key_in_url
+from .bodies import too_large
 from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
     APIKeyError,
+    APIKeyInURL,
     AuthenticationError,
     AuthorizationError,
     LimitExceeded,
@@ -106,17 +110,32 @@ def invalid_request(detail: str) -> OAuthError:
 # -- reading the request ----------------------------------------------------------------------
 
 
+def _body_too_large(limit: int) -> OAuthError:
+    return OAuthError("invalid_request", too_large(limit), status=413)
+
+
 def refuse_big_body(current_request: Request) -> None:
-    """413 for a body larger than a token request ever is, before any of it is read: the
-    OAuth endpoints read their body before the caller is authenticated."""
+    """413 for a body larger than a token request ever is, or than the app's
+    ``MAX_CONTENT_LENGTH``, before any of it is read: the OAuth endpoints read their body
+    before the caller is authenticated."""
+    app_limit = current_request.max_content_length
+    limit = (
+        MAX_UNAUTHENTICATED_BODY if app_limit is None else min(app_limit, MAX_UNAUTHENTICATED_BODY)
+    )
     length = current_request.content_length
-    if length is not None and length > MAX_UNAUTHENTICATED_BODY:
-        raise OAuthError(
-            "invalid_request",
-            f"The request body is larger than {MAX_UNAUTHENTICATED_BODY} bytes.",
-            status=413,
-        )
-    current_request.max_content_length = MAX_UNAUTHENTICATED_BODY  # a body without a length
+    if length is not None and length > limit:
+        raise _body_too_large(limit)
+    current_request.max_content_length = limit  # a body without a length stops there too
+
+
+def read_form(current_request: Request) -> MultiDict[str, str]:
+    """The form of a request to the OAuth endpoints, read within :func:`refuse_big_body`'s
+    limit; over it, an RFC 6749 error (werkzeug's own 413 is an HTML page)."""
+    refuse_big_body(current_request)
+    try:
+        return current_request.form
+    except RequestEntityTooLarge:
+        raise _body_too_large(current_request.max_content_length or 0) from None
 
 
 def form_parameters(current_request: Request, *names: str) -> dict[str, str]:
@@ -124,7 +143,7 @@ def form_parameters(current_request: Request, *names: str) -> dict[str, str]:
     refuse_big_body(current_request)
     if current_request.mimetype != FORM_MIMETYPE:
         raise invalid_request(f"Send the parameters as {FORM_MIMETYPE}.")
-    form = current_request.form
+    form = read_form(current_request)
     values = {}
     for name in names:
         sent = form.getlist(name)
@@ -191,7 +210,16 @@ def _names_key(client_id: str, key: VerifiedKey) -> bool:
 
 
 def authenticate_client(current_request: Request, state: ExtensionState) -> Client:
-    """Verify the client's credentials the way every request is verified, or refuse."""
+    """Verify the client's credentials the way every request is verified, or refuse.
+
+    A key or token in the URL is refused first, whatever else is wrong and whoever calls (the
+    bootstrap key too): RFC 6749 2.3.1 keeps credentials out of the URI, where logs keep them.
+    """
+    if current_request.query_string:
+        try:
+            refuse_key_in_url(current_request, tokens_enabled=state.tokens is not None)
+        except APIKeyInURL as error:
+            raise invalid_request(error.detail) from None
     credentials = read_client_credentials(current_request)
     method = credentials.method
     digest = state.settings.admin_key_digest

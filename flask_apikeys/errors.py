@@ -21,6 +21,7 @@ from werkzeug.exceptions import (
     HTTPException,
     MethodNotAllowed,
     NotFound,
+    RequestEntityTooLarge,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
@@ -211,6 +212,13 @@ class MalformedRequest(APIKeyError, BadRequest):
 
     error_code = "invalid_json"
     title = "Malformed request body"
+
+
+class RequestTooLarge(APIKeyError, RequestEntityTooLarge):
+    """413: a body over the app's ``MAX_CONTENT_LENGTH``, where the extension reads one."""
+
+    error_code = "request_too_large"
+    title = "Request body too large"
 
 
 class LimitExceeded(APIKeyError, TooManyRequests):

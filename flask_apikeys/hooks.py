@@ -141,13 +141,15 @@ def make_response_step(state: ExtensionState) -> ResponseStep | None:
     record_usage = None
     if settings.usage_tracking and state.writer is not None:
         record_usage = make_usage_recorder(state.writer, settings.trusted_proxies)
+    # Flask-Limiter's refusals are described with our limits off too: it may do all the limiting.
+    find_limiter = headers.registered_limiter if limits is None else limits.flask_limiter
 
     def respond(status: int, wsgi_headers: headers.WSGIHeaders, environ: dict[str, Any]) -> None:
         if status >= 400:
             restore_required_headers(status, wsgi_headers, environ)
-            if status == 429 and limits is not None and has_request_context():
+            if status == 429 and has_request_context():
                 headers.describe_other_refusal(
-                    wsgi_headers, environ, limits.flask_limiter, limit_headers=limit_headers
+                    wsgi_headers, environ, find_limiter, limit_headers=limit_headers
                 )
         if write_headers is not None:
             write_headers(status, wsgi_headers, environ)

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from flask import Blueprint, Flask, Request, Response, jsonify, request, url_for
 
+from .bodies import read_body
 from .client_auth import (
     CLIENT_SECRET_BASIC,
     CLIENT_SECRET_POST,
@@ -31,7 +32,7 @@ from .client_auth import (
     form_parameters,
     invalid_client,
     invalid_request,
-    refuse_big_body,
+    read_form,
 )
 from .decorators import public
 from .environ import CLAIMS_ENVIRON_KEY
@@ -49,6 +50,7 @@ from .errors import (
 from .hooks import authenticate_and_limit
 from .identity import VerifiedKey
 from .keys import looks_like_key
+from .oauth_routes import add_oauth_route
 from .revocation import TokenDenyList
 from .state import ExtensionState, get_state
 from .tokens import JWKS_MAX_AGE, JWKS_PATH, TokenAuthority
@@ -73,14 +75,13 @@ def is_client_credentials_request(current_request: Request) -> bool:
     if authorization.strip().partition(" ")[0].lower() == "basic":
         return True
     if current_request.mimetype == FORM_MIMETYPE:
-        refuse_big_body(current_request)  # a form is read before anyone is authenticated
-        form = current_request.form
+        form = read_form(current_request)  # read before anyone is authenticated: capped
         return any(name in form for name in ("grant_type", "client_id", "client_secret"))
     # Read before anyone is authenticated: only a body as small as a token request is.
     length = current_request.content_length
     if not current_request.is_json or length is None or length > MAX_UNAUTHENTICATED_BODY:
         return False  # the key exchange answers it, once the key is verified
-    raw = current_request.get_data(cache=True)
+    raw = read_body(current_request)
     if raw:
         try:
             body = json.loads(raw)
@@ -97,8 +98,11 @@ def client_credentials_grant(current_request: Request, state: ExtensionState) ->
     if not grant_type:
         raise invalid_request("The grant_type parameter is required (client_credentials).")
     if grant_type != CLIENT_CREDENTIALS:
+        # requests-oauthlib's auto_refresh_url sends a refresh grant even without a token.
         raise OAuthError(
-            "unsupported_grant_type", f"Only the {CLIENT_CREDENTIALS} grant is supported."
+            "unsupported_grant_type",
+            f"Only the {CLIENT_CREDENTIALS} grant is supported; no refresh token is ever "
+            f"issued: fetch a new token with {CLIENT_CREDENTIALS} when one expires.",
         )
     client = authenticate_client(current_request, state)
     if client.key is None:
@@ -132,6 +136,7 @@ def _scope_refusal(error: APIKeyError) -> str:
 
 
 def _no_store(response: Response) -> Response:
+    """RFC 6749 5.1: a token (or anything about one) is never cached."""
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
     return response
@@ -328,18 +333,17 @@ def register_oauth_views(app: Flask, state: ExtensionState) -> None:
             answer_ttl=settings.cache_ttl,
             fail_open=settings.ratelimit_fail_open,
         )
-        blueprint.add_url_rule(
+        add_oauth_route(
+            blueprint,
             METADATA_PATH,
             "authorization_server_metadata",
             authorization_server_metadata,
-            methods=["GET"],
+            "GET",
         )
     if settings.introspection_path:
-        blueprint.add_url_rule(
-            settings.introspection_path, "introspect", introspect, methods=["POST"]
-        )
+        add_oauth_route(blueprint, settings.introspection_path, "introspect", introspect, "POST")
     if settings.revocation_path:
-        blueprint.add_url_rule(settings.revocation_path, "revoke", revoke, methods=["POST"])
+        add_oauth_route(blueprint, settings.revocation_path, "revoke", revoke, "POST")
     app.register_blueprint(blueprint)
 
 
@@ -348,9 +352,9 @@ def register_oauth_views(app: Flask, state: ExtensionState) -> None:
 
 def _requested_scope(current_request: Request) -> str | None:
     """``scope`` from a JSON body (``{"scope": "a b"}``) or a form; ``None`` when not given."""
-    if current_request.mimetype == "application/x-www-form-urlencoded":
-        return current_request.form.get("scope")
-    raw = current_request.get_data(cache=True)
+    if current_request.mimetype == FORM_MIMETYPE:
+        return read_form(current_request).get("scope")
+    raw = read_body(current_request)
     if not raw:
         return None
     body = None
@@ -378,10 +382,7 @@ def issue_token() -> Response:
     if CLAIMS_ENVIRON_KEY in current_request.environ:
         raise InvalidAPIKey("An access token cannot be exchanged for another: send the API key.")
     tokens = cast(TokenAuthority, state.tokens)
-    response = jsonify(tokens.issue(key, _requested_scope(current_request)))
-    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: never cache a token
-    response.headers["Pragma"] = "no-cache"
-    return response
+    return _no_store(jsonify(tokens.issue(key, _requested_scope(current_request))))
 
 
 @public
@@ -403,7 +404,7 @@ def register_token_views(
     also speaks the client credentials grant (:func:`token_endpoint`).
     """
     blueprint = Blueprint("apikeys_tokens", __name__)
-    blueprint.add_url_rule(tokens.token_path, "issue_token", token_view, methods=["POST"])
+    add_oauth_route(blueprint, tokens.token_path, "issue_token", token_view, "POST")
     if tokens.public_jwks:
-        blueprint.add_url_rule(JWKS_PATH, "jwks", jwks, methods=["GET"])
+        add_oauth_route(blueprint, JWKS_PATH, "jwks", jwks, "GET")
     app.register_blueprint(blueprint)

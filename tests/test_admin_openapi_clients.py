@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,9 @@ def failed_auth_limit() -> str | None:
     return "2/minute"
 
 
-@pytest.fixture
-def live_url(database_url: str, failed_auth_limit: str | None) -> Iterator[str]:
-    """The origin of a real HTTP server running the app under ``/internal``."""
-    app = build_app(database_url, APIKEYS_FAILED_AUTH_LIMIT=failed_auth_limit)
+@contextmanager
+def serving_mounted(app: Flask) -> Iterator[str]:
+    """The origin of a real HTTP server running ``app`` under ``/internal``."""
     mounted = DispatcherMiddleware(NotFound(), {MOUNT_PATH: app})
     server: BaseWSGIServer = make_server("127.0.0.1", 0, mounted, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -62,6 +63,15 @@ def live_url(database_url: str, failed_auth_limit: str | None) -> Iterator[str]:
     thread.join(5)
     with app.app_context():
         app.extensions["sqlalchemy"].engine.dispose()
+
+
+@pytest.fixture
+def live_url(database_url: str, failed_auth_limit: str | None) -> Iterator[str]:
+    """The origin of a real HTTP server running the app under ``/internal``."""
+    with serving_mounted(
+        build_app(database_url, APIKEYS_FAILED_AUTH_LIMIT=failed_auth_limit)
+    ) as url:
+        yield url
 
 
 def admin_document(app: Flask, script_name: str = "") -> dict[str, Any]:
@@ -149,6 +159,28 @@ def test_unknown_admin_paths_and_methods_are_problem_documents(
     assert response.mimetype == "application/problem+json"
     assert response.json is not None and response.json["status"] == status
     assert response.headers.get("Allow") == allow
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/admin/nothing/here", 404),
+        ("GET", "/admin/", 404),
+        ("PATCH", "/admin/organizations", 405),
+        ("POST", "/admin/organizations/acme", 405),
+        ("GET", "/admin/organizations/acme/keys/k/rotate", 405),
+    ],
+)
+def test_unknown_admin_paths_and_methods_need_no_key(
+    database_url: str, method: str, path: str, status: int
+) -> None:
+    """As docs/admin.rst says: the routes are public in the OpenAPI document anyway, so a
+    client is told its method or path is wrong before it is asked for a key."""
+    client = build_app(database_url).test_client()
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert "WWW-Authenticate" not in response.headers
 
 
 def test_options_lists_exactly_the_paths_methods(database_url: str) -> None:
@@ -308,6 +340,59 @@ def test_a_generated_client_runs_the_whole_admin_lifecycle(live_url: str, tmp_pa
     refused = answers[-1]
     assert refused.status_code == 429 and isinstance(refused.parsed, models.Problem)
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+@pytest.mark.slow
+def test_a_generated_client_parses_every_refusal_as_a_problem(
+    database_url: str, tmp_path: Path
+) -> None:
+    """403, 404, 413 (over the app's ``MAX_CONTENT_LENGTH``) and 422 through the generated
+    client, which raises on any status the document does not declare."""
+    import httpx
+
+    app = build_app(database_url, MAX_CONTENT_LENGTH=4096)
+    with serving_mounted(app) as live:
+        document = httpx.get(f"{live}{MOUNT_PATH}/admin/openapi.json").json()
+        generated = generate_client(document, tmp_path)
+        models = importlib.import_module("admin_client.models")
+        create_organization = importlib.import_module(
+            "admin_client.api.organizations.create_organization"
+        )
+        create_key = importlib.import_module("admin_client.api.keys.create_key")
+        base_url = live + document["servers"][0]["url"]
+        admin = generated.AuthenticatedClient(
+            base_url=base_url, token=ADMIN_KEY, raise_on_unexpected_status=True
+        )
+        organization = create_organization.sync(
+            client=admin, body=models.OrganizationCreate(name="Acme", email="ops@acme.io")
+        )
+        metadata = models.KeyCreateMetadata.from_dict({"notes": "n" * 8192})
+        too_large = create_key.sync_detailed(
+            str(organization.id), client=admin, body=models.KeyCreate(name="big", metadata=metadata)
+        )
+        assert too_large.status_code == 413 and isinstance(too_large.parsed, models.Problem)
+        assert too_large.parsed.code == "request_too_large"
+        invalid = create_organization.sync_detailed(
+            client=admin, body=models.OrganizationCreate(name="Beta", email="not an email")
+        )
+        assert invalid.status_code == 422 and isinstance(invalid.parsed, models.Problem)
+        plain = create_key.sync(
+            str(organization.id),
+            client=admin,
+            body=models.KeyCreate(name="plain", scopes=["x:read"]),
+        )
+        assert plain.level is None  # a nullable shared enum: null parses
+        outsider = generated.AuthenticatedClient(
+            base_url=base_url, token=plain.key, raise_on_unexpected_status=True
+        )
+        forbidden = create_key.sync_detailed(
+            str(organization.id), client=outsider, body=models.KeyCreate(name="more")
+        )
+        assert forbidden.status_code == 403 and isinstance(forbidden.parsed, models.Problem)
+        missing = create_key.sync_detailed(
+            str(uuid.uuid4()), client=admin, body=models.KeyCreate(name="nowhere")
+        )
+        assert missing.status_code == 404 and isinstance(missing.parsed, models.Problem)
 
 
 @pytest.mark.slow

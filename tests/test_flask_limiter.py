@@ -85,6 +85,25 @@ def test_default_limits_count_per_key_id_even_when_the_limiter_runs_first(
     assert [status(second) for _ in range(2)] == [200, 200]  # its own bucket, same address
 
 
+@pytest.mark.parametrize("limiter_first", [True, False], ids=["limiter-first", "apikeys-first"])
+def test_a_flask_limiter_refusal_has_retry_after_when_our_limits_are_off(
+    database_url: str, limiter_first: bool
+) -> None:
+    """Flask-Limiter doing all the limiting (``APIKEYS_RATELIMIT_ENABLED = False``), its own
+    headers off as the docs recommend: its 429 still says when to retry, and which limit."""
+    app, apikeys, _ = build(database_url, limiter_first=limiter_first, default_limits=["2/minute"])
+    (created,) = make_keys(app, apikeys, None)
+    client = app.test_client()
+    served = client.get("/plain", headers={"X-API-Key": created.key})
+    assert "X-RateLimit-Limit" not in served.headers  # nothing of ours is counted
+    client.get("/plain", headers={"X-API-Key": created.key})
+    refused = client.get("/plain", headers={"X-API-Key": created.key})
+    assert refused.status_code == 429
+    assert refused.headers.getlist("X-RateLimit-Limit") == ["2"]
+    assert refused.headers.getlist("X-RateLimit-Remaining") == ["0"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+
+
 def test_key_function_returns_the_key_id_never_the_key(database_url: str) -> None:
     app, apikeys, _ = build(database_url, limiter_first=True)
     (created,) = make_keys(app, apikeys, None)

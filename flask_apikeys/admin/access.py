@@ -78,9 +78,16 @@ class AdminCaller:
         return self.key is None or self.key.organization.id == organization_id
 
 
+#: Admin endpoints that answer without a key: the OpenAPI document, and the catch-all that
+#: answers a path or method the API does not have (404/405: the document lists them all).
+OPEN_ENDPOINTS = frozenset(
+    {"apikeys_admin.openapi", "apikeys_admin.unknown", "apikeys_admin.unknown_root"}
+)
+
+
 def authenticate_admin() -> None:
     """``before_request`` of the admin blueprint: find the caller or refuse (401/403)."""
-    if request.method == "OPTIONS" or request.endpoint == "apikeys_admin.openapi":
+    if request.method == "OPTIONS" or request.endpoint in OPEN_ENDPOINTS:
         return
     current = get_state()
     current_request = request._get_current_object()  # type: ignore[attr-defined]

@@ -46,9 +46,13 @@ TAGS = {
 #: no or a bad key (401), a key without the admin scope (403), the caller's rate limit or too
 #: many failed attempts (429), the database or rate-limit storage down (503).
 COMMON_ERRORS = (400, 401, 403, 429, 503)
+#: What an operation that reads a body can answer too: a body over ``MAX_CONTENT_LENGTH`` (413).
+BODY_ERRORS = (413,)
 #: Shared enums: one component each, so a generated client gets one type, not one per field.
 SHARED_ENUMS = {"Level": list(LEVELS), "Environment": list(ENVIRONMENTS)}
 PROJECT_URL = "https://flask-apikeys.readthedocs.io/"
+#: OpenAPI 3.0's way to say "null and nothing else" (it has no ``null`` type).
+NULL_ONLY = {"type": "string", "nullable": True, "enum": [None]}
 
 
 def schema_name(resolver_input: type[Schema] | Schema) -> str:
@@ -89,7 +93,7 @@ def build_openapi(server_url: str, *, plans: Iterable[str] = ()) -> dict[str, An
     for name, scheme in SECURITY_SCHEMES.items():
         spec.components.security_scheme(name, scheme)
     spec.components.schema("Problem", schema=ProblemSchema)
-    for status in sorted({*COMMON_ERRORS, *(s for op in OPERATIONS for s in op.errors)}):
+    for status in sorted({status for op in OPERATIONS for status in error_statuses(op)}):
         spec.components.response(_response_name(status), _problem_response(status))
     by_path: dict[str, dict[str, Any]] = {}
     for operation in OPERATIONS:
@@ -122,6 +126,11 @@ def resource_of(openapi_path: str) -> str:
     return [part for part in openapi_path.split("/") if part in TAGS][-1]
 
 
+def error_statuses(operation: Operation) -> set[int]:
+    """Every error status ``operation`` can answer: its own, the common ones, a body's."""
+    return {*operation.errors, *COMMON_ERRORS, *(BODY_ERRORS if operation.body else ())}
+
+
 def describe(operation: Operation) -> dict[str, Any]:
     """One operation object; apispec turns the schema classes into ``$ref``s."""
     described: dict[str, Any] = {
@@ -144,7 +153,7 @@ def describe(operation: Operation) -> dict[str, Any]:
             "required": not _all_optional(operation.body),
             "content": {"application/json": {"schema": operation.body}},
         }
-    for status in sorted({*operation.errors, *COMMON_ERRORS}):
+    for status in sorted(error_statuses(operation)):
         described["responses"][str(status)] = {
             "$ref": f"#/components/responses/{_response_name(status)}"
         }
@@ -231,12 +240,13 @@ def _share_enums(schemas: dict[str, Any], *, plans: list[str]) -> None:
                 component = "Plan"
             if component is None:
                 continue
-            reference = {"$ref": f"#/components/schemas/{component}"}
+            reference: dict[str, Any] = {"$ref": f"#/components/schemas/{component}"}
             if field.get("nullable"):
-                nullable = {"type": "string", "nullable": True, "allOf": [reference]}
-                schema["properties"][field_name] = nullable
-            else:
-                schema["properties"][field_name] = reference
+                # The component or null. Not ``nullable`` beside ``allOf``: in OpenAPI 3.0 that
+                # does not admit null into the referenced enum, and generated clients (such as
+                # openapi-python-client's) then refuse a ``null`` they were sent.
+                reference = {"anyOf": [reference, NULL_ONLY]}
+            schema["properties"][field_name] = reference
 
 
 def _all_optional(schema: type[Schema]) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Response, jsonify, request, url_for
 from marshmallow import Schema, ValidationError
 
+from ..bodies import read_body
 from ..errors import InvalidInput, MalformedRequest
 from ..models import Organization
 from ..service.organizations import PLAN_FIELDS
@@ -71,7 +72,7 @@ def operation(method: str, path: str, summary: str, **details: Any) -> Callable[
 
 def load_body(schema: type[Schema]) -> dict[str, Any]:
     """The JSON object of the request, checked by ``schema`` (an empty body is ``{}``)."""
-    raw = request.get_data(cache=True)
+    raw = read_body(request._get_current_object())  # type: ignore[attr-defined]
     data: Any = {}
     if raw.strip():
         try:

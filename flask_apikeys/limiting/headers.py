@@ -107,6 +107,11 @@ def describe_other_refusal(
         wsgi_headers.append(("Retry-After", str(max(1, math.ceil(reset_at - time.time())))))
 
 
+def registered_limiter() -> Any:
+    """The Flask-Limiter ``Limiter`` initialised on the current app, if any."""
+    return next(iter(current_app.extensions.get("limiter") or ()), None)
+
+
 def ratelimit_field(limits: KeyLimits, outcome: Outcome, month: Month) -> str:
     """The IETF draft's ``RateLimit``: what is left of every policy and when it resets."""
     resets = outcome.resets

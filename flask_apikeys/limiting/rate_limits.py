@@ -42,7 +42,7 @@ from ..network import client_address, counted_address
 from . import windows
 from .counters import Counter, Counters, Outcome, counters_for, is_remote
 from .database import DATABASE_URI, DatabaseCounters
-from .headers import flask_limiter_writes_headers
+from .headers import flask_limiter_writes_headers, registered_limiter
 from .leases import LeasedCounters
 from .policies import KeyLimits, Month, build_limits, key_limit, parse_limit, per_minute
 from .processes import serves_several_processes, warn_per_process
@@ -457,7 +457,7 @@ class RateLimits:
         """The Flask-Limiter ``Limiter`` we share storage with, if any."""
         if self.limiter is not None:
             return self.limiter
-        return next(iter(current_app.extensions.get("limiter") or ()), None)
+        return registered_limiter()
 
     def check_header_settings(self, app_config: Any, limiter: Any = None) -> None:
         """Warn once when Flask-Limiter and we would both write ``X-RateLimit-*``."""
