@@ -236,8 +236,15 @@ def attempt_record(
 ) -> dict[str, Any]:
     """An audit record for a refused authentication (prefix and hint only)."""
     parsed = None if presented is None else parse_key(presented)
+    # The organization of the stored key refused (revoked, expired, ...), never one guessed
+    # from the visible prefix, which anyone can write and other organizations' keys share.
+    organization_id, api_key_id = None, None
+    if error.refused_key is not None:
+        api_key_id, organization_id = error.refused_key
     return build_record(
         "auth.expired" if error.error_code == "expired_api_key" else "auth.refused",
+        organization_id=organization_id,
+        api_key_id=api_key_id,
         ip_address=address or None,
         user_agent=environ.get("HTTP_USER_AGENT"),
         key_prefix=None if parsed is None else parsed.display_prefix,

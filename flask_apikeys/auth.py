@@ -16,7 +16,11 @@ from flask import Request, g, has_request_context, request
 from werkzeug.local import LocalProxy
 
 from . import signals
-from .environ import OUTCOME_ENVIRON_KEY, VERIFICATION_SECONDS_ENVIRON_KEY
+from .environ import (
+    CREDENTIAL_ENVIRON_KEY,
+    OUTCOME_ENVIRON_KEY,
+    VERIFICATION_SECONDS_ENVIRON_KEY,
+)
 from .errors import (
     APIKeyError,
     APIKeyInURL,
@@ -75,16 +79,22 @@ def extract_credential(environ: dict[str, Any]) -> str | None:
 def refuse_key_in_url(current_request: Request, *, tokens_enabled: bool = False) -> None:
     """Refuse (400) a request that carries a key in its query string, where it leaks to logs.
 
-    With access tokens on, a JWT-shaped value or an ``access_token`` parameter is refused too.
+    A key-shaped parameter name counts as much as a value (``?pk_live_…``, a key appended to
+    the URL as it is). With access tokens on, a JWT-shaped name or value or an
+    ``access_token`` parameter is refused too.
     """
     for name, value in current_request.args.items(multi=True):
         lowered = name.lower()
-        if lowered in URL_KEY_PARAMETERS or looks_like_key(value):
+        if lowered in URL_KEY_PARAMETERS or looks_like_key(value) or looks_like_key(name):
             raise APIKeyInURL(
                 "API keys must not be sent in the URL, where logs and browser history keep them. "
                 "Send it in the Authorization or X-API-Key header, and revoke this key."
             )
-        if tokens_enabled and (lowered in URL_TOKEN_PARAMETERS or looks_like_access_token(value)):
+        if tokens_enabled and (
+            lowered in URL_TOKEN_PARAMETERS
+            or looks_like_access_token(value)
+            or looks_like_access_token(name)
+        ):
             raise APIKeyInURL(
                 "Access tokens must not be sent in the URL, where logs and browser history keep "
                 "them. Send it in the Authorization header (Bearer)."
@@ -102,6 +112,36 @@ def refuse_blocked_address(environ: dict[str, Any], state: ExtensionState) -> No
         limits.refuse_if_blocked(client_address(environ, state.settings.trusted_proxies))
 
 
+def refuse_outside_networks(
+    key: VerifiedKey, environ: dict[str, Any], trusted_proxies: int
+) -> None:
+    """Refuse (403) a request from outside the key's ``allowed_networks`` (none: anywhere).
+
+    Every credential made from a key (the key, its access tokens, a dashboard session it
+    started) is used only from where the key may be.
+    """
+    if key.allowed_networks:
+        address = client_address(environ, trusted_proxies)
+        if not address_allowed(address, key.allowed_networks):
+            refusal = IPNotAllowed(f"This key may not be used from {address}.")
+            raise refusal.about_key(key.id, key.organization.id)
+
+
+def refuse_other_credential(environ: dict[str, Any], credential: str) -> None:
+    """Refuse (401) ``credential`` when the request was authenticated with another one.
+
+    Only callers that pass a credential of their own get here, never the hook's hot path.
+    """
+    authenticated = environ.get(CREDENTIAL_ENVIRON_KEY)
+    if authenticated is None:  # the headers' credential, read by the first call
+        header = extract_credential(environ)
+        if header is None:
+            return  # a refusal about no credential (a blocked address, a key in the URL) stands
+        authenticated = hash(header)
+    if authenticated != hash(credential):
+        raise InvalidAPIKey("Two different keys were sent; send one.")
+
+
 def authenticate_request() -> VerifiedKey | None:
     """Authenticate the current request once; return its key, ``None``, or raise why not."""
     return authenticate(request._get_current_object(), get_state())  # type: ignore[attr-defined]
@@ -113,10 +153,14 @@ def authenticate(
     """:func:`authenticate_request` for callers that already hold the request and state.
 
     :param credential: the key or token to verify instead of the one in the headers (the
-        OAuth endpoints read it from HTTP Basic or the form body).
+        OAuth endpoints read it from HTTP Basic or the form body). If the request was already
+        authenticated with another credential (the headers', by a key function that ran
+        first), it is refused as two different keys, never answered with the other's outcome.
     """
     environ = current_request.environ
     outcome = environ.get(OUTCOME_ENVIRON_KEY, _NOT_YET)
+    if credential is not None and outcome is not _NOT_YET and outcome is not None:
+        refuse_other_credential(environ, credential)
     # A key function run before the view may have found no header credential; the credential
     # given now is still verified.
     if outcome is _NOT_YET or (outcome is None and credential is not None):
@@ -135,14 +179,14 @@ def authenticate(
             else:
                 outcome = state.service.verification.verify_key(presented)
             if outcome is not None and outcome.allowed_networks:
-                address = client_address(environ, state.settings.trusted_proxies)
-                if not address_allowed(address, outcome.allowed_networks):
-                    raise IPNotAllowed(f"This key may not be used from {address}.")
+                refuse_outside_networks(outcome, environ, state.settings.trusted_proxies)
         except APIKeyError as error:
             outcome = error
             if presented is not None:
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
+        if credential is not None:
+            environ[CREDENTIAL_ENVIRON_KEY] = hash(credential)
         if presented is not None:
             seconds = environ[VERIFICATION_SECONDS_ENVIRON_KEY] = (
                 perf_counter() - verification_started

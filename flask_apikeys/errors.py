@@ -29,6 +29,7 @@ from werkzeug.exceptions import (
 )
 
 from .environ import RAISED_ENVIRON_KEY
+from .logmask import mask_secrets
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 ERROR_TYPE_BASE = "https://flask-apikeys.readthedocs.io/en/latest/errors.html#"
@@ -48,6 +49,10 @@ class APIKeyError(HTTPException):
 
     error_code: ClassVar[str] = "api_key_error"
     title: ClassVar[str] = "API key error"
+    #: The stored key a refusal is about, as ``(key id, organization id)``, when the credential
+    #: matched one (revoked, expired, used from elsewhere): the audit record of the refused
+    #: attempt belongs to that organization. Never part of the problem document.
+    refused_key: tuple[Any, Any] | None = None
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(description=detail or self.title)
@@ -59,6 +64,11 @@ class APIKeyError(HTTPException):
 
     def __str__(self) -> str:
         return self.detail
+
+    def about_key(self, key_id: Any, organization_id: Any) -> Self:
+        """This error, noting the stored key it refuses (see :attr:`refused_key`)."""
+        self.refused_key = (key_id, organization_id)
+        return self
 
     def problem(self) -> dict[str, Any]:
         """The RFC 9457 problem document for this error."""
@@ -276,8 +286,25 @@ class InvalidInput(APIKeyError, UnprocessableEntity):
     def __init__(
         self, detail: str | None = None, *, errors: Mapping[str, Any] | None = None
     ) -> None:
-        super().__init__(detail, **({"errors": dict(errors)} if errors else {}))
-        self.errors = dict(errors or {})
+        # Field names and messages may repeat what the caller sent, a pasted key included:
+        # masked, as in a log line, since clients and gateways log error documents.
+        masked = _masked(dict(errors or {}))
+        super().__init__(
+            None if detail is None else mask_secrets(detail),
+            **({"errors": masked} if masked else {}),
+        )
+        self.errors = masked
+
+
+def _masked(value: Any) -> Any:
+    """``value`` (error messages: text, lists and mappings of them) with every secret masked."""
+    if isinstance(value, str):
+        return mask_secrets(value)
+    if isinstance(value, Mapping):
+        return {_masked(name): _masked(item) for name, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 class KeyLimitReached(APIKeyError, Conflict):

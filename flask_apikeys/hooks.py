@@ -31,6 +31,7 @@ from .environ import LIMITED_ENVIRON_KEY, START_ENVIRON_KEY
 from .errors import (
     APIKeyError,
     AuthenticationError,
+    AuthorizationError,
     InsufficientScope,
     LimitExceeded,
     MissingAPIKey,
@@ -342,7 +343,10 @@ def authenticate_and_check(
     settings = state.settings
     try:
         key = authenticate(current_request, state, credential)
-    except AuthenticationError as error:
+    except (AuthenticationError, AuthorizationError) as error:
+        # Every refused credential counts: a wrong one (401), and a right one used from
+        # outside its networks or of an inactive organization (403), which no rate limit
+        # reaches either (they apply to authenticated keys).
         if settings.failed_auth_limit and not isinstance(error, MissingAPIKey):
             limits.count_failure(client_address(environ, settings.trusted_proxies))
         raise

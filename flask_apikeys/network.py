@@ -4,7 +4,8 @@ Behind proxies the peer address is the nearest proxy's. ``APIKEYS_TRUSTED_PROXIE
 many proxies the deployment runs in front of the app; the client is then the address that the
 outermost trusted proxy saw, i.e. that many entries from the right of ``X-Forwarded-For``.
 Entries further left are written by the client and never trusted. With no trusted proxies (the
-default), ``X-Forwarded-For`` is ignored entirely.
+default), ``X-Forwarded-For`` is ignored entirely. A port some proxies add to the entry
+(``203.0.113.9:50123``, ``[2001:db8::1]:443``) is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +31,19 @@ def client_address(environ: Mapping[str, Any], trusted_proxies: int) -> str:
     forwarded = [part for part in forwarded if part]
     if len(forwarded) < trusted_proxies:
         return peer  # fewer hops than configured: do not guess, use the peer we can see
-    return forwarded[-trusted_proxies]
+    return without_port(forwarded[-trusted_proxies])
+
+
+def without_port(entry: str) -> str:
+    """An ``X-Forwarded-For`` entry as an address: some proxies (Azure's, IIS ARR) write
+    ``address:port`` or ``[IPv6]:port``, and a client that takes a new source port for each
+    connection must not become a new client each time."""
+    if entry.startswith("["):
+        end = entry.find("]")
+        return entry[1:end] if end > 0 else entry
+    if entry.count(":") == 1:  # IPv4 and a port; an IPv6 address alone has two or more
+        return entry.partition(":")[0]
+    return entry
 
 
 @functools.lru_cache(maxsize=4096)

@@ -168,8 +168,11 @@ def authorization_server_metadata() -> Response:
         document["revocation_endpoint"] = url_for("apikeys_oauth.revoke", _external=True)
         document["revocation_endpoint_auth_methods_supported"] = AUTH_METHODS
     response = jsonify(document)
-    response.cache_control.public = True
+    # Its URLs come from the request's host: a shared cache that does not key on it (or on
+    # X-Forwarded-Host) would hand every client an attacker's token endpoint.
+    response.cache_control.private = True
     response.cache_control.max_age = METADATA_MAX_AGE
+    response.vary.update(("Host", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"))
     return response
 
 
@@ -207,6 +210,12 @@ def introspection(state: ExtensionState, client: Client, token: str) -> dict[str
         return {"active": False}
     if not (client.key is None or client.key.organization.id == key.organization.id):
         return {"active": False}  # another organization's credential: not ours to describe
+    # What only the gateway can apply, knowing where the client is and what it asks for: the
+    # key's networks, and its level (a read-only key may use safe methods only).
+    if key.allowed_networks:
+        answer["allowed_networks"] = [str(network) for network in key.allowed_networks]
+    if key.level is not None:
+        answer["level"] = key.level
     return {
         "active": True,
         "scope": " ".join(sorted(key.scopes)),

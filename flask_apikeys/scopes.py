@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 
+from .keys import looks_like_access_token, looks_like_key
+
 SCOPE_PATTERN = re.compile(r"\*|(?:\*|[A-Za-z0-9_.\-]+)(?::(?:[A-Za-z0-9_.\-]+|\*))*")
 MAX_SCOPE_LENGTH = 100
 
@@ -20,6 +22,9 @@ def validate_scope(scope: object) -> str:
         raise ValueError(
             f"scope {scope!r} must be a string of at most {MAX_SCOPE_LENGTH} characters"
         )
+    if looks_like_key(scope) or looks_like_access_token(scope):
+        # A pasted key fits the grammar: it would be stored, listed and put in tokens.
+        raise ValueError("a scope must not be an API key or access token (revoke it if it is real)")
     if not SCOPE_PATTERN.fullmatch(scope):
         raise ValueError(
             f"scope {scope!r} must look like 'resource:action', 'resource:*' or '*' "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
+import sqlalchemy as sa
 from flask import Flask, current_app
 from flask_sqlalchemy import SQLAlchemy
 from limits.storage import RedisStorage
@@ -172,5 +173,26 @@ def build_state(
 
 
 def database_identity(app: Flask) -> str:
-    """What names the app's key database among the processes of a host: its URL(s)."""
-    return repr((app.config.get("SQLALCHEMY_DATABASE_URI"), app.config.get("SQLALCHEMY_BINDS")))
+    """What names the app's key database among the processes of a host: its URL(s), without
+    their passwords (the name of a file anyone on the host can list is made from it)."""
+    binds = app.config.get("SQLALCHEMY_BINDS") or {}
+    return repr(
+        (
+            _without_password(app.config.get("SQLALCHEMY_DATABASE_URI")),
+            sorted((str(name), _without_password(bind)) for name, bind in binds.items()),
+        )
+    )
+
+
+def _without_password(database: Any) -> str:
+    """A database URL (a string, a URL object, or engine options with ``url``) as text
+    without its password."""
+    if isinstance(database, dict):
+        database = database.get("url")
+    if database is None:
+        return ""
+    try:
+        url = sa.make_url(database)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        return "unparsable"  # no engine connects with it either
+    return url.render_as_string(hide_password=True)

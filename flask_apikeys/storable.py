@@ -7,7 +7,8 @@ request contributes to a usage row or an audit record goes through these functio
 captured, and one bad request can never make a batch that the database refuses.
 
 Input that a caller *asks* to store (names, scopes, metadata) is refused instead, with a 422:
-see :func:`unstorable_reason` and :mod:`flask_apikeys.service.validation`.
+see :func:`unstorable_reason` and :mod:`flask_apikeys.service.validation`. That includes a key
+or access token pasted into such a field: no key is ever stored in clear.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.exc import DataError, IntegrityError
+
+from .keys import looks_like_access_token, looks_like_key
 
 #: What a flush that fails on its *rows* raises (a value the database or the driver refuses, a
 #: key deleted since the request), as opposed to a database that cannot be reached: the rows at
@@ -73,8 +76,16 @@ def storable_json(value: Any, depth: int = 0) -> Any:
     return storable_text(str(value))
 
 
+#: Why a caller's text holding a credential is refused (the credential itself never repeated).
+CREDENTIAL_REASON = (
+    "must not contain an API key or access token (keys are never stored in clear; "
+    "revoke it if it is real)"
+)
+
+
 def unstorable_reason(value: str) -> str | None:
-    """Why ``value`` cannot be stored as it is (a NUL, a lone surrogate), or ``None``."""
+    """Why ``value`` cannot be stored as it is (a NUL, a lone surrogate, a key or access token
+    pasted into it), or ``None``."""
     if "\x00" in value:
         return "must not contain a NUL character"
     if not value.isascii():
@@ -82,6 +93,8 @@ def unstorable_reason(value: str) -> str | None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             return "must be valid Unicode (no lone UTF-16 surrogates)"
+    if looks_like_key(value) or looks_like_access_token(value):
+        return CREDENTIAL_REASON
     return None
 
 

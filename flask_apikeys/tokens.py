@@ -31,6 +31,7 @@ from .cache import MAX_CACHE_BYTES, approximate_size
 from .config import ConfigError
 from .environ import CLAIMS_ENVIRON_KEY
 from .errors import (
+    APIKeyError,
     ExpiredToken,
     InsufficientScope,
     InvalidInput,
@@ -280,13 +281,15 @@ class TokenAuthority:
         verified = self.service.verification.verified_key_by_id(key_id)
         if verified is None or verified.organization.id != organization_id:
             raise InvalidToken("The key this token was issued for no longer exists.")
-        if self.check_revocation:
-            if verified.revoked_at is not None or not verified.is_active:
-                raise InvalidToken("The key this token was issued for has been revoked.")
-            if verified.is_expired():
-                raise ExpiredToken("The key this token was issued for has expired.")
-        if not verified.organization.is_active:
-            raise OrganizationInactive("The organization that owns this API key is inactive.")
+        refusal: APIKeyError | None = None
+        if self.check_revocation and (verified.revoked_at is not None or not verified.is_active):
+            refusal = InvalidToken("The key this token was issued for has been revoked.")
+        elif self.check_revocation and verified.is_expired():
+            refusal = ExpiredToken("The key this token was issued for has expired.")
+        elif not verified.organization.is_active:
+            refusal = OrganizationInactive("The organization that owns this API key is inactive.")
+        if refusal is not None:
+            raise refusal.about_key(verified.id, organization_id)
         environ[CLAIMS_ENVIRON_KEY] = claims
         return self._narrow(verified, scope)
 

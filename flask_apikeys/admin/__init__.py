@@ -15,6 +15,7 @@ from werkzeug.routing import Map, Rule
 
 from ..boundedcache import BoundedCache
 from ..errors import MethodNotAllowedError, NotFoundError
+from ..logmask import mask_secrets
 from ..state import get_state
 from .access import AdminCaller, authenticate_admin
 from .openapi import build_openapi
@@ -95,6 +96,7 @@ def make_admin_blueprint(url_prefix: str) -> Blueprint:
             ) from None
         except HTTPException:  # NotFound, or a redirect to a merged slash: not a route of ours
             pass
-        raise NotFoundError(f"The admin API has no {request.path!r}.")
+        # A key pasted into the path is not printed back (clients and gateways log errors).
+        raise NotFoundError(f"The admin API has no {mask_secrets(repr(request.path))}.")
 
     return blueprint

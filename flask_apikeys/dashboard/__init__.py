@@ -55,6 +55,7 @@ def make_dashboard_blueprint(url_prefix: str) -> Blueprint:
         g._apikeys_admin = signed_in.caller  # what the admin API's access checks read
         if request.method == "POST":
             session.check_csrf(signed_in.csrf_token)
+        session.spend_admin_budget(signed_in.caller)
         return None
 
     blueprint.after_request(session.add_security_headers)

@@ -23,7 +23,7 @@ from flask import g, request
 from werkzeug.wrappers import Response
 
 from ..admin.access import ADMIN_SCOPE, AdminCaller
-from ..auth import authenticate, refuse_blocked_address
+from ..auth import authenticate, refuse_blocked_address, refuse_outside_networks
 from ..environ import CLAIMS_ENVIRON_KEY
 from ..errors import (
     APIKeyError,
@@ -122,7 +122,9 @@ def verify_admin_credential(presented: str) -> AdminCaller:
             "Only a key with the admin scope may sign in to the dashboard.",
             required_scopes=[ADMIN_SCOPE],
         )
-    return AdminCaller(key=key)
+    caller = AdminCaller(key=key)
+    spend_admin_budget(caller)  # each sign-in stores a session and an audit record
+    return caller
 
 
 def start_session(caller: AdminCaller, organization: Organization) -> tuple[str, DashboardSession]:
@@ -207,11 +209,23 @@ def _still_allowed(row: DashboardSession) -> AdminCaller | None:
     if key is None or key.organization.id != row.organization_id:
         return None
     try:
-        # Revoked, expired (a rotation's overlap over), organization switched off.
+        # Revoked, expired (a rotation's overlap over), organization switched off; and used
+        # from outside the key's networks: the cookie is the key's, it works where the key does.
         state.service.verification.check_usable(key)
+        refuse_outside_networks(key, request.environ, state.settings.trusted_proxies)
     except APIKeyError:
         return None
     return AdminCaller(key=key) if key.has_scope(ADMIN_SCOPE) else None
+
+
+def spend_admin_budget(caller: AdminCaller) -> None:
+    """Take one unit of the caller's admin budget (``APIKEYS_ADMIN_RATE_LIMIT``), or raise
+    429: the dashboard is another door to the admin API's operations, not a way around its
+    limit. The bootstrap key has no budget there either."""
+    limits = get_state().limits
+    key = caller.key
+    if limits is not None and key is not None:
+        limits.enforce_admin(key, request._get_current_object())  # type: ignore[attr-defined]
 
 
 def signed_in() -> SignedIn:

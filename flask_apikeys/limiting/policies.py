@@ -123,12 +123,28 @@ def requests_per_minute_allowed(text: str | None) -> float:
     """How many requests a limit string lets through in one minute at most (``None``: any).
 
     ``"10/second"`` allows 600, ``"1000/hour"`` 1000 (all of them may come in one minute),
-    ``"5/minute;100/hour"`` 5: what a caller may hand out is compared on this one number.
+    ``"5/minute;100/hour"`` 5.
     """
+    return requests_allowed_within(text, 60)
+
+
+def requests_allowed_within(text: str | None, seconds: int) -> float:
+    """How many requests a limit string lets through in ``seconds`` at most (``None``: any):
+    each of its windows allows its amount once per window started in that time."""
     if text is None:
         return math.inf
     allowed = math.inf
     for amount, window in parse_limit(text):
-        windows_in_a_minute = max(1, math.ceil(60 / window)) if window > 0 else 1
-        allowed = min(allowed, amount * windows_in_a_minute)
+        windows_started = max(1, math.ceil(seconds / window)) if window > 0 else 1
+        allowed = min(allowed, amount * windows_started)
     return allowed
+
+
+def allows_more(granted: str | None, held: str | None) -> bool:
+    """Whether ``granted`` lets through more than ``held`` in a minute or in any window of
+    ``held`` (``60/minute`` allows more a day than ``60/minute;1000/day``)."""
+    spans = {60} | ({window for _, window in parse_limit(held)} if held is not None else set())
+    return any(
+        requests_allowed_within(granted, span) > requests_allowed_within(held, span)
+        for span in sorted(spans)
+    )

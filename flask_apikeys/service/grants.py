@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InsufficientScope
 from ..identity import VerifiedKey
-from ..limiting.policies import per_minute, requests_per_minute_allowed
+from ..limiting.policies import allows_more, per_minute
 from ..models import APIKey, Organization
 from ..network import networks_beyond
 from ..permissions import effective_scopes, names_scope, scopes_beyond, within_plan
@@ -99,10 +99,10 @@ class Grants:
         )
         granted_limit = values.get("custom_rate_limit") or organization_limit
         held_limit = granter.custom_rate_limit or organization_limit
-        if requests_per_minute_allowed(granted_limit) > requests_per_minute_allowed(held_limit):
+        if allows_more(granted_limit, held_limit):
             raise InsufficientScope(
                 f"A key cannot grant a rate limit above its own ({held_limit}): "
-                f"{granted_limit} allows more requests a minute."
+                f"{granted_limit} allows more requests in a minute or in one of its windows."
             )
         networks = networks_beyond(
             granter.allowed_networks or (), values.get("allowed_networks") or ()

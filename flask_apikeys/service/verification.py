@@ -23,7 +23,13 @@ import sqlalchemy as sa
 from .. import keys
 from ..boundedcache import BoundedCache
 from ..cache import OrganizationEntry
-from ..errors import ExpiredAPIKey, InvalidAPIKey, OrganizationInactive, RevokedAPIKey
+from ..errors import (
+    APIKeyError,
+    ExpiredAPIKey,
+    InvalidAPIKey,
+    OrganizationInactive,
+    RevokedAPIKey,
+)
 from ..hashing import cache_digest
 from ..identity import OrganizationInfo, VerifiedKey, build_verified_key
 from ..models import APIKey, Organization
@@ -194,13 +200,18 @@ class Verification:
 
     def check_usable(self, verified: VerifiedKey) -> None:
         """Raise if a verified key may not be used now: revoked, expired, organization off."""
+        error: APIKeyError
         if verified.revoked_at is not None or not verified.is_active:
-            raise RevokedAPIKey("This API key has been revoked.")
-        expires_at = verified.expires_at_timestamp  # is_expired(), without the call
-        if expires_at is not None and time.time() >= expires_at:
-            raise ExpiredAPIKey("This API key has expired.")
-        if not verified.organization.is_active:
-            raise OrganizationInactive("The organization that owns this API key is inactive.")
+            error = RevokedAPIKey("This API key has been revoked.")
+        elif (
+            expires_at := verified.expires_at_timestamp
+        ) is not None and time.time() >= expires_at:
+            error = ExpiredAPIKey("This API key has expired.")
+        elif not verified.organization.is_active:
+            error = OrganizationInactive("The organization that owns this API key is inactive.")
+        else:
+            return
+        raise error.about_key(verified.id, verified.organization.id)
 
     def _load_verified_key(self, presented: str) -> tuple[VerifiedKey, float | None]:
         """The snapshot of the key stored for ``presented``, found by its digest, and when
