@@ -27,6 +27,7 @@ from .errors import (
     InvalidAPIKey,
     IPNotAllowed,
 )
+from .hashing import cache_digest
 from .identity import VerifiedKey
 from .keys import looks_like_access_token, looks_like_key
 from .network import address_allowed, client_address
@@ -137,8 +138,8 @@ def refuse_other_credential(environ: dict[str, Any], credential: str) -> None:
         header = extract_credential(environ)
         if header is None:
             return  # a refusal about no credential (a blocked address, a key in the URL) stands
-        authenticated = hash(header)
-    if authenticated != hash(credential):
+        authenticated = cache_digest(header)
+    if not hmac.compare_digest(authenticated, cache_digest(credential)):
         raise InvalidAPIKey("Two different keys were sent; send one.")
 
 
@@ -186,7 +187,7 @@ def authenticate(
                 state.record_refusal(error, environ, presented)
         environ[OUTCOME_ENVIRON_KEY] = outcome
         if credential is not None:
-            environ[CREDENTIAL_ENVIRON_KEY] = hash(credential)
+            environ[CREDENTIAL_ENVIRON_KEY] = cache_digest(credential)
         if presented is not None:
             seconds = environ[VERIFICATION_SECONDS_ENVIRON_KEY] = (
                 perf_counter() - verification_started

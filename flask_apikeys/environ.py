@@ -10,9 +10,10 @@ from __future__ import annotations
 #: The outcome of authentication: a :class:`~flask_apikeys.identity.VerifiedKey`, ``None``
 #: (no credential), or the :class:`~flask_apikeys.errors.APIKeyError` that refused it.
 OUTCOME_ENVIRON_KEY = "flask_apikeys.outcome"
-#: ``hash()`` of the credential the outcome is about when a caller gave it (an OAuth client
-#: secret, the dashboard's sign-in form) rather than the headers: a later call that asks about
-#: another credential must not be given this one's outcome. Never the credential itself.
+#: A digest (:func:`~flask_apikeys.hashing.cache_digest`) of the credential the outcome is
+#: about when a caller gave it (an OAuth client secret, the dashboard's sign-in form) rather
+#: than the headers: a later call that asks about another credential must not be given this
+#: one's outcome. Never the credential itself; compared in constant time.
 CREDENTIAL_ENVIRON_KEY = "flask_apikeys.credential"
 #: Set once a request went through rate limits, quota and the failed-attempt count, so that
 #: whoever authenticates it next (a scope decorator, the admin API) does not count it twice.
