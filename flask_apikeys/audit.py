@@ -49,6 +49,9 @@ FIELDS = (
 #: Records written per transaction: a flood of refused keys must not fall behind.
 APPEND_BATCH = 500
 APPEND_ATTEMPTS = 20
+#: Records :func:`verify_chain` reads per round trip: a trail of millions is walked with a
+#: server-side cursor, never held in memory whole (psycopg and PyMySQL otherwise fetch it all).
+VERIFY_BATCH = 1000
 table: sa.Table = AuditRecord.__table__  # type: ignore[assignment]
 
 
@@ -169,7 +172,8 @@ class ChainBreak:
 def verify_chain(connection: Any) -> ChainBreak | None:
     """Walk the whole trail; return the first broken record, or ``None`` when it is intact."""
     previous = GENESIS
-    rows = connection.execute(sa.select(table).order_by(table.c.id)).mappings()
+    walk = sa.select(table).order_by(table.c.id).execution_options(yield_per=VERIFY_BATCH)
+    rows = connection.execute(walk).mappings()
     for row in rows:
         values = dict(row)
         if row["previous_hash"] != previous:

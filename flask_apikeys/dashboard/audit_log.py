@@ -42,16 +42,31 @@ class AuditFilter:
 def audit_page(
     store: Store, organization_id: uuid.UUID, selection: AuditFilter, page: int
 ) -> tuple[list[AuditRecord], int]:
-    """One page of the organization's audit records matching ``selection``, newest first."""
-    own_prefixes = sa.select(APIKey.key_prefix).where(APIKey.organization_id == organization_id)
-    belongs = sa.or_(
-        AuditRecord.organization_id == organization_id,
-        sa.and_(AuditRecord.organization_id.is_(None), AuditRecord.key_prefix.in_(own_prefixes)),
-    )
-    conditions = [
-        belongs,
+    """One page of the organization's audit records matching ``selection``, newest first.
+
+    The records are found as two sets of ids, each read through an index of its own: the
+    organization's records of the period, and the period's records that name one of its keys'
+    prefixes (of which the refused attempts, which name no organization, are kept). One
+    condition joining both with ``OR`` read every refused attempt of the period, whoever it
+    was for; and "no organization" is no index's way in: most refused attempts have none.
+    """
+    in_period = (
         AuditRecord.created_at >= datetime.combine(selection.start, time.min, tzinfo=UTC),
         AuditRecord.created_at < datetime.combine(selection.end, time.min, tzinfo=UTC),
+    )
+    own_prefixes = sa.select(APIKey.key_prefix).where(APIKey.organization_id == organization_id)
+    own_records = sa.select(AuditRecord.id).where(
+        AuditRecord.organization_id == organization_id, *in_period
+    )
+    naming_own_prefixes = sa.select(AuditRecord.id).where(
+        AuditRecord.key_prefix.in_(own_prefixes), *in_period
+    )
+    conditions = [
+        AuditRecord.id.in_(sa.union_all(own_records, naming_own_prefixes)),
+        sa.or_(
+            AuditRecord.organization_id == organization_id,
+            AuditRecord.organization_id.is_(None),
+        ),
     ]
     if selection.event:
         conditions.append(AuditRecord.event == selection.event)

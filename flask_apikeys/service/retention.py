@@ -161,7 +161,12 @@ class Retention:
 
     def _purge(self, session: Any, key_ids: list[uuid.UUID]) -> None:
         """Delete the keys' raw usage rows (in batches), then the keys, in one transaction."""
-        retention.delete_all(self._connect, usage_table, usage_table.c.api_key_id.in_(key_ids))
+        retention.delete_all(
+            self._connect,
+            usage_table,
+            usage_table.c.api_key_id.in_(key_ids),
+            by=usage_table.c.api_key_id,
+        )
 
         def delete() -> None:
             # Keys these replaced point at them (ON DELETE SET NULL, which SQLite enforces
