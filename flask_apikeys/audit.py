@@ -173,20 +173,20 @@ def verify_chain(connection: Any) -> ChainBreak | None:
     """Walk the whole trail; return the first broken record, or ``None`` when it is intact."""
     previous = GENESIS
     walk = sa.select(table).order_by(table.c.id).execution_options(yield_per=VERIFY_BATCH)
-    rows = connection.execute(walk).mappings()
-    for row in rows:
-        values = dict(row)
-        if row["previous_hash"] != previous:
-            return ChainBreak(
-                row["id"],
-                "its link does not match the record before it: a record was "
-                "deleted or inserted before it",
-            )
-        if record_hash(values, previous) != row["record_hash"]:
-            return ChainBreak(row["id"], "its content was changed after it was written")
-        previous = row["record_hash"]
+    # Closed on the way out, at a break too: a server-side cursor left open is the server's.
+    with connection.execute(walk) as result:
+        for row in result.mappings():
+            values = dict(row)
+            if row["previous_hash"] != previous:
+                return ChainBreak(
+                    row["id"],
+                    "its link does not match the record before it: a record was "
+                    "deleted or inserted before it",
+                )
+            if record_hash(values, previous) != row["record_hash"]:
+                return ChainBreak(row["id"], "its content was changed after it was written")
+            previous = row["record_hash"]
     return None
-
 
 class AuditTrail:
     """Writes one app's audit records; subscribed to the service's signals by ``init_app``."""
