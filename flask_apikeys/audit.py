@@ -188,6 +188,7 @@ def verify_chain(connection: Any) -> ChainBreak | None:
             previous = row["record_hash"]
     return None
 
+
 class AuditTrail:
     """Writes one app's audit records; subscribed to the service's signals by ``init_app``."""
 

@@ -27,6 +27,9 @@ EVENTS = (
     "dashboard.signed_out",
 )
 PAGE_SIZE = 50
+#: Stands for "no organization" where a refused attempt's missing one is compared (no
+#: organization has the nil UUID).
+NO_ORGANIZATION = sa.literal(uuid.UUID(int=0), sa.Uuid())
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,31 +45,18 @@ class AuditFilter:
 def audit_page(
     store: Store, organization_id: uuid.UUID, selection: AuditFilter, page: int
 ) -> tuple[list[AuditRecord], int]:
-    """One page of the organization's audit records matching ``selection``, newest first.
+    """One page of the organization's audit records matching ``selection``, newest first,
+    and how many match.
 
-    The records are found as two sets of ids, each read through an index of its own: the
-    organization's records of the period, and the period's records that name one of its keys'
-    prefixes (of which the refused attempts, which name no organization, are kept). One
-    condition joining both with ``OR`` read every refused attempt of the period, whoever it
-    was for; and "no organization" is no index's way in: most refused attempts have none.
+    The records are two sets of ids, each read through an index of its own: the
+    organization's records of the period, and the period's refused attempts (no organization)
+    whose prefix is one of its keys'. The page is cut from the ids before a record is read.
+    One condition joining both with ``OR`` read every refused attempt of the period, whoever
+    it was for (0.4 s per page at a million records, for an organization with a dozen).
     """
-    in_period = (
+    conditions = [
         AuditRecord.created_at >= datetime.combine(selection.start, time.min, tzinfo=UTC),
         AuditRecord.created_at < datetime.combine(selection.end, time.min, tzinfo=UTC),
-    )
-    own_prefixes = sa.select(APIKey.key_prefix).where(APIKey.organization_id == organization_id)
-    own_records = sa.select(AuditRecord.id).where(
-        AuditRecord.organization_id == organization_id, *in_period
-    )
-    naming_own_prefixes = sa.select(AuditRecord.id).where(
-        AuditRecord.key_prefix.in_(own_prefixes), *in_period
-    )
-    conditions = [
-        AuditRecord.id.in_(sa.union_all(own_records, naming_own_prefixes)),
-        sa.or_(
-            AuditRecord.organization_id == organization_id,
-            AuditRecord.organization_id.is_(None),
-        ),
     ]
     if selection.event:
         conditions.append(AuditRecord.event == selection.event)
@@ -83,5 +73,33 @@ def audit_page(
                 ),
             )
         )
-    query = sa.select(AuditRecord).where(*conditions).order_by(AuditRecord.id.desc())
-    return store.page(query, PAGE_SIZE, (page - 1) * PAGE_SIZE)
+    own_prefixes = sa.select(APIKey.key_prefix).where(APIKey.organization_id == organization_id)
+    own_records = sa.select(AuditRecord.id).where(
+        AuditRecord.organization_id == organization_id, *conditions
+    )
+    attempts_on_own_keys = sa.select(AuditRecord.id).where(
+        AuditRecord.key_prefix.in_(own_prefixes),
+        # "No organization" written so that no index serves it: most refused attempts have
+        # none, and a planner that guesses "few" reads them all instead of the prefixes'.
+        sa.func.coalesce(AuditRecord.organization_id, NO_ORGANIZATION) == NO_ORGANIZATION,
+        *conditions,
+    )
+    matching = sa.union_all(own_records, attempts_on_own_keys).subquery()
+    # A derived table around the LIMIT: MySQL and MariaDB take no LIMIT directly inside IN.
+    page_ids = (
+        sa.select(matching.c.id)
+        .order_by(matching.c.id.desc())
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
+        .subquery()
+    )
+    query = (
+        sa.select(AuditRecord)
+        .where(AuditRecord.id.in_(sa.select(page_ids.c.id)))
+        .order_by(AuditRecord.id.desc())
+    )
+    records = store.read(lambda: list(store.session.scalars(query)))
+    total = store.read(
+        lambda: store.session.scalar(sa.select(sa.func.count()).select_from(matching))
+    )
+    return records, int(total or 0)
