@@ -14,6 +14,8 @@ for a million records).
 from __future__ import annotations
 
 import re
+import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -362,3 +364,67 @@ def test_verifying_the_audit_chain_reads_it_with_a_server_side_cursor(
         finally:
             sa.event.remove(engine, "before_cursor_execute", record)
     assert cursors in (["ServerCursor"], ["SSCursor"], ["SSDictCursor"])
+
+
+def test_a_purge_holds_one_batch_of_keys_at_a_time_and_lists_them_all(
+    app: Flask, apikeys: APIKeys, tenants: dict[str, Any]
+) -> None:
+    """A purge of 100,000 keys read every key's record at once (5 KB each, dry run or not):
+    now a batch at a time, in the order of their creation, each batch deleted before the next
+    is read."""
+    from flask_apikeys.models import APIKey
+    from flask_apikeys.service.retention import PURGE_BATCH
+
+    count = 2 * PURGE_BATCH + 50
+    now = datetime.now(UTC)
+    with app.app_context():
+        session = app.extensions["sqlalchemy"].session
+        session.execute(
+            sa.insert(APIKey),
+            [
+                {
+                    "id": uuid.uuid4(),
+                    "organization_id": tenants["other"],
+                    "key_prefix": f"pk_live_{number:04d}",
+                    "key_hash": f"hash-{number}",
+                    "key_hint": "abcd",
+                    "name": f"old {number}",
+                    "environment": "live",
+                    "is_active": False,
+                    "created_at": now - timedelta(days=400, minutes=number % 7),
+                    "revoked_at": now - timedelta(days=300),
+                    "scopes": [],
+                    "roles": [],
+                    "allowed_networks": [],
+                    "key_metadata": {},
+                    "total_requests": 0,
+                }
+                for number in range(count)
+            ],
+        )
+        session.commit()
+        alive: weakref.WeakSet[APIKey] = weakref.WeakSet()
+        held: list[int] = []
+
+        def loaded(instance: APIKey, context: Any) -> None:
+            alive.add(instance)
+
+        def count_held(*arguments: Any) -> None:
+            held.append(len(alive))  # the key records still in memory at each statement
+
+        engine = app.extensions["sqlalchemy"].engine
+        sa.event.listen(APIKey, "load", loaded)
+        sa.event.listen(engine, "before_cursor_execute", count_held)
+        try:
+            listed = apikeys.service.retention.purge_keys(
+                revoked_before=now - timedelta(days=200), dry_run=True
+            )
+            purged = apikeys.service.retention.purge_keys(revoked_before=now - timedelta(days=200))
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count_held)
+            sa.event.remove(APIKey, "load", loaded)
+        left = session.scalar(sa.select(sa.func.count()).where(APIKey.name.like("old %")))
+    assert len(listed) == count and [key["id"] for key in purged] == [key["id"] for key in listed]
+    assert len({key["id"] for key in listed}) == count
+    assert left == 0
+    assert max(held) <= PURGE_BATCH + 10  # one batch (and the fixture's few keys)
