@@ -48,7 +48,13 @@ from flask_apikeys.errors import APIKeyError  # noqa: E402
 from flask_apikeys.models import APIKey, metadata  # noqa: E402
 from flask_apikeys.usage import backfill, retention  # noqa: E402
 
-BIG_TABLES = ("api_keys", "organizations", "api_key_usage", "api_key_audit_log", "api_key_usage_rollups")
+BIG_TABLES = (
+    "api_keys",
+    "organizations",
+    "api_key_usage",
+    "api_key_audit_log",
+    "api_key_usage_rollups",
+)
 
 
 def seed(url: str, args: argparse.Namespace) -> None:
@@ -56,7 +62,11 @@ def seed(url: str, args: argparse.Namespace) -> None:
     backend = engine.dialect.name
     organization, keys = bench_usage_stats.setup_schema(engine)
     started = time.perf_counter()
-    generate = bench_usage_stats.generate_postgresql if backend == "postgresql" else bench_usage_stats.generate_sqlite
+    generate = (
+        bench_usage_stats.generate_postgresql
+        if backend == "postgresql"
+        else bench_usage_stats.generate_sqlite
+    )
     generate(engine, organization, keys, args.usage_rows)
     backfill.backfill_rollups(engine.begin)
     print(f"usage rows and rollups: {time.perf_counter() - started:.0f} s", flush=True)
@@ -110,7 +120,9 @@ def add_tenants(engine: sa.Engine, organizations: int, keys: int, big_keys: int)
                 {true}, {moment("i")}, {moment("i")}
             FROM {series.format(last=organizations - 1)}
         """)
-        organization_of = f"(CASE WHEN i < {big_keys} THEN 0 ELSE 1 + (i - {big_keys}) % {small} END)"
+        organization_of = (
+            f"(CASE WHEN i < {big_keys} THEN 0 ELSE 1 + (i - {big_keys}) % {small} END)"
+        )
         revoked = f"i < {big_keys} AND i % 3 = 0"
         run(f"""
             INSERT INTO api_keys (id, organization_id, key_prefix, key_hash, key_hint, name,
@@ -138,8 +150,13 @@ def add_audit(engine: sa.Engine, rows: int, chunk: int = 20_000) -> None:
     table = metadata.tables["api_key_audit_log"]
     with engine.connect() as connection:
         keys = connection.execute(
-            sa.select(metadata.tables["api_keys"].c.id, metadata.tables["api_keys"].c.organization_id,
-                      metadata.tables["api_keys"].c.key_prefix).order_by(metadata.tables["api_keys"].c.key_prefix).limit(20_000)
+            sa.select(
+                metadata.tables["api_keys"].c.id,
+                metadata.tables["api_keys"].c.organization_id,
+                metadata.tables["api_keys"].c.key_prefix,
+            )
+            .order_by(metadata.tables["api_keys"].c.key_prefix)
+            .limit(20_000)
         ).all()
     previous = GENESIS
     start = datetime(2025, 1, 1, tzinfo=UTC)
@@ -187,8 +204,16 @@ def build_app(url: str) -> tuple[Flask, APIKeys]:
 def recorded(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
     statements: list[tuple[str, Any]] = []
 
-    def listener(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT", "SELECT 1", "PRAGMA")):
+    def listener(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        if (
+            not statement.lstrip()
+            .upper()
+            .startswith(
+                ("SAVEPOINT", "RELEASE", "ROLLBACK", "BEGIN", "COMMIT", "SELECT 1", "PRAGMA")
+            )
+        ):
             statements.append((statement, parameters))
 
     sa.event.listen(engine, "before_cursor_execute", listener)
@@ -200,7 +225,6 @@ def recorded(engine: sa.Engine) -> Iterator[list[tuple[str, Any]]]:
 
 def plan_lines(engine: sa.Engine, statement: str, parameters: Any, analyze: bool) -> list[str]:
     postgresql = engine.dialect.name == "postgresql"
-    is_read = statement.lstrip().upper().startswith(("SELECT", "WITH"))
     if postgresql:
         prefix = "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN "
     else:
@@ -219,10 +243,7 @@ def plan_lines(engine: sa.Engine, statement: str, parameters: Any, analyze: bool
         raw.rollback()
     finally:
         raw.close()
-    if postgresql:
-        return [row[0] for row in rows]
-    del is_read
-    return ["  " * 0 + str(row[-1]) for row in rows]
+    return [str(row[0] if postgresql else row[-1]) for row in rows]
 
 
 def suspicious(line: str) -> bool:
@@ -246,36 +267,71 @@ def operations(apikeys: APIKeys) -> dict[str, Callable[[], Any]]:
     engine = store.session.get_bind().engine
     small_key = service.keys.list_keys(small, include_revoked=False, limit=1)[0][0]
     small_revocable = service.keys.list_keys("tenant-18", include_revoked=False, limit=1)[0][0]
-    cold_keys = list(store.session.execute(sa.select(APIKey.id, APIKey.organization_id).limit(2000)))
+    cold_keys = list(
+        store.session.execute(sa.select(APIKey.id, APIKey.organization_id).limit(2000))
+    )
     month = (date(2026, 1, 1), date(2026, 2, 1))
     return {
         "org list, first page": lambda: service.organizations.list_organizations(limit=50),
-        "org list, page 200": lambda: service.organizations.list_organizations(limit=50, offset=9_950),
+        "org list, page 200": lambda: service.organizations.list_organizations(
+            limit=50, offset=9_950
+        ),
         "org show by slug": lambda: service.organizations.get_organization("tenant-42"),
         "org plan_excess (big)": lambda: service.organizations.plan_excess(big),
         "key list (big), first page": lambda: service.keys.list_keys(big, limit=50),
-        "key list (big), active only": lambda: service.keys.list_keys(big, include_revoked=False, limit=50),
+        "key list (big), active only": lambda: service.keys.list_keys(
+            big, include_revoked=False, limit=50
+        ),
         "key list (big), page 200": lambda: service.keys.list_keys(big, limit=50, offset=9_950),
         "key list (small)": lambda: service.keys.list_keys(small, limit=50),
         "key show": lambda: service.keys.get_key(big_key.id, organization=big),
-        "authenticating key count (big)": lambda: service.organizations.authenticating_key_count(big),
+        "authenticating key count (big)": lambda: service.organizations.authenticating_key_count(
+            big
+        ),
         "usage month (busy)": lambda: service.reports.monthly_usage(busy, "2026-01"),
-        "usage month, one key": lambda: service.reports.usage_stats(busy, start=month[0], end=month[1], key=busy_key.id),
-        "usage ten years (busy)": lambda: service.reports.usage_stats(busy, start=date(2017, 1, 1), end=date(2026, 12, 1)),
+        "usage month, one key": lambda: service.reports.usage_stats(
+            busy, start=month[0], end=month[1], key=busy_key.id
+        ),
+        "usage ten years (busy)": lambda: service.reports.usage_stats(
+            busy, start=date(2017, 1, 1), end=date(2026, 12, 1)
+        ),
         "usage month (big, empty)": lambda: service.reports.monthly_usage(big, "2026-01"),
-        "audit page (big), 30 days": lambda: audit_page(store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 1),
-        "audit page (big), event": lambda: audit_page(store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31), "key.revoked"), 1),
-        "audit page (big), key": lambda: audit_page(store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31), None, big_key.id), 1),
-        "audit page (big), page 100": lambda: audit_page(store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 100),
-        "audit page (small)": lambda: audit_page(store, small.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 1),
+        "audit page (big), 30 days": lambda: audit_page(
+            store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 1
+        ),
+        "audit page (big), event": lambda: audit_page(
+            store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31), "key.revoked"), 1
+        ),
+        "audit page (big), key": lambda: audit_page(
+            store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31), None, big_key.id), 1
+        ),
+        "audit page (big), page 100": lambda: audit_page(
+            store, big.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 100
+        ),
+        "audit page (small)": lambda: audit_page(
+            store, small.id, AuditFilter(date(2025, 1, 1), date(2026, 12, 31)), 1
+        ),
         # Writes: run for real (the data changes a little), their statements explained.
-        "write: create key (big, over its plan)": lambda: refused(lambda: service.keys.create_key(big, "one more")),
-        "write: create key (small)": lambda: refused(lambda: service.keys.create_key(small, "one more")),
-        "write: rotate key (small)": lambda: refused(lambda: service.keys.rotate_key(small_key.id, overlap_hours=0)),
-        "write: revoke key (small)": lambda: refused(lambda: service.keys.revoke_key(small_revocable.id, reason="bench")),
-        "write: deactivate organization (big)": lambda: service.organizations.update_organization(big, is_active=False),
+        "write: create key (big, over its plan)": lambda: refused(
+            lambda: service.keys.create_key(big, "one more")
+        ),
+        "write: create key (small)": lambda: refused(
+            lambda: service.keys.create_key(small, "one more")
+        ),
+        "write: rotate key (small)": lambda: refused(
+            lambda: service.keys.rotate_key(small_key.id, overlap_hours=0)
+        ),
+        "write: revoke key (small)": lambda: refused(
+            lambda: service.keys.revoke_key(small_revocable.id, reason="bench")
+        ),
+        "write: deactivate organization (big)": lambda: service.organizations.update_organization(
+            big, is_active=False
+        ),
         "write: prune usage, one batch": lambda: retention.prune_usage(
-            engine.begin, raw_before=datetime(2026, 1, 2, tzinfo=UTC), rollups_before=datetime(2026, 1, 2, tzinfo=UTC), max_batches=1
+            engine.begin,
+            raw_before=datetime(2026, 1, 2, tzinfo=UTC),
+            rollups_before=datetime(2026, 1, 2, tzinfo=UTC),
+            max_batches=1,
         ),
         "write: flush 2,000 rows of 2,000 keys": lambda: flush_rows(apikeys, cold_keys),
     }
@@ -295,14 +351,29 @@ def flush_rows(apikeys: APIKeys, keys: list[Any]) -> int:
     assert writer is not None
     now = time.time()
     for index, (key_id, organization_id) in enumerate(keys):
-        writer.add_usage((key_id, organization_id, now, "/v1/presentations", "GET", 200 + index % 2,
-                          12.5, None, None, "10.0.0.1", "bench/1.0", None, None))
+        writer.add_usage(
+            (
+                key_id,
+                organization_id,
+                now,
+                "/v1/presentations",
+                "GET",
+                200 + index % 2,
+                12.5,
+                None,
+                None,
+                "10.0.0.1",
+                "bench/1.0",
+                None,
+                None,
+            )
+        )
     return apikeys.flush_usage()
 
 
-def writes(apikeys: APIKeys) -> dict[str, str]:
-    """Writes explained as statements (not run): the big deletes the service leaves to SQL."""
-    del apikeys
+def writes() -> dict[str, str]:
+    """Writes explained as statements (run only with ``--analyze``, and rolled back): the big
+    deletes the service leaves to SQL."""
     return {
         "delete organization (big: 10k keys)": "DELETE FROM organizations WHERE slug = 'big'",
         "purge: keys revoked long ago": "UPDATE api_keys SET replaced_by_id = NULL WHERE replaced_by_id IN (SELECT id FROM api_keys WHERE revoked_at IS NOT NULL LIMIT 200)",
@@ -327,22 +398,28 @@ def explain(url: str, args: argparse.Namespace) -> None:
                 print("  SQL: " + " ".join(statement.split())[:400])
                 for line in plan_lines(engine, statement, parameters, args.analyze):
                     print(("  << " if suspicious(line) else "     ") + line)
-        for name, statement in writes(apikeys).items():
+        for name, statement in writes().items():
             if only and not any(part in name for part in only):
                 continue
             print(f"\n=== {name} (explained{', run and rolled back' if args.analyze else ''})")
-            for line in plan_lines(engine, statement, {} if engine.dialect.name == "postgresql" else (), args.analyze):
+            for line in plan_lines(
+                engine, statement, {} if engine.dialect.name == "postgresql" else (), args.analyze
+            ):
                 print(("  << " if suspicious(line) else "     ") + line)
         if not only or "verify" in only:
             started = time.perf_counter()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             result = apikeys.verify_audit()
             after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            print(f"\n=== verify_audit: {result}, {time.perf_counter() - started:.1f} s, peak RSS {before / 1024:.0f} → {after / 1024:.0f} MiB")
+            print(
+                f"\n=== verify_audit: {result}, {time.perf_counter() - started:.1f} s, peak RSS {before / 1024:.0f} → {after / 1024:.0f} MiB"
+            )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("command", choices=("seed", "explain"))
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--usage-rows", type=int, default=1_000_000)
