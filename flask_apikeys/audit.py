@@ -49,6 +49,9 @@ FIELDS = (
 #: Records written per transaction: a flood of refused keys must not fall behind.
 APPEND_BATCH = 500
 APPEND_ATTEMPTS = 20
+#: Records :func:`verify_chain` reads per round trip: a trail of millions is walked with a
+#: server-side cursor, never held in memory whole (psycopg and PyMySQL otherwise fetch it all).
+VERIFY_BATCH = 1000
 table: sa.Table = AuditRecord.__table__  # type: ignore[assignment]
 
 
@@ -169,18 +172,20 @@ class ChainBreak:
 def verify_chain(connection: Any) -> ChainBreak | None:
     """Walk the whole trail; return the first broken record, or ``None`` when it is intact."""
     previous = GENESIS
-    rows = connection.execute(sa.select(table).order_by(table.c.id)).mappings()
-    for row in rows:
-        values = dict(row)
-        if row["previous_hash"] != previous:
-            return ChainBreak(
-                row["id"],
-                "its link does not match the record before it: a record was "
-                "deleted or inserted before it",
-            )
-        if record_hash(values, previous) != row["record_hash"]:
-            return ChainBreak(row["id"], "its content was changed after it was written")
-        previous = row["record_hash"]
+    walk = sa.select(table).order_by(table.c.id).execution_options(yield_per=VERIFY_BATCH)
+    # Closed on the way out, at a break too: a server-side cursor left open is the server's.
+    with connection.execute(walk) as result:
+        for row in result.mappings():
+            values = dict(row)
+            if row["previous_hash"] != previous:
+                return ChainBreak(
+                    row["id"],
+                    "its link does not match the record before it: a record was "
+                    "deleted or inserted before it",
+                )
+            if record_hash(values, previous) != row["record_hash"]:
+                return ChainBreak(row["id"], "its content was changed after it was written")
+            previous = row["record_hash"]
     return None
 
 

@@ -71,6 +71,10 @@ class Organization(Base):
     """A tenant: it owns keys, has a plan, and may override the plan's limits."""
 
     __tablename__ = "organizations"
+    __table_args__ = (
+        # The organization list's order (oldest first): a page without sorting every row.
+        sa.Index("ix_organizations_created_at", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(sa.String(200))
@@ -95,6 +99,10 @@ class APIKey(Base):
     """A key's record. The key itself is never stored: only its hash, a prefix and a hint."""
 
     __tablename__ = "api_keys"
+    __table_args__ = (
+        # An organization's key list (newest first): a page without sorting all its keys.
+        sa.Index("ix_api_keys_organization_id_created_at", "organization_id", "created_at", "id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
     organization_id: Mapped[uuid.UUID] = mapped_column(
@@ -127,9 +135,10 @@ class APIKey(Base):
     last_request_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Free-form data for the app (a customer id, a label), read on ``current_key.metadata``.
     key_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
-    #: The key that replaced this one in a rotation, if any.
+    #: The key that replaced this one in a rotation, if any. Indexed, as every foreign key:
+    #: deleting keys (a purge, an organization's) looks up the keys that point at each one.
     replaced_by_id: Mapped[uuid.UUID | None] = mapped_column(
-        sa.ForeignKey("api_keys.id", ondelete="SET NULL")
+        sa.ForeignKey("api_keys.id", ondelete="SET NULL"), index=True
     )
 
     organization: Mapped[Organization] = relationship(back_populates="api_keys")
@@ -173,6 +182,16 @@ class AuditRecord(Base):
     """One entry of the audit trail, chained to the one before it by a hash."""
 
     __tablename__ = "api_key_audit_log"
+    __table_args__ = (
+        # An organization's records of a period (the dashboard's audit page; refused attempts
+        # with its stored keys carry its id): no other organization's records are read.
+        sa.Index(
+            "ix_api_key_audit_log_organization_id_created_at",
+            "organization_id",
+            "created_at",
+            "id",
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigIdentity, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -402,6 +402,13 @@ def test_processes_flushing_at_once_and_one_killed_mid_flush_leave_rollups_exact
     raw = assert_rollups_match_raw_rows(engine)
     # Each flush is one transaction: the killed one left all of its rows or none.
     assert raw % BATCH == 0 and 8 * BATCH + 2 * BATCH <= raw <= 8 * BATCH + 3 * BATCH
+    # The key's own counter too (written first, in the same transaction): nothing counted
+    # twice, nothing lost.
+    with engine.connect() as connection:
+        counted = connection.execute(
+            sa.select(APIKey.total_requests).where(APIKey.id == key_id)
+        ).scalar_one()
+    assert counted == raw
 
 
 def test_the_backfill_adds_older_raw_rows_once_and_is_idempotent(

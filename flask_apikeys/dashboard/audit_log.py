@@ -52,5 +52,11 @@ def audit_page(
         conditions.append(AuditRecord.event == selection.event)
     if selection.key_id is not None:
         conditions.append(AuditRecord.api_key_id == selection.key_id)
-    query = sa.select(AuditRecord).where(*conditions).order_by(AuditRecord.id.desc())
+    # The order of the organization's index (its id last), so that a page is read from it
+    # without sorting the period's records.
+    query = (
+        sa.select(AuditRecord)
+        .where(*conditions)
+        .order_by(AuditRecord.created_at.desc(), AuditRecord.id.desc())
+    )
     return store.page(query, PAGE_SIZE, (page - 1) * PAGE_SIZE)

@@ -131,7 +131,9 @@ def alembic_head(migrations_directory: str | Path) -> str | None:
 
 
 CREATE_TABLE_PATTERN = re.compile(r"""create_table\(\s*["'](?P<name>\w+)["']""")
-CREATE_INDEX_PATTERN = re.compile(r"""create_index\(\s*(?:op\.f\(\s*)?["'](?P<name>\w+)["']""")
+#: ``op.create_index("ix_…"``, ``op.create_index(op.f("ix_…")`` and, in the batch mode
+#: Flask-Migrate renders by default, ``batch_op.create_index(batch_op.f("ix_…")``.
+CREATE_INDEX_PATTERN = re.compile(r"""create_index\(\s*(?:\w*op\.f\(\s*)?["'](?P<name>\w+)["']""")
 
 
 def created_tables(text: str) -> set[str]:

@@ -131,7 +131,8 @@ class KeyLifecycle:
         query = sa.select(APIKey).where(APIKey.organization_id == organization.id)
         if not include_revoked:
             query = query.where(APIKey.revoked_at.is_(None))
-        query = query.order_by(APIKey.created_at.desc(), APIKey.id)
+        # Both descending: the organization's (created_at, id) index read backwards.
+        query = query.order_by(APIKey.created_at.desc(), APIKey.id.desc())
         return self.store.page(query, limit, offset)
 
     def get_key(

@@ -127,41 +127,58 @@ class Retention:
                 raise InvalidInput(errors={field: ["not in the future"]})
             conditions.append(sa.and_(column.is_not(None), column < moment))
         session = self.store.session
-        doomed = self.store.read(
-            lambda: list(
-                session.scalars(
-                    sa.select(APIKey).where(sa.or_(*conditions)).order_by(APIKey.created_at)
-                )
+        doomed = sa.or_(*conditions)
+        purged: list[dict[str, Any]] = []
+        after: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            # A batch at a time, after the last one's (created_at, id): a purge of 100,000 keys
+            # held every key's record at once (5 KB each), dry or not.
+            batch = self._next_batch(doomed, after)
+            if not batch:
+                break
+            after = (batch[-1].created_at, batch[-1].id)
+            purged.extend(
+                {
+                    "id": str(key.id),
+                    "organization_id": str(key.organization_id),
+                    "key_prefix": key.key_prefix,
+                    "key_hint": key.key_hint,
+                    "revoked_at": key.revoked_at,
+                    "expires_at": key.expires_at,
+                }
+                for key in batch
             )
-        )
-        purged = [
-            {
-                "id": str(key.id),
-                "organization_id": str(key.organization_id),
-                "key_prefix": key.key_prefix,
-                "key_hint": key.key_hint,
-                "revoked_at": key.revoked_at,
-                "expires_at": key.expires_at,
-            }
-            for key in doomed
-        ]
-        if dry_run or not doomed:
-            session.rollback()
-            return purged
-        for key in doomed:
-            # Detached, with what the audit record reads still loaded: the commit below would
-            # expire them, and their rows will be gone.
-            session.expunge(key)
-        for start in range(0, len(doomed), PURGE_BATCH):
-            batch = doomed[start : start + PURGE_BATCH]
+            for key in batch:
+                # Detached, with what the audit record reads still loaded: the commit below
+                # would expire them, and their rows will be gone.
+                session.expunge(key)
+            if dry_run:
+                continue
             self._purge(session, [key.id for key in batch])
             for key in batch:
                 self.store.notify("key.purged", api_key=key, actor=actor)
+        if dry_run:
+            session.rollback()
         return purged
+
+    def _next_batch(
+        self, doomed: sa.ColumnElement[bool], after: tuple[datetime, uuid.UUID] | None
+    ) -> list[APIKey]:
+        """The next :data:`PURGE_BATCH` keys to purge, oldest first, after ``after``."""
+        query = sa.select(APIKey).where(doomed)
+        if after is not None:
+            query = query.where(sa.tuple_(APIKey.created_at, APIKey.id) > after)
+        query = query.order_by(APIKey.created_at, APIKey.id).limit(PURGE_BATCH)
+        return self.store.read(lambda: list(self.store.session.scalars(query)))
 
     def _purge(self, session: Any, key_ids: list[uuid.UUID]) -> None:
         """Delete the keys' raw usage rows (in batches), then the keys, in one transaction."""
-        retention.delete_all(self._connect, usage_table, usage_table.c.api_key_id.in_(key_ids))
+        retention.delete_all(
+            self._connect,
+            usage_table,
+            usage_table.c.api_key_id.in_(key_ids),
+            by=usage_table.c.api_key_id,
+        )
 
         def delete() -> None:
             # Keys these replaced point at them (ON DELETE SET NULL, which SQLite enforces

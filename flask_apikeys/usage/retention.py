@@ -2,11 +2,12 @@
 
 ``APIKEYS_USAGE_RETENTION_DAYS`` bounds the raw rows, ``APIKEYS_USAGE_ROLLUP_RETENTION_DAYS``
 the rollups (in whole UTC days, so a day row never outlives or predeceases its hours). Each
-batch is one short transaction that deletes at most ``batch_size`` rows by a primary-key range
-(``id <= the batch's last id``), so no statement holds a lock on the table for long and the
-writer's inserts go on between batches. ``flask apikeys usage prune`` runs them all; with
-``APIKEYS_USAGE_PRUNE_IN_WRITER`` the writer runs one batch of each after a flush, at most once
-per :data:`WRITER_PRUNE_INTERVAL` seconds.
+batch is one short transaction that deletes at most ``batch_size`` rows by their ids, found
+through the index of the column the condition is on (the oldest first), so no statement holds
+a lock on the table for long, the writer's inserts go on between batches, and finding that
+nothing is left to delete reads nothing but that index. ``flask apikeys usage prune`` runs
+them all; with ``APIKEYS_USAGE_PRUNE_IN_WRITER`` the writer runs one batch of each after a
+flush, at most once per :data:`WRITER_PRUNE_INTERVAL` seconds.
 """
 
 from __future__ import annotations
@@ -60,17 +61,20 @@ def delete_batch(
     table: sa.Table,
     condition: sa.ColumnElement[bool],
     batch_size: int,
+    *,
+    by: sa.ColumnElement[Any],
 ) -> int:
-    """Delete, in one transaction, up to ``batch_size`` of the lowest-id rows that meet
-    ``condition``, by their id range; return how many went."""
-    oldest = (
-        sa.select(table.c.id).where(condition).order_by(table.c.id).limit(batch_size)
-    ).subquery()
+    """Delete, in one transaction, up to ``batch_size`` of the rows that meet ``condition``,
+    the first in the order of ``by``; return how many went.
+
+    ``by`` is the indexed column ``condition`` is on (a timestamp, a key's id): the batch is
+    read from that index. Read in the order of the ids instead, a table whose old rows were
+    all gone was read whole to find none (every minute, by the writer's pruning).
+    """
+    batch = sa.select(table.c.id).where(condition).order_by(by).limit(batch_size).subquery()
     with connect() as connection:
-        last = connection.execute(sa.select(sa.func.max(oldest.c.id))).scalar()
-        if last is None:
-            return 0
-        result = connection.execute(sa.delete(table).where(table.c.id <= last, condition))
+        # The ids from a derived table: MySQL and MariaDB take no LIMIT directly inside IN.
+        result = connection.execute(sa.delete(table).where(table.c.id.in_(sa.select(batch.c.id))))
         return int(result.rowcount)
 
 
@@ -79,6 +83,7 @@ def delete_all(
     table: sa.Table,
     condition: sa.ColumnElement[bool],
     *,
+    by: sa.ColumnElement[Any],
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batches: int | None = None,
     pause: float = 0.0,
@@ -86,7 +91,7 @@ def delete_all(
     """:func:`delete_batch` until no row meets ``condition`` (or ``max_batches`` ran)."""
     deleted = batches = 0
     while max_batches is None or batches < max_batches:
-        count = delete_batch(connect, table, condition, batch_size)
+        count = delete_batch(connect, table, condition, batch_size, by=by)
         deleted += count
         batches += 1
         if count < batch_size:
@@ -113,6 +118,7 @@ def prune_usage(
             connect,
             usage,
             usage.c.timestamp < raw_before,
+            by=usage.c.timestamp,
             batch_size=batch_size,
             max_batches=max_batches,
             pause=pause,
@@ -122,6 +128,7 @@ def prune_usage(
             connect,
             rollups,
             rollups.c.bucket_start < rollups_before,
+            by=rollups.c.bucket_start,
             batch_size=batch_size,
             max_batches=max_batches,
             pause=pause,
