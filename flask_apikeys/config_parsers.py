@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from limits import parse_many
-from limits.storage import SCHEMES as LIMITS_STORAGE_SCHEMES
+from limits.storage import Storage
 
 from .hashing import SUPPORTED_SCHEMES, admin_key_digest
 from .keys import PREFIX_PATTERN
@@ -42,10 +42,6 @@ STORAGE_CLIENTS = {
     "memcached": ("pymemcache", "pip install pymemcache"),
     "mongodb": ("pymongo", "pip install pymongo"),
 }
-#: The limits storages a WSGI app can count in (``async+`` ones need an event loop).
-SYNC_STORAGE_SCHEMES = sorted(
-    name for name in LIMITS_STORAGE_SCHEMES if not name.startswith("async+")
-)
 #: What an ``APIKEYS_COST_TABLE`` entry may price.
 COST_PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
 
@@ -150,6 +146,19 @@ def text(value: Any) -> str:
     return value
 
 
+def storage_schemes() -> set[str]:
+    """The schemes of limits' synchronous storages, custom ones included: each subclass of
+    ``limits.storage.Storage`` declares its own in ``STORAGE_SCHEME`` (asyncio storages have
+    another base, and a WSGI app cannot count in them)."""
+    schemes: set[str] = set()
+    pending: list[type] = [Storage]
+    while pending:
+        storage = pending.pop()
+        pending.extend(storage.__subclasses__())
+        schemes.update(getattr(storage, "STORAGE_SCHEME", None) or ())
+    return schemes
+
+
 def storage_uri(value: Any) -> str:
     """``database``, or a limits storage URI whose scheme limits knows and whose client
     library is installed. The message names the scheme only: the URI may hold a password."""
@@ -157,10 +166,11 @@ def storage_uri(value: Any) -> str:
     if uri.rstrip(":/") == DATABASE_STORAGE_URI:
         return uri
     scheme = uri.partition("://")[0] if "://" in uri else ""
-    if scheme not in LIMITS_STORAGE_SCHEMES or scheme.startswith("async+"):
+    schemes = storage_schemes()
+    if scheme not in schemes:
         raise ValueError(
             "expected memory://, database, or a limits storage URI such as "
-            f"redis://host:6379/0 (schemes: {', '.join(SYNC_STORAGE_SCHEMES)}); "
+            f"redis://host:6379/0 (schemes: {', '.join(sorted(schemes))}); "
             f"got the scheme {scheme!r}"
         )
     family = next((name for name in STORAGE_CLIENTS if scheme.startswith(name)), None)
