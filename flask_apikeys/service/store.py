@@ -17,9 +17,10 @@ from sqlalchemy.orm import Session
 from .. import signals
 from ..cache import VerifiedKeyCache
 from ..config import Settings
-from ..errors import BackendUnavailable, InvalidInput
+from ..errors import InvalidInput
 from ..hashing import KeyHasher
 from ..storable import MAX_INTEGER
+from .database_errors import database_unavailable
 
 Result = TypeVar("Result")
 #: Refusals of a *value* (by the database, or by the driver while binding it): the caller's
@@ -54,7 +55,8 @@ class Store:
         return self._session()
 
     def read(self, operation: Callable[[], Result]) -> Result:
-        """Run a query; a database that cannot be reached becomes a 503, never a pass."""
+        """Run a query; a database that cannot be reached (or lacks the tables) becomes a 503,
+        never a pass."""
         try:
             return operation()
         except UNSTORABLE_ERRORS as error:
@@ -64,7 +66,9 @@ class Store:
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
-            raise BackendUnavailable("The key database could not be reached; try again.") from error
+            raise database_unavailable(
+                error, "The key database could not be reached; try again."
+            ) from error
 
     def commit(self, operation: Callable[[], None], *refresh: object) -> None:
         """Run ``operation`` and commit, or roll everything back and re-raise.
@@ -90,8 +94,8 @@ class Store:
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
-            raise BackendUnavailable(
-                "The key database refused the change; nothing was saved."
+            raise database_unavailable(
+                error, "The key database refused the change; nothing was saved."
             ) from error
         except BaseException:
             self.session.rollback()
