@@ -3,6 +3,7 @@ Python API, the CLI and the HTTP answer say to run the migrations, not to "try a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -93,3 +94,18 @@ def test_a_database_that_cannot_be_opened_still_says_try_again(tmp_path: Any) ->
     assert result.exit_code == 1
     assert "could not be reached; try again" in result.stderr
     assert SET_UP_HINT not in result.stderr
+
+
+def test_the_usage_writer_logs_what_to_run_not_a_traceback_a_second(
+    bare_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, the writer logged the driver's traceback at every flush, forever."""
+    key = generate_key("pk", "live")
+    with caplog.at_level(logging.ERROR, logger="flask_apikeys"):
+        bare_app.test_client().get("/v1/presentations", headers={"X-API-Key": key})
+        bare_app.extensions["apikeys"].extension.close(bare_app)  # writes what is queued
+    failures = [record for record in caplog.records if "could not write" in record.getMessage()]
+    assert failures, "nothing was queued: the test no longer exercises the writer"
+    for record in failures:
+        assert SET_UP_HINT in record.getMessage()
+        assert record.exc_info is None

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..boundedcache import BoundedCache
+from ..database_errors import database_unavailable
 from ..forking import after_fork_in_child
-from .database_errors import database_unavailable
 
 #: What :meth:`KeyLookup.first` returns when the caller should run the query on the session.
 USE_SESSION = object()

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 from .. import signals
 from ..cache import VerifiedKeyCache
 from ..config import Settings
+from ..database_errors import database_unavailable
 from ..errors import InvalidInput
 from ..hashing import KeyHasher
 from ..storable import MAX_INTEGER
-from .database_errors import database_unavailable
 
 Result = TypeVar("Result")
 #: Refusals of a *value* (by the database, or by the driver while binding it): the caller's

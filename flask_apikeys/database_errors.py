@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError
 
-from ..errors import BackendUnavailable
+from .errors import BackendUnavailable
 
 #: What to run when the tables are missing or behind (docs/migrations.rst).
 SET_UP_TABLES = (
