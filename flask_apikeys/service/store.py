@@ -103,8 +103,12 @@ class Store:
 
     def page(self, query: sa.Select[Any], limit: int, offset: int) -> tuple[list[Any], int]:
         """A page of ``query``'s rows and how many rows there are in all."""
-        if not (1 <= limit <= 500) or not 0 <= offset <= MAX_INTEGER:
-            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": [f"0 to {MAX_INTEGER}"]})
+        errors = {
+            **({} if 1 <= limit <= 500 else {"limit": ["1 to 500"]}),
+            **({} if 0 <= offset <= MAX_INTEGER else {"offset": [f"0 to {MAX_INTEGER}"]}),
+        }
+        if errors:  # only the fields at fault: the caller fixes what it is told
+            raise InvalidInput(errors=errors)
         total_query = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
         items = self.read(lambda: list(self.session.scalars(query.limit(limit).offset(offset))))
         total = self.read(lambda: self.session.scalar(total_query)) or 0
