@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .admin import schemas
 from .errors import APIKeyError, InvalidInput
@@ -362,6 +362,7 @@ def rotate_key(key_id: str, overlap_hours: float, as_json: bool) -> None:
 @click.option("--key", "key_id", help="Only this key's usage.")
 @json_option
 @reports_errors
+@with_appcontext  # a group's own callback is not wrapped as AppGroup's commands are
 def usage(
     organization: str | None,
     month: str | None,

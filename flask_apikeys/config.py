@@ -161,10 +161,11 @@ class Settings:
     ratelimit_storage_uri: str | None = option(
         "APIKEYS_RATELIMIT_STORAGE_URI",
         "memory://",
-        parse.optional(parse.text, empty="memory of each process"),
+        parse.optional(parse.storage_uri, empty="memory of each process"),
         "where rate-limit counters live: memory:// (each process its own), a Flask-Limiter / "
         "limits storage such as redis://localhost:6379/0, or database (the app's database, "
-        "exact across processes without Redis)",
+        "exact across processes without Redis); a scheme limits does not know, or a storage "
+        "whose client library is missing (redis for redis://), stops init_app",
     )
     usage_tracking: bool = option(
         "APIKEYS_USAGE_TRACKING", True, parse.boolean, "record every authenticated request"

@@ -8,6 +8,7 @@ made by one factory each (:func:`number`, :func:`secret_list`, :func:`optional`)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from limits import parse_many
+from limits.storage import Storage
 
 from .hashing import SUPPORTED_SCHEMES, admin_key_digest
 from .keys import PREFIX_PATTERN
@@ -30,6 +32,16 @@ ROLE_NAME_PATTERN = re.compile(r"[a-z][a-z0-9_\-]{0,49}")
 BARE_NUMBER = re.compile(r"[0-9]+")
 HEADER_FAMILIES = ("x-ratelimit", "all", "none")
 PLAN_LIMITS = ("requests_per_minute", "monthly_requests", "max_keys")
+#: ``APIKEYS_RATELIMIT_STORAGE_URI`` value that keeps the counters in the app's own database.
+DATABASE_STORAGE_URI = "database"
+#: The client library each family of limits storages imports when it is first used, and how
+#: to install it: checked at start, so that a missing one is not a 500 on the first request.
+STORAGE_CLIENTS = {
+    "redis": ("redis", "pip install 'flask-apikeys[redis]'"),
+    "valkey": ("valkey", "pip install valkey"),
+    "memcached": ("pymemcache", "pip install pymemcache"),
+    "mongodb": ("pymongo", "pip install pymongo"),
+}
 #: What an ``APIKEYS_COST_TABLE`` entry may price.
 COST_PRICE_FIELDS = frozenset({"request", "per_1k_tokens"})
 
@@ -132,6 +144,41 @@ def text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a non-empty string")
     return value
+
+
+def storage_schemes() -> set[str]:
+    """The schemes of limits' synchronous storages, custom ones included: each subclass of
+    ``limits.storage.Storage`` declares its own in ``STORAGE_SCHEME`` (asyncio storages have
+    another base, and a WSGI app cannot count in them)."""
+    schemes: set[str] = set()
+    pending: list[type] = [Storage]
+    while pending:
+        storage = pending.pop()
+        pending.extend(storage.__subclasses__())
+        schemes.update(getattr(storage, "STORAGE_SCHEME", None) or ())
+    return schemes
+
+
+def storage_uri(value: Any) -> str:
+    """``database``, or a limits storage URI whose scheme limits knows and whose client
+    library is installed. The message names the scheme only: the URI may hold a password."""
+    uri = text(value)
+    if uri.rstrip(":/") == DATABASE_STORAGE_URI:
+        return uri
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    schemes = storage_schemes()
+    if scheme not in schemes:
+        raise ValueError(
+            "expected memory://, database, or a limits storage URI such as "
+            f"redis://host:6379/0 (schemes: {', '.join(sorted(schemes))}); "
+            f"got the scheme {scheme!r}"
+        )
+    family = next((name for name in STORAGE_CLIENTS if scheme.startswith(name)), None)
+    if family is not None:
+        module, install = STORAGE_CLIENTS[family]
+        if importlib.util.find_spec(module) is None:
+            raise ValueError(f"{scheme}:// needs the {module} package: {install}")
+    return uri
 
 
 def path(value: Any) -> str:

@@ -398,3 +398,19 @@ def test_a_key_given_where_an_id_or_slug_belongs_is_never_echoed(app: Flask, run
         response = admin.get("/admin" + path, headers={"X-API-Key": ADMIN_KEY})
         assert response.status_code == 404
         assert key[12:] not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("options", "named", "not_named"),
+    [
+        (["--limit", "0"], "limit: 1 to 500", "offset"),
+        (["--offset", "-1"], "offset: 0 to", "limit"),
+    ],
+)
+def test_a_bad_page_names_only_the_option_at_fault(
+    runner: Any, organization: Any, options: list[str], named: str, not_named: str
+) -> None:
+    result = runner.invoke(args=["apikeys", "key", "list", "--org", str(organization), *options])
+    assert result.exit_code == 1
+    assert named in result.stderr
+    assert not_named not in result.stderr

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from flask_apikeys import APIKeys
 from flask_apikeys.config import DEFAULT_PLANS, OPTIONS, ConfigError, load_settings
+from flask_apikeys.config_parsers import STORAGE_CLIENTS
 
 
 def test_defaults_match_the_documented_interface() -> None:
@@ -208,3 +212,80 @@ def test_secrets_are_kept_out_of_the_settings_repr() -> None:
     settings = load_settings({"APIKEYS_HASH_SECRET": secret, "APIKEYS_ADMIN_KEY": "k" * 40}, {})
     assert secret not in repr(settings) and "admin_key_digest" not in repr(settings)
     assert "key_prefix='pk'" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "reddis://:hunter2@localhost:6379/0",  # a typo in the scheme
+        "async+redis://:hunter2@localhost:6379/0",  # limits' asyncio storage: no event loop here
+        "localhost:6379",  # no scheme at all
+    ],
+)
+def test_a_storage_uri_limits_cannot_use_stops_init_app_without_echoing_it(uri: str) -> None:
+    """Before, the app started and every authenticated request was a 500 (limits refused the
+    scheme at the first counter), with the URI and its password in the logged traceback."""
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", APIKEYS_RATELIMIT_STORAGE_URI=uri)
+    with pytest.raises(ConfigError, match="APIKEYS_RATELIMIT_STORAGE_URI") as raised:
+        APIKeys(app, db=SQLAlchemy(app))
+    assert "redis://host:6379/0" in str(raised.value)  # says what it accepts
+    assert "hunter2" not in str(raised.value)
+
+
+MISSING_STORAGE_CLIENTS = [
+    (family, module, install)
+    for family, (module, install) in STORAGE_CLIENTS.items()
+    if importlib.util.find_spec(module) is None
+]
+
+
+@pytest.mark.parametrize(("family", "module", "install"), MISSING_STORAGE_CLIENTS)
+def test_a_storage_whose_client_library_is_missing_stops_init_app_naming_the_install(
+    family: str, module: str, install: str
+) -> None:
+    """Before, a Redis URI without redis-py installed started fine and answered 500 on every
+    authenticated request ("'redis' prerequisite not available")."""
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI="sqlite://",
+        APIKEYS_RATELIMIT_STORAGE_URI=f"{family}://localhost:1",
+    )
+    with pytest.raises(ConfigError, match="APIKEYS_RATELIMIT_STORAGE_URI") as raised:
+        APIKeys(app, db=SQLAlchemy(app))
+    assert f"needs the {module} package: {install}" in str(raised.value)
+
+
+def test_at_least_one_storage_client_is_missing_so_the_test_above_runs() -> None:
+    assert MISSING_STORAGE_CLIENTS, "every storage client is installed: test another way"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "memory://",
+        "database",
+        "database://",
+        "redis://:secret@localhost:6379/0",
+        "rediss://localhost:6380",
+        "redis+cluster://localhost:7000",
+        "redis+sentinel://localhost:26379/mymaster",
+    ],
+)
+def test_storage_uris_limits_can_use_are_taken_as_given(uri: str) -> None:
+    assert load_settings({"APIKEYS_RATELIMIT_STORAGE_URI": uri}, {}).ratelimit_storage_uri == uri
+
+
+@given(st.text(max_size=60))
+def test_any_storage_uri_is_taken_or_refused_by_name_never_echoing_its_password(
+    text: str,
+) -> None:
+    assume("hunter2" not in text)
+    uri = f"{text}://:hunter2@localhost:6379/0"
+    try:
+        settings = load_settings({"APIKEYS_RATELIMIT_STORAGE_URI": uri}, {})
+    except ConfigError as error:
+        assert str(error).startswith("APIKEYS_RATELIMIT_STORAGE_URI is invalid")
+        assert "hunter2" not in str(error)
+    else:
+        assert settings.ratelimit_storage_uri == uri

@@ -178,6 +178,96 @@ def test_the_readme_example_app_commands_answer_as_the_readme_says(tmp_path: Pat
         stop(process)
 
 
+#: A reST comment ``.. not-run: <why>`` right before a code block keeps the test below from
+#: running it; the reason must say where the same thing is run instead.
+NOT_RUN_MARKER = "not-run:"
+#: Pages whose blocks have tests of their own: the two above, and the observability page's
+#: (tests/test_observability.py, with Prometheus' multiprocess directory set up).
+PAGES_RUN_ELSEWHERE = {"quickstart.rst", "observability.rst"}
+#: What a reader's deployment has in its environment, for the blocks that read it.
+READER_ENVIRONMENT = {"APIKEYS_JWT_SECRET": "a-jwt-secret-of-32-or-more-characters-from-a-vault"}
+
+PAGE_DRIVER = textwrap.dedent(
+    r"""
+    import json, sys
+    setup, blocks = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    namespace = {"__name__": "__main__"}
+    for text in setup:
+        exec(compile(text, "<quickstart>", "exec"), namespace)
+    for number, text in blocks:
+        with namespace["app"].app_context():
+            exec(compile(text, f"<python block {number}>", "exec"), namespace)
+    print("PAGE DONE", flush=True)
+    """
+)
+
+
+def python_blocks_to_run(path: Path) -> tuple[list[tuple[int, str]], list[str]]:
+    """The page's Python blocks as ``(number, text)``, and the reasons of those not run."""
+    document = docutils.core.publish_doctree(
+        path.read_text(),
+        source_path=str(path),
+        settings_overrides={"report_level": 5, "halt_level": 5},
+    )
+    runnable, reasons, reason = [], [], None
+    for node in document.findall(
+        lambda node: isinstance(node, docutils.nodes.comment | docutils.nodes.literal_block)
+    ):
+        if isinstance(node, docutils.nodes.comment):
+            text = node.astext().strip()
+            reason = (
+                text.removeprefix(NOT_RUN_MARKER).strip()
+                if text.startswith(NOT_RUN_MARKER)
+                else None
+            )
+            continue
+        if "python" in node["classes"] and not node.get("source"):  # literalinclude: a file
+            if reason is None:
+                runnable.append((node.line or 0, node.astext()))
+            else:
+                reasons.append(reason)
+        reason = None
+    return runnable, reasons
+
+
+DOC_PAGES = sorted(
+    path for path in (ROOT / "docs").glob("*.rst") if path.name not in PAGES_RUN_ELSEWHERE
+)
+
+
+@pytest.mark.slow  # each page in a child process, after the quickstart: seconds
+@pytest.mark.parametrize("page", DOC_PAGES, ids=[path.name for path in DOC_PAGES])
+def test_every_python_block_of_a_docs_page_runs_after_the_quickstart(
+    page: Path, tmp_path: Path
+) -> None:
+    """A reader who did the quickstart pastes the page's blocks in order (inside an app
+    context, as the pages say): each runs, or says with ``.. not-run:`` where it is run."""
+    blocks, reasons = python_blocks_to_run(page)
+    assert all(reasons), f"a '.. not-run:' without a reason in {page.name}"
+    if not blocks:
+        return
+    setup = [
+        text for language, text in code_blocks(ROOT / "docs/quickstart.rst") if language == "python"
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", PAGE_DRIVER, json.dumps(setup), json.dumps(blocks)],
+        cwd=tmp_path,
+        env={**os.environ, **READER_ENVIRONMENT, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{page.name}:\n{result.stdout}\n{result.stderr}"
+    assert "PAGE DONE" in result.stdout
+
+
+def test_the_docs_pages_hold_python_blocks_to_run() -> None:
+    """Guards the test above against a parser that silently finds nothing."""
+    counted = {page.name: len(python_blocks_to_run(page)[0]) for page in DOC_PAGES}
+    assert counted["permissions.rst"] == 2 and counted["usage.rst"] == 2
+    assert sum(counted.values()) >= 12
+
+
 def every_error_code() -> set[str]:
     for module in pkgutil.walk_packages(flask_apikeys.__path__, "flask_apikeys."):
         importlib.import_module(module.name)

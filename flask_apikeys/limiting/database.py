@@ -23,12 +23,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from ..config_parsers import DATABASE_STORAGE_URI
 from ..models import RateLimitCounter
 from . import windows
 from .counters import Counter, Counters, Outcome
 
 #: The storage URI that selects these counters.
-DATABASE_URI = "database"
+DATABASE_URI = DATABASE_STORAGE_URI
 #: Every this many transactions, rows whose windows are over are deleted.
 SWEEP_EVERY = 1000
 

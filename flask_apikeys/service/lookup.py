@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.pool import SingletonThreadPool, StaticPool
 
 from ..boundedcache import BoundedCache
-from ..errors import BackendUnavailable
+from ..database_errors import database_unavailable
 from ..forking import after_fork_in_child
 
 #: What :meth:`KeyLookup.first` returns when the caller should run the query on the session.
@@ -173,15 +173,15 @@ class KeyLookup:
                 except sa.exc.SQLAlchemyError as error:
                     self._discard()
                     if attempt == 2 or not isinstance(error, sa.exc.DBAPIError):
-                        raise BackendUnavailable(
-                            "The key database could not be reached; try again."
+                        raise database_unavailable(
+                            error, "The key database could not be reached; try again."
                         ) from error
                     continue  # the kept connection may have died (a server restart): once more
                 except connection.dialect.loaded_dbapi.Error as error:  # the bare cursor's
                     self._discard()
                     if attempt == 2:
-                        raise BackendUnavailable(
-                            "The key database could not be reached; try again."
+                        raise database_unavailable(
+                            error, "The key database could not be reached; try again."
                         ) from error
                     continue
                 return None if raw is None else compiled.row(raw)
@@ -231,7 +231,9 @@ class KeyLookup:
         try:
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except sa.exc.SQLAlchemyError as error:
-            raise BackendUnavailable("The key database could not be reached; try again.") from error
+            raise database_unavailable(
+                error, "The key database could not be reached; try again."
+            ) from error
         try:
             self._cursor = connection.connection.cursor()
         except Exception:

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from .. import signals
 from ..cache import VerifiedKeyCache
 from ..config import Settings
-from ..errors import BackendUnavailable, InvalidInput
+from ..database_errors import database_unavailable
+from ..errors import InvalidInput
 from ..hashing import KeyHasher
 from ..storable import MAX_INTEGER
 
@@ -54,7 +55,8 @@ class Store:
         return self._session()
 
     def read(self, operation: Callable[[], Result]) -> Result:
-        """Run a query; a database that cannot be reached becomes a 503, never a pass."""
+        """Run a query; a database that cannot be reached (or lacks the tables) becomes a 503,
+        never a pass."""
         try:
             return operation()
         except UNSTORABLE_ERRORS as error:
@@ -64,7 +66,9 @@ class Store:
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
-            raise BackendUnavailable("The key database could not be reached; try again.") from error
+            raise database_unavailable(
+                error, "The key database could not be reached; try again."
+            ) from error
 
     def commit(self, operation: Callable[[], None], *refresh: object) -> None:
         """Run ``operation`` and commit, or roll everything back and re-raise.
@@ -90,8 +94,8 @@ class Store:
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
-            raise BackendUnavailable(
-                "The key database refused the change; nothing was saved."
+            raise database_unavailable(
+                error, "The key database refused the change; nothing was saved."
             ) from error
         except BaseException:
             self.session.rollback()
@@ -99,8 +103,12 @@ class Store:
 
     def page(self, query: sa.Select[Any], limit: int, offset: int) -> tuple[list[Any], int]:
         """A page of ``query``'s rows and how many rows there are in all."""
-        if not (1 <= limit <= 500) or not 0 <= offset <= MAX_INTEGER:
-            raise InvalidInput(errors={"limit": ["1 to 500"], "offset": [f"0 to {MAX_INTEGER}"]})
+        errors = {
+            **({} if 1 <= limit <= 500 else {"limit": ["1 to 500"]}),
+            **({} if 0 <= offset <= MAX_INTEGER else {"offset": [f"0 to {MAX_INTEGER}"]}),
+        }
+        if errors:  # only the fields at fault: the caller fixes what it is told
+            raise InvalidInput(errors=errors)
         total_query = sa.select(sa.func.count()).select_from(query.order_by(None).subquery())
         items = self.read(lambda: list(self.session.scalars(query.limit(limit).offset(offset))))
         total = self.read(lambda: self.session.scalar(total_query)) or 0

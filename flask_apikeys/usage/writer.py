@@ -40,6 +40,7 @@ import sqlalchemy as sa
 
 from .. import signals
 from ..audit import append as append_audit
+from ..database_errors import SET_UP_TABLES, lacks_tables
 from ..forking import after_fork_in_child
 from ..models import APIKey
 from ..refusals import Attempt, RefusalTally
@@ -90,6 +91,15 @@ def _is_deadlock(error: sa.exc.DBAPIError) -> bool:
     if code is None and original is not None and original.args:
         code = original.args[0]
     return code in _DEADLOCK_CODES
+
+
+def log_failed_flush(error: Exception, message: str = "could not write usage; will retry") -> None:
+    """Log a flush that failed: tables that are missing say what to run (a traceback every
+    second would not), anything else with its traceback."""
+    if lacks_tables(error):
+        logger.error("flask-apikeys %s: %s", message, SET_UP_TABLES)
+    else:
+        logger.exception("flask-apikeys %s", message)
 
 
 class UsageWriter:
@@ -201,8 +211,8 @@ class UsageWriter:
         if self.synchronous or self._stopped:  # closed: no thread will write it later
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - recording must never fail the request
-                logger.exception("flask-apikeys could not write usage; will retry")
+            except Exception as error:  # noqa: BLE001 - recording must never fail the request
+                log_failed_flush(error)
             return
         if self._thread is None:
             self._start()
@@ -223,8 +233,8 @@ class UsageWriter:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - the writer must outlive a bad flush
-                logger.exception("flask-apikeys could not write usage; will retry")
+            except Exception as error:  # noqa: BLE001 - the writer must outlive a bad flush
+                log_failed_flush(error)
 
     def flush(self) -> int:
         """Write everything queued now; return how many usage rows were written.
@@ -392,5 +402,5 @@ class UsageWriter:
         self._thread = None  # so that add_usage() hands each later row to _after_add()
         try:
             self.flush()
-        except Exception:  # noqa: BLE001 - at exit there is no one left to raise to
-            logger.exception("flask-apikeys could not write its last usage rows")
+        except Exception as error:  # noqa: BLE001 - at exit there is no one left to raise to
+            log_failed_flush(error, "could not write its last usage rows")
