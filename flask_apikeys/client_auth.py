@@ -132,6 +132,12 @@ def read_form(current_request: Request) -> MultiDict[str, str]:
     """The form of a request to the OAuth endpoints, read within :func:`refuse_big_body`'s
     limit; over it, an RFC 6749 error (werkzeug's own 413 is an HTML page)."""
     refuse_big_body(current_request)
+    return _capped_form(current_request)
+
+
+def _capped_form(current_request: Request) -> MultiDict[str, str]:
+    """The form of a request :func:`refuse_big_body` has capped; a body without a length that
+    runs past the cap is the same RFC 6749 error."""
     try:
         return current_request.form
     except RequestEntityTooLarge:
@@ -143,7 +149,7 @@ def form_parameters(current_request: Request, *names: str) -> dict[str, str]:
     refuse_big_body(current_request)
     if current_request.mimetype != FORM_MIMETYPE:
         raise invalid_request(f"Send the parameters as {FORM_MIMETYPE}.")
-    form = read_form(current_request)
+    form = _capped_form(current_request)  # capped above
     values = {}
     for name in names:
         sent = form.getlist(name)
