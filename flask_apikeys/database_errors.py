@@ -39,6 +39,10 @@ def lacks_tables(error: BaseException) -> bool:
     )
 
 
-def database_unavailable(error: Exception, detail: str) -> BackendUnavailable:
+#: What an outage says: the database may answer again.
+UNREACHABLE = "The key database could not be reached; try again."
+
+
+def database_unavailable(error: Exception, detail: str = UNREACHABLE) -> BackendUnavailable:
     """The 503 for ``error``: ``detail`` for an outage, what to run when tables are missing."""
     return BackendUnavailable(SET_UP_TABLES if lacks_tables(error) else detail)

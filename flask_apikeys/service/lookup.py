@@ -173,16 +173,12 @@ class KeyLookup:
                 except sa.exc.SQLAlchemyError as error:
                     self._discard()
                     if attempt == 2 or not isinstance(error, sa.exc.DBAPIError):
-                        raise database_unavailable(
-                            error, "The key database could not be reached; try again."
-                        ) from error
+                        raise database_unavailable(error) from error
                     continue  # the kept connection may have died (a server restart): once more
                 except connection.dialect.loaded_dbapi.Error as error:  # the bare cursor's
                     self._discard()
                     if attempt == 2:
-                        raise database_unavailable(
-                            error, "The key database could not be reached; try again."
-                        ) from error
+                        raise database_unavailable(error) from error
                     continue
                 return None if raw is None else compiled.row(raw)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -231,9 +227,7 @@ class KeyLookup:
         try:
             connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         except sa.exc.SQLAlchemyError as error:
-            raise database_unavailable(
-                error, "The key database could not be reached; try again."
-            ) from error
+            raise database_unavailable(error) from error
         try:
             self._cursor = connection.connection.cursor()
         except Exception:

@@ -66,9 +66,7 @@ class Store:
             ) from error
         except SQLAlchemyError as error:
             self.session.rollback()
-            raise database_unavailable(
-                error, "The key database could not be reached; try again."
-            ) from error
+            raise database_unavailable(error) from error
 
     def commit(self, operation: Callable[[], None], *refresh: object) -> None:
         """Run ``operation`` and commit, or roll everything back and re-raise.
